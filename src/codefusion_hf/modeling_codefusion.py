@@ -1,0 +1,282 @@
+"""CodeFusion: a diffusion model for natural-language-to-code generation (Singh et al., EMNLP 2023)."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel, T5EncoderModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_codefusion import CodeFusionConfig
+from .scheduling_codefusion import CodeFusionScheduler
+
+
+@dataclass
+class CodeFusionModelOutput(ModelOutput):
+    """
+    Args:
+        loss: Weighted sum of the three terms below (the paper's per-step loss L_t).
+        noise_loss: Mean squared error of the denoiser's output against its target (the noise, for epsilon
+            prediction), over supervised canvas positions.
+        embedding_loss: Mean squared error between the denoised embedding D_s (the x0 estimate) and the code
+            embedding L(y).
+        decoder_loss: Cross-entropy of the decoder's tokens read from D_s, -log p(y | D_s).
+        logits: `(batch_size, canvas_length, vocab_size)` decoder logits for D_s.
+        timesteps: The diffusion timestep of each row.
+    """
+
+    loss: torch.FloatTensor | None = None
+    noise_loss: torch.FloatTensor | None = None
+    embedding_loss: torch.FloatTensor | None = None
+    decoder_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    timesteps: torch.LongTensor | None = None
+
+
+class CodeFusionLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: self-attention over the canvas, cross-attention to the prompt, MLP."""
+
+    def __init__(self, config: CodeFusionConfig):
+        super().__init__()
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        self.self_attn_norm = nn.LayerNorm(hidden)
+        self.self_attn = nn.MultiheadAttention(hidden, heads, dropout=config.dropout, batch_first=True)
+        self.cross_attn_norm = nn.LayerNorm(hidden)
+        self.cross_attn = nn.MultiheadAttention(hidden, heads, dropout=config.dropout, batch_first=True)
+        self.mlp_norm = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, config.intermediate_size), nn.GELU(), nn.Linear(config.intermediate_size, hidden)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_padding_mask: torch.Tensor
+    ) -> torch.Tensor:
+        normed = self.self_attn_norm(hidden_states)
+        hidden_states = hidden_states + self.dropout(self.self_attn(normed, normed, normed, need_weights=False)[0])
+        normed = self.cross_attn_norm(hidden_states)
+        attended = self.cross_attn(
+            normed, encoder_hidden_states, encoder_hidden_states, key_padding_mask=encoder_padding_mask, need_weights=False
+        )[0]
+        hidden_states = hidden_states + self.dropout(attended)
+        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+
+
+class CodeFusionStack(nn.Module):
+    """Projects canvas embeddings to the model width, adds positions, and runs a stack of `CodeFusionLayer`s."""
+
+    def __init__(self, config: CodeFusionConfig, num_layers: int):
+        super().__init__()
+        self.input_proj = nn.Linear(config.latent_dim, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_code_length, config.hidden_size)
+        self.layers = nn.ModuleList(CodeFusionLayer(config) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_padding_mask: torch.Tensor,
+        conditioning: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        positions = torch.arange(latents.shape[1], device=latents.device)
+        hidden_states = self.input_proj(latents) + self.position_embedding(positions)
+        if conditioning is not None:
+            hidden_states = hidden_states + conditioning[:, None, :]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, encoder_hidden_states, encoder_padding_mask)
+        return self.norm(hidden_states)
+
+
+def build_encoder(encoder_config, pretrained_name_or_path: str | None = None, **kwargs) -> PreTrainedModel:
+    """The prompt encoder for a config: `T5EncoderModel` for T5/CodeT5 (AutoModel would add a T5 decoder), any
+    other transformers encoder through `AutoModel`. A pooler is dropped: it is unused and DDP rejects parameters
+    that get no gradient."""
+    is_t5 = encoder_config.model_type == "t5"
+    if pretrained_name_or_path is not None:
+        encoder = (T5EncoderModel if is_t5 else AutoModel).from_pretrained(pretrained_name_or_path, **kwargs)
+    else:
+        encoder = T5EncoderModel(encoder_config) if is_t5 else AutoModel.from_config(encoder_config)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+class CodeFusionPreTrainedModel(PreTrainedModel):
+    config_class = CodeFusionConfig
+    base_model_prefix = "codefusion"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CodeFusionLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # Unit-scale code embeddings share the scale of the Gaussian noise, as in Diffusion-LM.
+        if isinstance(module, CodeFusionModel):
+            init.normal_(module.code_embedding.weight, mean=0.0, std=self.config.code_embedding_init_std)
+
+
+class CodeFusionModel(CodeFusionPreTrainedModel):
+    r"""
+    CodeFusion: encoder E (prompt), denoiser N (noisy code canvas -> noise estimate, cross-attending to E's output),
+    decoder D + classification head (x0 estimate -> code tokens). Training draws a timestep and noise per row and
+    returns the paper's three loss terms; generation lives in [`CodeFusionPipeline`].
+
+    Stages, usable on their own: [`~CodeFusionModel.encode`], [`~CodeFusionModel.embed_code`],
+    [`~CodeFusionModel.denoise`], [`~CodeFusionModel.decode`].
+    """
+
+    def __init__(self, config: CodeFusionConfig):
+        super().__init__(config)
+        self.encoder = build_encoder(config.encoder_config)
+        encoder_hidden_size = config.encoder_config.hidden_size
+        self.encoder_proj = (
+            nn.Linear(encoder_hidden_size, config.hidden_size)
+            if encoder_hidden_size != config.hidden_size
+            else nn.Identity()
+        )
+        self.code_embedding = nn.Embedding(config.vocab_size, config.latent_dim)
+        self.time_proj = Timesteps(config.hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(config.hidden_size, config.hidden_size)
+        self.denoiser = CodeFusionStack(config, config.num_denoiser_layers)
+        self.denoiser_out = nn.Linear(config.hidden_size, config.latent_dim)
+        self.decoder = CodeFusionStack(config, config.num_decoder_layers)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        # The training noise schedule; sampling uses the pipeline's scheduler (which must match it).
+        self.noise_scheduler = CodeFusionScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            noise_schedule=config.noise_schedule,
+            prediction_type=config.prediction_type,
+        )
+        self.post_init()
+
+    @classmethod
+    def from_pretrained_encoder(
+        cls, encoder_name_or_path: str, preset: str = "small", **config_overrides
+    ) -> "CodeFusionModel":
+        """Build a CodeFusion model around pretrained encoder weights, e.g. `"Salesforce/codet5-small"` (the paper's)
+        or a local folder. The rest of the model is sized by `preset` and `config_overrides` and starts random."""
+        encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
+        config = CodeFusionConfig.from_preset(preset, encoder_config=encoder_config, **config_overrides)
+        model = cls(config)
+        model.encoder = build_encoder(encoder_config, encoder_name_or_path)
+        return model
+
+    def encode(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode the prompt once: `(batch_size, prompt_length, hidden_size)` states the denoiser and decoder read."""
+        hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.encoder_proj(hidden_states)
+
+    def embed_code(self, code_ids: torch.LongTensor) -> torch.Tensor:
+        """L(y): the continuous embedding of code tokens, the space diffusion runs in."""
+        return self.code_embedding(code_ids)
+
+    def denoise(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The denoiser N: predicts the noise (or x0, per `config.prediction_type`) in a noisy canvas at `timesteps`."""
+        timesteps = timesteps.expand(noisy_latents.shape[0]) if timesteps.ndim == 0 else timesteps
+        time_embedding = self.time_embedding(self.time_proj(timesteps).to(noisy_latents.dtype))
+        hidden_states = self.denoiser(
+            noisy_latents, encoder_hidden_states, _padding_mask(encoder_attention_mask), conditioning=time_embedding
+        )
+        return self.denoiser_out(hidden_states)
+
+    def decode(
+        self,
+        latents: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The decoder D and head: logits over the code vocabulary for each canvas position of a denoised canvas."""
+        hidden_states = self.decoder(latents, encoder_hidden_states, _padding_mask(encoder_attention_mask))
+        return self.lm_head(hidden_states)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        timesteps: torch.LongTensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> CodeFusionModelOutput:
+        r"""
+        One training step of the diffusion objective.
+
+        Args:
+            input_ids, attention_mask: The tokenized prompt (prompt padding is masked in every cross-attention).
+            labels: Code token ids, at most `max_code_length` long. Shorter rows are padded with `pad_token_id` to
+                the full canvas: the model learns to emit pad after the code. Positions set to -100 are embedded
+                as pad and excluded from every loss term.
+            encoder_hidden_states: Encoded prompt, instead of `input_ids` (e.g. Gaussian noise for unconditional
+                pre-training).
+            timesteps: `(batch_size,)` diffusion steps; drawn uniformly from [0, T) when not given.
+            noise: Gaussian noise shaped like the canvas; drawn when not given.
+        """
+        if labels is None:
+            raise ValueError("labels (the code token ids) are required to compute the CodeFusion loss.")
+        if labels.shape[1] > self.config.max_code_length:
+            raise ValueError(
+                f"labels have {labels.shape[1]} positions but the canvas holds max_code_length="
+                f"{self.config.max_code_length}: truncate the code when tokenizing."
+            )
+        if encoder_hidden_states is None:
+            if input_ids is None:
+                raise ValueError("Pass either input_ids (the prompt) or encoder_hidden_states.")
+            encoder_hidden_states = self.encode(input_ids, attention_mask)
+
+        labels = F.pad(labels, (0, self.config.max_code_length - labels.shape[1]), value=self.config.pad_token_id)
+        supervised = labels != -100
+        code_ids = labels.masked_fill(~supervised, self.config.pad_token_id)
+        clean_latents = self.embed_code(code_ids)
+        if timesteps is None:
+            timesteps = torch.randint(0, self.config.num_train_timesteps, (labels.shape[0],), device=labels.device)
+        if noise is None:
+            noise = torch.randn_like(clean_latents)
+
+        noisy_latents = self.noise_scheduler.add_noise(clean_latents, noise, timesteps)
+        model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
+        denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
+        logits = self.decode(denoised_latents, encoder_hidden_states, attention_mask)
+
+        target = noise if self.config.prediction_type == "epsilon" else clean_latents
+        weights = supervised.unsqueeze(-1).to(model_output.dtype)
+        normaliser = weights.sum().clamp(min=1) * self.config.latent_dim
+        noise_loss = ((model_output - target) ** 2 * weights).sum() / normaliser
+        embedding_loss = ((denoised_latents - clean_latents) ** 2 * weights).sum() / normaliser
+        decoder_loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        loss = (
+            self.config.noise_loss_weight * noise_loss
+            + self.config.embedding_loss_weight * embedding_loss
+            + self.config.decoder_loss_weight * decoder_loss
+        )
+        return CodeFusionModelOutput(
+            loss=loss,
+            noise_loss=noise_loss,
+            embedding_loss=embedding_loss,
+            decoder_loss=decoder_loss,
+            logits=logits,
+            timesteps=timesteps,
+        )
+
+
+def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """HF attention mask (1 = attend) to torch's key padding mask (True = ignore)."""
+    return None if attention_mask is None else attention_mask == 0
+
+
+CodeFusionConfig.register_for_auto_class()
+CodeFusionModel.register_for_auto_class("AutoModel")
+AutoConfig.register("codefusion", CodeFusionConfig, exist_ok=True)
+AutoModel.register(CodeFusionConfig, CodeFusionModel, exist_ok=True)
+
+__all__ = ["CodeFusionModel", "CodeFusionModelOutput", "CodeFusionPreTrainedModel"]

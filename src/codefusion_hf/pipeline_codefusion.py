@@ -1,0 +1,317 @@
+"""Text-to-code generation with CodeFusion: prompt in, ranked code candidates out."""
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput, logging
+from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
+from transformers import PreTrainedTokenizerBase
+
+from .modeling_codefusion import CodeFusionModel
+from .scheduling_codefusion import CodeFusionScheduler
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("text", "pt", "latent")
+# Files each saved component cannot load without; checked before loading so errors name the file.
+REQUIRED_FILES = {
+    "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
+    "scheduler": ("scheduler_config.json",),
+    "tokenizer": ("tokenizer_config.json",),
+    "prompt_tokenizer": ("tokenizer_config.json",),
+}
+
+
+@dataclass
+class CodeFusionPipelineOutput(BaseOutput):
+    """
+    Args:
+        code: For each prompt, its `num_return_sequences` candidates, best first: strings for `output_type="text"`;
+            a `(num_prompts, k, canvas_length)` tensor of token ids for `"pt"`; the final latents for `"latent"`.
+        scores: For each prompt, the ranking score of each candidate: the decoder's mean token log-probability of
+            the kept tokens and the pad/eos that ends them. It never looks at a reference.
+        trajectory: When asked, one entry per recorded step: `{"step", "timestep", "code"}`, where `code` is the
+            decoded x0 estimate of every candidate at that step, in the same (ranked) order as `code`.
+    """
+
+    code: list[list[str]] | torch.Tensor
+    scores: list[list[float]]
+    trajectory: list[dict] | None = None
+
+
+class CodeFusionPipeline(DiffusionPipeline):
+    r"""
+    Generates code from natural language with a [`CodeFusionModel`]: the prompt is encoded once, `k` Gaussian
+    canvases per prompt are denoised together by the [`CodeFusionScheduler`], and the decoder reads tokens off the
+    final canvas (cut at the first pad or eos). Candidates are ranked by the decoder's mean token log-probability.
+
+    Args:
+        model ([`CodeFusionModel`]): Encoder, denoiser and decoder.
+        scheduler ([`CodeFusionScheduler`]): Sampler; its noise schedule must be the one the model was trained with.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]): The code tokenizer (`len(tokenizer) ==
+            model.config.vocab_size`). It also encodes prompts unless `prompt_tokenizer` is given.
+        prompt_tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*): The encoder's own tokenizer, for
+            encoders with their own vocabulary (e.g. a pretrained BERT-family encoder).
+    """
+
+    model_cpu_offload_seq = "model"
+    _optional_components = ["prompt_tokenizer"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        model: CodeFusionModel,
+        scheduler: CodeFusionScheduler,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        super().__init__()
+        config = model.config
+        if len(tokenizer) != config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} tokens but model.config.vocab_size is {config.vocab_size}: "
+                "use the code tokenizer the model was built for."
+            )
+        encoder_vocab_size = config.encoder_config.vocab_size
+        if prompt_tokenizer is not None and len(prompt_tokenizer) > encoder_vocab_size:
+            raise ValueError(
+                f"prompt_tokenizer has {len(prompt_tokenizer)} tokens but the encoder's vocabulary has only "
+                f"{encoder_vocab_size}: use the encoder's own tokenizer."
+            )
+        for name in ("num_train_timesteps", "noise_schedule", "prediction_type"):
+            if scheduler.config[name] != getattr(config, name):
+                raise ValueError(
+                    f"scheduler.config.{name}={scheduler.config[name]!r} does not match the model's "
+                    f"{name}={getattr(config, name)!r}: sample with the schedule the model was trained with."
+                )
+        self.register_modules(model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=prompt_tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "CodeFusionPipeline":
+        """Load from a local folder or a Hub repo id (`revision=`, `token=`, `cache_dir=` are passed to the download).
+
+        A repo id is downloaded with `huggingface_hub.snapshot_download` first: diffusers cannot resolve a custom
+        pipeline class by repo id. Missing or unreadable files raise an `OSError` naming the file.
+        """
+        path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            download_kwargs = {key: kwargs.pop(key) for key in ("revision", "token", "cache_dir") if key in kwargs}
+            path = snapshot_download(path, **download_kwargs)
+        check_pipeline_folder(path)
+        return super().from_pretrained(path, **kwargs)
+
+    def check_inputs(
+        self,
+        prompt: str | list[str],
+        num_inference_steps: int,
+        num_return_sequences: int,
+        max_length: int | None,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+            raise ValueError(f"prompt must be a non-empty string or a non-empty list of strings, got {prompt!r}.")
+        for index, text in enumerate(prompts):
+            if not isinstance(text, str):
+                raise ValueError(f"prompt[{index}] must be a string, got {type(text).__name__}.")
+            if not text.strip():
+                raise ValueError(f"prompt[{index}] is empty: describe the code to generate.")
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be an integer between 1 and {num_train_timesteps}, got {num_inference_steps!r}."
+            )
+        if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}.")
+        canvas = self.model.config.max_code_length
+        if max_length is not None and not 1 <= max_length <= canvas:
+            raise ValueError(f"max_length must be between 1 and the canvas size {canvas}, got {max_length!r}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {sorted(unknown)}.")
+        return list(prompts)
+
+    def encode_prompt(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize and encode the prompts once; returns the encoder states and the prompt attention mask."""
+        tokenizer = self.prompt_tokenizer or self.tokenizer
+        max_prompt_length = self.model.config.max_prompt_length
+        too_long = [i for i, ids in enumerate(tokenizer(prompts)["input_ids"]) if len(ids) > max_prompt_length]
+        if too_long:
+            logger.warning(
+                f"{len(too_long)} prompt(s) (indices {too_long[:10]}) are longer than max_prompt_length="
+                f"{max_prompt_length} tokens and were truncated."
+            )
+        inputs = tokenizer(
+            prompts, padding=True, truncation=True, max_length=max_prompt_length, return_tensors="pt"
+        ).to(device)
+        return self.model.encode(inputs["input_ids"], inputs["attention_mask"]), inputs["attention_mask"]
+
+    def decode_canvas(
+        self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Read tokens off a denoised canvas: returns token ids, the kept length of each row (up to the first pad
+        or eos) and each row's score (mean log-probability of the kept tokens and the token that ends them)."""
+        log_probs = self.model.decode(latents, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
+        token_log_probs, token_ids = log_probs.max(dim=-1)
+        config = self.model.config
+        is_stop = (token_ids == config.pad_token_id) | (token_ids == config.eos_token_id)
+        canvas = token_ids.shape[1]
+        positions = torch.arange(canvas, device=token_ids.device)
+        lengths = torch.where(is_stop, positions, canvas).min(dim=1).values
+        scored = positions[None, :] <= lengths[:, None]
+        scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
+        return token_ids, lengths, scores
+
+    def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
+        limit = max_length or token_ids.shape[1]
+        return self.tokenizer.batch_decode(
+            [ids[: min(int(length), limit)] for ids, length in zip(token_ids.tolist(), lengths)],
+            skip_special_tokens=True,
+            clean_up_tokenization_spaces=False,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_inference_steps: int = 50,
+        num_return_sequences: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        max_length: int | None = None,
+        clamp_to_embeddings: bool = False,
+        output_type: str = "text",
+        return_dict: bool = True,
+        return_trajectory: bool | Sequence[int] = False,
+        callback_on_step_end: Callable[["CodeFusionPipeline", int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> CodeFusionPipelineOutput | tuple:
+        r"""
+        Args:
+            prompt: One natural-language description or a list of them.
+            num_inference_steps: Denoising steps (1 to `num_train_timesteps`); 10-50 is the useful range.
+            num_return_sequences: Candidates per prompt (k), each from its own starting noise.
+            eta: 0 for deterministic DDIM updates, 1 for DDPM ancestral sampling.
+            generator: Seeds the starting noise (and the noise of stochastic steps).
+            max_length: Return at most this many code tokens per candidate (defaults to the whole canvas).
+            clamp_to_embeddings: Snap the x0 estimate to the nearest code embedding at each step (Diffusion-LM).
+            output_type: `"text"`, `"pt"` (token ids) or `"latent"` (the final canvas).
+            return_trajectory: `True` to record the decoded canvas at every step, or a list of step indices
+                (0-based) to record, so the program can be watched being revised.
+            callback_on_step_end: Called after each step as `callback(pipe, step_index, timestep, callback_kwargs)`;
+                it may return a dict with a replacement `"latents"`.
+            callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
+
+        Returns:
+            [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
+        """
+        prompts = self.check_inputs(
+            prompt, num_inference_steps, num_return_sequences, max_length, output_type, callback_on_step_end_tensor_inputs
+        )
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling; the previous mode is restored below
+        device = self._execution_device
+        config = self.model.config
+
+        encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
+        encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
+        attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
+        batch_size = len(prompts) * num_return_sequences
+        latents = randn_tensor(
+            (batch_size, config.max_code_length, config.latent_dim),
+            generator=generator,
+            device=device,
+            dtype=encoder_hidden_states.dtype,
+        )
+        code_embeddings = self.model.code_embedding.weight if clamp_to_embeddings else None
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
+        trajectory = []
+        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_output = self.model.denoise(latents, timestep, encoder_hidden_states, attention_mask)
+            step = self.scheduler.step(
+                model_output, timestep, latents, eta=eta, generator=generator, code_embeddings=code_embeddings
+            )
+            latents = step.prev_sample
+            if step_index in record_steps:
+                token_ids, lengths, _ = self.decode_canvas(step.pred_original_sample, encoder_hidden_states, attention_mask)
+                trajectory.append(
+                    {"step": step_index, "timestep": int(timestep), "code": self.ids_to_text(token_ids, lengths, max_length)}
+                )
+            if callback_on_step_end is not None:
+                callback_kwargs = {name: {"latents": latents}[name] for name in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
+                latents = callback_outputs.pop("latents", latents)
+
+        token_ids, lengths, scores = self.decode_canvas(latents, encoder_hidden_states, attention_mask)
+        self.model.train(was_training)
+
+        # Rank each prompt's candidates by score, best first.
+        scores = scores.view(len(prompts), num_return_sequences)
+        order = scores.argsort(dim=1, descending=True)
+        flat_order = (order + torch.arange(len(prompts), device=order.device)[:, None] * num_return_sequences).flatten()
+        ranked_scores = scores.gather(1, order).tolist()
+
+        def ranked(texts: list[str]) -> list[list[str]]:
+            texts = [texts[i] for i in flat_order.tolist()]
+            return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
+
+        if output_type == "text":
+            code = ranked(self.ids_to_text(token_ids, lengths, max_length))
+        elif output_type == "pt":
+            code = token_ids[flat_order].view(len(prompts), num_return_sequences, -1)[..., :max_length]
+        else:
+            code = latents[flat_order].view(len(prompts), num_return_sequences, *latents.shape[1:])
+        for entry in trajectory:
+            entry["code"] = ranked(entry["code"])
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (code, ranked_scores, trajectory or None)
+        return CodeFusionPipelineOutput(code=code, scores=ranked_scores, trajectory=trajectory or None)
+
+
+def check_pipeline_folder(path: str) -> None:
+    """Fail early, naming the file, when a saved pipeline is not a CodeFusion pipeline or a component is missing
+    or unreadable (diffusers' own errors do not say which file broke)."""
+    index_file = os.path.join(path, "model_index.json")
+    try:
+        with open(index_file) as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise OSError(f"{index_file} is missing: {path} is not a saved diffusers pipeline.") from None
+    except json.JSONDecodeError as error:
+        raise OSError(f"{index_file} is not valid JSON ({error}).") from None
+    if index.get("_class_name") != CodeFusionPipeline.__name__:
+        raise OSError(f"{path} holds a {index.get('_class_name')!r} pipeline, not a CodeFusionPipeline.")
+    for component, required in REQUIRED_FILES.items():
+        if index.get(component, [None, None])[0] is None:
+            continue  # an optional component saved as absent
+        for alternatives in required:
+            names = (alternatives,) if isinstance(alternatives, str) else alternatives
+            files = [os.path.join(path, component, name) for name in names]
+            existing = next((f for f in files if os.path.isfile(f)), None)
+            if existing is None:
+                raise OSError(f"{files[0]} is missing: the {component!r} component cannot be loaded.")
+            try:
+                if existing.endswith(".safetensors"):
+                    with safe_open(existing, framework="pt"):
+                        pass
+                else:
+                    with open(existing) as f:
+                        json.load(f)
+            except Exception as error:  # any parse failure means a corrupted file
+                raise OSError(f"{existing} is corrupted: {error}") from None
+
+
+__all__ = ["CodeFusionPipeline", "CodeFusionPipelineOutput"]

@@ -1,0 +1,203 @@
+"""Noise scheduler for diffusion over continuous code embeddings (CodeFusion, Diffusion-LM, GENIE)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import SchedulerMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_ddim import betas_for_alpha_bar
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+PREDICTION_TYPES = ("epsilon", "sample")
+
+
+@dataclass
+class CodeFusionSchedulerOutput(BaseOutput):
+    """
+    Args:
+        prev_sample (`torch.Tensor` of shape `(batch_size, canvas_length, latent_dim)`):
+            The less noisy canvas x_{t-1}, input of the next denoising step.
+        pred_original_sample (`torch.Tensor` of the same shape):
+            The x0 estimate of this step (after clipping or snapping), what the decoder reads.
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+def sqrt_betas(num_train_timesteps: int, offset: float = 1e-4, max_beta: float = 0.999) -> torch.Tensor:
+    """Diffusion-LM's "sqrt" schedule, alpha_bar(t) = 1 - sqrt(t / T + offset), discretised into betas."""
+    alpha_bar = 1 - torch.sqrt(torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps + offset)
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta).float()
+
+
+class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
+    """
+    DDPM/DDIM sampler for embedding diffusion. `eta=1` in [`~CodeFusionScheduler.step`] gives ancestral (DDPM)
+    sampling, `eta=0` deterministic DDIM; both work with any number of inference steps from 1 to T.
+
+    The x0 estimate is clipped to `[-clip_sample_range, clip_sample_range]`, not the image schedulers' [-1, 1]: token
+    embeddings live on their own scale, and the clip should be a few times their spread (the default 3.0 suits the
+    unit-scale initial embeddings). Without any clip, an epsilon-predicting model's x0 estimate at high noise is its
+    noise error magnified many times, and samples collapse. The x0 estimate can also be snapped to the nearest code
+    embedding (Diffusion-LM's clamping trick, see `step`). The noise is recomputed from the corrected x0 so the
+    update stays consistent.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1200): Diffusion steps T the model was trained with (paper: 1200).
+        noise_schedule (`str`, defaults to `"sqrt"`): `"sqrt"` (paper), `"linear"` or `"cosine"`.
+        beta_start, beta_end (`float`): Range of the `"linear"` schedule.
+        prediction_type (`str`, defaults to `"epsilon"`): What the model predicts, noise (paper) or x0 (`"sample"`).
+        timestep_spacing (`str`, defaults to `"trailing"`): How inference steps are placed. `"trailing"` always
+            starts at t = T - 1 (pure noise), which matters because the model never sees a cleaner start.
+        clip_sample (`bool`, defaults to `True`): Clip the x0 estimate to `clip_sample_range`.
+        clip_sample_range (`float`, defaults to 3.0): Bound of that clip, in embedding units.
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1200,
+        noise_schedule: str = "sqrt",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "trailing",
+        clip_sample: bool = True,
+        clip_sample_range: float = 3.0,
+    ):
+        if num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be at least 1, got {num_train_timesteps}.")
+        if noise_schedule not in NOISE_SCHEDULES:
+            raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {noise_schedule!r}.")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
+        if clip_sample_range <= 0:
+            raise ValueError(f"clip_sample_range must be positive, got {clip_sample_range}.")
+
+        if noise_schedule == "sqrt":
+            self.betas = sqrt_betas(num_train_timesteps)
+        elif noise_schedule == "linear":
+            self.betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+        else:
+            self.betas = betas_for_alpha_bar(num_train_timesteps, alpha_transform_type="cosine")
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self.num_inference_steps = None
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Choose `num_inference_steps` strictly decreasing timesteps out of the T training steps."""
+        num_train_timesteps = self.config.num_train_timesteps
+        if not 1 <= num_inference_steps <= num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be between 1 and num_train_timesteps={num_train_timesteps}, "
+                f"got {num_inference_steps}."
+            )
+        if self.config.timestep_spacing == "trailing":
+            timesteps = np.floor(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_inference_steps)) - 1
+        elif self.config.timestep_spacing == "leading":
+            timesteps = np.arange(num_inference_steps)[::-1] * (num_train_timesteps // num_inference_steps)
+        else:
+            timesteps = np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1]
+        self.num_inference_steps = num_inference_steps
+        self.timesteps = torch.from_numpy(timesteps.astype(np.int64)).to(device)
+
+    def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """alpha_bar(t) of each timestep, shaped to broadcast over `like` (batch first)."""
+        alpha_bar = self.alphas_cumprod.to(device=like.device)[timesteps.to(like.device)].to(like.dtype)
+        return alpha_bar.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def add_noise(
+        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), one timestep per row."""
+        alpha_bar = self._alpha_bar(timesteps, original_samples)
+        return alpha_bar.sqrt() * original_samples + (1 - alpha_bar).sqrt() * noise
+
+    def predict_original_sample(
+        self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """The x0 estimate implied by the model output at `timesteps` (one per row, or one for all)."""
+        if self.config.prediction_type == "sample":
+            return model_output
+        timesteps = timesteps.expand(sample.shape[0]) if timesteps.ndim == 0 else timesteps
+        alpha_bar = self._alpha_bar(timesteps, sample)
+        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        code_embeddings: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> CodeFusionSchedulerOutput | tuple:
+        """
+        One reverse step x_t -> x_{t_prev}, where t_prev is the next of `self.timesteps` (x0 after the last one).
+
+        Args:
+            model_output: The denoiser's output for `sample` at `timestep`.
+            timestep: The current timestep, one of `self.timesteps`.
+            sample: The noisy canvas x_t, `(batch_size, canvas_length, latent_dim)`.
+            eta: 0 for deterministic DDIM, 1 for DDPM ancestral sampling, in between for a mix.
+            generator: Random generator(s) for the noise of stochastic steps.
+            code_embeddings: `(vocab_size, latent_dim)` embedding matrix. When given, each position of the x0
+                estimate is snapped to its nearest code embedding (Diffusion-LM's clamping trick).
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("Call `set_timesteps(num_inference_steps)` before `step`.")
+        if eta < 0:
+            raise ValueError(f"eta must be non-negative, got {eta}.")
+        timestep = torch.as_tensor(timestep, device=self.timesteps.device)
+        position = (self.timesteps == timestep).nonzero()
+        if len(position) == 0:
+            raise ValueError(f"timestep {int(timestep)} is not one of the scheduler's timesteps {self.timesteps.tolist()}.")
+        position = int(position[0, 0])
+        prev_timestep = self.timesteps[position + 1] if position + 1 < len(self.timesteps) else None
+
+        alpha_bar = self.alphas_cumprod[timestep].to(sample.device, sample.dtype)
+        alpha_bar_prev = (
+            self.alphas_cumprod[prev_timestep].to(sample.device, sample.dtype)
+            if prev_timestep is not None
+            else torch.ones((), device=sample.device, dtype=sample.dtype)
+        )
+
+        pred_original_sample = self.predict_original_sample(model_output, timestep, sample)
+        if self.config.clip_sample:
+            pred_original_sample = pred_original_sample.clamp(
+                -self.config.clip_sample_range, self.config.clip_sample_range
+            )
+        if code_embeddings is not None:
+            distances = torch.cdist(pred_original_sample, code_embeddings.to(pred_original_sample.dtype).unsqueeze(0))
+            pred_original_sample = code_embeddings[distances.argmin(dim=-1)].to(sample.dtype)
+        pred_epsilon = (sample - alpha_bar.sqrt() * pred_original_sample) / (1 - alpha_bar).sqrt()
+
+        variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
+        std_dev = eta * variance.clamp(min=0).sqrt()
+        prev_sample = (
+            alpha_bar_prev.sqrt() * pred_original_sample
+            + (1 - alpha_bar_prev - std_dev**2).clamp(min=0).sqrt() * pred_epsilon
+        )
+        if eta > 0 and prev_timestep is not None:
+            noise = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            prev_sample = prev_sample + std_dev * noise
+
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return CodeFusionSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+
+__all__ = ["CodeFusionScheduler", "CodeFusionSchedulerOutput"]

