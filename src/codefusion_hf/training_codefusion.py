@@ -1,0 +1,432 @@
+"""Training CodeFusion with the transformers `Trainer`: phase 1 (code-only pre-training) and phase 2 (fine-tuning)."""
+
+import io
+import keyword
+import os
+import re
+import tokenize
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bashlex
+import torch
+from datasets import Dataset, load_dataset
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from .modeling_codefusion import CodeFusionModel
+from .pipeline_codefusion import CodeFusionPipeline, check_readable
+from .scheduling_codefusion import CodeFusionScheduler
+
+logger = logging.get_logger(__name__)
+
+LOSS_TERMS = ("noise_loss", "embedding_loss", "decoder_loss")
+DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class CodeFusionTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the knobs of CodeFusion's two training phases."""
+
+    unconditional_probability: float = field(
+        default=0.5,
+        metadata={"help": "Phase 1: share of rows trained unconditionally (prompt encoding replaced by Gaussian noise); "
+                  "the rest do code-specific continuous paragraph denoising (CPD)."},
+    )
+    cpd_mask_rate: float = field(
+        default=0.3, metadata={"help": "Phase 1: probability of masking each identifier or keyword for CPD."}
+    )
+    language: str = field(
+        default="bash", metadata={"help": "Language of the code, for CPD masking: 'python', 'bash' or any other."}
+    )
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "Phase 2: keep the prompt encoder frozen (phase 1 always freezes it)."}
+    )
+    noise_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.noise_loss_weight."})
+    embedding_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.embedding_loss_weight."})
+    decoder_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.decoder_loss_weight."})
+    generation_eval_samples: int = field(
+        default=0, metadata={"help": "At each evaluation, generate code for this many eval rows and log exact match."}
+    )
+    generation_inference_steps: int = field(default=20, metadata={"help": "Denoising steps of that generation."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the CodeFusion collators need the raw code text."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("unconditional_probability", "cpd_mask_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def load_code_dataset(
+    data: str,
+    split: str = "train",
+    prompt_column: str | None = "prompt",
+    code_column: str = "code",
+) -> Dataset:
+    """Load (prompt, code) rows, or code-only rows with `prompt_column=None`, from a local JSON Lines / CSV / Parquet
+    file or a Hub dataset id. Columns are renamed to `prompt` / `code`; rows whose values are not non-empty strings
+    are dropped and counted."""
+    suffix = Path(data).suffix.lower()
+    if os.path.isfile(data):
+        if suffix not in DATA_FORMATS:
+            raise ValueError(f"{data}: unsupported file type {suffix!r}; use one of {sorted(DATA_FORMATS)}.")
+        dataset = load_dataset(DATA_FORMATS[suffix], data_files=data, split="train")
+    elif suffix in DATA_FORMATS:
+        raise ValueError(f"Data file {data} does not exist.")
+    else:
+        dataset = load_dataset(data, split=split)
+
+    columns = {code_column: "code"} | ({prompt_column: "prompt"} if prompt_column else {})
+    for column in columns:
+        if column not in dataset.column_names:
+            raise ValueError(f"{data} has no column {column!r}; its columns are {dataset.column_names}.")
+    dataset = dataset.select_columns(list(columns)).rename_columns({k: v for k, v in columns.items() if k != v})
+    total = len(dataset)
+    dataset = dataset.filter(lambda row: all(isinstance(row[c], str) and row[c].strip() for c in columns.values()))
+    if len(dataset) < total:
+        logger.warning(f"{data}: skipped {total - len(dataset)} of {total} rows whose prompt or code is not a non-empty string.")
+    if len(dataset) == 0:
+        raise ValueError(f"{data} has no usable rows (need non-empty strings in {list(columns)}).")
+    return dataset
+
+
+def tokenize_dataset(
+    dataset: Dataset,
+    code_tokenizer: PreTrainedTokenizerBase,
+    max_code_length: int,
+    prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+    max_prompt_length: int | None = None,
+) -> Dataset:
+    """Add `labels` (code ids, truncated to the canvas) and, when the rows have prompts, `input_ids` /
+    `attention_mask` (the prompt, tokenized by `prompt_tokenizer`). Truncated code is counted and reported once."""
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        labels = code_tokenizer(batch["code"], add_special_tokens=False)["input_ids"]
+        features = {
+            "labels": [ids[:max_code_length] for ids in labels],
+            "code_truncated": [len(ids) > max_code_length for ids in labels],
+        }
+        if "prompt" in batch:
+            prompts = prompt_tokenizer(batch["prompt"], truncation=True, max_length=max_prompt_length)
+            features |= {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]}
+        return features
+
+    dataset = dataset.map(tokenize, batched=True, desc="Tokenizing")
+    truncated = sum(dataset["code_truncated"])
+    if truncated:
+        logger.warning(
+            f"{truncated} of {len(dataset)} code snippets are longer than the {max_code_length}-token canvas and were "
+            "truncated (raise max_code_length to keep them whole)."
+        )
+    return dataset.remove_columns("code_truncated")
+
+
+def mask_spans(code: str, language: str) -> list[tuple[int, int]]:
+    """Character spans of the identifiers and built-in keywords of `code`, the units CPD pre-training masks.
+
+    Python: NAME tokens of `tokenize` (identifiers and keywords). Bash: the words `bashlex` finds (utilities, flags,
+    arguments). Other languages, or code that does not parse: identifier-like words."""
+    if language == "python":
+        try:
+            lines = code.splitlines(keepends=True)
+            starts = [0]
+            for line in lines:
+                starts.append(starts[-1] + len(line))
+            spans = []
+            for token in tokenize.generate_tokens(io.StringIO(code).readline):
+                if token.type == tokenize.NAME or keyword.iskeyword(token.string):
+                    (row, col), (end_row, end_col) = token.start, token.end
+                    spans.append((starts[row - 1] + col, starts[end_row - 1] + end_col))
+            return spans
+        except (tokenize.TokenError, IndentationError, SyntaxError):
+            pass
+    elif language == "bash":
+        try:
+            spans = []
+
+            class WordVisitor(bashlex.ast.nodevisitor):
+                def visitword(self, node, word):
+                    spans.append(tuple(node.pos))
+
+            for tree in bashlex.parse(code):
+                WordVisitor().visit(tree)
+            return sorted(set(spans))
+        except Exception:  # bashlex raises many error types on unsupported syntax
+            pass
+    return [match.span() for match in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*", code)]
+
+
+def mask_code(code: str, language: str, mask_rate: float, mask_token: str, generator: torch.Generator) -> str:
+    """Replace each identifier/keyword span of `code` by `mask_token` with probability `mask_rate`."""
+    pieces, last = [], 0
+    for start, end in mask_spans(code, language):
+        if start < last:  # nested spans (e.g. a word inside a substitution): keep the outer decision
+            continue
+        if torch.rand((), generator=generator).item() < mask_rate:
+            pieces += [code[last:start], mask_token]
+            last = end
+    return "".join(pieces) + code[last:]
+
+
+@dataclass
+class CodeFusionDataCollator:
+    """Pads prompts with the prompt tokenizer and code with `<pad>` (the model pads code to the full canvas)."""
+
+    prompt_tokenizer: PreTrainedTokenizerBase
+    pad_token_id: int
+
+    def pad_labels(self, features: list[dict[str, Any]]) -> torch.Tensor:
+        longest = max(len(f["labels"]) for f in features)
+        return torch.tensor([f["labels"] + [self.pad_token_id] * (longest - len(f["labels"])) for f in features])
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = self.prompt_tokenizer.pad(
+            [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features], return_tensors="pt"
+        )
+        return {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"], "labels": self.pad_labels(features)}
+
+
+@dataclass
+class CodeFusionPretrainingCollator(CodeFusionDataCollator):
+    """Phase 1 batches: every row gets a task, unconditional generation (`unconditional=True`) or CPD, whose encoder
+    input is the snippet with identifiers and keywords masked (fresh masks every time a row is drawn)."""
+
+    language: str = "bash"
+    mask_rate: float = 0.3
+    unconditional_probability: float = 0.5
+    max_prompt_length: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.prompt_tokenizer.mask_token is None:
+            raise ValueError("prompt_tokenizer has no mask_token: CPD pre-training needs one to mask code.")
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        masked = [
+            mask_code(f["code"], self.language, self.mask_rate, self.prompt_tokenizer.mask_token, self.generator)
+            for f in features
+        ]
+        prompts = self.prompt_tokenizer(
+            masked, padding=True, truncation=True, max_length=self.max_prompt_length, return_tensors="pt"
+        )
+        unconditional = torch.rand(len(features), generator=self.generator) < self.unconditional_probability
+        return {
+            "input_ids": prompts["input_ids"],
+            "attention_mask": prompts["attention_mask"],
+            "labels": self.pad_labels(features),
+            "unconditional": unconditional,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- trainers
+
+
+def normalise_code(code: str) -> str:
+    """Whitespace-normalised form used for exact match."""
+    return " ".join(code.split())
+
+
+class CodeFusionTrainer(Trainer):
+    """
+    Phase 2, supervised fine-tuning on (prompt, code) pairs; every part of the model is trained (unless
+    `args.freeze_encoder`). Logs each loss term, uses fixed noise and timesteps for evaluation so eval losses are
+    comparable, stops on a non-finite loss, and can generate for a few eval rows at each evaluation.
+
+    Args:
+        code_tokenizer: The model's code tokenizer (saved with checkpoints as the `processing_class`).
+        prompt_tokenizer: The encoder's tokenizer when it differs from the code tokenizer.
+        generation_eval_dataset: Rows with `prompt` and `code` used for the exact-match evaluation.
+    """
+
+    # compute_loss returns a per-batch mean: let Trainer divide it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: CodeFusionModel,
+        args: CodeFusionTrainingArguments,
+        code_tokenizer: PreTrainedTokenizerBase,
+        prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+        generation_eval_dataset: Dataset | None = None,
+        **kwargs,
+    ):
+        for name in LOSS_TERMS:
+            weight = getattr(args, f"{name}_weight")
+            if weight is not None:
+                setattr(model.config, f"{name}_weight", weight)
+        self.prepare_model(model, args)
+        super().__init__(model=model, args=args, processing_class=code_tokenizer, **kwargs)
+        self.code_tokenizer = code_tokenizer
+        self.prompt_tokenizer = prompt_tokenizer
+        self.generation_eval_dataset = generation_eval_dataset
+        self._loss_term_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._loss_term_counts = {"train": 0, "eval": 0}
+        self._eval_generator = None
+
+    def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
+        model.encoder.requires_grad_(not args.freeze_encoder)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            # Same timesteps and noise at every evaluation, so eval losses measure the model, not the draw.
+            labels = inputs["labels"]
+            config = self.accelerator.unwrap_model(model).config
+            if self._eval_generator is None:
+                self._eval_generator = torch.Generator().manual_seed(self.args.seed)
+            inputs = dict(inputs)
+            inputs["timesteps"] = torch.randint(
+                0, config.num_train_timesteps, (labels.shape[0],), generator=self._eval_generator
+            ).to(labels.device)
+            inputs["noise"] = torch.randn(
+                labels.shape[0], config.max_code_length, config.latent_dim, generator=self._eval_generator
+            ).to(labels.device)
+        outputs = model(**inputs)
+        mode = "train" if model.training else "eval"
+        for name in LOSS_TERMS:
+            self._loss_term_sums[mode][name] += getattr(outputs, name).item()
+        self._loss_term_counts[mode] += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            raise RuntimeError(
+                f"The training loss became {loss.item()} at step {self.state.global_step}; stopping before anything "
+                "is saved. Lower the learning rate or the loss weights (or clip gradients with max_grad_norm) and "
+                "resume from the last checkpoint."
+            )
+        return loss
+
+    def _pop_loss_terms(self, mode: str) -> dict[str, float]:
+        count = self._loss_term_counts[mode]
+        terms = {name: total / count for name, total in self._loss_term_sums[mode].items()} if count else {}
+        self._loss_term_sums[mode].clear()
+        self._loss_term_counts[mode] = 0
+        return terms
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs.update(self._pop_loss_terms("train"))
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        self._eval_generator = None
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        extra = {f"{metric_key_prefix}_{name}": value for name, value in self._pop_loss_terms("eval").items()}
+        if self.args.generation_eval_samples and self.generation_eval_dataset is not None:
+            extra |= {f"{metric_key_prefix}_{k}": v for k, v in self.generation_metrics().items()}
+        if extra:
+            self.log(extra)
+            metrics.update(extra)
+        return metrics
+
+    def make_pipeline(self) -> CodeFusionPipeline:
+        """A pipeline around the model being trained; the x0 clip is set to 3x the current code embedding spread."""
+        model = self.accelerator.unwrap_model(self.model)
+        config = model.config
+        scheduler = CodeFusionScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            noise_schedule=config.noise_schedule,
+            prediction_type=config.prediction_type,
+            clip_sample_range=3 * model.code_embedding.weight.std().item(),
+        )
+        pipe = CodeFusionPipeline(
+            model=model, scheduler=scheduler, tokenizer=self.code_tokenizer, prompt_tokenizer=self.prompt_tokenizer
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def generation_metrics(self, batch_size: int = 32) -> dict[str, float]:
+        """Top-1 generation on the first `generation_eval_samples` rows: exact match, non-empty and distinct rates."""
+        rows = self.generation_eval_dataset.select(range(min(self.args.generation_eval_samples, len(self.generation_eval_dataset))))
+        pipe = self.make_pipeline()
+        generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
+        predictions = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            output = pipe(chunk["prompt"], num_inference_steps=self.args.generation_inference_steps, generator=generator)
+            predictions += [candidates[0] for candidates in output.code]
+        references = rows["code"]
+        exact = sum(normalise_code(p) == normalise_code(r) for p, r in zip(predictions, references))
+        return {
+            "exact_match": exact / len(rows),
+            "non_empty_rate": sum(bool(p.strip()) for p in predictions) / len(rows),
+            "distinct_rate": len(set(predictions)) / len(rows),
+        }
+
+    def save_pipeline(self, output_dir: str | None = None) -> None:
+        """Save a ready-to-use `CodeFusionPipeline` (model, scheduler, tokenizers) to `output_dir`."""
+        if self.is_world_process_zero():
+            self.make_pipeline().save_pretrained(output_dir or self.args.output_dir)
+
+
+class CodeFusionPretrainer(CodeFusionTrainer):
+    """
+    Phase 1, pre-training on code snippets alone. The encoder is frozen (only the denoiser, decoder and code
+    embedding learn). Each row is either unconditional generation, whose prompt encoding is replaced by fresh
+    Gaussian noise, or CPD, whose encoder input is the snippet with identifiers and keywords masked; use
+    [`CodeFusionPretrainingCollator`] to make such batches.
+    """
+
+    def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
+        model.encoder.requires_grad_(False)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        unconditional = inputs.pop("unconditional")
+        input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        with torch.no_grad():  # the encoder is frozen in this phase
+            states = self.accelerator.unwrap_model(model).encode(input_ids, attention_mask)
+        noise_rows = unconditional.to(states.device)
+        states = torch.where(noise_rows[:, None, None], torch.randn_like(states), states)
+        attention_mask = attention_mask.masked_fill(noise_rows[:, None], 1)
+        inputs |= {"encoder_hidden_states": states, "attention_mask": attention_mask}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def find_resume_checkpoint(args: CodeFusionTrainingArguments) -> str | None:
+    """The checkpoint to resume from: `args.resume_from_checkpoint` if given (checked), else the last one in
+    `args.output_dir`. A missing or unreadable checkpoint is an error, never a silent fresh start."""
+    if args.resume_from_checkpoint:
+        checkpoint = args.resume_from_checkpoint
+    elif os.path.isdir(args.output_dir):
+        checkpoint = get_last_checkpoint(args.output_dir)
+    else:
+        checkpoint = None
+    if checkpoint is None:
+        return None
+    if not os.path.isdir(checkpoint):
+        raise ValueError(f"resume_from_checkpoint={checkpoint} does not exist.")
+    for name in ("trainer_state.json", "config.json", "model.safetensors"):
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"Checkpoint {checkpoint} is incomplete: {name} is missing.")
+        try:
+            check_readable(path)
+        except OSError as error:
+            raise ValueError(f"Checkpoint {checkpoint} is corrupted: {error}") from None
+    return checkpoint
+
+
+__all__ = [
+    "CodeFusionDataCollator",
+    "CodeFusionPretrainer",
+    "CodeFusionPretrainingCollator",
+    "CodeFusionTrainer",
+    "CodeFusionTrainingArguments",
+    "find_resume_checkpoint",
+    "load_code_dataset",
+    "mask_code",
+    "tokenize_dataset",
+]
