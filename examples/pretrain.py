@@ -52,6 +52,7 @@ def main():
     trainer.save_pipeline()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="CodeFusion pre-trained")
+    return trainer
 
 
 if __name__ == "__main__":

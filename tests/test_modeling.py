@@ -103,6 +103,7 @@ def test_save_and_auto_model_load(tiny_model, tmp_path):
     assert isinstance(config, CodeFusionConfig) and config.vocab_size == tiny_model.config.vocab_size
     loaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(loaded, CodeFusionModel)
+    assert torch.isfinite(loaded(input_ids=torch.tensor([[5, 6]]), labels=torch.tensor([[7, 8]])).loss)  # trainable
     for (name, p), q in zip(tiny_model.state_dict().items(), loaded.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
     # The saved folder carries the code for trust_remote_code users.
@@ -158,3 +159,17 @@ def test_unknown_preset():
 def test_labels_longer_than_canvas(tiny_model):
     with pytest.raises(ValueError, match="max_code_length"):
         tiny_model(input_ids=torch.tensor([[5, 6]]), labels=torch.ones(1, 17, dtype=torch.long))
+
+
+def test_code_embeddings_start_at_the_noise_scale():
+    model = CodeFusionModel(CodeFusionConfig.from_preset("tiny", code_embedding_init_std=1.0))
+    assert 0.9 < model.code_embedding.weight.std().item() < 1.1
+
+
+def test_normalized_code_embeddings_have_fixed_norm():
+    config = CodeFusionConfig.from_preset("tiny", normalize_code_embeddings=True)
+    model = CodeFusionModel(config)
+    with torch.no_grad():
+        model.code_embedding.weight.mul_(torch.rand(config.vocab_size, 1) * 5)
+    norms = model.code_embedding_matrix().norm(dim=-1)
+    torch.testing.assert_close(norms, torch.full_like(norms, config.latent_dim**0.5))

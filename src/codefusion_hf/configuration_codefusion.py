@@ -95,6 +95,8 @@ class CodeFusionConfig(PreTrainedConfig):
         noise_loss_weight, embedding_loss_weight, decoder_loss_weight (`float`): Weights of the three loss terms
             `||eps_hat - eps||`, `||D_s - L(y)||` and `-log p(y | D_s)`.
         code_embedding_init_std (`float`): Initial std of the code embedding; 1.0 puts it on the scale of the noise.
+        normalize_code_embeddings (`bool`): Rescale every code embedding to norm `sqrt(latent_dim)` (unit variance
+            per dimension). Learned embeddings otherwise shrink to make the regression terms easy (collapse).
         initializer_range (`float`): Std of the other weights at initialisation.
     """
 
@@ -125,6 +127,7 @@ class CodeFusionConfig(PreTrainedConfig):
     embedding_loss_weight: float = 1.0
     decoder_loss_weight: float = 1.0
     code_embedding_init_std: float = 1.0
+    normalize_code_embeddings: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

@@ -66,6 +66,22 @@ class CodeFusionLayer(GradientCheckpointingLayer):
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
 
+class CodeFusionCodeEmbedding(nn.Embedding):
+    """L(y), the code token embedding that diffusion runs in. With `normalize=True` every embedding is rescaled to
+    norm sqrt(dim) (unit variance per dimension): learned embeddings otherwise drift in scale relative to the
+    unit-variance noise, which changes the signal-to-noise ratio of every timestep."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, normalize: bool = False):
+        super().__init__(num_embeddings, embedding_dim)
+        self.normalize = normalize
+
+    def forward(self, code_ids: torch.Tensor) -> torch.Tensor:
+        embeddings = super().forward(code_ids)
+        if self.normalize:
+            embeddings = F.normalize(embeddings, dim=-1) * self.embedding_dim**0.5
+        return embeddings
+
+
 class CodeFusionStack(nn.Module):
     """Projects canvas embeddings to the model width, adds positions, and runs a stack of `CodeFusionLayer`s."""
 
@@ -114,10 +130,11 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CodeFusionLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        # Unit-scale code embeddings share the scale of the Gaussian noise, as in Diffusion-LM.
-        if isinstance(module, CodeFusionModel):
-            init.normal_(module.code_embedding.weight, mean=0.0, std=self.config.code_embedding_init_std)
+        if isinstance(module, CodeFusionCodeEmbedding):
+            # Unit-scale code embeddings share the scale of the Gaussian noise, as in Diffusion-LM.
+            init.normal_(module.weight, mean=0.0, std=self.config.code_embedding_init_std)
+        else:
+            super()._init_weights(module)
 
 
 class CodeFusionModel(CodeFusionPreTrainedModel):
@@ -139,19 +156,23 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             if encoder_hidden_size != config.hidden_size
             else nn.Identity()
         )
-        self.code_embedding = nn.Embedding(config.vocab_size, config.latent_dim)
+        self.code_embedding = CodeFusionCodeEmbedding(
+            config.vocab_size, config.latent_dim, normalize=config.normalize_code_embeddings
+        )
         self.time_proj = Timesteps(config.hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(config.hidden_size, config.hidden_size)
         self.denoiser = CodeFusionStack(config, config.num_denoiser_layers)
         self.denoiser_out = nn.Linear(config.hidden_size, config.latent_dim)
         self.decoder = CodeFusionStack(config, config.num_decoder_layers)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
-        # The training noise schedule; sampling uses the pipeline's scheduler (which must match it).
-        self.noise_scheduler = CodeFusionScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            noise_schedule=config.noise_schedule,
-            prediction_type=config.prediction_type,
-        )
+        # The training noise schedule; sampling uses the pipeline's scheduler (which must match it). Built on the CPU
+        # explicitly: from_pretrained constructs models on the meta device, and these tensors are not weights.
+        with torch.device("cpu"):
+            self.noise_scheduler = CodeFusionScheduler(
+                num_train_timesteps=config.num_train_timesteps,
+                noise_schedule=config.noise_schedule,
+                prediction_type=config.prediction_type,
+            )
         self.post_init()
 
     @classmethod
@@ -174,6 +195,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
     def embed_code(self, code_ids: torch.LongTensor) -> torch.Tensor:
         """L(y): the continuous embedding of code tokens, the space diffusion runs in."""
         return self.code_embedding(code_ids)
+
+    def code_embedding_matrix(self) -> torch.Tensor:
+        """L(y) of every token of the vocabulary, `(vocab_size, latent_dim)`."""
+        return self.embed_code(torch.arange(self.config.vocab_size, device=self.code_embedding.weight.device))
 
     def denoise(
         self,

@@ -232,7 +232,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             device=device,
             dtype=encoder_hidden_states.dtype,
         )
-        code_embeddings = self.model.code_embedding.weight if clamp_to_embeddings else None
+        code_embeddings = self.model.code_embedding_matrix() if clamp_to_embeddings else None
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())

@@ -1,0 +1,68 @@
+"""The retrieval floor: return the code of the training prompts most similar (TF-IDF cosine) to each test prompt.
+
+    python examples/baselines/retrieval.py --train_file ../shared/data/nl2bash/train.jsonl \
+        --test_file ../shared/data/nl2bash/validation.jsonl --output_dir runs/retrieval/nl2bash-validation
+
+Writes predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json. No training.
+"""
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+
+from sklearn.feature_extraction.text import TfidfVectorizer
+from transformers import HfArgumentParser
+
+from codefusion_hf.metrics import top_k_accuracy
+from codefusion_hf.training_codefusion import load_code_dataset
+
+
+@dataclass
+class RetrievalArguments:
+    train_file: str = field(metadata={"help": "Rows whose prompts are searched and whose code is returned."})
+    test_file: str = field(metadata={"help": "Rows to answer."})
+    output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
+    num_candidates: int = field(default=5, metadata={"help": "Distinct code candidates per prompt."})
+    metrics: list[str] = field(default_factory=lambda: ["exact_match", "template_match"])
+
+
+def main():
+    (args,) = HfArgumentParser(RetrievalArguments).parse_args_into_dataclasses()
+    train, test = load_code_dataset(args.train_file), load_code_dataset(args.test_file)
+    start = time.perf_counter()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    train_vectors = vectorizer.fit_transform(train["prompt"])
+    similarities = (vectorizer.transform(test["prompt"]) @ train_vectors.T).toarray()
+    candidates, scores = [], []
+    for row in similarities:
+        codes, code_scores = [], []
+        for index in row.argsort()[::-1]:
+            if train[int(index)]["code"] not in codes:
+                codes.append(train[int(index)]["code"])
+                code_scores.append(float(row[index]))
+            if len(codes) == args.num_candidates:
+                break
+        candidates.append(codes)
+        scores.append(code_scores)
+    seconds = time.perf_counter() - start
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "predictions.jsonl"), "w") as f:
+        for prompt, reference, codes, code_scores in zip(test["prompt"], test["code"], candidates, scores):
+            f.write(json.dumps({"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores}) + "\n")
+    metrics = {
+        f"{metric}@{k}": top_k_accuracy(candidates, test["code"], metric, k)
+        for metric in args.metrics
+        for k in (1, 3, 5)
+        if k <= args.num_candidates
+    }
+    metrics |= {"num_prompts": len(test), "seconds_per_prompt": seconds / len(test), "machine": platform.processor() or platform.machine()}
+    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

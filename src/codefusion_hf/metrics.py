@@ -1,0 +1,154 @@
+"""Metrics for code generation: exact match and NL2Bash template match, top-k over ranked candidates."""
+
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import bashlex
+
+# Model outputs can be long garbage; bashlex's parser is slow and memory-hungry on such input.
+MAX_PARSE_CHARS = 1000
+PARSE_TIMEOUT_SECONDS = 2.0
+
+
+def normalise_code(code: str) -> str:
+    """Collapse runs of whitespace: the form compared by exact match."""
+    return " ".join(code.split())
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    """Whitespace-normalised string equality."""
+    return normalise_code(prediction) == normalise_code(reference)
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only work in the main thread; the length cap still applies
+        return
+
+    def timeout(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def parse_bash(code: str) -> list | None:
+    """bashlex parse trees of `code`, or None when it does not parse (or is too long or too slow to parse)."""
+    if not code.strip() or len(code) > MAX_PARSE_CHARS:
+        return None
+    try:
+        with _time_limit(PARSE_TIMEOUT_SECONDS):
+            return bashlex.parse(code)
+    except Exception:  # bashlex raises several error types, plus our TimeoutError
+        return None
+
+
+# Words kept verbatim in a template: `find -exec` terminators, the `{}` placeholder and test brackets are structure.
+STRUCTURAL_WORDS = {"\\;", ";", "+", "{}", "]", "]]"}
+# Flags and utilities whose next non-flag word is itself a utility (`find -exec rm`, `xargs rm`, `sudo rm`).
+RUNS_A_COMMAND = {"-exec", "-execdir", "-ok", "-okdir", "xargs", "sudo", "nohup", "time", "nice", "env", "exec", "watch"}
+
+
+def bash_template(code: str) -> str:
+    """
+    The NL2Bash template of a command: utilities, flags and structure kept, arguments abstracted.
+
+    Rules: the first word of each simple command (the utility) is kept, and so is the first non-flag word after
+    a flag or utility that runs a command (`-exec`, `xargs`, `sudo`, ...); words starting with `-` (flags), the
+    `find -exec` words `\\;`, `+`, `{}` and test brackets `]`, `]]` are kept; every other word (file names, paths, patterns, numbers, quoted
+    strings, variables) becomes `ARG`, except that command and process substitutions inside a word are expanded
+    recursively; pipes, operators (`&&`, `||`, `;`, `&`), redirections (operator kept, target abstracted),
+    reserved words and compound commands are kept. Commands that do not parse fall back to their
+    whitespace-normalised text.
+    """
+    trees = parse_bash(code)
+    if trees is None:
+        return normalise_code(code)
+    tokens: list[str] = []
+
+    def visit(node) -> None:
+        kind = node.kind
+        if kind == "command":
+            expects_utility = True
+            for part in node.parts:
+                if part.kind != "word":
+                    visit(part)
+                elif expects_utility and not part.word.startswith("-") and "=" not in part.word.split("/")[0]:
+                    tokens.append(part.word)
+                    expects_utility = part.word in RUNS_A_COMMAND
+                else:
+                    visit_word(part)
+                    expects_utility = expects_utility or part.word in RUNS_A_COMMAND
+        elif kind == "word":
+            visit_word(node)
+        elif kind in ("pipe", "operator"):
+            tokens.append(node.pipe if kind == "pipe" else node.op)
+        elif kind == "reservedword":
+            tokens.append(node.word)
+        elif kind == "redirect":
+            tokens.append(node.type)
+            if hasattr(node.output, "kind"):
+                visit_word(node.output) if node.output.kind == "word" else visit(node.output)
+            else:
+                tokens.append("ARG")
+        elif kind in ("commandsubstitution", "processsubstitution"):
+            tokens.append("$(" if kind == "commandsubstitution" else "<(")
+            visit(node.command)
+            tokens.append(")")
+        elif hasattr(node, "parts"):
+            for part in node.parts:
+                visit(part)
+        elif hasattr(node, "list"):
+            for part in node.list:
+                visit(part)
+
+    def visit_word(node) -> None:
+        substitutions = [p for p in getattr(node, "parts", []) if p.kind in ("commandsubstitution", "processsubstitution")]
+        if node.word.startswith("-") or node.word in STRUCTURAL_WORDS:
+            tokens.append(node.word)
+        elif substitutions:
+            for part in substitutions:
+                visit(part)
+        else:
+            tokens.append("ARG")
+
+    for tree in trees:
+        visit(tree)
+    return " ".join(tokens)
+
+
+def template_match(prediction: str, reference: str) -> bool:
+    """NL2Bash/CodeFusion template match: equal `bash_template`s (arguments abstracted)."""
+    return bash_template(prediction) == bash_template(reference)
+
+
+METRICS: dict[str, Callable[[str, str], bool]] = {"exact_match": exact_match, "template_match": template_match}
+
+
+def top_k_accuracy(
+    candidates: Sequence[Sequence[str]], references: Sequence[str], metric: str | Callable[[str, str], bool], k: int
+) -> float:
+    """Share of prompts solved at k: any of the first k ranked candidates matches the reference. The ranking is the
+    candidates' given order, which must not have looked at the reference."""
+    if len(candidates) != len(references):
+        raise ValueError(f"candidates ({len(candidates)}) and references ({len(references)}) differ in length.")
+    if not references:
+        raise ValueError("references is empty: nothing to score.")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"Unknown metric {metric!r}: choose one of {sorted(METRICS)}.")
+        metric = METRICS[metric]
+    return sum(any(metric(c, ref) for c in cands[:k]) for cands, ref in zip(candidates, references)) / len(references)
+
+
+__all__ = ["bash_template", "exact_match", "normalise_code", "parse_bash", "template_match", "top_k_accuracy"]

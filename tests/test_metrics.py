@@ -1,0 +1,78 @@
+import pytest
+
+from codefusion_hf.metrics import bash_template, exact_match, parse_bash, template_match, top_k_accuracy
+
+
+def test_exact_match_normalises_whitespace():
+    assert exact_match("ls  -la\n", "ls -la")
+    assert not exact_match("ls -l", "ls -la")
+
+
+@pytest.mark.parametrize(
+    "prediction, reference",
+    [
+        ("find . -name '*.py'", 'find /home -name "*.txt"'),  # different arguments, same template
+        ("ls -la /tmp | wc -l", "ls -la ~ | wc -l"),  # pipes
+        ("find . -name x -exec rm {} \\;", "find /a -name y -exec rm {} \\;"),  # -exec ... \;
+        ("ls > a.txt 2>&1", "ls > b.txt 2>&1"),  # redirections
+        ("head -n 5 file", "head -n 10 other"),  # numbers
+        ("grep -c \"a b\" x", "grep -c 'c' y"),  # quoting
+        ("cat $(ls *.txt)", "cat $(ls /tmp)"),  # command substitution is expanded
+        ("ls  -l", "ls -l"),
+    ],
+)
+def test_template_match_pairs_that_match(prediction, reference):
+    assert template_match(prediction, reference)
+
+
+@pytest.mark.parametrize(
+    "prediction, reference",
+    [
+        ("ls -l", "ls -la"),  # different flags
+        ("ls -l", "dir -l"),  # different utility
+        ("ls | wc -l", "ls ; wc -l"),  # different structure
+        ("ls > a", "ls >> a"),  # different redirection
+        ("find . -exec rm {} \\;", "find . -exec mv {} \\;"),  # the utility run by -exec
+        ("cat $(ls a)", "cat a"),  # substitution vs plain argument
+        ("find . -name x -exec rm {} \\;", "find . -name x -exec rm {} +"),
+    ],
+)
+def test_template_match_pairs_that_differ(prediction, reference):
+    assert not template_match(prediction, reference)
+
+
+def test_templates():
+    assert bash_template("find . -name '*.py' -exec rm {} \\;") == "find ARG -name ARG -exec rm {} ;"
+    assert bash_template("ls -la /tmp > out.txt 2>&1") == "ls -la ARG > ARG >& ARG"
+    assert bash_template("find . | xargs -0 grep -l foo") == "find ARG | xargs -0 grep -l ARG"
+    assert bash_template("if [ -f a ]; then echo yes; fi") == "if [ -f ARG ] ; then echo ARG ; fi"
+
+
+def test_unparsable_code_falls_back_to_text():
+    assert parse_bash("ls 'unclosed") is None
+    assert bash_template("ls   'unclosed") == "ls 'unclosed"
+    assert template_match("ls 'unclosed", "ls  'unclosed") and not template_match("ls 'a", "ls 'b")
+    assert parse_bash("x" * 5000) is None and parse_bash("") is None
+
+
+def test_top_k_accuracy():
+    candidates = [["ls -l", "ls -la"], ["df", "du"], ["pwd"]]
+    references = ["ls -la", "du -h", "pwd"]
+    assert top_k_accuracy(candidates, references, "exact_match", 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(candidates, references, "exact_match", 2) == pytest.approx(2 / 3)
+    assert top_k_accuracy(candidates, references, "template_match", 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(candidates, references, exact_match, 5) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (([["a"]], ["a", "b"], "exact_match", 1), "differ in length"),
+        (([], [], "exact_match", 1), "empty"),
+        (([["a"]], ["a"], "bleu", 1), "Unknown metric 'bleu'"),
+        (([["a"]], ["a"], "exact_match", 0), "k must be"),
+    ],
+)
+def test_top_k_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        top_k_accuracy(*args)

@@ -1,0 +1,290 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from codefusion_hf import CodeFusionModel
+from codefusion_hf.training_codefusion import (
+    CodeFusionDataCollator,
+    CodeFusionPretrainer,
+    CodeFusionPretrainingCollator,
+    CodeFusionTrainer,
+    CodeFusionTrainingArguments,
+    find_resume_checkpoint,
+    load_code_dataset,
+    mask_code,
+    mask_spans,
+    tokenize_dataset,
+)
+
+from conftest import PAIRS, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        learning_rate=3e-3, max_steps=30, logging_steps=5, save_strategy="no", report_to="none", use_cpu=True,
+        disable_tqdm=True, seed=0,
+    )
+    return CodeFusionTrainingArguments(**(defaults | kwargs))
+
+
+def pair_dataset(tokenizer, repeat=4):
+    data = Dataset.from_dict({"prompt": [p for p, _ in PAIRS] * repeat, "code": [c for _, c in PAIRS] * repeat})
+    return data, tokenize_dataset(data, tokenizer, 16, tokenizer, 16)
+
+
+def code_dataset(tokenizer, repeat=4):
+    return tokenize_dataset(Dataset.from_dict({"code": [c for _, c in PAIRS] * repeat}), tokenizer, 16)
+
+
+def make_trainer(kind, tokenizer, tmp_path, **kwargs):
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(tokenizer))
+    if kind == "finetune":
+        raw, data = pair_dataset(tokenizer)
+        return CodeFusionTrainer(
+            model=model, args=training_args(tmp_path, **kwargs), code_tokenizer=tokenizer, train_dataset=data,
+            eval_dataset=data, data_collator=CodeFusionDataCollator(tokenizer, tokenizer.pad_token_id),
+            generation_eval_dataset=raw,
+        )
+    data = code_dataset(tokenizer)
+    collator = CodeFusionPretrainingCollator(tokenizer, tokenizer.pad_token_id, language="bash", mask_rate=0.5, max_prompt_length=16)
+    return CodeFusionPretrainer(
+        model=model, args=training_args(tmp_path, **kwargs), code_tokenizer=tokenizer, train_dataset=data,
+        eval_dataset=data, data_collator=collator,
+    )
+
+
+def first_batch(trainer):
+    return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+
+def test_finetune_compute_loss_trains_every_part(code_tokenizer, tmp_path):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in trainer.model.parameters())
+
+
+def test_freeze_encoder_in_finetuning(code_tokenizer, tmp_path):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, freeze_encoder=True)
+    assert not any(p.requires_grad for p in trainer.model.encoder.parameters())
+
+
+def test_pretrain_compute_loss_freezes_the_encoder(code_tokenizer, tmp_path):
+    trainer = make_trainer("pretrain", code_tokenizer, tmp_path)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert torch.isfinite(loss)
+    loss.backward()
+    model = trainer.model
+    assert all(p.grad is None for p in model.encoder.parameters())
+    trained = [model.code_embedding, model.denoiser, model.decoder, model.lm_head]
+    assert all(p.grad is not None for module in trained for p in module.parameters())
+
+
+def test_pretrain_tasks_reach_the_model(code_tokenizer, tmp_path, monkeypatch):
+    trainer = make_trainer("pretrain", code_tokenizer, tmp_path)
+    model = trainer.model
+    batch = first_batch(trainer)
+    batch["unconditional"] = torch.tensor([True, False, True, False])
+    mask_id = code_tokenizer.mask_token_id
+    assert (batch["input_ids"] == mask_id).any(), "CPD input must contain masked identifiers"
+    encoded, seen = {}, {}
+    encode, forward = model.encode, model.forward
+    monkeypatch.setattr(model, "encode", lambda ids, mask: encoded.setdefault("states", encode(ids, mask)) if not encoded.setdefault("ids", ids) is None else None)
+    monkeypatch.setattr(model, "forward", lambda **kw: seen.update(kw) or forward(**kw))
+    trainer.compute_loss(model, batch)
+    assert torch.equal(encoded["ids"], batch["input_ids"])  # the masked snippet went through the encoder
+    states = seen["encoder_hidden_states"]
+    cpd, noise = ~batch["unconditional"], batch["unconditional"]
+    torch.testing.assert_close(states[cpd], encoded["states"][cpd])
+    assert not torch.allclose(states[noise], encoded["states"][noise])  # replaced by fresh Gaussian noise
+    assert abs(states[noise].std().item() - 1) < 0.3
+    assert (seen["attention_mask"][noise] == 1).all()
+
+
+@pytest.mark.parametrize("kind", ["finetune", "pretrain"])
+def test_few_steps_reduce_the_loss(kind, code_tokenizer, tmp_path):
+    trainer = make_trainer(kind, code_tokenizer, tmp_path)
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert after["eval_loss"] < before["eval_loss"]
+    assert after["eval_decoder_loss"] < before["eval_decoder_loss"]
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all({"noise_loss", "embedding_loss", "decoder_loss"} <= entry.keys() for entry in logged)
+
+
+def test_eval_loss_is_deterministic(code_tokenizer, tmp_path):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path)
+    assert trainer.evaluate()["eval_loss"] == trainer.evaluate()["eval_loss"]
+
+
+def test_generation_metrics_are_logged(code_tokenizer, tmp_path):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, generation_eval_samples=4, generation_inference_steps=5)
+    metrics = trainer.evaluate()
+    assert {"eval_exact_match", "eval_non_empty_rate", "eval_distinct_rate"} <= metrics.keys()
+    assert 0 <= metrics["eval_exact_match"] <= 1
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def test_save_and_resume(code_tokenizer, tmp_path):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    trainer.train()
+    assert find_resume_checkpoint(trainer.args).endswith("checkpoint-4")
+    resumed = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
+    counter = CountSteps()
+    resumed.add_callback(counter)
+    resumed.train(resume_from_checkpoint=find_resume_checkpoint(resumed.args))
+    assert counter.steps == [5, 6]
+
+
+def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=1000, max_train_minutes=0.0, save_strategy="steps", save_steps=500)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert (tmp_path / "out" / "checkpoint-1" / "model.safetensors").is_file()
+
+
+def test_resume_from_missing_or_corrupted_checkpoint(code_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        find_resume_checkpoint(training_args(tmp_path, resume_from_checkpoint=str(tmp_path / "nowhere")))
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    (checkpoint / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupted.*model.safetensors"):
+        find_resume_checkpoint(trainer.args)
+    (checkpoint / "trainer_state.json").unlink()
+    with pytest.raises(ValueError, match="trainer_state.json is missing"):
+        find_resume_checkpoint(trainer.args)
+
+
+def test_non_finite_loss_stops_training(code_tokenizer, tmp_path):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    trainer.model.config.decoder_loss_weight = math.inf
+    with pytest.raises(RuntimeError, match="loss became inf at step 0"):
+        trainer.train()
+    assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_load_code_dataset_checks_columns_and_rows(tmp_path, monkeypatch):
+    from codefusion_hf import training_codefusion
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"nl": "a", "cmd": "ls"}])
+    with pytest.raises(ValueError, match=r"no column 'code'.*\['nl', 'cmd'\]"):
+        load_code_dataset(path)
+    with pytest.raises(ValueError, match=r"no column 'prompt'.*\['nl', 'cmd'\]"):
+        load_code_dataset(path, code_column="cmd")
+    assert load_code_dataset(path, prompt_column="nl", code_column="cmd")[0] == {"prompt": "a", "code": "ls"}
+
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    rows = [{"prompt": "a", "code": "ls"}, {"prompt": None, "code": "x"}, {"prompt": "c", "code": " "}]
+    data = load_code_dataset(write_jsonl(tmp_path / "mixed.jsonl", rows))
+    assert data["code"] == ["ls"] and "skipped 2 of 3" in messages[0]
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("prompt,code\none,1\ntwo,2\n")
+    with pytest.raises(ValueError, match="no usable rows"):
+        load_code_dataset(str(numbers))  # a numeric code column: every row skipped, then a clear error
+
+    with pytest.raises(ValueError, match="no usable rows"):
+        load_code_dataset(write_jsonl(tmp_path / "empty_rows.jsonl", [{"prompt": "", "code": "ls"}]))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_code_dataset(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "data.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        load_code_dataset(str(tmp_path / "data.txt"))
+    csv = tmp_path / "d.csv"
+    csv.write_text("prompt,code\nlist,ls\n")
+    assert load_code_dataset(str(csv))["code"] == ["ls"]
+
+
+def test_long_code_is_truncated_and_counted_once(code_tokenizer, monkeypatch):
+    from codefusion_hf import training_codefusion
+
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    data = Dataset.from_dict({"code": ["ls -la " * 20, "df -h"]})
+    tokenized = tokenize_dataset(data, code_tokenizer, 8)
+    assert [len(ids) for ids in tokenized["labels"]] == [8, len(code_tokenizer("df -h")["input_ids"])]
+    assert len(messages) == 1 and messages[0].startswith("1 of 2")
+
+
+@pytest.mark.parametrize(
+    "language, code, units",
+    [
+        ("python", "for x in range(n):\n    y = x + 1", ["for", "x", "in", "range", "n", "y", "x"]),
+        ("bash", "find . -name '*.py' | xargs wc -l", ["find", ".", "-name", "'*.py'", "xargs", "wc", "-l"]),
+        ("excel", "AND(GreaterThan(25),LessThan(50))", ["AND", "GreaterThan", "LessThan"]),
+        ("python", "def broken(:", ["def", "broken"]),
+    ],
+)
+def test_mask_spans(language, code, units):
+    assert [code[start:end] for start, end in mask_spans(code, language)] == units
+
+
+def test_mask_code_rates():
+    generator = torch.Generator().manual_seed(0)
+    assert mask_code("ls -la | wc -l", "bash", 1.0, "<mask>", generator) == "<mask> <mask> | <mask> <mask>"
+    assert mask_code("ls -la | wc -l", "bash", 0.0, "<mask>", generator) == "ls -la | wc -l"
+
+
+def test_bad_training_arguments(tmp_path):
+    with pytest.raises(ValueError, match="cpd_mask_rate"):
+        training_args(tmp_path, cpd_mask_rate=1.5)
+
+
+HASH_WEIGHTS = """
+import hashlib, os, runpy, sys, torch
+sys.path.insert(0, os.path.join(os.environ["REPO"], "examples"))
+import finetune
+trainer = finetune.main()
+digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
+with open(os.path.join(os.environ["HASH_DIR"], f"rank{trainer.args.process_index}.txt"), "w") as f:
+    f.write(f"{trainer.state.global_step} {digest}")
+"""
+
+
+def test_two_process_finetune(code_tokenizer, tmp_path):
+    """finetune.py under accelerate with 2 CPU processes (gloo): completes, and both ranks hold identical weights."""
+    code_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    data = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "code": c} for p, c in PAIRS] * 4)
+    (tmp_path / "hash_weights.py").write_text(HASH_WEIGHTS)
+    env = os.environ | {"REPO": str(ROOT), "HASH_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/ddp_cpu.yaml"),
+        str(tmp_path / "hash_weights.py"), "--train_file", data, "--tokenizer_name_or_path", str(tmp_path / "tokenizer"),
+        "--preset", "tiny", "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--per_device_train_batch_size", "2",
+        "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True", "--save_strategy", "no",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [(tmp_path / f"rank{i}.txt").read_text().split() for i in range(2)]
+    assert ranks[0] == ranks[1] and ranks[0][0] == "3"
+    assert (tmp_path / "out" / "model_index.json").is_file()
