@@ -261,30 +261,29 @@ def test_bad_training_arguments(tmp_path):
 
 
 HASH_WEIGHTS = """
-import hashlib, os, runpy, sys, torch
+import hashlib, os, sys
 sys.path.insert(0, os.path.join(os.environ["REPO"], "examples"))
 import finetune
 trainer = finetune.main()
 digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
 with open(os.path.join(os.environ["HASH_DIR"], f"rank{trainer.args.process_index}.txt"), "w") as f:
-    f.write(f"{trainer.state.global_step} {digest}")
+    f.write(f"{trainer.args.world_size} {trainer.state.global_step} {digest}")
 """
 
 
 def test_two_process_finetune(code_tokenizer, tmp_path):
-    """finetune.py under accelerate with 2 CPU processes (gloo): completes, and both ranks hold identical weights."""
+    """finetune.py with 2 CPU processes (torch.distributed, gloo): completes, and both ranks hold identical weights."""
     code_tokenizer.save_pretrained(tmp_path / "tokenizer")
     data = write_jsonl(tmp_path / "train.jsonl", [{"prompt": p, "code": c} for p, c in PAIRS] * 4)
     (tmp_path / "hash_weights.py").write_text(HASH_WEIGHTS)
     env = os.environ | {"REPO": str(ROOT), "HASH_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/ddp_cpu.yaml"),
-        str(tmp_path / "hash_weights.py"), "--train_file", data, "--tokenizer_name_or_path", str(tmp_path / "tokenizer"),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "hash_weights.py"), "--train_file", data, "--tokenizer_name_or_path", str(tmp_path / "tokenizer"),
         "--preset", "tiny", "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--per_device_train_batch_size", "2",
         "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True", "--save_strategy", "no",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [(tmp_path / f"rank{i}.txt").read_text().split() for i in range(2)]
-    assert ranks[0] == ranks[1] and ranks[0][0] == "3"
+    assert ranks[0] == ranks[1] and ranks[0][:2] == ["2", "3"]  # world size 2, 3 steps, same weights
     assert (tmp_path / "out" / "model_index.json").is_file()
