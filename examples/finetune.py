@@ -1,27 +1,24 @@
 """Phase 2: supervised fine-tuning of CodeFusion on (prompt, code) pairs.
 
     python examples/finetune.py examples/configs/nl2bash_finetune.json
-    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune.py examples/configs/nl2bash_finetune.json
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune.py \
+        examples/configs/nl2bash_finetune.json
 
 Resumes from the last checkpoint in --output_dir; saves a CodeFusionPipeline there at the end.
 """
 
-from transformers import set_seed
+from common import setup, train_and_save
 
 from codefusion_hf.training_codefusion import (
     CodeFusionDataCollator,
     CodeFusionTrainer,
-    find_resume_checkpoint,
     load_code_dataset,
     tokenize_dataset,
 )
-from common import load_model_and_tokenizers, parse_args
 
 
 def main():
-    model_args, data_args, training_args = parse_args()
-    set_seed(training_args.seed)
-    model, code_tokenizer, prompt_tokenizer = load_model_and_tokenizers(model_args)
+    model_args, data_args, training_args, model, code_tokenizer, prompt_tokenizer = setup()
     config = model.config
 
     def load(path, max_samples, split):
@@ -29,7 +26,9 @@ def main():
         return data.select(range(min(max_samples, len(data)))) if max_samples else data
 
     def tokenize(data):
-        return tokenize_dataset(data, code_tokenizer, config.max_code_length, prompt_tokenizer or code_tokenizer, config.max_prompt_length)
+        return tokenize_dataset(
+            data, code_tokenizer, config.max_code_length, prompt_tokenizer or code_tokenizer, config.max_prompt_length
+        )
 
     train_data = load(data_args.train_file, data_args.max_train_samples, "train")
     eval_data = None
@@ -46,13 +45,7 @@ def main():
         data_collator=CodeFusionDataCollator(prompt_tokenizer or code_tokenizer, config.pad_token_id),
         generation_eval_dataset=eval_data,
     )
-    trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))
-    trainer.save_pipeline()
-    if eval_data is not None:
-        trainer.evaluate()
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="CodeFusion fine-tuned")
-    return trainer
+    return train_and_save(trainer, "CodeFusion fine-tuned")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Generate ranked code candidates with a saved CodeFusion pipeline (folder or Hub repo id).
 
-    python examples/generate.py --model runs/quickstart "list all files in the current directory" -k 3
+python examples/generate.py --model runs/quickstart "list all files in the current directory" -k 3
 """
 
 import argparse
@@ -20,7 +20,9 @@ def main():
     args = parser.parse_args()
     pipe = CodeFusionPipeline.from_pretrained(args.model)
     output = pipe(
-        args.prompts, num_inference_steps=args.steps, num_return_sequences=args.num_return_sequences,
+        args.prompts,
+        num_inference_steps=args.steps,
+        num_return_sequences=args.num_return_sequences,
         generator=torch.Generator().manual_seed(args.seed),
     )
     for prompt, candidates, scores in zip(args.prompts, output.code, output.scores):

@@ -6,31 +6,33 @@ Resumes from the last checkpoint in --output_dir; saves a CodeFusionPipeline the
 finetune.py continues from with --model_name_or_path.
 """
 
-from transformers import set_seed
+from common import setup, train_and_save
 
 from codefusion_hf.training_codefusion import (
     CodeFusionPretrainer,
     CodeFusionPretrainingCollator,
-    find_resume_checkpoint,
     load_code_dataset,
     tokenize_dataset,
 )
-from common import load_model_and_tokenizers, parse_args
 
 
 def main():
-    model_args, data_args, training_args = parse_args()
-    set_seed(training_args.seed)
-    model, code_tokenizer, prompt_tokenizer = load_model_and_tokenizers(model_args)
+    model_args, data_args, training_args, model, code_tokenizer, prompt_tokenizer = setup()
     config = model.config
 
     def load(path, max_samples, split):
-        data = load_code_dataset(path or data_args.dataset_name, split, prompt_column=None, code_column=data_args.code_column)
+        data = load_code_dataset(
+            path or data_args.dataset_name, split, prompt_column=None, code_column=data_args.code_column
+        )
         data = data.select(range(min(max_samples, len(data)))) if max_samples else data
         return tokenize_dataset(data, code_tokenizer, config.max_code_length)
 
     train_data = load(data_args.train_file, data_args.max_train_samples, "train")
-    eval_data = load(data_args.validation_file, data_args.max_eval_samples, "validation") if data_args.validation_file else None
+    eval_data = (
+        load(data_args.validation_file, data_args.max_eval_samples, "validation")
+        if data_args.validation_file
+        else None
+    )
     trainer = CodeFusionPretrainer(
         model=model,
         args=training_args,
@@ -48,11 +50,7 @@ def main():
             seed=training_args.seed,
         ),
     )
-    trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))
-    trainer.save_pipeline()
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="CodeFusion pre-trained")
-    return trainer
+    return train_and_save(trainer, "CodeFusion pre-trained")
 
 
 if __name__ == "__main__":

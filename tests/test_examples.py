@@ -31,3 +31,61 @@ def test_missing_training_data(monkeypatch):
 def test_new_model_needs_a_tokenizer():
     with pytest.raises(ValueError, match="tokenizer_name_or_path"):
         common.load_model_and_tokenizers(common.ModelArguments())
+
+
+def test_pretrain_then_finetune_scripts(tmp_path, monkeypatch, code_tokenizer):
+    """pretrain.py saves a pipeline that finetune.py continues from; a second run resumes from its checkpoint."""
+    import json
+
+    import finetune
+    import pretrain
+
+    code_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    rows = [{"prompt": "list all files", "code": "ls -la"}, {"prompt": "show disk usage", "code": "df -h"}] * 4
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common_flags = [
+        "--train_file",
+        str(data),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "True",
+        "--disable_tqdm",
+        "True",
+    ]
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "pretrain.py",
+            "--tokenizer_name_or_path",
+            str(tmp_path / "tokenizer"),
+            "--preset",
+            "tiny",
+            "--output_dir",
+            str(tmp_path / "phase1"),
+            *common_flags,
+        ],
+    )
+    pretrain.main()
+    assert (tmp_path / "phase1" / "model_index.json").is_file()
+    finetune_argv = [
+        "finetune.py",
+        "--model_name_or_path",
+        str(tmp_path / "phase1"),
+        "--output_dir",
+        str(tmp_path / "phase2"),
+        "--save_steps",
+        "2",
+        *common_flags,
+    ]
+    monkeypatch.setattr(sys, "argv", finetune_argv)
+    trainer = finetune.main()
+    assert trainer.state.global_step == 2 and (tmp_path / "phase2" / "checkpoint-2").is_dir()
+    monkeypatch.setattr(sys, "argv", [*finetune_argv, "--max_steps", "3"])
+    assert finetune.main().state.global_step == 3  # resumed from checkpoint-2, one more step

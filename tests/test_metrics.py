@@ -16,7 +16,7 @@ def test_exact_match_normalises_whitespace():
         ("find . -name x -exec rm {} \\;", "find /a -name y -exec rm {} \\;"),  # -exec ... \;
         ("ls > a.txt 2>&1", "ls > b.txt 2>&1"),  # redirections
         ("head -n 5 file", "head -n 10 other"),  # numbers
-        ("grep -c \"a b\" x", "grep -c 'c' y"),  # quoting
+        ('grep -c "a b" x', "grep -c 'c' y"),  # quoting
         ("cat $(ls *.txt)", "cat $(ls /tmp)"),  # command substitution is expanded
         ("ls  -l", "ls -l"),
     ],

@@ -1,10 +1,9 @@
 import pytest
 import torch
+from conftest import tiny_config
 from transformers import AutoConfig, AutoModel, BertModel, T5EncoderModel
 
 from codefusion_hf import CodeFusionConfig, CodeFusionModel
-
-from conftest import tiny_config
 
 
 def batch(tokenizer, prompts=("list all files", "show disk usage"), codes=("ls -la", "df -h")):
@@ -53,7 +52,9 @@ def test_prompt_padding_changes_nothing(tiny_model, code_tokenizer):
 def test_labels_are_padded_to_the_canvas(tiny_model, code_tokenizer):
     tiny_model.eval()
     input_ids, attention_mask, labels = batch(code_tokenizer)
-    full = torch.nn.functional.pad(labels, (0, tiny_model.config.max_code_length - labels.shape[1]), value=code_tokenizer.pad_token_id)
+    full = torch.nn.functional.pad(
+        labels, (0, tiny_model.config.max_code_length - labels.shape[1]), value=code_tokenizer.pad_token_id
+    )
     torch.testing.assert_close(
         fixed_forward(tiny_model, input_ids, attention_mask, labels).loss,
         fixed_forward(tiny_model, input_ids, attention_mask, full).loss,
@@ -68,7 +69,9 @@ def test_ignored_label_positions_do_not_count(tiny_model, code_tokenizer):
     base = fixed_forward(tiny_model, input_ids, attention_mask, ignored)
     logits = base.logits
     # Changing the logits target at ignored positions cannot change the loss: recompute CE by hand.
-    keep = torch.nn.functional.pad(ignored, (0, tiny_model.config.max_code_length - ignored.shape[1]), value=code_tokenizer.pad_token_id)
+    keep = torch.nn.functional.pad(
+        ignored, (0, tiny_model.config.max_code_length - ignored.shape[1]), value=code_tokenizer.pad_token_id
+    )
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), keep.flatten(), ignore_index=-100)
     torch.testing.assert_close(base.decoder_loss, expected)
     assert base.decoder_loss != fixed_forward(tiny_model, input_ids, attention_mask, labels).decoder_loss

@@ -6,12 +6,10 @@ import textwrap
 
 import pytest
 import torch
+from conftest import PAIRS, make_pipeline
 from transformers import AutoModel, AutoTokenizer
 
-from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler
-from codefusion_hf import pipeline_codefusion
-
-from conftest import PAIRS, make_pipeline, tiny_config
+from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler, pipeline_codefusion
 
 
 def seeded(pipe, prompts, seed=0, **kwargs):
@@ -21,7 +19,9 @@ def seeded(pipe, prompts, seed=0, **kwargs):
 def test_overfit_model_regenerates_its_training_pairs(overfit_pipeline):
     """Model, scheduler and pipeline agree: a memorised pair comes back exactly, from any starting noise."""
     prompts = [prompt for prompt, _ in PAIRS]
-    output = overfit_pipeline(prompts, num_inference_steps=20, num_return_sequences=3, generator=torch.Generator().manual_seed(0))
+    output = overfit_pipeline(
+        prompts, num_inference_steps=20, num_return_sequences=3, generator=torch.Generator().manual_seed(0)
+    )
     assert output.code == [[code] * 3 for _, code in PAIRS]
     assert all(-1.0 < score <= 0 for scores in output.scores for score in scores)
 
@@ -48,7 +48,9 @@ def test_candidates_are_ranked_by_score(tiny_pipeline):
         for row, text in zip(prompt_ids.tolist(), texts):
             stops = [i for i, t in enumerate(row) if t in (config.pad_token_id, config.eos_token_id)]
             kept = row[: stops[0]] if stops else row
-            assert text == tiny_pipeline.tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            assert text == tiny_pipeline.tokenizer.decode(
+                kept, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
 
 
 def test_prompt_is_encoded_once_and_candidates_batched(tiny_pipeline, monkeypatch):
@@ -56,7 +58,9 @@ def test_prompt_is_encoded_once_and_candidates_batched(tiny_pipeline, monkeypatc
     encode_calls, denoise_batches = [], []
     encode, denoise = model.encode, model.denoise
     monkeypatch.setattr(model, "encode", lambda *a, **k: encode_calls.append(1) or encode(*a, **k))
-    monkeypatch.setattr(model, "denoise", lambda latents, *a, **k: denoise_batches.append(len(latents)) or denoise(latents, *a, **k))
+    monkeypatch.setattr(
+        model, "denoise", lambda latents, *a, **k: denoise_batches.append(len(latents)) or denoise(latents, *a, **k)
+    )
     seeded(tiny_pipeline, ["a", "b", "c"], num_return_sequences=2)
     assert encode_calls == [1]
     assert denoise_batches == [6] * 5
@@ -73,7 +77,9 @@ def test_max_length_trims_output(tiny_pipeline):
 
 
 def test_trajectory_records_requested_steps(tiny_pipeline):
-    output = tiny_pipeline("list all files", num_inference_steps=10, num_return_sequences=2, return_trajectory=[0, 4, 9])
+    output = tiny_pipeline(
+        "list all files", num_inference_steps=10, num_return_sequences=2, return_trajectory=[0, 4, 9]
+    )
     assert [entry["step"] for entry in output.trajectory] == [0, 4, 9]
     timesteps = tiny_pipeline.scheduler.timesteps.tolist()
     assert [entry["timestep"] for entry in output.trajectory] == [timesteps[0], timesteps[4], timesteps[9]]
@@ -125,7 +131,9 @@ def test_save_and_load_in_a_fresh_process(tiny_pipeline, tmp_path):
     assert index["model"] == ["codefusion_hf.modeling_codefusion", "CodeFusionModel"]
     assert index["scheduler"] == ["codefusion_hf.scheduling_codefusion", "CodeFusionScheduler"]
     expected = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
-    result = subprocess.run([sys.executable, "-c", GENERATE, str(tmp_path)], capture_output=True, text=True, env=os.environ)
+    result = subprocess.run(
+        [sys.executable, "-c", GENERATE, str(tmp_path)], capture_output=True, text=True, env=os.environ
+    )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["code"] == expected.code
@@ -140,7 +148,9 @@ def test_prompt_tokenizer_is_saved_and_used(tmp_path):
     model = CodeFusionModel.from_pretrained_encoder(encoder_path, preset="tiny", vocab_size=len(code_tokenizer))
     prompt_tokenizer = AutoTokenizer.from_pretrained(encoder_path)
     pipe = CodeFusionPipeline(
-        model=model.eval(), scheduler=CodeFusionScheduler(num_train_timesteps=100), tokenizer=code_tokenizer,
+        model=model.eval(),
+        scheduler=CodeFusionScheduler(num_train_timesteps=100),
+        tokenizer=code_tokenizer,
         prompt_tokenizer=prompt_tokenizer,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -198,10 +208,14 @@ def test_tokenizer_must_match_vocab(tiny_model):
 
 def test_scheduler_must_match_training_schedule(tiny_model, code_tokenizer):
     with pytest.raises(ValueError, match="num_train_timesteps"):
-        CodeFusionPipeline(model=tiny_model, scheduler=CodeFusionScheduler(num_train_timesteps=1200), tokenizer=code_tokenizer)
+        CodeFusionPipeline(
+            model=tiny_model, scheduler=CodeFusionScheduler(num_train_timesteps=1200), tokenizer=code_tokenizer
+        )
     with pytest.raises(ValueError, match="noise_schedule"):
         CodeFusionPipeline(
-            model=tiny_model, scheduler=CodeFusionScheduler(num_train_timesteps=100, noise_schedule="cosine"), tokenizer=code_tokenizer
+            model=tiny_model,
+            scheduler=CodeFusionScheduler(num_train_timesteps=100, noise_schedule="cosine"),
+            tokenizer=code_tokenizer,
         )
 
 

@@ -1,11 +1,10 @@
 import json
 
 import pytest
+from conftest import SHARED_DATA
 from transformers import AutoTokenizer
 
 from codefusion_hf import train_code_tokenizer
-
-from conftest import SHARED_DATA
 
 TRAIN_FILES = sorted(SHARED_DATA.glob("*/train.jsonl"))
 

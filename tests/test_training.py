@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PAIRS, tiny_config
 from datasets import Dataset
 from transformers import TrainerCallback
 
@@ -24,16 +25,22 @@ from codefusion_hf.training_codefusion import (
     tokenize_dataset,
 )
 
-from conftest import PAIRS, tiny_config
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def training_args(tmp_path, **kwargs):
     defaults = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=4,
-        learning_rate=3e-3, max_steps=30, logging_steps=5, save_strategy="no", report_to="none", use_cpu=True,
-        disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=3e-3,
+        max_steps=30,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     return CodeFusionTrainingArguments(**(defaults | kwargs))
 
@@ -53,15 +60,25 @@ def make_trainer(kind, tokenizer, tmp_path, **kwargs):
     if kind == "finetune":
         raw, data = pair_dataset(tokenizer)
         return CodeFusionTrainer(
-            model=model, args=training_args(tmp_path, **kwargs), code_tokenizer=tokenizer, train_dataset=data,
-            eval_dataset=data, data_collator=CodeFusionDataCollator(tokenizer, tokenizer.pad_token_id),
+            model=model,
+            args=training_args(tmp_path, **kwargs),
+            code_tokenizer=tokenizer,
+            train_dataset=data,
+            eval_dataset=data,
+            data_collator=CodeFusionDataCollator(tokenizer, tokenizer.pad_token_id),
             generation_eval_dataset=raw,
         )
     data = code_dataset(tokenizer)
-    collator = CodeFusionPretrainingCollator(tokenizer, tokenizer.pad_token_id, language="bash", mask_rate=0.5, max_prompt_length=16)
+    collator = CodeFusionPretrainingCollator(
+        tokenizer, tokenizer.pad_token_id, language="bash", mask_rate=0.5, max_prompt_length=16
+    )
     return CodeFusionPretrainer(
-        model=model, args=training_args(tmp_path, **kwargs), code_tokenizer=tokenizer, train_dataset=data,
-        eval_dataset=data, data_collator=collator,
+        model=model,
+        args=training_args(tmp_path, **kwargs),
+        code_tokenizer=tokenizer,
+        train_dataset=data,
+        eval_dataset=data,
+        data_collator=collator,
     )
 
 
@@ -104,8 +121,17 @@ def test_pretrain_tasks_reach_the_model(code_tokenizer, tmp_path, monkeypatch):
     assert (batch["input_ids"] == mask_id).any(), "CPD input must contain masked identifiers"
     encoded, seen = {}, {}
     encode, forward = model.encode, model.forward
-    monkeypatch.setattr(model, "encode", lambda ids, mask: encoded.setdefault("states", encode(ids, mask)) if not encoded.setdefault("ids", ids) is None else None)
-    monkeypatch.setattr(model, "forward", lambda **kw: seen.update(kw) or forward(**kw))
+
+    def recording_encode(input_ids, attention_mask):
+        encoded["ids"], encoded["states"] = input_ids, encode(input_ids, attention_mask)
+        return encoded["states"]
+
+    def recording_forward(**kwargs):
+        seen.update(kwargs)
+        return forward(**kwargs)
+
+    monkeypatch.setattr(model, "encode", recording_encode)
+    monkeypatch.setattr(model, "forward", recording_forward)
     trainer.compute_loss(model, batch)
     assert torch.equal(encoded["ids"], batch["input_ids"])  # the masked snippet went through the encoder
     states = seen["encoder_hidden_states"]
@@ -134,7 +160,9 @@ def test_eval_loss_is_deterministic(code_tokenizer, tmp_path):
 
 
 def test_generation_metrics_are_logged(code_tokenizer, tmp_path):
-    trainer = make_trainer("finetune", code_tokenizer, tmp_path, generation_eval_samples=4, generation_inference_steps=5)
+    trainer = make_trainer(
+        "finetune", code_tokenizer, tmp_path, generation_eval_samples=4, generation_inference_steps=5
+    )
     metrics = trainer.evaluate()
     assert {"eval_exact_match", "eval_non_empty_rate", "eval_distinct_rate"} <= metrics.keys()
     assert 0 <= metrics["eval_exact_match"] <= 1
@@ -160,7 +188,15 @@ def test_save_and_resume(code_tokenizer, tmp_path):
 
 
 def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):
-    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=1000, max_train_minutes=0.0, save_strategy="steps", save_steps=500)
+    trainer = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        max_steps=1000,
+        max_train_minutes=0.0,
+        save_strategy="steps",
+        save_steps=500,
+    )
     trainer.train()
     assert trainer.state.global_step == 1
     assert (tmp_path / "out" / "checkpoint-1" / "model.safetensors").is_file()
@@ -278,9 +314,32 @@ def test_two_process_finetune(code_tokenizer, tmp_path):
     (tmp_path / "hash_weights.py").write_text(HASH_WEIGHTS)
     env = os.environ | {"REPO": str(ROOT), "HASH_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "hash_weights.py"), "--train_file", data, "--tokenizer_name_or_path", str(tmp_path / "tokenizer"),
-        "--preset", "tiny", "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--per_device_train_batch_size", "2",
-        "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True", "--save_strategy", "no",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        str(tmp_path / "hash_weights.py"),
+        "--train_file",
+        data,
+        "--tokenizer_name_or_path",
+        str(tmp_path / "tokenizer"),
+        "--preset",
+        "tiny",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "2",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "True",
+        "--disable_tqdm",
+        "True",
+        "--save_strategy",
+        "no",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -51,14 +51,21 @@ def main():
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "predictions.jsonl"), "w") as f:
         for prompt, reference, codes, code_scores in zip(test["prompt"], test["code"], candidates, scores):
-            f.write(json.dumps({"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores}) + "\n")
+            f.write(
+                json.dumps({"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores})
+                + "\n"
+            )
     metrics = {
         f"{metric}@{k}": top_k_accuracy(candidates, test["code"], metric, k)
         for metric in args.metrics
         for k in (1, 3, 5)
         if k <= args.num_candidates
     }
-    metrics |= {"num_prompts": len(test), "seconds_per_prompt": seconds / len(test), "machine": platform.processor() or platform.machine()}
+    metrics |= {
+        "num_prompts": len(test),
+        "seconds_per_prompt": seconds / len(test),
+        "machine": platform.processor() or platform.machine(),
+    }
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print(json.dumps(metrics, indent=2))

@@ -54,20 +54,35 @@ def parse_bash(code: str) -> list | None:
 # Words kept verbatim in a template: `find -exec` terminators, the `{}` placeholder and test brackets are structure.
 STRUCTURAL_WORDS = {"\\;", ";", "+", "{}", "]", "]]"}
 # Flags and utilities whose next non-flag word is itself a utility (`find -exec rm`, `xargs rm`, `sudo rm`).
-RUNS_A_COMMAND = {"-exec", "-execdir", "-ok", "-okdir", "xargs", "sudo", "nohup", "time", "nice", "env", "exec", "watch"}
+RUNS_A_COMMAND = {
+    "-exec",
+    "-execdir",
+    "-ok",
+    "-okdir",
+    "xargs",
+    "sudo",
+    "nohup",
+    "time",
+    "nice",
+    "env",
+    "exec",
+    "watch",
+}
 
 
 def bash_template(code: str) -> str:
     """
     The NL2Bash template of a command: utilities, flags and structure kept, arguments abstracted.
 
-    Rules: the first word of each simple command (the utility) is kept, and so is the first non-flag word after
-    a flag or utility that runs a command (`-exec`, `xargs`, `sudo`, ...); words starting with `-` (flags), the
-    `find -exec` words `\\;`, `+`, `{}` and test brackets `]`, `]]` are kept; every other word (file names, paths, patterns, numbers, quoted
-    strings, variables) becomes `ARG`, except that command and process substitutions inside a word are expanded
-    recursively; pipes, operators (`&&`, `||`, `;`, `&`), redirections (operator kept, target abstracted),
-    reserved words and compound commands are kept. Commands that do not parse fall back to their
-    whitespace-normalised text.
+    Rules:
+    - the first word of each simple command (the utility) is kept, and so is the first non-flag word after a flag or
+      utility that runs a command (`-exec`, `xargs`, `sudo`, ...);
+    - words starting with `-` (flags), the `find -exec` words `\\;`, `+`, `{}` and test brackets `]`, `]]` are kept;
+    - every other word (file names, paths, patterns, numbers, quoted strings, variables) becomes `ARG`, except that
+      command and process substitutions inside a word are expanded recursively;
+    - pipes, operators (`&&`, `||`, `;`, `&`), redirections (operator kept, target abstracted), reserved words and
+      compound commands are kept;
+    - commands that do not parse fall back to their whitespace-normalised text.
     """
     trees = parse_bash(code)
     if trees is None:
@@ -111,7 +126,9 @@ def bash_template(code: str) -> str:
                 visit(part)
 
     def visit_word(node) -> None:
-        substitutions = [p for p in getattr(node, "parts", []) if p.kind in ("commandsubstitution", "processsubstitution")]
+        substitutions = [
+            p for p in getattr(node, "parts", []) if p.kind in ("commandsubstitution", "processsubstitution")
+        ]
         if node.word.startswith("-") or node.word in STRUCTURAL_WORDS:
             tokens.append(node.word)
         elif substitutions:

@@ -60,7 +60,11 @@ class CodeFusionLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.dropout(self.self_attn(normed, normed, normed, need_weights=False)[0])
         normed = self.cross_attn_norm(hidden_states)
         attended = self.cross_attn(
-            normed, encoder_hidden_states, encoder_hidden_states, key_padding_mask=encoder_padding_mask, need_weights=False
+            normed,
+            encoder_hidden_states,
+            encoder_hidden_states,
+            key_padding_mask=encoder_padding_mask,
+            need_weights=False,
         )[0]
         hidden_states = hidden_states + self.dropout(attended)
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
@@ -207,7 +211,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The denoiser N: predicts the noise (or x0, per `config.prediction_type`) in a noisy canvas at `timesteps`."""
+        """The denoiser N: predicts the noise (or x0, see `config.prediction_type`) in a noisy canvas."""
         timesteps = timesteps.expand(noisy_latents.shape[0]) if timesteps.ndim == 0 else timesteps
         time_embedding = self.time_embedding(self.time_proj(timesteps).to(noisy_latents.dtype))
         hidden_states = self.denoiser(

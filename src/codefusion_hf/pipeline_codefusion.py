@@ -126,7 +126,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
-                f"num_inference_steps must be an integer between 1 and {num_train_timesteps}, got {num_inference_steps!r}."
+                f"num_inference_steps must be an integer from 1 to {num_train_timesteps}, got {num_inference_steps!r}."
             )
         if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}.")
@@ -137,7 +137,10 @@ class CodeFusionPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs may only name {self._callback_tensor_inputs}, got {sorted(unknown)}.")
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs may name only {self._callback_tensor_inputs}, "
+                f"got {sorted(unknown)}."
+            )
         return list(prompts)
 
     def encode_prompt(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +218,12 @@ class CodeFusionPipeline(DiffusionPipeline):
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
         """
         prompts = self.check_inputs(
-            prompt, num_inference_steps, num_return_sequences, max_length, output_type, callback_on_step_end_tensor_inputs
+            prompt,
+            num_inference_steps,
+            num_return_sequences,
+            max_length,
+            output_type,
+            callback_on_step_end_tensor_inputs,
         )
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling; the previous mode is restored below
@@ -244,9 +252,15 @@ class CodeFusionPipeline(DiffusionPipeline):
             )
             latents = step.prev_sample
             if step_index in record_steps:
-                token_ids, lengths, _ = self.decode_canvas(step.pred_original_sample, encoder_hidden_states, attention_mask)
+                token_ids, lengths, _ = self.decode_canvas(
+                    step.pred_original_sample, encoder_hidden_states, attention_mask
+                )
                 trajectory.append(
-                    {"step": step_index, "timestep": int(timestep), "code": self.ids_to_text(token_ids, lengths, max_length)}
+                    {
+                        "step": step_index,
+                        "timestep": int(timestep),
+                        "code": self.ids_to_text(token_ids, lengths, max_length),
+                    }
                 )
             if callback_on_step_end is not None:
                 callback_kwargs = {name: {"latents": latents}[name] for name in callback_on_step_end_tensor_inputs}
@@ -259,7 +273,9 @@ class CodeFusionPipeline(DiffusionPipeline):
         # Rank each prompt's candidates by score, best first.
         scores = scores.view(len(prompts), num_return_sequences)
         order = scores.argsort(dim=1, descending=True)
-        flat_order = (order + torch.arange(len(prompts), device=order.device)[:, None] * num_return_sequences).flatten()
+        flat_order = (
+            order + torch.arange(len(prompts), device=order.device)[:, None] * num_return_sequences
+        ).flatten()
         ranked_scores = scores.gather(1, order).tolist()
 
         def ranked(texts: list[str]) -> list[list[str]]:

@@ -31,7 +31,9 @@ class CodeFusionSchedulerOutput(BaseOutput):
 
 def sqrt_betas(num_train_timesteps: int, offset: float = 1e-4, max_beta: float = 0.999) -> torch.Tensor:
     """Diffusion-LM's "sqrt" schedule, alpha_bar(t) = 1 - sqrt(t / T + offset), discretised into betas."""
-    alpha_bar = 1 - torch.sqrt(torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps + offset)
+    alpha_bar = 1 - torch.sqrt(
+        torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps + offset
+    )
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta).float()
 
 
@@ -115,9 +117,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         alpha_bar = self.alphas_cumprod.to(device=like.device)[timesteps.to(like.device)].to(like.dtype)
         return alpha_bar.reshape(-1, *([1] * (like.ndim - 1)))
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), one timestep per row."""
         alpha_bar = self._alpha_bar(timesteps, original_samples)
         return alpha_bar.sqrt() * original_samples + (1 - alpha_bar).sqrt() * noise
@@ -161,7 +161,9 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         timestep = torch.as_tensor(timestep, device=self.timesteps.device)
         position = (self.timesteps == timestep).nonzero()
         if len(position) == 0:
-            raise ValueError(f"timestep {int(timestep)} is not one of the scheduler's timesteps {self.timesteps.tolist()}.")
+            raise ValueError(
+                f"timestep {int(timestep)} is not one of the scheduler's timesteps {self.timesteps.tolist()}."
+            )
         position = int(position[0, 0])
         prev_timestep = self.timesteps[position + 1] if position + 1 < len(self.timesteps) else None
 

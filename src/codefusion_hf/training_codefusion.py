@@ -35,8 +35,10 @@ class CodeFusionTrainingArguments(TrainingArguments):
 
     unconditional_probability: float = field(
         default=0.5,
-        metadata={"help": "Phase 1: share of rows trained unconditionally (prompt encoding replaced by Gaussian noise); "
-                  "the rest do code-specific continuous paragraph denoising (CPD)."},
+        metadata={
+            "help": "Phase 1: share of rows trained unconditionally (prompt encoding replaced by Gaussian noise); "
+            "the rest do code-specific continuous paragraph denoising (CPD)."
+        },
     )
     cpd_mask_rate: float = field(
         default=0.3, metadata={"help": "Phase 1: probability of masking each identifier or keyword for CPD."}
@@ -48,7 +50,9 @@ class CodeFusionTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Phase 2: keep the prompt encoder frozen (phase 1 always freezes it)."}
     )
     noise_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.noise_loss_weight."})
-    embedding_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.embedding_loss_weight."})
+    embedding_loss_weight: float | None = field(
+        default=None, metadata={"help": "Overrides config.embedding_loss_weight."}
+    )
     decoder_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.decoder_loss_weight."})
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training (saving a checkpoint) after this many minutes of this run."}
@@ -98,7 +102,9 @@ def load_code_dataset(
     total = len(dataset)
     dataset = dataset.filter(lambda row: all(isinstance(row[c], str) and row[c].strip() for c in columns.values()))
     if len(dataset) < total:
-        logger.warning(f"{data}: skipped {total - len(dataset)} of {total} rows whose prompt or code is not a non-empty string.")
+        logger.warning(
+            f"{data}: skipped {total - len(dataset)} of {total} rows whose prompt or code is not a non-empty string."
+        )
     if len(dataset) == 0:
         raise ValueError(f"{data} has no usable rows (need non-empty strings in {list(columns)}).")
     return dataset
@@ -195,9 +201,14 @@ class CodeFusionDataCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = self.prompt_tokenizer.pad(
-            [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features], return_tensors="pt"
+            [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features],
+            return_tensors="pt",
         )
-        return {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"], "labels": self.pad_labels(features)}
+        return {
+            "input_ids": prompts["input_ids"],
+            "attention_mask": prompts["attention_mask"],
+            "labels": self.pad_labels(features),
+        }
 
 
 @dataclass
@@ -248,7 +259,9 @@ class TimeLimitCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.start > self.max_seconds:
-            logger.warning(f"max_train_minutes={args.max_train_minutes} reached at step {state.global_step}: stopping.")
+            logger.warning(
+                f"max_train_minutes={args.max_train_minutes} reached at step {state.global_step}: stopping."
+            )
             control.should_training_stop = True
             control.should_save = True
 
@@ -369,13 +382,17 @@ class CodeFusionTrainer(Trainer):
     def generation_metrics(self, batch_size: int = 32) -> dict[str, float]:
         """Top-1 generation on the first `generation_eval_samples` rows: exact (and, for Bash, template) match,
         the share of non-empty outputs and of distinct outputs (low when the noise, not the prompt, decides)."""
-        rows = self.generation_eval_dataset.select(range(min(self.args.generation_eval_samples, len(self.generation_eval_dataset))))
+        rows = self.generation_eval_dataset.select(
+            range(min(self.args.generation_eval_samples, len(self.generation_eval_dataset)))
+        )
         pipe = self.make_pipeline()
         generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
         predictions = []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            output = pipe(chunk["prompt"], num_inference_steps=self.args.generation_inference_steps, generator=generator)
+            output = pipe(
+                chunk["prompt"], num_inference_steps=self.args.generation_inference_steps, generator=generator
+            )
             predictions += [candidates[0] for candidates in output.code]
         references = rows["code"]
         metrics = {"exact_match": sum(map(exact_match, predictions, references)) / len(rows)}
