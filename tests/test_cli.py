@@ -1,0 +1,72 @@
+"""The `codefusion` command through subprocess: output, exit codes, one-line errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PAIRS
+
+CODEFUSION = shutil.which("codefusion", path=str(Path(sys.executable).parent)) or shutil.which("codefusion")
+pytestmark = pytest.mark.skipif(CODEFUSION is None, reason="the codefusion console script is not installed")
+
+
+def run(*args):
+    return subprocess.run([CODEFUSION, *args], capture_output=True, text=True, env=os.environ, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(overfit_pipeline, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipeline")
+    overfit_pipeline.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["evaluate"], ["push"]])
+def test_help(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0 and "usage: codefusion" in result.stdout
+
+
+def test_generate_prints_ranked_candidates(saved_pipeline):
+    result = run("generate", saved_pipeline, "list all files", "-k", "2", "--steps", "20", "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["1. ls -la", "2. ls -la"]
+
+
+def test_generate_show_steps(saved_pipeline):
+    result = run("generate", saved_pipeline, "list all files", "-k", "1", "--steps", "5", "--show-steps")
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stdout.splitlines() if line.startswith("step")]
+    assert len(steps) == 5 and steps[-1].endswith("'ls -la'")
+
+
+def test_evaluate_writes_files(saved_pipeline, tmp_path):
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    result = run("evaluate", saved_pipeline, str(data), "--output-dir", str(tmp_path / "out"), "-k", "1")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["exact_match@1"] == 1.0 and metrics["num_prompts"] == len(PAIRS)
+    assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == len(PAIRS)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "/no/such/folder", "ls"], "error"),
+        (["generate", "MODEL", "   "], "prompt is empty"),
+        (["generate", "MODEL", "ls", "-k", "0"], "must be a positive integer"),
+        (["generate", "MODEL", "ls", "-k", "two"], "invalid positive_int value"),
+        (["push", "/no/such/folder", "user/repo"], "model_index.json is missing"),
+    ],
+)
+def test_user_mistakes_are_one_line_with_exit_code_2(saved_pipeline, args, message):
+    result = run(*[saved_pipeline if a == "MODEL" else a for a in args])
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
