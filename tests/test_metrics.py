@@ -1,6 +1,15 @@
 import pytest
 
-from codefusion_hf.metrics import bash_template, exact_match, parse_bash, template_match, top_k_accuracy
+from codefusion_hf.metrics import (
+    bash_template,
+    bleu,
+    distinct_n,
+    exact_match,
+    is_valid_syntax,
+    parse_bash,
+    template_match,
+    top_k_accuracy,
+)
 
 
 def test_exact_match_normalises_whitespace():
@@ -76,3 +85,46 @@ def test_top_k_accuracy():
 def test_top_k_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         top_k_accuracy(*args)
+
+
+def test_bleu():
+    assert bleu(["ls -la /tmp"], ["ls -la /tmp"]) == pytest.approx(100)
+    assert bleu(["cat a"], ["ls -la /tmp"]) == pytest.approx(0)
+    with pytest.raises(ValueError, match="differ in length"):
+        bleu(["a"], [])
+
+
+def test_distinct_n():
+    # prompt 1: unigrams ls,-l,ls,-l -> 2 distinct of 4; prompt 2: a,b,c,d -> 4 of 4; mean 0.75
+    assert distinct_n([["ls -l", "ls -l"], ["a b", "c d"]], 1) == pytest.approx(0.75)
+    # bigrams: (ls,-l) x2 -> 1/2; (a,b),(c,d) -> 2/2; mean 0.75; empty candidates are left out
+    assert distinct_n([["ls -l", "ls -l"], ["a b", "c d"], ["", ""]], 2) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
+    "code, language, valid",
+    [
+        ("x = [i for i in range(3)]", "python", True),
+        ("def f(:", "python", False),
+        ("find . -name '*.py' | xargs wc -l", "bash", True),
+        ("ls 'unclosed", "bash", False),
+        ("", "bash", False),
+        ("AND(GreaterThan(2),LessThan(5))", "excel", True),
+        ("OR(TextEquals(p), TextEquals(ul))", "excel", True),
+        ("NOT(TextContains(In Progress))", "excel", True),
+        ("Between(689, 927)", "excel", True),
+        ("ColorScale()", "excel", True),
+        ("AND(GreaterThan(2)", "excel", False),  # unclosed
+        ("Foo(1)", "excel", False),  # unknown rule
+        ("GreaterThan()", "excel", False),  # missing value
+        ("Between(1)", "excel", False),  # one value of two
+        ("top(10) extra", "excel", False),  # trailing text
+    ],
+)
+def test_syntax_validity(code, language, valid):
+    assert is_valid_syntax(code, language) is valid
+
+
+def test_syntax_validity_unknown_language():
+    with pytest.raises(ValueError, match="Unknown language 'rust'"):
+        is_valid_syntax("fn main() {}", "rust")

@@ -8,11 +8,12 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import top_k_accuracy
+from .metrics import bleu, distinct_n, is_valid_syntax, top_k_accuracy
 from .pipeline_codefusion import CodeFusionPipeline
 
-# Metrics computed for each language; every language gets exact match.
+# Top-k metrics of each language; every language gets exact match.
 LANGUAGE_METRICS = {"bash": ["exact_match", "template_match"]}
+SYNTAX_LANGUAGES = ("python", "bash", "excel")
 
 
 def evaluate_pipeline(
@@ -56,8 +57,9 @@ def evaluate_pipeline(
 
 
 def score_candidates(candidates: list[list[str]], references: list[str], language: str) -> dict:
-    """Top-1/3/5 of each metric of the language (k up to the number of candidates), the share of non-empty and of
-    distinct top-1 outputs (low when the noise, not the prompt, decides), and the machine."""
+    """Top-1/3/5 of each metric of the language (k up to the number of candidates), BLEU of the top-1 candidates,
+    the share of syntactically valid candidates (top-1 and all), distinct-1/2 among each prompt's candidates, the
+    share of non-empty and of distinct top-1 outputs (low when the noise, not the prompt, decides), and the machine."""
     ks = [k for k in (1, 3, 5) if k <= max(len(codes) for codes in candidates)]
     metrics = {
         f"{metric}@{k}": top_k_accuracy(candidates, references, metric, k)
@@ -65,6 +67,12 @@ def score_candidates(candidates: list[list[str]], references: list[str], languag
         for k in ks
     }
     top1 = [codes[0] if codes else "" for codes in candidates]
+    metrics["bleu@1"] = bleu(top1, references)
+    if language in SYNTAX_LANGUAGES:
+        every = [code for codes in candidates for code in codes]
+        metrics["syntax_valid@1"] = sum(is_valid_syntax(code, language) for code in top1) / len(top1)
+        metrics["syntax_valid_all"] = sum(is_valid_syntax(code, language) for code in every) / len(every)
+    metrics |= {"distinct_1": distinct_n(candidates, 1), "distinct_2": distinct_n(candidates, 2)}
     return metrics | {
         "non_empty_rate": sum(bool(code.strip()) for code in top1) / len(top1),
         "distinct_top1_rate": len(set(top1)) / len(top1),

@@ -1,11 +1,14 @@
-"""Metrics for code generation: exact match and NL2Bash template match, top-k over ranked candidates."""
+"""Metrics for code generation: exact match, NL2Bash template match, BLEU, syntax validity, diversity, top-k."""
 
+import ast
+import re
 import signal
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import bashlex
+import sacrebleu
 
 # Model outputs can be long garbage; bashlex's parser is slow and memory-hungry on such input.
 MAX_PARSE_CHARS = 1000
@@ -149,6 +152,112 @@ def template_match(prediction: str, reference: str) -> bool:
 
 METRICS: dict[str, Callable[[str, str], bool]] = {"exact_match": exact_match, "template_match": template_match}
 
+# The Excel conditional-formatting rule language of the CodeFusion benchmark, read off its training data:
+# logical combinators of rules, text tests with a free-text argument, value tests with one or two values, and
+# rules without arguments.
+CF_LOGICAL = {"AND", "OR"}
+CF_TEXT = {"TextEquals", "TextContains", "TextBeginsWith", "TextEndsWith", "TextNotContains"}
+CF_ONE_VALUE = {"GreaterThan", "GreaterThanEqual", "LessThan", "LessThanEqual", "Equals", "NotEquals", "top", "bottom"}
+CF_TWO_VALUES = {"Between", "NotBetween"}
+CF_NO_ARGUMENTS = {
+    "aboveAverage",
+    "belowAverage",
+    "ColorScale",
+    "IconSet",
+    "Duplicate",
+    "Unique",
+    "Blanks",
+    "NoBlanks",
+}
+CF_VALUE = re.compile(r"\s*[^(),\s][^(),]*")
+
+
+def _cf_rule_end(code: str, start: int) -> int | None:
+    """Parse one CF rule at `start`; return the index after it, or None when it is not a valid rule."""
+    match = re.compile(r"\s*([A-Za-z]+)\(").match(code, start)
+    if match is None:
+        return None
+    name, position = match.group(1), match.end()
+    if name in CF_LOGICAL or name == "NOT":
+        count = 0
+        while True:
+            position = _cf_rule_end(code, position)
+            if position is None:
+                return None
+            count += 1
+            if code.startswith(",", position) and name != "NOT":
+                position += 1
+                continue
+            break
+    elif name in CF_TEXT:
+        # Free text (possibly empty, possibly with balanced parentheses) up to the rule's closing parenthesis.
+        close = _matching_close(code, match.end() - 1)
+        return None if close is None else close + 1
+    elif name in CF_ONE_VALUE or name in CF_TWO_VALUES:
+        for index in range(1 if name in CF_ONE_VALUE else 2):
+            if index and not code.startswith(",", position):
+                return None
+            value = CF_VALUE.match(code, position + index)
+            if value is None:
+                return None
+            position = value.end()
+    elif name not in CF_NO_ARGUMENTS:
+        return None
+    position = len(code) - len(code[position:].lstrip())
+    return position + 1 if code.startswith(")", position) else None
+
+
+def _matching_close(code: str, open_index: int) -> int | None:
+    depth = 0
+    for index in range(open_index, len(code)):
+        depth += {"(": 1, ")": -1}.get(code[index], 0)
+        if depth == 0:
+            return index
+    return None
+
+
+def is_valid_excel_cf(code: str) -> bool:
+    """Whether `code` is one rule of the Excel conditional-formatting language (see the CF_* sets above)."""
+    end = _cf_rule_end(code, 0)
+    return end is not None and not code[end:].strip()
+
+
+def is_valid_syntax(code: str, language: str) -> bool:
+    """Python: `ast.parse` succeeds; Bash: bashlex parses it; Excel CF: `is_valid_excel_cf`. Empty code is invalid."""
+    if not code.strip():
+        return False
+    if language == "python":
+        try:
+            ast.parse(code)
+            return True
+        except (SyntaxError, ValueError):
+            return False
+    if language == "bash":
+        return parse_bash(code) is not None
+    if language == "excel":
+        return is_valid_excel_cf(code)
+    raise ValueError(f"Unknown language {language!r}: choose python, bash or excel.")
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu, default 13a tokenisation) of one prediction per reference, on a 0-100 scale."""
+    if len(predictions) != len(references):
+        raise ValueError(f"predictions ({len(predictions)}) and references ({len(references)}) differ in length.")
+    return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
+
+
+def distinct_n(candidates: Sequence[Sequence[str]], n: int) -> float:
+    """Diversity among the k candidates of each prompt: distinct whitespace n-grams over all n-grams of the
+    candidates, averaged over prompts (prompts whose candidates have no n-gram are left out)."""
+    ratios = []
+    for codes in candidates:
+        grams = [
+            tuple(tokens[i : i + n]) for tokens in (code.split() for code in codes) for i in range(len(tokens) - n + 1)
+        ]
+        if grams:
+            ratios.append(len(set(grams)) / len(grams))
+    return sum(ratios) / len(ratios) if ratios else 0.0
+
 
 def top_k_accuracy(
     candidates: Sequence[Sequence[str]], references: Sequence[str], metric: str | Callable[[str, str], bool], k: int
@@ -168,4 +277,15 @@ def top_k_accuracy(
     return sum(any(metric(c, ref) for c in cands[:k]) for cands, ref in zip(candidates, references)) / len(references)
 
 
-__all__ = ["bash_template", "exact_match", "normalise_code", "parse_bash", "template_match", "top_k_accuracy"]
+__all__ = [
+    "bash_template",
+    "bleu",
+    "distinct_n",
+    "exact_match",
+    "is_valid_excel_cf",
+    "is_valid_syntax",
+    "normalise_code",
+    "parse_bash",
+    "template_match",
+    "top_k_accuracy",
+]
