@@ -9,6 +9,7 @@ setup(
     license="MIT",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"codefusion_hf": ["evaluate_metrics/*/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         # Pinned: a CPU wheel of this version is what the project is tested with; an unpinned torch pulls CUDA builds.

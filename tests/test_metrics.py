@@ -6,6 +6,7 @@ from codefusion_hf.metrics import (
     distinct_n,
     exact_match,
     is_valid_syntax,
+    metric_path,
     parse_bash,
     template_match,
     top_k_accuracy,
@@ -128,3 +129,23 @@ def test_syntax_validity(code, language, valid):
 def test_syntax_validity_unknown_language():
     with pytest.raises(ValueError, match="Unknown language 'rust'"):
         is_valid_syntax("fn main() {}", "rust")
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("template_match", {"predictions": ["ls -l /a", "ls"], "references": ["ls -l /b", "ls -a"]}, 0.5),
+        ("code_exact_match", {"predictions": ["ls  -l", "ls"], "references": ["ls -l", "ls -a"]}, 0.5),
+        ("syntax_validity", {"predictions": ["x = 1", "def f(:"], "language": "python"}, 0.5),
+    ],
+)
+def test_evaluate_load_offline(name, kwargs, expected):
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(metric_path(name))
+    (value,) = metric.compute(**kwargs).values()
+    assert value == pytest.approx(expected)
+
+
+def test_unknown_shipped_metric():
+    with pytest.raises(ValueError, match="Unknown metric 'bleurt'.*template_match"):
+        metric_path("bleurt")

@@ -1,6 +1,7 @@
 """Metrics for code generation: exact match, NL2Bash template match, BLEU, syntax validity, diversity, top-k."""
 
 import ast
+import os
 import re
 import signal
 import threading
@@ -277,6 +278,16 @@ def top_k_accuracy(
     return sum(any(metric(c, ref) for c in cands[:k]) for cands, ref in zip(candidates, references)) / len(references)
 
 
+def metric_path(name: str) -> str:
+    """Path of a metric shipped as a local `evaluate` module, for `evaluate.load(metric_path(name))` offline
+    (the Hub versions of evaluate's metrics cannot be fetched without network)."""
+    path = os.path.join(os.path.dirname(__file__), "evaluate_metrics", name, f"{name}.py")
+    if not os.path.isfile(path):
+        available = sorted(os.listdir(os.path.join(os.path.dirname(__file__), "evaluate_metrics")))
+        raise ValueError(f"Unknown metric {name!r}: shipped metrics are {available}.")
+    return path
+
+
 __all__ = [
     "bash_template",
     "bleu",
@@ -284,6 +295,7 @@ __all__ = [
     "exact_match",
     "is_valid_excel_cf",
     "is_valid_syntax",
+    "metric_path",
     "normalise_code",
     "parse_bash",
     "template_match",
