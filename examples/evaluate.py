@@ -37,7 +37,7 @@ def main():
     data = load_code_dataset(args.test_file, prompt_column=args.prompt_column, code_column=args.code_column)
     if args.max_samples:
         data = data.select(range(min(args.max_samples, len(data))))
-    prompts, references = data["prompt"], data["code"]
+    prompts, references = list(data["prompt"]), list(data["code"])
     candidates, scores, metrics = evaluate_pipeline(
         CodeFusionPipeline.from_pretrained(args.model),
         prompts,

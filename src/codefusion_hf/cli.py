@@ -87,7 +87,7 @@ def evaluate(args: argparse.Namespace) -> None:
     data = load_code_dataset(args.test_file)
     if args.max_samples:
         data = data.select(range(min(args.max_samples, len(data))))
-    prompts, references = data["prompt"], data["code"]
+    prompts, references = list(data["prompt"]), list(data["code"])
     candidates, scores, metrics = evaluate_pipeline(
         CodeFusionPipeline.from_pretrained(args.model),
         prompts,
