@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,12 +57,20 @@ INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 class HubError(Exception):
     """An error answer: HTTP status, message and the `X-Error-Code` the client turns into an exception class."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: dict | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.body = body or {}
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -90,8 +99,12 @@ class FileEntry:
     def tree_json(self, path: str) -> dict:
         entry = {"type": "file", "oid": self.git_oid, "size": self.size, "path": path}
         if self.lfs:
-            entry["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": len(lfs_pointer(self.sha256, 0))}
+            entry["lfs"] = {"oid": self.sha256, "size": self.size, "pointerSize": self.pointer_size}
         return entry
+
+    @property
+    def pointer_size(self) -> int:
+        return len(lfs_pointer(self.sha256, self.size))
 
     def remote_oid(self) -> str:
         """The oid preupload reports, compared by the client with its own to skip unchanged files."""
@@ -138,6 +151,7 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.pending_uploads: dict[str, int] = {}  # LFS oid -> size, announced by a batch call
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request, for tests
+        self.errors: list[str] = []  # tracebacks of requests that failed inside the server (answered 500)
         self.lock = threading.RLock()
         os.makedirs(os.path.join(root, "objects"), exist_ok=True)
 
@@ -318,7 +332,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             headers = {"X-Error-Message": error.message, **error.headers}
             if error.code:
                 headers["X-Error-Code"] = error.code
-            self.send_json({"error": error.message, **error.headers.get("_body", {})}, error.status, headers)
+            self.send_json({"error": error.message, **error.body}, error.status, headers)
+        except Exception:  # a bug of this server: answer 500 (not a dropped connection) and keep the traceback
+            self.hub.errors.append(traceback.format_exc())
+            self.send_json({"error": "Internal error of the test Hub server"}, 500)
 
     def json_body(self, body: bytes) -> dict:
         try:
@@ -359,6 +376,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return self.send_json({})
         if parts == ["validate-yaml"] and method == "POST":
             return self.send_json({"errors": [], "warnings": []})
+        if parts == ["lfs-verify"] and method == "POST":
+            payload = self.json_body(body)
+            if not self.hub.has_object(payload.get("oid", ""), payload.get("size")):
+                raise HubError(404, f"LFS object {payload.get('oid')} was not uploaded.")
+            return self.send_json({})
         if parts == ["repos", "create"] and method == "POST":
             return self.create_repo(self.json_body(body), user)
         if parts == ["repos", "delete"] and method == "DELETE":
@@ -406,7 +428,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         repo, created = self.hub.create_repo(repo_type, f"{namespace}/{payload['name']}", user, bool(private))
         url = self.repo_url(repo)
         if not created:
-            raise HubError(409, f"You already created this {repo_type} repo", headers={"_body": {"url": url}})
+            raise HubError(409, f"You already created this {repo_type} repo", body={"url": url})
         self.send_json({"url": url, "name": repo.repo_id, "id": repo.repo_id})
 
     def delete_repo(self, payload: dict, user: str | None) -> None:
@@ -427,7 +449,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             if with_blobs:
                 sibling |= {"size": entry.size, "blobId": entry.git_oid}
                 if entry.lfs:
-                    sibling["lfs"] = {"size": entry.size, "sha256": entry.sha256, "pointerSize": 0}
+                    sibling["lfs"] = {"size": entry.size, "sha256": entry.sha256, "pointerSize": entry.pointer_size}
             siblings.append(sibling)
         self.send_json(
             {
@@ -685,6 +707,10 @@ class HubServer:
     @property
     def requests(self) -> list[tuple[str, str, int]]:
         return self.hub.requests
+
+    @property
+    def errors(self) -> list[str]:
+        return self.hub.errors
 
     def repo(self, repo_id: str, repo_type: str = "model") -> Repo | None:
         return self.hub.repos.get((repo_type, repo_id))

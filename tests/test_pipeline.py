@@ -236,6 +236,18 @@ def test_loading_a_damaged_folder_names_the_file(tiny_pipeline, tmp_path, damage
         CodeFusionPipeline.from_pretrained(tmp_path)
 
 
+def test_loading_a_missing_folder(tmp_path):
+    with pytest.raises(OSError, match="is not a folder, nor a Hub repo id"):
+        CodeFusionPipeline.from_pretrained(tmp_path / "missing")
+
+
+def test_prompts_from_a_dataset_column(tiny_pipeline):
+    from datasets import Dataset
+
+    column = Dataset.from_dict({"prompt": ["list all files", "show disk usage"]})["prompt"]
+    assert seeded(tiny_pipeline, column).code == seeded(tiny_pipeline, ["list all files", "show disk usage"]).code
+
+
 def test_loading_another_pipeline_class(tiny_pipeline, tmp_path):
     tiny_pipeline.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())

@@ -2,7 +2,7 @@
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,14 +97,25 @@ class CodeFusionPipeline(DiffusionPipeline):
         """Load from a local folder or a Hub repo id (`revision=`, `token=`, `cache_dir=` are passed to the download).
 
         A repo id is downloaded with `huggingface_hub.snapshot_download` first: diffusers cannot resolve a custom
-        pipeline class by repo id. Missing or unreadable files raise an `OSError` naming the file.
+        pipeline class by repo id. Missing or unreadable files raise an `OSError` naming the file (and the repo id
+        and revision, for a download: the snapshot folder alone does not say which repo it came from).
         """
         path = str(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            download_kwargs = {key: kwargs.pop(key) for key in ("revision", "token", "cache_dir") if key in kwargs}
-            path = snapshot_download(path, **download_kwargs)
-        check_pipeline_folder(path)
-        return super().from_pretrained(path, **kwargs)
+        if os.path.isdir(path):
+            check_pipeline_folder(path)
+            return super().from_pretrained(path, **kwargs)
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise OSError(f"{path} is not a folder, nor a Hub repo id (which looks like 'user/name').")
+        download_kwargs = {key: kwargs.pop(key) for key in ("revision", "token", "cache_dir") if key in kwargs}
+        folder = snapshot_download(path, **download_kwargs)
+        try:
+            check_pipeline_folder(folder)
+        except OSError as error:
+            revision = download_kwargs.get("revision") or "main"
+            raise OSError(
+                f"Hub repo {path!r} (revision {revision!r}) is not a usable CodeFusion pipeline: {error}"
+            ) from None
+        return super().from_pretrained(folder, **kwargs)
 
     def check_inputs(
         self,
@@ -115,8 +126,9 @@ class CodeFusionPipeline(DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
     ) -> list[str]:
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        # Any sequence of strings works, e.g. a `datasets` column.
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
+        if not isinstance(prompts, list) or len(prompts) == 0:
             raise ValueError(f"prompt must be a non-empty string or a non-empty list of strings, got {prompt!r}.")
         for index, text in enumerate(prompts):
             if not isinstance(text, str):

@@ -1,0 +1,392 @@
+"""Round trips through a Hub: the real `huggingface_hub` client code (push_to_hub, snapshot_download, revisions,
+Trainer checkpoint pushes) against the local Hub-compatible server of hub_server.py, on 127.0.0.1 only."""
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import transformers.utils.hub as transformers_hub
+from hub_server import HubServer
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.hf_api import api as default_api
+from safetensors.torch import load_file
+from test_training import make_trainer
+from transformers import AutoTokenizer, TrainerCallback
+
+from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler
+from codefusion_hf.training_codefusion import CodeFusionTrainer
+
+TOKEN = "hf_test_write_token"
+USER = "user"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# Deprecations inside the libraries (huggingface_hub's LFS upload passes `data=` to httpx2; diffusers passes
+# `local_dir_use_symlinks` to hf_hub_download): not actionable here.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated:UserWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubServer]:
+    """The local Hub, with huggingface_hub pointed at it and offline mode off for this module only.
+
+    The client reads HF_ENDPOINT and HF_HUB_OFFLINE at import time, so the copies in `constants`, the module-level
+    `HfApi` behind `huggingface_hub.create_repo` & co. and transformers' cached `HfApi` are patched, then restored.
+    At teardown, fails if the client called an endpoint the server does not implement (501) or the server failed.
+    """
+    server = HubServer(tokens={TOKEN: USER}).start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_ENDPOINT", server.url)
+        patch.setenv("HF_HUB_OFFLINE", "0")
+        patch.setenv("HF_HUB_DISABLE_XET", "1")
+        patch.delenv("HF_TOKEN", raising=False)
+        patch.setattr(constants, "ENDPOINT", server.url)
+        patch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        patch.setattr(constants, "HF_HUB_OFFLINE", False)
+        patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        patch.setattr(default_api, "endpoint", server.url)
+        patch.setattr(transformers_hub, "_hf_api", None)
+        yield server
+    server.stop()
+    unimplemented = [(method, path) for method, path, status in server.requests if status == 501]
+    assert not unimplemented, f"the client called endpoints the test Hub does not implement: {unimplemented}"
+    assert not server.errors, "the test Hub server failed:\n" + "\n".join(server.errors)
+
+
+@pytest.fixture
+def api(hub) -> HfApi:
+    return HfApi(endpoint=hub.url, token=TOKEN)
+
+
+def generate(pipe: CodeFusionPipeline) -> list[list[str]]:
+    pipe.set_progress_bar_config(disable=True)
+    output = pipe(
+        "list all files", num_inference_steps=5, num_return_sequences=2, generator=torch.Generator().manual_seed(0)
+    )
+    return output.code
+
+
+def downloaded(hub: HubServer, repo_id: str, filename: str) -> int:
+    """How many times the server sent `filename` of `repo_id` (GET of its resolve URL)."""
+    return sum(
+        1
+        for method, path, status in hub.requests
+        if method == "GET" and status in (200, 206) and path.startswith(f"/{repo_id}/resolve/") and filename in path
+    )
+
+
+def assert_same_weights(model: torch.nn.Module, other: torch.nn.Module) -> None:
+    state, other_state = model.state_dict(), other.state_dict()
+    assert state.keys() == other_state.keys()
+    for name, tensor in state.items():
+        torch.testing.assert_close(other_state[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_pipeline_push_and_load_into_an_empty_cache(hub, api, tiny_pipeline, tmp_path):
+    commit = tiny_pipeline.push_to_hub(f"{USER}/cf-tiny", token=TOKEN)
+    files = set(api.list_repo_files(f"{USER}/cf-tiny"))
+    assert {
+        "model_index.json",
+        "README.md",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/modeling_codefusion.py",
+        "scheduler/scheduler_config.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+    } <= files
+    info = api.model_info(f"{USER}/cf-tiny", files_metadata=True)
+    assert info.sha == commit.oid
+    weights = next(s for s in info.siblings if s.rfilename == "model/model.safetensors")
+    assert weights.lfs is not None  # uploaded through the LFS batch API, not inline
+
+    cache = tmp_path / "cache"
+    assert not cache.exists()
+    loaded = CodeFusionPipeline.from_pretrained(f"{USER}/cf-tiny", cache_dir=cache)
+    assert downloaded(hub, f"{USER}/cf-tiny", "model/model.safetensors") == 1
+    assert (cache / f"models--{USER}--cf-tiny" / "snapshots" / commit.oid / "model_index.json").is_file()
+    assert_same_weights(tiny_pipeline.model, loaded.model)
+    assert generate(loaded) == generate(tiny_pipeline)
+
+
+def test_loading_an_older_revision(hub, api, tiny_pipeline, tmp_path):
+    repo_id = f"{USER}/cf-revisions"
+    first = tiny_pipeline.push_to_hub(repo_id, token=TOKEN)
+    first_code = generate(tiny_pipeline)
+    first_weights = {k: v.clone() for k, v in tiny_pipeline.model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in tiny_pipeline.model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    second = tiny_pipeline.push_to_hub(repo_id, token=TOKEN, commit_message="Changed weights")
+    second_code = generate(tiny_pipeline)
+    assert first.oid != second.oid and first_code != second_code
+    assert [c.title for c in api.list_repo_commits(repo_id)][:2] == ["Changed weights", "Upload CodeFusionPipeline"]
+
+    cache = tmp_path / "cache"
+    old = CodeFusionPipeline.from_pretrained(repo_id, revision=first.oid, cache_dir=cache)
+    new = CodeFusionPipeline.from_pretrained(repo_id, cache_dir=cache)
+    assert generate(old) == first_code
+    assert generate(new) == second_code
+    for name, tensor in old.model.state_dict().items():
+        torch.testing.assert_close(tensor, first_weights[name], rtol=0, atol=0)
+
+    # A branch name works as a revision too.
+    api.create_branch(repo_id, branch="v1", revision=first.oid)
+    assert generate(CodeFusionPipeline.from_pretrained(repo_id, revision="v1", cache_dir=cache)) == first_code
+
+
+def test_model_push_and_load(hub, tiny_model, tmp_path):
+    tiny_model.push_to_hub(f"{USER}/cf-model", token=TOKEN)
+    loaded = CodeFusionModel.from_pretrained(f"{USER}/cf-model", cache_dir=tmp_path / "cache")
+    assert type(loaded) is CodeFusionModel
+    ignored = ("_name_or_path", "dtype", "encoder_config")  # the loaded encoder config also records its dtype
+    config, loaded_config = tiny_model.config.to_dict(), loaded.config.to_dict()
+    assert {k: v for k, v in loaded_config.items() if k not in ignored} == {
+        k: v for k, v in config.items() if k not in ignored
+    }
+    assert loaded_config["encoder_config"]["vocab_size"] == config["encoder_config"]["vocab_size"]
+    assert_same_weights(tiny_model, loaded)
+
+
+def test_tokenizer_push_and_load(hub, code_tokenizer, tmp_path):
+    code_tokenizer.push_to_hub(f"{USER}/cf-tokenizer", token=TOKEN)
+    loaded = AutoTokenizer.from_pretrained(f"{USER}/cf-tokenizer", cache_dir=tmp_path / "cache")
+    assert loaded.get_vocab() == code_tokenizer.get_vocab()
+    code = "find . -name '*.py'\n\tls -la"
+    assert loaded(code)["input_ids"] == code_tokenizer(code)["input_ids"]
+    assert loaded.decode(loaded(code)["input_ids"], clean_up_tokenization_spaces=False) == code
+    assert (loaded.pad_token, loaded.eos_token, loaded.mask_token) == ("<pad>", "</s>", "<mask>")
+
+
+def test_scheduler_push_and_load(hub, tmp_path):
+    scheduler = CodeFusionScheduler(num_train_timesteps=100, noise_schedule="sqrt", prediction_type="sample")
+    scheduler.push_to_hub(f"{USER}/cf-scheduler", token=TOKEN)
+    loaded = CodeFusionScheduler.from_pretrained(f"{USER}/cf-scheduler", cache_dir=tmp_path / "cache")
+    public = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+    assert {k: v for k, v in loaded.config.items() if not k.startswith("_")} == public
+    torch.testing.assert_close(loaded.alphas_cumprod, scheduler.alphas_cumprod)
+
+
+REMOTE_CODE = textwrap.dedent(
+    """
+    import importlib.util, json, os, sys
+    src = os.path.realpath(sys.argv[1])
+    # Hide the package: drop src/ (put on sys.path by the editable install's .pth) and any editable finder.
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != src]
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    assert importlib.util.find_spec("codefusion_hf") is None, "codefusion_hf is still importable"
+
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(sys.argv[2], trust_remote_code=True)
+    config = model.config
+    noise = torch.randn(1, config.max_code_length, config.latent_dim, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    loss = model(
+        input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([[9, 10, 11]]),
+        timesteps=torch.tensor([10]), noise=noise,
+    ).loss
+    print(json.dumps({
+        "class": type(model).__name__,
+        "module": type(model).__module__,
+        "loss": loss.item(),
+        "codefusion_hf_imported": "codefusion_hf" in sys.modules,
+    }))
+    """
+)
+
+
+def test_auto_model_with_remote_code_in_a_process_without_the_package(hub, tiny_model, tmp_path):
+    """The pushed repo carries its own modeling code: a process that cannot import codefusion_hf still loads it."""
+    tiny_model.push_to_hub(f"{USER}/cf-remote-code", token=TOKEN)
+    config = tiny_model.config
+    noise = torch.randn(1, config.max_code_length, config.latent_dim, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = tiny_model.eval()(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            labels=torch.tensor([[9, 10, 11]]),
+            timesteps=torch.tensor([10]),
+            noise=noise,
+        ).loss.item()
+
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "TRANSFORMERS_OFFLINE")}
+    env |= {
+        "HF_ENDPOINT": hub.url,
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_CODE, str(SRC), f"{USER}/cf-remote-code"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert output["class"] == "CodeFusionModel"
+    assert output["module"].startswith("transformers_modules.")
+    assert not output["codefusion_hf_imported"]
+    assert output["loss"] == pytest.approx(expected, rel=1e-5)
+    assert (tmp_path / "hf-home" / "hub" / f"models--{USER}--cf-remote-code").is_dir()
+
+
+class WaitForPush(TrainerCallback):
+    """Waits for each save's push and re-raises its error. This tiny model trains in milliseconds, so without it the
+    next save would overwrite output_dir while the previous background push still reads it."""
+
+    def __init__(self, trainer: CodeFusionTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        push = self.trainer.push_in_progress
+        if push is not None:
+            push.wait_until_done()
+            for job in push.jobs:
+                job.result()
+
+
+def test_trainer_pushes_checkpoints_while_training(hub, api, code_tokenizer, tmp_path):
+    repo_id = f"{USER}/cf-trainer"
+    trainer = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        push_to_hub=True,
+        hub_model_id=repo_id,
+        hub_token=TOKEN,
+        hub_strategy="checkpoint",  # also push the whole last checkpoint (optimizer, trainer state)
+    )
+    trainer.add_callback(WaitForPush(trainer))
+    trainer.train()
+
+    commits = {c.title: c.commit_id for c in api.list_repo_commits(repo_id)}
+    for step in (2, 4):
+        assert f"Training in progress, step {step}" in commits
+        assert f"Training in progress, step {step}, checkpoint" in commits
+    files = set(api.list_repo_files(repo_id))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "training_args.bin"} <= files
+    assert {
+        "last-checkpoint/trainer_state.json",
+        "last-checkpoint/optimizer.pt",
+        "last-checkpoint/model.safetensors",
+    } <= files
+
+    cache = tmp_path / "cache"
+    for step in (2, 4):
+        revision = commits[f"Training in progress, step {step}, checkpoint"]
+        state = hf_hub_download(repo_id, "last-checkpoint/trainer_state.json", revision=revision, cache_dir=cache)
+        assert json.loads(Path(state).read_text())["global_step"] == step
+    at_step_2 = load_file(
+        hf_hub_download(
+            repo_id, "model.safetensors", revision=commits["Training in progress, step 2"], cache_dir=cache
+        )
+    )
+    final = load_file(hf_hub_download(repo_id, "model.safetensors", cache_dir=cache))
+    trained = trainer.model.state_dict()
+    assert final.keys() and final.keys() <= trained.keys()
+    for name, tensor in final.items():
+        torch.testing.assert_close(tensor, trained[name], rtol=0, atol=0)
+    assert any(not torch.equal(at_step_2[name], final[name]) for name in final)  # the weights moved between pushes
+
+    # Checkpoint pushes copy only config and weights to the repo root; the final push adds the modeling code that
+    # `trust_remote_code` needs and a model card.
+    assert "modeling_codefusion.py" not in files
+    trainer.push_to_hub(commit_message="End of training")
+    files = set(api.list_repo_files(repo_id))
+    assert {"README.md", "modeling_codefusion.py", "configuration_codefusion.py", "scheduling_codefusion.py"} <= files
+
+
+def test_push_without_a_token_is_one_clear_error(hub, api, tiny_pipeline):
+    with pytest.raises(HfHubHTTPError, match="401") as error:
+        tiny_pipeline.push_to_hub(f"{USER}/cf-no-token")
+    assert error.value.response.status_code == 401
+    assert hub.repo(f"{USER}/cf-no-token") is None
+
+    # An existing public repo: the upload is refused and no commit is made.
+    repo_id = f"{USER}/cf-no-token-existing"
+    tiny_pipeline.push_to_hub(repo_id, token=TOKEN)
+    commits = len(api.list_repo_commits(repo_id))
+    with pytest.raises(HfHubHTTPError, match="401"):
+        tiny_pipeline.push_to_hub(repo_id)
+    assert len(api.list_repo_commits(repo_id)) == commits
+
+
+def test_loading_a_missing_repo_or_revision_names_it(hub, tiny_pipeline, tmp_path):
+    with pytest.raises(RepositoryNotFoundError, match=f"{USER}/cf-does-not-exist"):
+        CodeFusionPipeline.from_pretrained(f"{USER}/cf-does-not-exist", cache_dir=tmp_path)
+    tiny_pipeline.push_to_hub(f"{USER}/cf-has-main", token=TOKEN)
+    with pytest.raises(RevisionNotFoundError, match="no-such-branch"):
+        CodeFusionPipeline.from_pretrained(f"{USER}/cf-has-main", revision="no-such-branch", cache_dir=tmp_path)
+    with pytest.raises(RevisionNotFoundError, match="0" * 40):
+        CodeFusionPipeline.from_pretrained(f"{USER}/cf-has-main", revision="0" * 40, cache_dir=tmp_path)
+
+
+def test_loading_a_repo_that_is_not_a_codefusion_pipeline(hub, api, tmp_path):
+    readme_only = f"{USER}/cf-readme-only"
+    api.create_repo(readme_only)
+    api.upload_file(path_or_fileobj=b"# Not a pipeline\n", path_in_repo="README.md", repo_id=readme_only)
+    with pytest.raises(OSError, match=f"(?s){readme_only}.*model_index.json"):
+        CodeFusionPipeline.from_pretrained(readme_only, cache_dir=tmp_path)
+
+    other = f"{USER}/cf-other-pipeline"
+    api.create_repo(other)
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1", "unet": ["diffusers", "X"]}
+    api.upload_file(path_or_fileobj=json.dumps(index).encode(), path_in_repo="model_index.json", repo_id=other)
+    with pytest.raises(OSError, match=f"(?s){other}.*StableDiffusionPipeline.*not a CodeFusionPipeline"):
+        CodeFusionPipeline.from_pretrained(other, cache_dir=tmp_path)
+
+
+def request(hub: HubServer, method: str, path: str, headers: dict[str, str] | None = None):
+    """A raw request to the server: (status, headers, body)."""
+    host, port = hub.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+def test_server_serves_byte_ranges_and_hub_error_codes(hub, api):
+    """What the client relies on beyond the round trips above: byte ranges (resumed downloads) and the
+    `X-Error-Code` headers huggingface_hub maps to exception classes."""
+    repo_id = f"{USER}/cf-ranges"
+    api.create_repo(repo_id)
+    api.upload_file(path_or_fileobj=b"0123456789", path_in_repo="digits.txt", repo_id=repo_id)
+    path = f"/{repo_id}/resolve/main/digits.txt"
+    status, headers, body = request(hub, "GET", path, {"Range": "bytes=4-"})
+    assert (status, body, headers["Content-Range"]) == (206, b"456789", "bytes 4-9/10")
+    status, headers, body = request(hub, "HEAD", path)
+    assert (status, headers["Content-Length"], body) == (200, "10", b"")
+    assert headers["X-Repo-Commit"] == api.model_info(repo_id).sha
+    assert request(hub, "HEAD", f"/{repo_id}/resolve/main/nope.txt")[1]["X-Error-Code"] == "EntryNotFound"
+    assert request(hub, "HEAD", f"/{repo_id}/resolve/v9/digits.txt")[1]["X-Error-Code"] == "RevisionNotFound"
+    assert request(hub, "GET", f"/api/models/{USER}/nope")[1]["X-Error-Code"] == "RepoNotFound"
+    assert request(hub, "GET", "/api/whoami-v2", {"Authorization": "Bearer wrong"})[0] == 401
