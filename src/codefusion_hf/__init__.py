@@ -1,6 +1,7 @@
 """CodeFusion (Singh et al., EMNLP 2023) as Hugging Face components."""
 
 from .configuration_codefusion import CodeFusionConfig
+from .modelcard_codefusion import create_model_card
 from .modeling_codefusion import CodeFusionModel, CodeFusionModelOutput
 from .pipeline_codefusion import CodeFusionPipeline, CodeFusionPipelineOutput
 from .scheduling_codefusion import CodeFusionScheduler, CodeFusionSchedulerOutput
@@ -16,5 +17,6 @@ __all__ = [
     "CodeFusionPipelineOutput",
     "CodeFusionScheduler",
     "CodeFusionSchedulerOutput",
+    "create_model_card",
     "train_code_tokenizer",
 ]

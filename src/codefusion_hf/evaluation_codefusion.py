@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -35,25 +36,46 @@ def evaluate_pipeline(
         raise ValueError("prompts is empty: nothing to evaluate.")
     pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per denoising loop
     generator = torch.Generator().manual_seed(seed)
-    candidates, scores = [], []
-    start = time.perf_counter()
-    for begin in tqdm(range(0, len(prompts), batch_size), desc="Generating", unit="batch"):
+
+    def generate_fn(batch: list[str]) -> tuple[list[list[str]], list[list[float]]]:
         output = pipe(
-            prompts[begin : begin + batch_size],
+            batch,
             num_inference_steps=num_inference_steps,
             num_return_sequences=num_return_sequences,
             generator=generator,
         )
-        candidates += output.code
-        scores += output.scores
-    seconds = time.perf_counter() - start
+        return output.code, output.scores
 
+    candidates, scores, seconds = generate_candidates(generate_fn, prompts, batch_size)
     metrics = score_candidates(candidates, references, language) | {
         "num_return_sequences": num_return_sequences,
         "num_inference_steps": num_inference_steps,
         "seconds_per_prompt": seconds / len(prompts),
     }
     return candidates, scores, metrics
+
+
+def generate_candidates(
+    generate_fn: Callable[[list[str]], tuple[list[list[str]], list[list[float]]]],
+    prompts: list[str],
+    batch_size: int = 16,
+) -> tuple[list[list[str]], list[list[float]], float]:
+    """Run any generator of ranked candidates (CodeFusion, an autoregressive baseline, ...) over `prompts` in batches,
+    with one progress bar, so every model is timed and scored the same way. `generate_fn` maps a batch of prompts to
+    (ranked candidates, their scores) per prompt. Returns (candidates, scores, seconds spent generating)."""
+    candidates, scores = [], []
+    start = time.perf_counter()
+    for begin in tqdm(range(0, len(prompts), batch_size), desc="Generating", unit="batch"):
+        batch = prompts[begin : begin + batch_size]
+        codes, code_scores = generate_fn(batch)
+        if len(codes) != len(batch) or len(code_scores) != len(batch):
+            raise ValueError(
+                f"generate_fn returned {len(codes)} candidate lists and {len(code_scores)} score lists for "
+                f"{len(batch)} prompts."
+            )
+        candidates += codes
+        scores += code_scores
+    return candidates, scores, time.perf_counter() - start
 
 
 def score_candidates(candidates: list[list[str]], references: list[str], language: str) -> dict:
@@ -99,4 +121,4 @@ def write_evaluation(
         json.dump(metrics, f, indent=2)
 
 
-__all__ = ["evaluate_pipeline", "score_candidates", "write_evaluation"]
+__all__ = ["evaluate_pipeline", "generate_candidates", "score_candidates", "write_evaluation"]

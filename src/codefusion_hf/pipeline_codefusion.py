@@ -2,17 +2,22 @@
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import snapshot_download
+from huggingface_hub import CommitInfo, create_repo, hf_hub_download, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 from transformers import PreTrainedTokenizerBase
 
+from .modelcard_codefusion import create_model_card, save_model_card
 from .modeling_codefusion import CodeFusionModel
 from .scheduling_codefusion import CodeFusionScheduler
 
@@ -116,6 +121,71 @@ class CodeFusionPipeline(DiffusionPipeline):
                 f"Hub repo {path!r} (revision {revision!r}) is not a usable CodeFusion pipeline: {error}"
             ) from None
         return super().from_pretrained(folder, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        model_card: bool | dict[str, Any] = True,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save the pipeline and a model card, README.md, whose usage snippet loads `save_directory`.
+
+        Args:
+            model_card: `True` for a card made from the pipeline alone; a dict of
+                [`~codefusion_hf.modelcard_codefusion.create_model_card`] fields (`base_model`, `datasets`,
+                `training_summary`, `eval_results_file`, `language`, `repo_id`, ...) to add what it cannot know;
+                `False` for none. A README.md already in the folder that a person wrote (no "generated" note) is
+                kept; generated ones are replaced, so the card follows the weights.
+            push_to_hub: Push through [`push_to_hub`] afterwards (`repo_id`, `commit_message`, `private`, `token`
+                and `create_pr` go there); diffusers' own push would replace the card with its generic one.
+            kwargs: Passed to diffusers' `save_pretrained` (`safe_serialization`, `variant`, ...).
+        """
+        push_names = ("repo_id", "commit_message", "private", "token", "create_pr")
+        push_kwargs = {name: kwargs.pop(name) for name in push_names if name in kwargs}
+        # Built first: bad card input (a missing eval file) fails before anything is written.
+        card = None if model_card is False else create_model_card(self, **card_fields(model_card, save_directory))
+        super().save_pretrained(save_directory, **kwargs)
+        if card is not None and not save_model_card(card, save_directory):
+            logger.warning(f"Kept the README.md in {save_directory} (or the repo's): a person wrote it.")
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            save_kwargs = {name: kwargs[name] for name in ("safe_serialization", "variant") if name in kwargs}
+            self.push_to_hub(repo_id, model_card=model_card, **push_kwargs, **save_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        subfolder: str | None = None,
+        *,
+        model_card: bool | dict[str, Any] = True,
+    ) -> CommitInfo:
+        """Upload the pipeline with its model card (see [`save_pretrained`]), whose snippet loads `repo_id`.
+
+        As with diffusers, a README.md already in the repo that a person wrote is kept; a generated one is replaced.
+        """
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        if subfolder:
+            model_card = False  # as diffusers: a pipeline pushed into a subfolder is not the repo's model
+        with tempfile.TemporaryDirectory() as folder:
+            if model_card is not False:
+                model_card = card_fields(model_card, repo_id)
+                try:  # the repo's current card: save_pretrained keeps it if a person wrote it
+                    readme = hf_hub_download(repo_id, "README.md", token=token)
+                    shutil.copyfile(readme, os.path.join(folder, "README.md"))
+                except EntryNotFoundError:
+                    pass
+            self.save_pretrained(folder, model_card=model_card, safe_serialization=safe_serialization, variant=variant)
+            return self._upload_folder(
+                folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr, subfolder=subfolder
+            )
 
     def check_inputs(
         self,
@@ -307,6 +377,15 @@ class CodeFusionPipeline(DiffusionPipeline):
         if not return_dict:
             return (code, ranked_scores, trajectory or None)
         return CodeFusionPipelineOutput(code=code, scores=ranked_scores, trajectory=trajectory or None)
+
+
+def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -> dict[str, Any]:
+    """The `create_model_card` fields of a `model_card=` argument; the snippet loads `repo_id` unless it says."""
+    if model_card is True:
+        return {"repo_id": str(repo_id)}
+    if isinstance(model_card, dict):
+        return {"repo_id": str(repo_id)} | model_card
+    raise ValueError(f"model_card must be True, False or a dict of model card fields, got {model_card!r}.")
 
 
 def check_pipeline_folder(path: str) -> None:

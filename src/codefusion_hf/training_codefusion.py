@@ -19,6 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from .metrics import exact_match, template_match
+from .modelcard_codefusion import hub_model_id
 from .modeling_codefusion import CodeFusionModel
 from .pipeline_codefusion import CodeFusionPipeline, check_readable
 from .scheduling_codefusion import CodeFusionScheduler
@@ -403,10 +404,39 @@ class CodeFusionTrainer(Trainer):
             "distinct_rate": len(set(predictions)) / len(rows),
         }
 
-    def save_pipeline(self, output_dir: str | None = None) -> None:
-        """Save a ready-to-use `CodeFusionPipeline` (model, scheduler, tokenizers) to `output_dir`."""
-        if self.is_world_process_zero():
-            self.make_pipeline().save_pretrained(output_dir or self.args.output_dir)
+    def save_pipeline(self, output_dir: str | None = None, **model_card: Any) -> None:
+        """Save a ready-to-use `CodeFusionPipeline` (model, scheduler, tokenizers) to `output_dir`, with a model card
+        that records what the trainer knows: the phase, data size and budget, the language and, as `base_model`, the
+        encoder's Hub id when it came from the Hub. `model_card` adds or overrides `create_model_card` fields."""
+        if not self.is_world_process_zero():
+            return
+        args, state = self.args, self.state
+        if isinstance(self, CodeFusionPretrainer):
+            phase = "1, code-only pre-training (encoder frozen)"
+        else:
+            phase = "2, fine-tuning on (prompt, code) pairs"
+        schedule = args.lr_scheduler_type
+        summary = {
+            "phase": phase,
+            "training rows": len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else "unknown",
+            "steps": state.global_step,
+            "epochs": round(state.epoch or 0, 2),
+            "batch size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            "learning rate": f"{args.learning_rate:g}, {getattr(schedule, 'value', schedule)} schedule",
+            "seed": args.seed,
+        }
+        finished = [entry for entry in state.log_history if "train_runtime" in entry]
+        if finished:  # the last `train()` call only, when training was resumed
+            summary["training time"] = f"{finished[-1]['train_runtime'] / 60:.1f} minutes on {args.device.type}"
+            if "train_loss" in finished[-1]:
+                summary["mean training loss"] = f"{finished[-1]['train_loss']:.4f}"
+        encoder = self.accelerator.unwrap_model(self.model).config.encoder_config
+        card = {
+            "training_summary": summary,
+            "language": args.language,
+            "base_model": hub_model_id(getattr(encoder, "_name_or_path", None)),
+        }
+        self.make_pipeline().save_pretrained(output_dir or args.output_dir, model_card=card | model_card)
 
 
 class CodeFusionPretrainer(CodeFusionTrainer):

