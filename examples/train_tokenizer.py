@@ -18,7 +18,7 @@ class TokenizerArguments:
     output_dir: str = field(metadata={"help": "Where to save the tokenizer."})
     code_column: str = field(default="code", metadata={"help": "Column holding the code."})
     vocab_size: int = field(
-        default=8000, metadata={"help": "Vocabulary size (a 64-token canvas covers 99% of NL2Bash at 8000)."}
+        default=8000, metadata={"help": "Vocabulary size (a 64-token canvas covers 99%% of NL2Bash at 8000)."}
     )
     min_frequency: int = field(default=2, metadata={"help": "Minimum count of a merged pair."})
     model_max_length: int = field(default=128, metadata={"help": "Recorded on the tokenizer."})

@@ -1,0 +1,205 @@
+"""The documentation site builds, and the code in it works.
+
+Rules for code blocks in docs/*.md (docs/training.md included):
+- Every ```python block runs as written, in its own subprocess: cwd a temporary folder, HF_HUB_OFFLINE=1, a fresh
+  HF_HOME. Write each one self-contained and quick (a tokenizer from `train_code_tokenizer`, a `tiny` preset model,
+  a few training steps at most). A block right after the line `<!-- docs-test: hub -->` runs instead against the
+  local Hub-compatible server of tests/hub_server.py (still no internet), as user `your-username`.
+- ```bash blocks are not run: their training and evaluation runs take minutes to hours. Instead, every
+  `examples/...` file they mention (scripts, shell scripts, configs, accelerate files) must exist, every
+  `codefusion` subcommand they use must exist, and every mentioned `examples/...py` script must answer `--help`
+  with exit code 0 (once per distinct script, all in one subprocess that runs each as `__main__`, so the heavy
+  imports are paid once).
+- A ```bash block right after the line `<!-- docs-test: run -->` is cheap and self-contained (`codefusion --help`):
+  it runs as written, from the repository root.
+- `mkdocs build --strict` succeeds (skipped when the docs tools of the `dev` extra are not installed).
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hub_server import HubServer
+
+from codefusion_hf.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+BLOCK = re.compile(
+    r"(?:^<!-- docs-test: (?P<marker>[\w-]+) -->\n)?^```(?P<language>python|bash)\n(?P<code>.*?)^```", re.S | re.M
+)
+EXAMPLE_PATH = re.compile(r"(?<![\w./-])examples/[\w./-]*\w")
+CODEFUSION_COMMAND = re.compile(r"^\s*(?:\S*/)?codefusion\s+(?P<subcommand>[^\s-]\S*)", re.M)
+HUB_TOKEN = "hf_docs_test_token"
+HUB_USER = "your-username"
+DOCS_TOOLS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+
+
+def blocks(language: str) -> list[tuple[str, str | None, str]]:
+    """(id, marker, code) of every block of `language` in docs/*.md, in order."""
+    found = []
+    for page in DOCS:
+        matches = [m for m in BLOCK.finditer(page.read_text()) if m["language"] == language]
+        found += [(f"{page.name}:{i}", m["marker"], m["code"]) for i, m in enumerate(matches, start=1)]
+    return found
+
+
+PYTHON_BLOCKS = blocks("python")
+BASH_BLOCKS = blocks("bash")
+BASH_TEXT = "\n".join(code for _, _, code in BASH_BLOCKS)
+SCRIPTS = sorted({path for path in EXAMPLE_PATH.findall(BASH_TEXT) if path.endswith(".py")})
+
+
+def environment(home: Path, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_ENDPOINT", "HF_TOKEN")}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(home),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "NO_MKDOCS_2_WARNING": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    return env | extra
+
+
+def test_docs_have_code_to_check():
+    assert {page.name for page in DOCS} >= {"index.md", "concepts.md", "training-guide.md", "evaluation.md", "hub.md"}
+    assert len(PYTHON_BLOCKS) >= 5 and SCRIPTS
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
+@pytest.mark.skipif(
+    not all(map(installed, DOCS_TOOLS)),
+    reason='mkdocs, mkdocs-material or mkdocstrings[python] is not installed (pip install -e ".[dev]")',
+)
+def test_mkdocs_build_strict(tmp_path):
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
+    result = subprocess.run(
+        [*command, "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=environment(tmp_path / "hf-home"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert (tmp_path / "site" / "api" / "model" / "index.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def hub():
+    server = HubServer(tokens={HUB_TOKEN: HUB_USER}).start()
+    yield server
+    server.stop()
+    unimplemented = [(method, path) for method, path, status in server.requests if status == 501]
+    assert not unimplemented, f"the client called endpoints the test Hub does not implement: {unimplemented}"
+    assert not server.errors, "the test Hub server failed:\n" + "\n".join(server.errors)
+
+
+@pytest.mark.parametrize("block_id, marker, code", PYTHON_BLOCKS, ids=[block[0] for block in PYTHON_BLOCKS])
+def test_python_block_runs(block_id, marker, code, tmp_path, request):
+    assert marker in (None, "hub"), f"{block_id}: unknown marker {marker!r} on a python block"
+    env = environment(tmp_path / "hf-home")
+    if marker == "hub":
+        server = request.getfixturevalue("hub")
+        env |= {"HF_ENDPOINT": server.url, "HF_TOKEN": HUB_TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, f"{block_id} failed:\n{result.stderr[-5000:]}"
+
+
+def test_bash_blocks_name_existing_files():
+    mentioned = sorted(set(EXAMPLE_PATH.findall(BASH_TEXT)))
+    assert mentioned
+    missing = [path for path in mentioned if not (ROOT / path).is_file()]
+    assert not missing, f"bash blocks in docs/ mention files that do not exist: {missing}"
+
+
+def test_bash_blocks_use_existing_codefusion_subcommands():
+    (subcommands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    used = set(CODEFUSION_COMMAND.findall(BASH_TEXT))
+    assert used, "no codefusion command found in the bash blocks"
+    assert used <= set(subcommands.choices), (
+        f"unknown codefusion subcommands: {sorted(used - set(subcommands.choices))}"
+    )
+
+
+# Runs each script given on the command line as `python SCRIPT --help` would (as __main__, argv, its folder first on
+# sys.path) and prints {script: [exit code, output]} as JSON. One process for all scripts: they share their heavy
+# imports (torch, transformers, datasets), which take most of the time of each `--help`.
+HELP_RUNNER = """
+import contextlib, io, json, os, runpy, sys, traceback
+results = {}
+for script in sys.argv[1:]:
+    sys.argv = [script, "--help"]
+    folder = os.path.dirname(os.path.abspath(script))
+    sys.path.insert(0, folder)
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            runpy.run_path(script, run_name="__main__")
+        code = "finished without exiting: --help was not handled"
+    except SystemExit as exit:
+        code = exit.code or 0
+    except BaseException:
+        code = traceback.format_exc()
+    finally:
+        sys.path.remove(folder)
+    results[script] = [code, output.getvalue()]
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def help_results(tmp_path_factory):
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_RUNNER, *SCRIPTS],
+        cwd=ROOT,
+        env=environment(tmp_path_factory.mktemp("hf-home")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_mentioned_script_answers_help(script, help_results):
+    code, output = help_results[script]
+    assert code == 0, f"{script} --help did not exit with 0:\n{code}\n{output[-3000:]}"
+    assert "usage:" in output
+
+
+RUN_BLOCKS = [block for block in BASH_BLOCKS if block[1] == "run"]
+
+
+@pytest.mark.parametrize("block_id, marker, code", RUN_BLOCKS, ids=[block[0] for block in RUN_BLOCKS])
+def test_cheap_bash_block_runs(block_id, marker, code, tmp_path):
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code],
+        cwd=ROOT,
+        env=environment(tmp_path / "hf-home"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{block_id} failed:\n{result.stderr[-3000:]}"
