@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,23 @@ def test_user_mistakes_are_one_line_with_exit_code_2(saved_pipeline, args, messa
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_push_to_an_unreachable_hub(saved_pipeline):
+    """One clear line and exit code 2; the local folder is left as it was."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()}
+    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    result = subprocess.run(
+        [CODEFUSION, "push", saved_pipeline, "user/repo", "--token", "hf_test"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "cannot reach the Hub at http://127.0.0.1" in result.stderr.strip().splitlines()[-1]
+    assert {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()} == before

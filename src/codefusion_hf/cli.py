@@ -4,6 +4,8 @@ import argparse
 import json
 import sys
 
+import httpx2  # huggingface_hub's HTTP client: its transport errors mean the Hub endpoint could not be reached
+from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
@@ -113,12 +115,24 @@ def push(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     args = build_parser().parse_args(argv)
+    # Loading a small pipeline takes a second: its component and weight bars are noise on a terminal.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     try:
         {"generate": generate, "evaluate": evaluate, "push": push}[args.command](args)
     except USER_ERRORS as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"codefusion {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except httpx2.TransportError as error:
+        print(
+            f"codefusion {args.command}: error: cannot reach the Hub at {constants.ENDPOINT} ({error})",
+            file=sys.stderr,
+        )
         return 2
     return 0
 
