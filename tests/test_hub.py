@@ -390,3 +390,20 @@ def test_server_serves_byte_ranges_and_hub_error_codes(hub, api):
     assert request(hub, "HEAD", f"/{repo_id}/resolve/v9/digits.txt")[1]["X-Error-Code"] == "RevisionNotFound"
     assert request(hub, "GET", f"/api/models/{USER}/nope")[1]["X-Error-Code"] == "RepoNotFound"
     assert request(hub, "GET", "/api/whoami-v2", {"Authorization": "Bearer wrong"})[0] == 401
+
+
+def test_cli_push_uploads_the_saved_folder_and_its_card(hub, api, tiny_pipeline, tmp_path):
+    """`codefusion push` uploads the folder as saved: the card keeps what the saver knew (here a training summary)."""
+    from codefusion_hf import cli
+
+    tiny_pipeline.save_pretrained(tmp_path, model_card={"training_summary": {"steps": 1234}})
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "optimizer.pt").write_bytes(b"x")
+    assert cli.main(["push", str(tmp_path), f"{USER}/cli-push", "--token", TOKEN]) == 0
+    files = set(api.list_repo_files(f"{USER}/cli-push"))
+    assert {"model_index.json", "README.md", "model/model.safetensors"} <= files
+    assert not any(name.startswith("checkpoint-") for name in files)
+    card = Path(hf_hub_download(f"{USER}/cli-push", "README.md", token=TOKEN)).read_text()
+    assert "1234" in card
+    loaded = CodeFusionPipeline.from_pretrained(f"{USER}/cli-push", token=TOKEN, cache_dir=tmp_path / "cache")
+    assert generate(loaded) == generate(tiny_pipeline)

@@ -106,12 +106,10 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def push(args: argparse.Namespace) -> None:
-    from .pipeline_codefusion import CodeFusionPipeline, check_pipeline_folder
+    from .pipeline_codefusion import upload_pipeline_folder
 
-    check_pipeline_folder(args.model)
-    pipe = CodeFusionPipeline.from_pretrained(args.model)
-    pipe.push_to_hub(args.repo_id, private=args.private, token=args.token)
-    print(f"Pushed {args.model} to {args.repo_id}")
+    commit = upload_pipeline_folder(args.model, args.repo_id, token=args.token, private=args.private)
+    print(f"Pushed {args.model} to {commit.repo_url}")
 
 
 def main(argv: list[str] | None = None) -> int:

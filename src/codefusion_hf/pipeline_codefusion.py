@@ -12,7 +12,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import CommitInfo, create_repo, hf_hub_download, snapshot_download
+from huggingface_hub import CommitInfo, create_repo, hf_hub_download, snapshot_download, upload_folder
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 from transformers import PreTrainedTokenizerBase
@@ -413,6 +413,26 @@ def check_pipeline_folder(path: str) -> None:
             check_readable(existing)
 
 
+def upload_pipeline_folder(
+    folder: str,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload CodeFusion pipeline",
+) -> CommitInfo:
+    """Upload a saved pipeline folder as it is, model card included (`push_to_hub` would re-save the pipeline and
+    rebuild a card from the pipeline alone, losing what the saver knew). Trainer checkpoints are left out."""
+    check_pipeline_folder(folder)
+    repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    return upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        token=token,
+        commit_message=commit_message,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
+    )
+
+
 def check_readable(path: str) -> None:
     """Raise an `OSError` naming `path` when a JSON or safetensors file does not parse."""
     try:
@@ -426,4 +446,4 @@ def check_readable(path: str) -> None:
         raise OSError(f"{path} is corrupted: {error}") from None
 
 
-__all__ = ["CodeFusionPipeline", "CodeFusionPipelineOutput"]
+__all__ = ["CodeFusionPipeline", "CodeFusionPipelineOutput", "upload_pipeline_folder"]
