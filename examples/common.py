@@ -117,9 +117,11 @@ def train_and_save(trainer: CodeFusionTrainer, commit_message: str) -> CodeFusio
     """Train (resuming from the last checkpoint), save the pipeline to output_dir, and push it when asked."""
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(trainer.args))
     trainer.save_pipeline()
-    trainer.save_state()  # trainer_state.json with the whole log history, for plots
     if trainer.eval_dataset is not None:
-        trainer.evaluate()
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)  # printed: training's progress bar, which printed logs, is closed
+        trainer.save_metrics("eval", metrics)
+    trainer.save_state()  # trainer_state.json with the whole log history, for plots
     if trainer.args.push_to_hub and trainer.is_world_process_zero():
         # The saved pipeline folder, card included; Trainer.push_to_hub would replace the card with its own.
         args = trainer.args
