@@ -9,7 +9,7 @@ import torch
 from conftest import PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples" / "baselines"))
+sys.path.append(str(ROOT / "examples" / "baselines"))
 
 import train_autoregressive  # noqa: E402
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
+# Appended, not prepended: examples/evaluate.py must not shadow the `evaluate` package.
+sys.path.append(str(ROOT / "examples"))
 
 import common  # noqa: E402
 

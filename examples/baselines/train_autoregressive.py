@@ -46,7 +46,7 @@ from transformers import (
     set_seed,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for common.py
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/, for common.py (appended: see evaluate.py)
 
 from common import MINILM, DataArguments  # noqa: E402
 
