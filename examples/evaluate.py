@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from codefusion_hf import CodeFusionPipeline
-from codefusion_hf.evaluation_codefusion import evaluate_pipeline, write_evaluation
-from codefusion_hf.training_codefusion import load_code_dataset
+from codefusion_hf.evaluation_codefusion import evaluate_file
 
 
 @dataclass
@@ -34,22 +32,19 @@ class EvaluationArguments:
 
 def main():
     (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses()
-    data = load_code_dataset(args.test_file, prompt_column=args.prompt_column, code_column=args.code_column)
-    if args.max_samples:
-        data = data.select(range(min(args.max_samples, len(data))))
-    prompts, references = list(data["prompt"]), list(data["code"])
-    candidates, scores, metrics = evaluate_pipeline(
-        CodeFusionPipeline.from_pretrained(args.model),
-        prompts,
-        references,
+    metrics = evaluate_file(
+        args.model,
+        args.test_file,
+        args.output_dir,
+        prompt_column=args.prompt_column,
+        code_column=args.code_column,
+        max_samples=args.max_samples,
         language=args.language,
         num_return_sequences=args.num_return_sequences,
         num_inference_steps=args.num_inference_steps,
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    metrics |= {"model": args.model, "test_file": args.test_file}
-    write_evaluation(args.output_dir, prompts, references, candidates, scores, metrics)
     for name, value in metrics.items():
         print(f"{name:>24}  {value:.4f}" if isinstance(value, float) else f"{name:>24}  {value}")
 

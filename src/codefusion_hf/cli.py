@@ -82,26 +82,19 @@ def generate(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from .evaluation_codefusion import evaluate_pipeline, write_evaluation
-    from .pipeline_codefusion import CodeFusionPipeline
-    from .training_codefusion import load_code_dataset
+    from .evaluation_codefusion import evaluate_file
 
-    data = load_code_dataset(args.test_file)
-    if args.max_samples:
-        data = data.select(range(min(args.max_samples, len(data))))
-    prompts, references = list(data["prompt"]), list(data["code"])
-    candidates, scores, metrics = evaluate_pipeline(
-        CodeFusionPipeline.from_pretrained(args.model),
-        prompts,
-        references,
+    metrics = evaluate_file(
+        args.model,
+        args.test_file,
+        args.output_dir,
+        max_samples=args.max_samples,
         language=args.language,
         num_return_sequences=args.num_return_sequences,
         num_inference_steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    metrics |= {"model": args.model, "test_file": args.test_file}
-    write_evaluation(args.output_dir, prompts, references, candidates, scores, metrics)
     print(json.dumps(metrics, indent=2))
 
 

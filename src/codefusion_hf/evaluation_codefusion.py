@@ -103,6 +103,32 @@ def score_candidates(candidates: list[list[str]], references: list[str], languag
     }
 
 
+def evaluate_file(
+    model: str,
+    test_file: str,
+    output_dir: str,
+    prompt_column: str = "prompt",
+    code_column: str = "code",
+    max_samples: int | None = None,
+    **evaluate_kwargs,
+) -> dict:
+    """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`: language,
+    num_return_sequences, num_inference_steps, batch_size, seed), write the results to `output_dir`, return metrics."""
+    from .pipeline_codefusion import CodeFusionPipeline
+    from .training_codefusion import load_code_dataset
+
+    data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column)
+    if max_samples:
+        data = data.select(range(min(max_samples, len(data))))
+    prompts, references = list(data["prompt"]), list(data["code"])
+    candidates, scores, metrics = evaluate_pipeline(
+        CodeFusionPipeline.from_pretrained(model), prompts, references, **evaluate_kwargs
+    )
+    metrics |= {"model": model, "test_file": test_file}
+    write_evaluation(output_dir, prompts, references, candidates, scores, metrics)
+    return metrics
+
+
 def write_evaluation(
     output_dir: str,
     prompts: list[str],
@@ -121,4 +147,4 @@ def write_evaluation(
         json.dump(metrics, f, indent=2)
 
 
-__all__ = ["evaluate_pipeline", "generate_candidates", "score_candidates", "write_evaluation"]
+__all__ = ["evaluate_file", "evaluate_pipeline", "generate_candidates", "score_candidates", "write_evaluation"]
