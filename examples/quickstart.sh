@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quickstart: train a small CodeFusion model on NL2Bash (the copy in data/nl2bash) in about 13 minutes on 2 CPU
+# Quickstart: train a small CodeFusion model on NL2Bash (the copy in data/nl2bash) for 11 minutes on 2 CPU
 # cores, save it as a pipeline in runs/quickstart, evaluate it on 200 validation prompts and print top-3 candidates.
 # Run from the repository root after the README's install command:  bash examples/quickstart.sh
 set -euo pipefail
