@@ -44,8 +44,7 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, code_positions: t
 @torch.no_grad()
 def main():
     (args,) = HfArgumentParser(DiagnosisArguments).parse_args_into_dataclasses()
-    data = load_code_dataset(args.test_file)
-    data = data.select(range(min(args.max_samples, len(data))))
+    data = load_code_dataset(args.test_file, max_samples=args.max_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
     pipe = CodeFusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)

@@ -22,8 +22,8 @@ def main():
     config = model.config
 
     def load(path, max_samples, split):
-        data = load_code_dataset(path or data_args.dataset_name, split, data_args.prompt_column, data_args.code_column)
-        return data.select(range(min(max_samples, len(data)))) if max_samples else data
+        columns = (data_args.prompt_column, data_args.code_column)
+        return load_code_dataset(path or data_args.dataset_name, split, *columns, max_samples)
 
     def tokenize(data):
         return tokenize_dataset(

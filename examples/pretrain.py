@@ -21,10 +21,7 @@ def main():
     config = model.config
 
     def load(path, max_samples, split):
-        data = load_code_dataset(
-            path or data_args.dataset_name, split, prompt_column=None, code_column=data_args.code_column
-        )
-        data = data.select(range(min(max_samples, len(data)))) if max_samples else data
+        data = load_code_dataset(path or data_args.dataset_name, split, None, data_args.code_column, max_samples)
         return tokenize_dataset(data, code_tokenizer, config.max_code_length)
 
     train_data = load(data_args.train_file, data_args.max_train_samples, "train")

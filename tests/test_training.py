@@ -346,3 +346,9 @@ def test_two_process_finetune(code_tokenizer, tmp_path):
     ranks = [(tmp_path / f"rank{i}.txt").read_text().split() for i in range(2)]
     assert ranks[0] == ranks[1] and ranks[0][:2] == ["2", "3"]  # world size 2, 3 steps, same weights
     assert (tmp_path / "out" / "model_index.json").is_file()
+
+
+def test_load_code_dataset_max_samples(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "code": f"c{i}"} for i in range(5)])
+    assert load_code_dataset(path, max_samples=2)["code"] == ["c0", "c1"]
+    assert len(load_code_dataset(path, max_samples=50)) == 5

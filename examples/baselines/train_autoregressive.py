@@ -238,8 +238,8 @@ def train(
         freeze_encoder(model)
 
     def load(path: str | None, max_samples: int | None, split: str):
-        data = load_code_dataset(path or data_args.dataset_name, split, data_args.prompt_column, data_args.code_column)
-        data = data.select(range(min(max_samples, len(data)))) if max_samples else data
+        columns = (data_args.prompt_column, data_args.code_column)
+        data = load_code_dataset(path or data_args.dataset_name, split, *columns, max_samples)
         return tokenize(data, model_args, code_tokenizer, prompt_tokenizer)
 
     eval_data = None
@@ -329,11 +329,8 @@ def evaluate_generation(
     model_path: str,
 ) -> dict:
     """Generate and score the test rows with the same code path as examples/evaluate.py; write and return metrics."""
-    data = load_code_dataset(
-        eval_args.test_file, prompt_column=data_args.prompt_column, code_column=data_args.code_column
-    )
-    if eval_args.max_test_samples:
-        data = data.select(range(min(eval_args.max_test_samples, len(data))))
+    columns = (data_args.prompt_column, data_args.code_column)
+    data = load_code_dataset(eval_args.test_file, "train", *columns, eval_args.max_test_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
     set_seed(training_args.seed)  # the same samples on every run
     model = model.to(training_args.device).eval()

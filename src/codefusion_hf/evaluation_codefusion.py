@@ -117,9 +117,7 @@ def evaluate_file(
     from .pipeline_codefusion import CodeFusionPipeline
     from .training_codefusion import load_code_dataset
 
-    data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column)
-    if max_samples:
-        data = data.select(range(min(max_samples, len(data))))
+    data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column, max_samples=max_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
     candidates, scores, metrics = evaluate_pipeline(
         CodeFusionPipeline.from_pretrained(model), prompts, references, **evaluate_kwargs

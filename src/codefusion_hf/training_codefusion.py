@@ -81,10 +81,11 @@ def load_code_dataset(
     split: str = "train",
     prompt_column: str | None = "prompt",
     code_column: str = "code",
+    max_samples: int | None = None,
 ) -> Dataset:
     """Load (prompt, code) rows, or code-only rows with `prompt_column=None`, from a local JSON Lines / CSV / Parquet
     file or a Hub dataset id. Columns are renamed to `prompt` / `code`; rows whose values are not non-empty strings
-    are dropped and counted."""
+    are dropped and counted. `max_samples` keeps only the first N usable rows."""
     suffix = Path(data).suffix.lower()
     if os.path.isfile(data):
         if suffix not in DATA_FORMATS:
@@ -108,7 +109,7 @@ def load_code_dataset(
         )
     if len(dataset) == 0:
         raise ValueError(f"{data} has no usable rows (need non-empty strings in {list(columns)}).")
-    return dataset
+    return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
 
 
 def tokenize_dataset(
