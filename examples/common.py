@@ -114,7 +114,11 @@ def setup():
 
 
 def train_and_save(trainer: CodeFusionTrainer, commit_message: str) -> CodeFusionTrainer:
-    """Train (resuming from the last checkpoint), save the pipeline to output_dir, and push it when asked."""
+    """Train (resuming from the last checkpoint), save the pipeline to output_dir, and push it when asked.
+
+    Ends with `accelerator.end_training()`, which destroys the process group: a torchrun worker that exits with
+    gloo still up can abort ("terminate called without an active exception") and fail the whole launch.
+    """
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(trainer.args))
     trainer.save_pipeline()
     if trainer.eval_dataset is not None:
@@ -127,4 +131,6 @@ def train_and_save(trainer: CodeFusionTrainer, commit_message: str) -> CodeFusio
         args = trainer.args
         repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
         upload_pipeline_folder(args.output_dir, repo_id, args.hub_token, args.hub_private_repo, commit_message)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return trainer

@@ -262,6 +262,8 @@ def train(
     trainer.save_state()  # trainer_state.json with the whole log history, for plots
     if eval_data is not None:
         trainer.evaluate()
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # a torchrun worker exiting with gloo/NCCL still up can abort the launch
     return trainer
 
 
