@@ -66,13 +66,9 @@ def main():
         timesteps = torch.full((len(data),), t)
         noisy = model.noise_scheduler.add_noise(clean, torch.randn_like(clean), timesteps)
         for name, (s, m) in {"": (states, mask), ", shuffled prompts": (states[shuffle], mask[shuffle])}.items():
-            estimate = model.noise_scheduler.predict_original_sample(
-                model.denoise(noisy, timesteps, s, m), timesteps, noisy
+            estimate = pipe.scheduler.clip_original_sample(
+                model.noise_scheduler.predict_original_sample(model.denoise(noisy, timesteps, s, m), timesteps, noisy)
             )
-            if pipe.scheduler.config.clip_sample:
-                estimate = estimate.clamp(
-                    -pipe.scheduler.config.clip_sample_range, pipe.scheduler.config.clip_sample_range
-                )
             logits = model.decode(estimate, s, m)
             report[f"denoise@{t}{name}_token_accuracy"] = token_accuracy(logits, labels, code_positions)
             report[f"denoise@{t}{name}_embedding_mse"] = F.mse_loss(estimate, clean).item()

@@ -147,6 +147,7 @@ def test_pretrained_minilm_encoder():
         ({"prediction_type": "v"}, "prediction_type"),
         ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
         ({"max_code_length": 0}, "max_code_length"),
+        ({"self_condition_probability": 1.5}, "self_condition_probability"),
     ],
 )
 def test_bad_config(kwargs, name):
@@ -176,3 +177,39 @@ def test_normalized_code_embeddings_have_fixed_norm():
         model.code_embedding.weight.mul_(torch.rand(config.vocab_size, 1) * 5)
     norms = model.code_embedding_matrix().norm(dim=-1)
     torch.testing.assert_close(norms, torch.full_like(norms, config.latent_dim**0.5))
+
+
+def test_self_conditioning_first_pass_feeds_the_second(code_tokenizer, monkeypatch):
+    """Training with self-conditioning: a gradient-free first pass from zeros, whose clipped x0 estimate is the
+    second pass's input for the rows kept (all of them at probability 1, none at 0)."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, self_condition=True, self_condition_probability=1.0))
+    assert model.denoiser.input_proj.in_features == 2 * model.config.latent_dim
+    calls = []
+    denoise = model.denoise
+    monkeypatch.setattr(
+        model, "denoise", lambda *a, **k: calls.append((a, torch.is_grad_enabled())) or denoise(*a, **k)
+    )
+    output = fixed_forward(model, *batch(code_tokenizer))
+    (first_args, first_grad), (second_args, second_grad) = calls
+    assert len(first_args) == 4 and not first_grad and second_grad
+    noisy, timesteps = second_args[0], second_args[1]
+    expected = model.noise_scheduler.clip_original_sample(
+        model.noise_scheduler.predict_original_sample(denoise(*first_args), timesteps, noisy)
+    )
+    torch.testing.assert_close(second_args[4], expected)
+    assert second_args[4].abs().sum() > 0
+    output.loss.backward()
+    assert model.denoiser.input_proj.weight.grad[:, model.config.latent_dim :].abs().sum() > 0
+
+    model.config.self_condition_probability = 0.0
+    calls.clear()
+    fixed_forward(model, *batch(code_tokenizer))
+    assert calls[1][0][4].abs().sum() == 0
+
+
+def test_self_condition_needs_a_self_conditioned_model(tiny_model):
+    latents = torch.zeros(1, tiny_model.config.max_code_length, tiny_model.config.latent_dim)
+    states = torch.zeros(1, 3, tiny_model.config.hidden_size)
+    with pytest.raises(ValueError, match="self_condition"):
+        tiny_model.denoise(latents, torch.tensor(5), states, self_condition=latents)

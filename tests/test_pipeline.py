@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import PAIRS, make_pipeline
+from conftest import PAIRS, make_pipeline, tiny_config
 from transformers import AutoModel, AutoTokenizer
 
 from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler, pipeline_codefusion
@@ -255,3 +255,16 @@ def test_loading_another_pipeline_class(tiny_pipeline, tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(OSError, match="not a CodeFusionPipeline"):
         CodeFusionPipeline.from_pretrained(tmp_path)
+
+
+def test_self_conditioned_sampling_passes_the_previous_estimate(code_tokenizer, monkeypatch):
+    torch.manual_seed(0)
+    pipe = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer, self_condition=True)), code_tokenizer)
+    received, estimates = [], []
+    denoise, step = pipe.model.denoise, pipe.scheduler.step
+    monkeypatch.setattr(pipe.model, "denoise", lambda *a: received.append(a[4]) or denoise(*a))
+    monkeypatch.setattr(pipe.scheduler, "step", lambda *a, **k: estimates.append(step(*a, **k)) or estimates[-1])
+    pipe("list all files", num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    assert received[0] is None and len(received) == 4
+    for given, previous in zip(received[1:], estimates[:-1]):
+        assert given is previous.pred_original_sample

@@ -92,6 +92,10 @@ class CodeFusionConfig(PreTrainedConfig):
         num_train_timesteps (`int`): Diffusion steps T (paper: 1200).
         noise_schedule (`str`): `"sqrt"` (paper, from Diffusion-LM), `"linear"` or `"cosine"`.
         prediction_type (`str`): What the denoiser predicts: `"epsilon"` (paper) or `"sample"` (x0).
+        self_condition (`bool`): Self-conditioning (Chen et al., 2022, "Analog Bits"; used by CDCD and
+            DiffuSeq-v2): the denoiser also reads its previous x0 estimate. Not in the paper; off by default.
+        self_condition_probability (`float`): In training, the share of rows that get a self-conditioning estimate
+            (made by a gradient-free first pass); the others get zeros, as the first sampling step does.
         noise_loss_weight, embedding_loss_weight, decoder_loss_weight (`float`): Weights of the three loss terms
             `||eps_hat - eps||`, `||D_s - L(y)||` and `-log p(y | D_s)`.
         code_embedding_init_std (`float`): Initial std of the code embedding; 1.0 puts it on the scale of the noise.
@@ -123,6 +127,8 @@ class CodeFusionConfig(PreTrainedConfig):
     num_train_timesteps: int = 1200
     noise_schedule: str = "sqrt"
     prediction_type: str = "epsilon"
+    self_condition: bool = False
+    self_condition_probability: float = 0.5
     noise_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
     decoder_loss_weight: float = 1.0
@@ -136,6 +142,8 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}.")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
+        if not 0 <= self.self_condition_probability <= 1:
+            raise ValueError(f"self_condition_probability must be in [0, 1], got {self.self_condition_probability}.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "

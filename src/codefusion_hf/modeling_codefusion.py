@@ -87,11 +87,12 @@ class CodeFusionCodeEmbedding(nn.Embedding):
 
 
 class CodeFusionStack(nn.Module):
-    """Projects canvas embeddings to the model width, adds positions, and runs a stack of `CodeFusionLayer`s."""
+    """Projects canvas embeddings (`input_dim` features per position) to the model width, adds positions, and runs
+    a stack of `CodeFusionLayer`s."""
 
-    def __init__(self, config: CodeFusionConfig, num_layers: int):
+    def __init__(self, config: CodeFusionConfig, num_layers: int, input_dim: int):
         super().__init__()
-        self.input_proj = nn.Linear(config.latent_dim, config.hidden_size)
+        self.input_proj = nn.Linear(input_dim, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_code_length, config.hidden_size)
         self.layers = nn.ModuleList(CodeFusionLayer(config) for _ in range(num_layers))
         self.norm = nn.LayerNorm(config.hidden_size)
@@ -165,9 +166,11 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         )
         self.time_proj = Timesteps(config.hidden_size, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(config.hidden_size, config.hidden_size)
-        self.denoiser = CodeFusionStack(config, config.num_denoiser_layers)
+        # With self-conditioning the denoiser reads [noisy canvas, previous x0 estimate] at each position.
+        denoiser_input_dim = config.latent_dim * (2 if config.self_condition else 1)
+        self.denoiser = CodeFusionStack(config, config.num_denoiser_layers, denoiser_input_dim)
         self.denoiser_out = nn.Linear(config.hidden_size, config.latent_dim)
-        self.decoder = CodeFusionStack(config, config.num_decoder_layers)
+        self.decoder = CodeFusionStack(config, config.num_decoder_layers, config.latent_dim)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         # The training noise schedule; sampling uses the pipeline's scheduler (which must match it). Built on the CPU
         # explicitly: from_pretrained constructs models on the meta device, and these tensors are not weights.
@@ -210,8 +213,18 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         timesteps: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
+        self_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The denoiser N: predicts the noise (or x0, see `config.prediction_type`) in a noisy canvas."""
+        """The denoiser N: predicts the noise (or x0, see `config.prediction_type`) in a noisy canvas.
+
+        `self_condition` is the previous x0 estimate, shaped like the canvas, for a model trained with
+        `config.self_condition` (zeros when not given, as at the first sampling step)."""
+        if self.config.self_condition:
+            if self_condition is None:
+                self_condition = torch.zeros_like(noisy_latents)
+            noisy_latents = torch.cat([noisy_latents, self_condition.to(noisy_latents.dtype)], dim=-1)
+        elif self_condition is not None:
+            raise ValueError("self_condition was passed, but this model was trained without config.self_condition.")
         timesteps = timesteps.expand(noisy_latents.shape[0]) if timesteps.ndim == 0 else timesteps
         time_embedding = self.time_embedding(self.time_proj(timesteps).to(noisy_latents.dtype))
         hidden_states = self.denoiser(
@@ -273,7 +286,17 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             noise = torch.randn_like(clean_latents)
 
         noisy_latents = self.noise_scheduler.add_noise(clean_latents, noise, timesteps)
-        model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
+        self_condition = None
+        if self.config.self_condition:
+            # A gradient-free first pass gives the estimate a sampler would carry over from its previous step.
+            with torch.no_grad():
+                first_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
+                estimate = self.noise_scheduler.clip_original_sample(
+                    self.noise_scheduler.predict_original_sample(first_output, timesteps, noisy_latents)
+                )
+            keep = torch.rand(labels.shape[0], 1, 1, device=labels.device) < self.config.self_condition_probability
+            self_condition = estimate * keep
+        model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition)
         denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
         logits = self.decode(denoised_latents, encoder_hidden_states, attention_mask)
 

@@ -327,12 +327,15 @@ class CodeFusionPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
         trajectory = []
+        self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output = self.model.denoise(latents, timestep, encoder_hidden_states, attention_mask)
+            model_output = self.model.denoise(latents, timestep, encoder_hidden_states, attention_mask, self_condition)
             step = self.scheduler.step(
                 model_output, timestep, latents, eta=eta, generator=generator, code_embeddings=code_embeddings
             )
             latents = step.prev_sample
+            if config.self_condition:
+                self_condition = step.pred_original_sample
             if step_index in record_steps:
                 token_ids, lengths, _ = self.decode_canvas(
                     step.pred_original_sample, encoder_hidden_states, attention_mask

@@ -132,6 +132,13 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         alpha_bar = self._alpha_bar(timesteps, sample)
         return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
+    def clip_original_sample(self, pred_original_sample: torch.Tensor) -> torch.Tensor:
+        """Clamp an x0 estimate to +-`clip_sample_range` when `clip_sample` is set. With the sqrt schedule an
+        epsilon prediction near t=T is turned into x0 with ~1,600x magnification: unclamped, one step ruins it."""
+        if not self.config.clip_sample:
+            return pred_original_sample
+        return pred_original_sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -174,11 +181,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             else torch.ones((), device=sample.device, dtype=sample.dtype)
         )
 
-        pred_original_sample = self.predict_original_sample(model_output, timestep, sample)
-        if self.config.clip_sample:
-            pred_original_sample = pred_original_sample.clamp(
-                -self.config.clip_sample_range, self.config.clip_sample_range
-            )
+        pred_original_sample = self.clip_original_sample(self.predict_original_sample(model_output, timestep, sample))
         if code_embeddings is not None:
             distances = torch.cdist(pred_original_sample, code_embeddings.to(pred_original_sample.dtype).unsqueeze(0))
             pred_original_sample = code_embeddings[distances.argmin(dim=-1)].to(sample.dtype)
