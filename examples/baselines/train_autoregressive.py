@@ -184,7 +184,9 @@ def build_model(
             )
         )
         model = EncoderDecoderModel(
-            encoder=AutoModel.from_pretrained(encoder_path), decoder=BertLMHeadModel(decoder_config)
+            # fp32 weights whatever the checkpoint stores: the Trainer's bf16/fp16 flags add mixed precision.
+            encoder=AutoModel.from_pretrained(encoder_path, dtype=torch.float32),
+            decoder=BertLMHeadModel(decoder_config),
         )
         model.config.update(special)  # EncoderDecoderModel shifts labels and generates with these
         prompt_tokenizer = AutoTokenizer.from_pretrained(encoder_path)

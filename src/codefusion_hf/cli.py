@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--max-samples", type=positive_int, default=None)
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available).")
 
     push = commands.add_parser("push", help="Upload a saved pipeline folder to the Hub.")
     push.add_argument("model", help="Saved pipeline folder.")
@@ -94,6 +95,7 @@ def evaluate(args: argparse.Namespace) -> None:
         num_inference_steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
+        device=args.device,
     )
     print(json.dumps(metrics, indent=2))
 

@@ -99,7 +99,8 @@ def score_candidates(candidates: list[list[str]], references: list[str], languag
         "non_empty_rate": sum(bool(code.strip()) for code in top1) / len(top1),
         "distinct_top1_rate": len(set(top1)) / len(top1),
         "num_prompts": len(references),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
     }
 
 
@@ -110,18 +111,19 @@ def evaluate_file(
     prompt_column: str = "prompt",
     code_column: str = "code",
     max_samples: int | None = None,
+    device: str | None = None,
     **evaluate_kwargs,
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`: language,
-    num_return_sequences, num_inference_steps, batch_size, seed), write the results to `output_dir`, return metrics."""
+    num_return_sequences, num_inference_steps, batch_size, seed) on `device` (default: CUDA when available), write
+    the results to `output_dir`, return metrics."""
     from .pipeline_codefusion import CodeFusionPipeline
     from .training_codefusion import load_code_dataset
 
     data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column, max_samples=max_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
-    candidates, scores, metrics = evaluate_pipeline(
-        CodeFusionPipeline.from_pretrained(model), prompts, references, **evaluate_kwargs
-    )
+    pipe = CodeFusionPipeline.from_pretrained(model).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    candidates, scores, metrics = evaluate_pipeline(pipe, prompts, references, **evaluate_kwargs)
     metrics |= {"model": model, "test_file": test_file}
     write_evaluation(output_dir, prompts, references, candidates, scores, metrics)
     return metrics

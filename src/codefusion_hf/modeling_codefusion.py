@@ -191,7 +191,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         encoder_config = AutoConfig.from_pretrained(encoder_name_or_path)
         config = CodeFusionConfig.from_preset(preset, encoder_config=encoder_config, **config_overrides)
         model = cls(config)
-        model.encoder = build_encoder(encoder_config, encoder_name_or_path)
+        # fp32 weights whatever the checkpoint stores (e.g. fp16): mixed precision is the Trainer's job.
+        model.encoder = build_encoder(encoder_config, encoder_name_or_path, dtype=torch.float32)
         return model
 
     def encode(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
