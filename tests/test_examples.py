@@ -91,3 +91,37 @@ def test_pretrain_then_finetune_scripts(tmp_path, monkeypatch, code_tokenizer):
     assert trainer.state.global_step == 2 and (tmp_path / "phase2" / "checkpoint-2").is_dir()
     monkeypatch.setattr(sys, "argv", [*finetune_argv, "--max_steps", "3"])
     assert finetune.main().state.global_step == 3  # resumed from checkpoint-2, one more step
+
+
+def test_benchmark_inference_steps(tiny_pipeline, tmp_path, monkeypatch):
+    import json
+
+    import benchmark_inference_steps
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in [("list files", "ls"), ("a", "b")])
+    )
+    output = tmp_path / "steps.json"
+    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv + ["--steps", "1", "3", "--num_return_sequences", "2", "--device", "cpu"])
+    benchmark_inference_steps.main()
+    runs = json.loads(output.read_text())["runs"]
+    assert [run["num_inference_steps"] for run in runs] == [1, 3]
+    assert all(run["num_prompts"] == 2 and "template_match@1" in run and run["seconds_per_prompt"] > 0 for run in runs)
+
+
+def test_results_table_and_plot(tmp_path):
+    import plot_results
+
+    results = {
+        "AR": {"exact_match@1": 0.1, "exact_match@3": 0.2, "template_match@1": 0.25, "bleu@1": 26.53},
+        "CF": {"exact_match@1": 0.0, "exact_match@3": 0.05, "seconds_per_prompt": 0.0125},
+    }
+    lines = plot_results.markdown_table(results).splitlines()
+    assert lines[0].startswith("| model | template@1 | exact@1 | exact@3 | BLEU@1 |")
+    assert lines[2].startswith("| AR | 25.0 | 10.0 | 20.0 | 26.5 |")
+    assert lines[3].startswith("| CF | – | 0.0 | 5.0 | – |") and lines[3].endswith("| 0.0125 |")
+    plot_results.plot_top_k(results, str(tmp_path / "topk.png"))
+    assert (tmp_path / "topk.png").stat().st_size > 1000

@@ -1,0 +1,108 @@
+"""Results of several models on one benchmark: a markdown table and a plot of top-k accuracy against k from their
+metrics.json files (written by evaluate.py, baselines/retrieval.py, baselines/train_autoregressive.py), and
+optionally a plot of accuracy and time against the number of denoising steps (benchmark_inference_steps.py).
+
+    python examples/plot_results.py --metrics runs/retrieval/nl2bash-test/metrics.json \
+        runs/ar/eval-test-beam/metrics.json --labels retrieval AR --output_prefix docs/images/nl2bash_test
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+KS = (1, 3, 5)
+TOP_K_METRICS = {"template_match": "template", "exact_match": "exact"}
+OTHER_COLUMNS = {
+    "bleu@1": "BLEU@1",
+    "syntax_valid@1": "valid@1",
+    "distinct_1": "distinct-1",
+    "distinct_2": "distinct-2",
+    "seconds_per_prompt": "s/prompt",
+}
+
+
+@dataclass
+class ResultsArguments:
+    metrics: list[str] = field(metadata={"help": "metrics.json files, one per model."})
+    labels: list[str] = field(metadata={"help": "One label per metrics file."})
+    output_prefix: str = field(metadata={"help": "Writes <prefix>_topk.png (and <prefix>_steps.png with --steps)."})
+    steps: str | None = field(default=None, metadata={"help": "JSON from benchmark_inference_steps.py."})
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """Accuracies in percent (top-k of each metric present), BLEU as sacrebleu reports it, the rest as fractions."""
+    columns = {
+        f"{name}@{k}": f"{short}@{k}"
+        for name, short in TOP_K_METRICS.items()
+        for k in KS
+        if any(f"{name}@{k}" in metrics for metrics in results.values())
+    }
+    header = list(columns.values()) + list(OTHER_COLUMNS.values())
+    lines = ["| model | " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(header)]
+    for label, metrics in results.items():
+        cells = [percent(metrics[key]) if key in metrics else "–" for key in columns]
+        for key in OTHER_COLUMNS:
+            value = metrics.get(key)
+            cells.append("–" if value is None else f"{value:.1f}" if key == "bleu@1" else f"{value:.3g}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_top_k(results: dict[str, dict], output: str) -> None:
+    metrics = [name for name in TOP_K_METRICS if any(f"{name}@1" in m for m in results.values())]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for axis, name in zip(axes[0], metrics):
+        for label, values in results.items():
+            points = [(k, 100 * values[f"{name}@{k}"]) for k in KS if f"{name}@{k}" in values]
+            axis.plot(*zip(*points), marker="o", label=label)
+        axis.set(xlabel="k (candidates)", ylabel=f"top-k {name.replace('_', ' ')} (%)", xticks=KS)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(output, dpi=80)
+
+
+def plot_steps(steps_file: str, output: str) -> None:
+    with open(steps_file) as f:
+        runs = json.load(f)["runs"]
+    steps = [run["num_inference_steps"] for run in runs]
+    figure, (accuracy, time) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in ("template_match@1", "template_match@5", "exact_match@1", "exact_match@5"):
+        if key in runs[0]:
+            accuracy.plot(steps, [100 * run[key] for run in runs], marker="o", label=key)
+    accuracy.set(xscale="log", xlabel="denoising steps", ylabel="%", title="accuracy")
+    accuracy.legend(fontsize=7)
+    time.plot(steps, [run["seconds_per_prompt"] for run in runs], marker="o")
+    time.set(xscale="log", xlabel="denoising steps", ylabel="seconds per prompt (k candidates)", title="time")
+    for axis in (accuracy, time):
+        axis.set_xticks(steps, [str(s) for s in steps])
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(output, dpi=80)
+
+
+def main():
+    (args,) = HfArgumentParser(ResultsArguments).parse_args_into_dataclasses()
+    if len(args.metrics) != len(args.labels):
+        raise ValueError(f"--labels has {len(args.labels)} entries for {len(args.metrics)} --metrics files.")
+    results = {}
+    for label, path in zip(args.labels, args.metrics):
+        with open(path) as f:
+            results[label] = json.load(f)
+    print(markdown_table(results))
+    plot_top_k(results, f"{args.output_prefix}_topk.png")
+    if args.steps:
+        plot_steps(args.steps, f"{args.output_prefix}_steps.png")
+
+
+if __name__ == "__main__":
+    main()
