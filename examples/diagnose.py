@@ -9,8 +9,11 @@ Token accuracy is measured on code tokens only (pad positions excluded) unless s
 - denoise@t: one denoiser call on L(y) noised to step t, then the decoder on the x0 estimate.
 - denoise@t, shuffled prompts: the same with every row given another row's prompt; the gap to the matched prompts
   is how much the model uses the prompt at that noise level.
+- refine@t/n steps: L(y) noised to step t, then n sampler steps down to 0 (evenly spaced, deterministic DDIM and
+  ancestral eta=1), then the decoder. If more steps do not beat one step, the sampler does not refine.
 - sampling: full generation from pure noise (DDIM, top-1): token accuracy against the reference canvas, exact
-  match, and the share of distinct outputs across prompts for one seed.
+  match, and the share of distinct outputs across prompts for one seed; the same canvases read by nearest code
+  embedding instead of the decoder, and a run that snaps every x0 estimate to the nearest embedding.
 """
 
 import json
@@ -34,11 +37,30 @@ class DiagnosisArguments:
     max_samples: int = field(default=128)
     timesteps: list[int] = field(default_factory=lambda: [0, 100, 300, 600, 900, 1100, 1199])
     num_inference_steps: int = field(default=20)
+    refine_from: int = field(default=1100)
+    refine_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 20])
     seed: int = field(default=0)
 
 
 def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, code_positions: torch.Tensor) -> float:
     return ((logits.argmax(-1) == labels) & code_positions).sum().item() / code_positions.sum().item()
+
+
+def refine(pipe, clean, states, mask, start: int, num_steps: int, eta: float) -> torch.Tensor:
+    """Run `num_steps` sampler steps from `clean` noised to `start` (the pipeline always starts at T-1, so the
+    timesteps are set here) and return the final canvas."""
+    model, scheduler = pipe.model, pipe.scheduler
+    scheduler.set_timesteps(num_steps)
+    scheduler.timesteps = torch.linspace(start, 0, num_steps + 1).round().long()[:-1]
+    latents = model.noise_scheduler.add_noise(clean, torch.randn_like(clean), scheduler.timesteps[:1])
+    self_condition = None
+    for timestep in scheduler.timesteps:
+        step = scheduler.step(
+            model.denoise(latents, timestep, states, mask, self_condition), timestep, latents, eta=eta
+        )
+        latents = step.prev_sample
+        self_condition = step.pred_original_sample if model.config.self_condition else None
+    return latents
 
 
 @torch.no_grad()
@@ -73,6 +95,13 @@ def main():
             report[f"denoise@{t}{name}_token_accuracy"] = token_accuracy(logits, labels, code_positions)
             report[f"denoise@{t}{name}_embedding_mse"] = F.mse_loss(estimate, clean).item()
 
+    for num_steps in args.refine_steps:
+        for eta in (0.0, 1.0):
+            latents = refine(pipe, clean, states, mask, args.refine_from, num_steps, eta)
+            report[f"refine@{args.refine_from}/{num_steps} steps, eta {eta:g}_token_accuracy"] = token_accuracy(
+                model.decode(latents, states, mask), labels, code_positions
+            )
+
     # The same seeded samples twice: once as token ids (token accuracy), once as text (exact match).
     output = pipe(
         prompts,
@@ -92,6 +121,24 @@ def main():
     ).sum().item() / code_positions.sum().item()
     report["sampling_exact_match"] = sum(map(exact_match, top1, references)) / len(data)
     report["sampling_distinct_top1_rate"] = len(set(top1)) / len(top1)
+    seeded = {"num_inference_steps": args.num_inference_steps}
+    latents = pipe(prompts, output_type="latent", generator=torch.Generator().manual_seed(args.seed), **seeded).code[
+        :, 0
+    ]
+    nearest = torch.cdist(latents, model.code_embedding_matrix()[None]).argmin(-1)
+    report["sampling_nearest_embedding_token_accuracy"] = ((nearest == labels) & code_positions).sum().item() / (
+        code_positions.sum().item()
+    )
+    clamped = pipe(
+        prompts,
+        output_type="pt",
+        clamp_to_embeddings=True,
+        generator=torch.Generator().manual_seed(args.seed),
+        **seeded,
+    ).code[:, 0]
+    report["sampling_clamped_token_accuracy"] = ((clamped == labels) & code_positions).sum().item() / (
+        code_positions.sum().item()
+    )
     report["sampling_non_empty_rate"] = sum(bool(code.strip()) for code in top1) / len(top1)
     report["reference_distinct_rate"] = len(set(references)) / len(data)
     report["examples"] = [{"reference": r, "top1": p} for r, p in zip(references[:10], top1[:10])]

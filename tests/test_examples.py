@@ -125,3 +125,31 @@ def test_results_table_and_plot(tmp_path):
     assert lines[3].startswith("| CF | – | 0.0 | 5.0 | – |") and lines[3].endswith("| 0.0125 |")
     plot_results.plot_top_k(results, str(tmp_path / "topk.png"))
     assert (tmp_path / "topk.png").stat().st_size > 1000
+
+
+def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch):
+    import json
+
+    import diagnose
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in [("list files", "ls -l"), ("a", "b")])
+    )
+    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(tmp_path / "r.json")]
+    flags = ["--timesteps", "0", "99", "--refine_from", "50", "--refine_steps", "1", "3", "--num_inference_steps", "4"]
+    monkeypatch.setattr(sys, "argv", argv + flags)
+    diagnose.main()
+    report = json.loads((tmp_path / "r.json").read_text())
+    for key in (
+        "decoder_token_accuracy",
+        "denoise@99, shuffled prompts_token_accuracy",
+        "refine@50/1 steps, eta 0_token_accuracy",
+        "refine@50/3 steps, eta 1_token_accuracy",
+        "sampling_token_accuracy",
+        "sampling_nearest_embedding_token_accuracy",
+        "sampling_clamped_token_accuracy",
+    ):
+        assert 0 <= report[key] <= 1, key
+    assert report["num_rows"] == 2
