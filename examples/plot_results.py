@@ -28,9 +28,9 @@ OTHER_COLUMNS = {
 
 @dataclass
 class ResultsArguments:
-    metrics: list[str] = field(metadata={"help": "metrics.json files, one per model."})
-    labels: list[str] = field(metadata={"help": "One label per metrics file."})
-    output_prefix: str = field(metadata={"help": "Writes <prefix>_topk.png (and <prefix>_steps.png with --steps)."})
+    output_prefix: str = field(metadata={"help": "Writes <prefix>_topk.png and, with --steps, <prefix>_steps.png."})
+    metrics: list[str] = field(default_factory=list, metadata={"help": "metrics.json files, one per model."})
+    labels: list[str] = field(default_factory=list, metadata={"help": "One label per metrics file."})
     steps: str | None = field(default=None, metadata={"help": "JSON from benchmark_inference_steps.py."})
 
 
@@ -76,10 +76,10 @@ def plot_steps(steps_file: str, output: str) -> None:
         runs = json.load(f)["runs"]
     steps = [run["num_inference_steps"] for run in runs]
     figure, (accuracy, time) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key in ("template_match@1", "template_match@5", "exact_match@1", "exact_match@5"):
+    for key in ("template_match@1", "template_match@5", "exact_match@1", "exact_match@5", "syntax_valid@1"):
         if key in runs[0]:
             accuracy.plot(steps, [100 * run[key] for run in runs], marker="o", label=key)
-    accuracy.set(xscale="log", xlabel="denoising steps", ylabel="%", title="accuracy")
+    accuracy.set(xscale="log", xlabel="denoising steps", ylabel="%", title="accuracy", ylim=(0, 100))
     accuracy.legend(fontsize=7)
     time.plot(steps, [run["seconds_per_prompt"] for run in runs], marker="o")
     time.set(xscale="log", xlabel="denoising steps", ylabel="seconds per prompt (k candidates)", title="time")
@@ -98,8 +98,9 @@ def main():
     for label, path in zip(args.labels, args.metrics):
         with open(path) as f:
             results[label] = json.load(f)
-    print(markdown_table(results))
-    plot_top_k(results, f"{args.output_prefix}_topk.png")
+    if results:
+        print(markdown_table(results))
+        plot_top_k(results, f"{args.output_prefix}_topk.png")
     if args.steps:
         plot_steps(args.steps, f"{args.output_prefix}_steps.png")
 
