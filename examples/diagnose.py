@@ -42,8 +42,8 @@ class DiagnosisArguments:
     seed: int = field(default=0)
 
 
-def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, code_positions: torch.Tensor) -> float:
-    return ((logits.argmax(-1) == labels) & code_positions).sum().item() / code_positions.sum().item()
+def token_accuracy(token_ids: torch.Tensor, labels: torch.Tensor, code_positions: torch.Tensor) -> float:
+    return ((token_ids == labels) & code_positions).sum().item() / code_positions.sum().item()
 
 
 def refine(pipe, clean, states, mask, start: int, num_steps: int, eta: float) -> torch.Tensor:
@@ -83,7 +83,9 @@ def main():
     clean = model.embed_code(labels)
 
     report = {"model": args.model, "test_file": args.test_file, "num_rows": len(data)}
-    report["decoder_token_accuracy"] = token_accuracy(model.decode(clean, states, mask), labels, code_positions)
+    report["decoder_token_accuracy"] = token_accuracy(
+        model.decode(clean, states, mask).argmax(-1), labels, code_positions
+    )
     for t in args.timesteps:
         timesteps = torch.full((len(data),), t)
         noisy = model.noise_scheduler.add_noise(clean, torch.randn_like(clean), timesteps)
@@ -92,53 +94,31 @@ def main():
                 model.noise_scheduler.predict_original_sample(model.denoise(noisy, timesteps, s, m), timesteps, noisy)
             )
             logits = model.decode(estimate, s, m)
-            report[f"denoise@{t}{name}_token_accuracy"] = token_accuracy(logits, labels, code_positions)
+            report[f"denoise@{t}{name}_token_accuracy"] = token_accuracy(logits.argmax(-1), labels, code_positions)
             report[f"denoise@{t}{name}_embedding_mse"] = F.mse_loss(estimate, clean).item()
 
     for num_steps in args.refine_steps:
         for eta in (0.0, 1.0):
             latents = refine(pipe, clean, states, mask, args.refine_from, num_steps, eta)
             report[f"refine@{args.refine_from}/{num_steps} steps, eta {eta:g}_token_accuracy"] = token_accuracy(
-                model.decode(latents, states, mask), labels, code_positions
+                model.decode(latents, states, mask).argmax(-1), labels, code_positions
             )
 
-    # The same seeded samples twice: once as token ids (token accuracy), once as text (exact match).
-    output = pipe(
-        prompts,
-        num_inference_steps=args.num_inference_steps,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    texts = pipe(
-        prompts,
-        num_inference_steps=args.num_inference_steps,
-        generator=torch.Generator().manual_seed(args.seed),
-    ).code
-    top1 = [candidates[0] for candidates in texts]
-    sampled = output.code[:, 0]
-    report["sampling_token_accuracy"] = (
-        (sampled == labels) & code_positions
-    ).sum().item() / code_positions.sum().item()
+    def sample(**kwargs):
+        """Top-1 of a full generation from pure noise, from the same seeded starting noise every time."""
+        generator = torch.Generator().manual_seed(args.seed)
+        code = pipe(prompts, num_inference_steps=args.num_inference_steps, generator=generator, **kwargs).code
+        return [candidates[0] for candidates in code] if isinstance(code, list) else code[:, 0]
+
+    # The same samples as token ids (token accuracy), as text (exact match) and as canvases (nearest embedding).
+    top1 = sample()
+    report["sampling_token_accuracy"] = token_accuracy(sample(output_type="pt"), labels, code_positions)
     report["sampling_exact_match"] = sum(map(exact_match, top1, references)) / len(data)
     report["sampling_distinct_top1_rate"] = len(set(top1)) / len(top1)
-    seeded = {"num_inference_steps": args.num_inference_steps}
-    latents = pipe(prompts, output_type="latent", generator=torch.Generator().manual_seed(args.seed), **seeded).code[
-        :, 0
-    ]
-    nearest = torch.cdist(latents, model.code_embedding_matrix()[None]).argmin(-1)
-    report["sampling_nearest_embedding_token_accuracy"] = ((nearest == labels) & code_positions).sum().item() / (
-        code_positions.sum().item()
-    )
-    clamped = pipe(
-        prompts,
-        output_type="pt",
-        clamp_to_embeddings=True,
-        generator=torch.Generator().manual_seed(args.seed),
-        **seeded,
-    ).code[:, 0]
-    report["sampling_clamped_token_accuracy"] = ((clamped == labels) & code_positions).sum().item() / (
-        code_positions.sum().item()
-    )
+    nearest = torch.cdist(sample(output_type="latent"), model.code_embedding_matrix()[None]).argmin(-1)
+    report["sampling_nearest_embedding_token_accuracy"] = token_accuracy(nearest, labels, code_positions)
+    clamped = sample(output_type="pt", clamp_to_embeddings=True)
+    report["sampling_clamped_token_accuracy"] = token_accuracy(clamped, labels, code_positions)
     report["sampling_non_empty_rate"] = sum(bool(code.strip()) for code in top1) / len(top1)
     report["reference_distinct_rate"] = len(set(references)) / len(data)
     report["examples"] = [{"reference": r, "top1": p} for r, p in zip(references[:10], top1[:10])]
