@@ -117,7 +117,7 @@ def main():
     report["sampling_distinct_top1_rate"] = len(set(top1)) / len(top1)
     nearest = torch.cdist(sample(output_type="latent"), model.code_embedding_matrix()[None]).argmin(-1)
     report["sampling_nearest_embedding_token_accuracy"] = token_accuracy(nearest, labels, code_positions)
-    clamped = sample(output_type="pt", clamp_to_embeddings=True)
+    clamped = sample(output_type="pt", rounding="nearest")
     report["sampling_clamped_token_accuracy"] = token_accuracy(clamped, labels, code_positions)
     report["sampling_non_empty_rate"] = sum(bool(code.strip()) for code in top1) / len(top1)
     report["reference_distinct_rate"] = len(set(references)) / len(data)

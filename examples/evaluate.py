@@ -28,6 +28,9 @@ class EvaluationArguments:
     batch_size: int = field(default=16, metadata={"help": "Prompts per pipeline call (each with k candidates)."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
     seed: int = field(default=0)
+    rounding: str | None = field(
+        default=None, metadata={"help": "Round each step's x0 estimate: nearest, decoder or decoder_mean."}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA if available)."})
 
 
@@ -45,6 +48,7 @@ def main():
         num_inference_steps=args.num_inference_steps,
         batch_size=args.batch_size,
         seed=args.seed,
+        rounding=args.rounding,
         device=args.device,
     )
     for name, value in metrics.items():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# NL2Bash on one GPU: four CodeFusion variants (epsilon or x0 prediction, with or without self-conditioning) and
-# the autoregressive baseline, trained side by side on the same GPU for the same wall-clock budget, then each
-# evaluated on validation and test with k=5 candidates (the evaluations of a model run in parallel). The numbers in docs/results.md come from this script.
+# NL2Bash on one GPU: CodeFusion variants and the autoregressive baseline, trained side by side on the same GPU for
+# the same wall-clock budget, then each evaluated on validation and test with k=5 candidates, once per sampler
+# rounding in ROUNDINGS (the evaluations of a model run in parallel). The numbers in docs/results.md come from this
+# script; VARIANTS picks the CodeFusion variants (default: the latest sweep's, see the end of this file).
 #
 #   bash examples/nl2bash_gpu_sweep.sh OUTPUT_DIR ENCODER TOKENIZER DATA_DIR [PRETRAIN_MINUTES] [FINETUNE_MINUTES]
 #
@@ -9,7 +10,8 @@
 # TOKENIZER: the code tokenizer from train_tokenizer.py; DATA_DIR: holds pretrain_snippets.jsonl, train.jsonl,
 # validation.jsonl and test.jsonl (../shared/data/nl2bash). The baseline trains for PRETRAIN + FINETUNE minutes.
 # For a dry run on a CPU: USE_CPU=True, EVAL_SAMPLES=N (evaluate the first N rows of each split), short budgets.
-# PYTHON picks the interpreter (default python3).
+# PYTHON picks the interpreter (default python3). ROUNDINGS: e.g. "none decoder" (default); the test split is
+# evaluated with the first two only.
 set -uo pipefail
 python=${PYTHON:-python3}
 out=$1 encoder=$2 tokenizer=$3 data=$4 pretrain_minutes=${5:-1.5} finetune_minutes=${6:-4}
@@ -24,22 +26,38 @@ gpu=(--use_cpu "${USE_CPU:-False}" --bf16 True --per_device_train_batch_size 256
   --learning_rate 1e-3 --lr_scheduler_type constant_with_warmup --warmup_steps 200 --logging_steps 50
   --save_steps 1000 --save_total_limit 1)
 
-codefusion() {  # name, config overrides (JSON)
-  local name=$1 overrides=$2 log=$out/$1.log
-  "$python" examples/pretrain.py examples/configs/nl2bash_pretrain.json "${gpu[@]}" --dataloader_num_workers 3 \
-    --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
-    --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
-    --output_dir "$out/$name/pretrain" --max_train_minutes "$pretrain_minutes" --eval_steps 1000 >"$log" 2>&1 &&
-    "$python" examples/finetune.py examples/configs/nl2bash_finetune.json "${gpu[@]}" \
-      --model_name_or_path "$out/$name/pretrain" --train_file "$data/train.jsonl" \
-      --validation_file "$data/validation.jsonl" --output_dir "$out/$name/finetune" \
-      --max_train_minutes "$finetune_minutes" --eval_steps 500 >>"$log" 2>&1 &&
-    for split in validation test; do
-      "$python" examples/evaluate.py --model "$out/$name/finetune" --test_file "$data/$split.jsonl" \
-        --output_dir "$out/$name/eval-$split" --batch_size 128 "${eval_samples[@]}" >"$out/$name-eval-$split.log" 2>&1 &
+rounding_evals() {  # model folder, output prefix, log prefix: validation with every rounding, test with two
+  local model=$1 prefix=$2 log=$3 roundings=(${ROUNDINGS:-none decoder}) split rounding
+  for split in validation test; do
+    [[ $split == test ]] && roundings=("${roundings[@]:0:2}")
+    for rounding in "${roundings[@]}"; do
+      "$python" examples/evaluate.py --model "$model" --test_file "$data/$split.jsonl" \
+        --output_dir "$prefix-$split-$rounding" --batch_size 128 "${eval_samples[@]}" \
+        $([[ $rounding != none ]] && echo --rounding "$rounding") >"$log-eval-$split-$rounding.log" 2>&1 &
     done
+  done
   wait
-  echo "$name: $(ls "$out/$name"/eval-*/metrics.json 2>/dev/null | wc -l) of 2 evaluations written" >>"$log"
+}
+
+codefusion() {  # name, phase-1 minutes (0: no phase 1, phase 2 gets the whole budget), config overrides (JSON)
+  local name=$1 phase1=$2 overrides=$3 log=$out/$1.log start=()
+  local phase2
+  phase2=$("$python" -c "print($pretrain_minutes + $finetune_minutes - $phase1)")
+  if [[ $phase1 != 0 ]]; then
+    "$python" examples/pretrain.py examples/configs/nl2bash_pretrain.json "${gpu[@]}" --dataloader_num_workers 3 \
+      --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
+      --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
+      --output_dir "$out/$name/pretrain" --max_train_minutes "$phase1" --eval_steps 1000 >"$log" 2>&1 || return
+    start=(--model_name_or_path "$out/$name/pretrain")
+  else
+    start=(--model_name_or_path "" --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer"
+      --config_overrides "$overrides")
+  fi
+  "$python" examples/finetune.py examples/configs/nl2bash_finetune.json "${gpu[@]}" "${start[@]}" \
+    --train_file "$data/train.jsonl" --validation_file "$data/validation.jsonl" --output_dir "$out/$name/finetune" \
+    --max_train_minutes "$phase2" --eval_steps 500 >>"$log" 2>&1 &&
+    rounding_evals "$out/$name/finetune" "$out/$name/eval" "$out/$name"
+  echo "$name: $(ls "$out/$name"/eval-*/metrics.json 2>/dev/null | wc -l) evaluations written" >>"$log"
 }
 
 autoregressive() {
@@ -64,10 +82,14 @@ autoregressive() {
   echo "autoregressive: $(ls "$out"/autoregressive/eval-*/metrics.json 2>/dev/null | wc -l) of 4 evaluations written" >>"$log"
 }
 
-codefusion epsilon '{"normalize_code_embeddings": true}' &
-codefusion epsilon-selfcond '{"normalize_code_embeddings": true, "self_condition": true}' &
-codefusion x0 '{"normalize_code_embeddings": true, "prediction_type": "sample"}' &
-codefusion x0-selfcond '{"normalize_code_embeddings": true, "prediction_type": "sample", "self_condition": true}' &
+# Variants: name, phase-1 minutes (of the pretrain budget; 0 = skip phase 1), CodeFusionConfig overrides. The
+# 2026-11-26 morning sweep ran epsilon / x0, each with and without self-conditioning, with the default phase 1.
+variants=${VARIANTS:-"x0-selfcond $pretrain_minutes {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\",\"self_condition\":true}
+x0-selfcond-nophase1 0 {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\",\"self_condition\":true}
+x0 $pretrain_minutes {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\"}"}
+while read -r name phase1 overrides; do
+  [[ -n $name ]] && codefusion "$name" "$phase1" "$overrides" &
+done <<<"$variants"
 autoregressive &
 wait
 grep -h "evaluations written" "$out"/*.log

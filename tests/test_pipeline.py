@@ -181,6 +181,7 @@ def make_code_tokenizer():
         ({"num_return_sequences": 0}, "num_return_sequences"),
         ({"max_length": 17}, "max_length"),
         ({"output_type": "np"}, "output_type"),
+        ({"rounding": "argmax"}, "rounding"),
         ({"callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
     ],
 )
@@ -268,3 +269,23 @@ def test_self_conditioned_sampling_passes_the_previous_estimate(code_tokenizer, 
     assert received[0] is None and len(received) == 4
     for given, previous in zip(received[1:], estimates[:-1]):
         assert given is previous.pred_original_sample
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "decoder", "decoder_mean"])
+def test_rounding_puts_each_estimate_on_code_embeddings(tiny_pipeline, monkeypatch, rounding):
+    estimates = []
+    step = tiny_pipeline.scheduler.step
+    monkeypatch.setattr(
+        tiny_pipeline.scheduler, "step", lambda *a, **k: estimates.append(step(*a, **k)) or estimates[-1]
+    )
+    seeded(tiny_pipeline, "list all files", rounding=rounding)
+    embeddings = tiny_pipeline.model.code_embedding_matrix()
+    assert len(estimates) == 5
+    for estimate in (output.pred_original_sample[0] for output in estimates):
+        if rounding == "decoder_mean":  # a convex combination of embeddings: inside their bounding box
+            assert (estimate >= embeddings.min(0).values - 1e-5).all()
+            assert (estimate <= embeddings.max(0).values + 1e-5).all()
+        else:  # every position is exactly one token's embedding
+            assert (estimate[:, None, :] == embeddings[None]).all(dim=-1).any(dim=-1).all()
+    latents = seeded(tiny_pipeline, "list all files", rounding=rounding, output_type="latent").code[0, 0]
+    torch.testing.assert_close(latents, estimates[-1].pred_original_sample[0])  # the last step lands on it

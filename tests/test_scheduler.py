@@ -85,6 +85,11 @@ def test_clip_and_snap_to_embeddings():
     rows = snapped.pred_original_sample.reshape(-1, 4)
     assert all(any(torch.equal(row, e) for e in embeddings) for row in rows)
 
+    given = torch.randn(1, 5, 4)
+    stepped = scheduler.step(torch.zeros(1, 5, 4), scheduler.timesteps[-1], sample, pred_original_sample=given)
+    assert stepped.pred_original_sample is given
+    torch.testing.assert_close(stepped.prev_sample, given)  # the last step lands on the given x0
+
 
 def test_save_load_round_trip(tmp_path):
     scheduler = CodeFusionScheduler(num_train_timesteps=300, noise_schedule="cosine", timestep_spacing="linspace")

@@ -26,6 +26,7 @@ def evaluate_pipeline(
     num_inference_steps: int = 20,
     batch_size: int = 16,
     seed: int = 0,
+    rounding: str | None = None,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
@@ -43,6 +44,7 @@ def evaluate_pipeline(
             num_inference_steps=num_inference_steps,
             num_return_sequences=num_return_sequences,
             generator=generator,
+            rounding=rounding,
         )
         return output.code, output.scores
 
@@ -50,6 +52,7 @@ def evaluate_pipeline(
     metrics = score_candidates(candidates, references, language) | {
         "num_return_sequences": num_return_sequences,
         "num_inference_steps": num_inference_steps,
+        "rounding": rounding,
         "seconds_per_prompt": seconds / len(prompts),
     }
     return candidates, scores, metrics
@@ -114,9 +117,9 @@ def evaluate_file(
     device: str | None = None,
     **evaluate_kwargs,
 ) -> dict:
-    """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`: language,
-    num_return_sequences, num_inference_steps, batch_size, seed) on `device` (default: CUDA when available), write
-    the results to `output_dir`, return metrics."""
+    """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
+    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding) on `device` (default: CUDA when
+    available), write the results to `output_dir`, return metrics."""
     from .pipeline_codefusion import CodeFusionPipeline
     from .training_codefusion import load_code_dataset
 

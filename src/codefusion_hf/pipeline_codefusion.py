@@ -24,6 +24,7 @@ from .scheduling_codefusion import CodeFusionScheduler
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("text", "pt", "latent")
+ROUNDINGS = ("nearest", "decoder", "decoder_mean")
 # Files each saved component cannot load without; checked before loading so errors name the file.
 REQUIRED_FILES = {
     "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
@@ -195,6 +196,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         max_length: int | None,
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
+        rounding: str | None = None,
     ) -> list[str]:
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
@@ -217,6 +219,8 @@ class CodeFusionPipeline(DiffusionPipeline):
             raise ValueError(f"max_length must be between 1 and the canvas size {canvas}, got {max_length!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if rounding is not None and rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be None or one of {ROUNDINGS}, got {rounding!r}.")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
@@ -256,6 +260,17 @@ class CodeFusionPipeline(DiffusionPipeline):
         scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
         return token_ids, lengths, scores
 
+    def round_with_decoder(
+        self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor, mean: bool
+    ) -> torch.Tensor:
+        """Replace an x0 estimate by code embeddings read through the decoder: of its most likely tokens, or (with
+        `mean`) averaged under its token distribution."""
+        logits = self.model.decode(latents, encoder_hidden_states, attention_mask)
+        if not mean:
+            return self.model.embed_code(logits.argmax(dim=-1)).to(latents.dtype)
+        probabilities = logits.float().softmax(dim=-1)
+        return (probabilities @ self.model.code_embedding_matrix().float()).to(latents.dtype)
+
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
         limit = max_length or token_ids.shape[1]
         return self.tokenizer.batch_decode(
@@ -273,7 +288,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         max_length: int | None = None,
-        clamp_to_embeddings: bool = False,
+        rounding: str | None = None,
         output_type: str = "text",
         return_dict: bool = True,
         return_trajectory: bool | Sequence[int] = False,
@@ -288,7 +303,11 @@ class CodeFusionPipeline(DiffusionPipeline):
             eta: 0 for deterministic DDIM updates, 1 for DDPM ancestral sampling.
             generator: Seeds the starting noise (and the noise of stochastic steps).
             max_length: Return at most this many code tokens per candidate (defaults to the whole canvas).
-            clamp_to_embeddings: Snap the x0 estimate to the nearest code embedding at each step (Diffusion-LM).
+            rounding: How each step's x0 estimate is pulled onto code tokens before the step is taken: `None` (not
+                at all, the paper), `"nearest"` (the nearest code embedding, Diffusion-LM's clamping), `"decoder"`
+                (the decoder's most likely tokens, re-embedded) or `"decoder_mean"` (the embeddings averaged under
+                the decoder's token distribution, CDCD's score interpolation). Rounding keeps the canvas made of
+                token embeddings, which is all the denoiser saw in training.
             output_type: `"text"`, `"pt"` (token ids) or `"latent"` (the final canvas).
             return_trajectory: `True` to record the decoded canvas at every step, or a list of step indices
                 (0-based) to record, so the program can be watched being revised.
@@ -306,6 +325,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             max_length,
             output_type,
             callback_on_step_end_tensor_inputs,
+            rounding,
         )
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling; the previous mode is restored below
@@ -322,7 +342,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             device=device,
             dtype=encoder_hidden_states.dtype,
         )
-        code_embeddings = self.model.code_embedding_matrix() if clamp_to_embeddings else None
+        code_embeddings = self.model.code_embedding_matrix() if rounding == "nearest" else None
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
@@ -330,8 +350,24 @@ class CodeFusionPipeline(DiffusionPipeline):
         self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_output = self.model.denoise(latents, timestep, encoder_hidden_states, attention_mask, self_condition)
+            pred_original_sample = None
+            if rounding in ("decoder", "decoder_mean"):
+                pred_original_sample = self.round_with_decoder(
+                    self.scheduler.clip_original_sample(
+                        self.scheduler.predict_original_sample(model_output, timestep, latents)
+                    ),
+                    encoder_hidden_states,
+                    attention_mask,
+                    mean=rounding == "decoder_mean",
+                )
             step = self.scheduler.step(
-                model_output, timestep, latents, eta=eta, generator=generator, code_embeddings=code_embeddings
+                model_output,
+                timestep,
+                latents,
+                eta=eta,
+                generator=generator,
+                code_embeddings=code_embeddings,
+                pred_original_sample=pred_original_sample,
             )
             latents = step.prev_sample
             if config.self_condition:

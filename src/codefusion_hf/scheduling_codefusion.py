@@ -147,6 +147,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         code_embeddings: torch.Tensor | None = None,
+        pred_original_sample: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> CodeFusionSchedulerOutput | tuple:
         """
@@ -160,6 +161,8 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             generator: Random generator(s) for the noise of stochastic steps.
             code_embeddings: `(vocab_size, latent_dim)` embedding matrix. When given, each position of the x0
                 estimate is snapped to its nearest code embedding (Diffusion-LM's clamping trick).
+            pred_original_sample: An x0 estimate to step towards instead of the one read from `model_output`, e.g.
+                the decoder's tokens re-embedded (see the pipeline's `rounding`).
         """
         if self.num_inference_steps is None:
             raise ValueError("Call `set_timesteps(num_inference_steps)` before `step`.")
@@ -182,7 +185,10 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             else torch.ones((), device=sample.device, dtype=sample.dtype)
         )
 
-        pred_original_sample = self.clip_original_sample(self.predict_original_sample(model_output, timestep, sample))
+        if pred_original_sample is None:
+            pred_original_sample = self.clip_original_sample(
+                self.predict_original_sample(model_output, timestep, sample)
+            )
         if code_embeddings is not None:
             distances = torch.cdist(pred_original_sample, code_embeddings.to(pred_original_sample.dtype).unsqueeze(0))
             pred_original_sample = code_embeddings[distances.argmin(dim=-1)].to(sample.dtype)
