@@ -159,6 +159,7 @@ def test_pretrained_minilm_encoder():
         ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
         ({"max_code_length": 0}, "max_code_length"),
         ({"self_condition_probability": 1.5}, "self_condition_probability"),
+        ({"self_condition_rounding": "nearest"}, "self_condition_rounding"),
     ],
 )
 def test_bad_config(kwargs, name):
@@ -217,6 +218,31 @@ def test_self_conditioning_first_pass_feeds_the_second(code_tokenizer, monkeypat
     calls.clear()
     fixed_forward(model, *batch(code_tokenizer))
     assert calls[1][0][4].abs().sum() == 0
+
+
+@pytest.mark.parametrize("rounding", ["decoder", "decoder_mean"])
+def test_self_conditioning_estimate_rounded_through_the_decoder(code_tokenizer, monkeypatch, rounding):
+    """With self_condition_rounding, the second pass reads the first pass's estimate as the decoder reads it."""
+    torch.manual_seed(0)
+    config = tiny_config(
+        code_tokenizer, self_condition=True, self_condition_probability=1.0, self_condition_rounding=rounding
+    )
+    model = CodeFusionModel(config)
+    calls = []
+    denoise = model.denoise
+    monkeypatch.setattr(model, "denoise", lambda *a, **k: calls.append(a) or denoise(*a, **k))
+    fixed_forward(model, *batch(code_tokenizer))
+    first_args, second_args = calls
+    noisy, timesteps, states, mask = first_args
+    estimate = model.noise_scheduler.clip_original_sample(
+        model.noise_scheduler.predict_original_sample(denoise(*first_args), timesteps, noisy)
+    )
+    logits = model.decode(estimate, states, mask)
+    if rounding == "decoder":
+        expected = model.embed_code(logits.argmax(dim=-1))
+    else:
+        expected = logits.softmax(dim=-1) @ model.code_embedding_matrix()
+    torch.testing.assert_close(second_args[4], expected)
 
 
 def test_self_condition_needs_a_self_conditioned_model(tiny_model):

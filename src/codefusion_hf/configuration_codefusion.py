@@ -8,6 +8,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample")
+# How an x0 estimate can be pulled onto code tokens through the decoder (see `CodeFusionModel.round_with_decoder`).
+DECODER_ROUNDINGS = ("decoder", "decoder_mean")
 
 # Each preset is a set of `CodeFusionConfig` fields; "encoder_config" holds the encoder's own fields.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -96,6 +98,9 @@ class CodeFusionConfig(PreTrainedConfig):
             DiffuSeq-v2): the denoiser also reads its previous x0 estimate. Not in the paper; off by default.
         self_condition_probability (`float`): In training, the share of rows that get a self-conditioning estimate
             (made by a gradient-free first pass); the others get zeros, as the first sampling step does.
+        self_condition_rounding (`str`, *optional*): Round that training estimate through the decoder, `"decoder"`
+            (its most likely tokens) or `"decoder_mean"`, so the denoiser learns to correct the crisp drafts a
+            sampler with the same `rounding` hands it. Not in the paper; `None` (no rounding) by default.
         noise_loss_weight, embedding_loss_weight, decoder_loss_weight (`float`): Weights of the three loss terms
             `||eps_hat - eps||`, `||D_s - L(y)||` and `-log p(y | D_s)`.
         code_embedding_init_std (`float`): Initial std of the code embedding; 1.0 puts it on the scale of the noise.
@@ -129,6 +134,7 @@ class CodeFusionConfig(PreTrainedConfig):
     prediction_type: str = "epsilon"
     self_condition: bool = False
     self_condition_probability: float = 0.5
+    self_condition_rounding: str | None = None
     noise_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
     decoder_loss_weight: float = 1.0
@@ -144,6 +150,11 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
         if not 0 <= self.self_condition_probability <= 1:
             raise ValueError(f"self_condition_probability must be in [0, 1], got {self.self_condition_probability}.")
+        if self.self_condition_rounding is not None and self.self_condition_rounding not in DECODER_ROUNDINGS:
+            raise ValueError(
+                f"self_condition_rounding must be None or one of {DECODER_ROUNDINGS}, got "
+                f"{self.self_condition_rounding!r}."
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "

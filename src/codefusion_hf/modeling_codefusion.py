@@ -243,6 +243,21 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         hidden_states = self.decoder(latents, encoder_hidden_states, _padding_mask(encoder_attention_mask))
         return self.lm_head(hidden_states)
 
+    def round_with_decoder(
+        self,
+        latents: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        mean: bool = False,
+    ) -> torch.Tensor:
+        """Replace an x0 estimate by code embeddings read through the decoder: of its most likely tokens, or (with
+        `mean`) averaged under its token distribution. Keeps a canvas made of token embeddings, as in training."""
+        logits = self.decode(latents, encoder_hidden_states, encoder_attention_mask)
+        if not mean:
+            return self.embed_code(logits.argmax(dim=-1)).to(latents.dtype)
+        probabilities = logits.float().softmax(dim=-1)
+        return (probabilities @ self.code_embedding_matrix().float()).to(latents.dtype)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -295,6 +310,13 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 estimate = self.noise_scheduler.clip_original_sample(
                     self.noise_scheduler.predict_original_sample(first_output, timesteps, noisy_latents)
                 )
+                if self.config.self_condition_rounding is not None:
+                    estimate = self.round_with_decoder(
+                        estimate,
+                        encoder_hidden_states,
+                        attention_mask,
+                        mean=self.config.self_condition_rounding == "decoder_mean",
+                    )
             keep = torch.rand(labels.shape[0], 1, 1, device=labels.device) < self.config.self_condition_probability
             self_condition = estimate * keep
         model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition)

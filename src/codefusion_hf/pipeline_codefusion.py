@@ -17,6 +17,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 from transformers import PreTrainedTokenizerBase
 
+from .configuration_codefusion import DECODER_ROUNDINGS
 from .modelcard_codefusion import create_model_card, save_model_card
 from .modeling_codefusion import CodeFusionModel
 from .scheduling_codefusion import CodeFusionScheduler
@@ -24,7 +25,7 @@ from .scheduling_codefusion import CodeFusionScheduler
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("text", "pt", "latent")
-ROUNDINGS = ("nearest", "decoder", "decoder_mean")
+ROUNDINGS = ("nearest", *DECODER_ROUNDINGS)
 # Files each saved component cannot load without; checked before loading so errors name the file.
 REQUIRED_FILES = {
     "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
@@ -260,17 +261,6 @@ class CodeFusionPipeline(DiffusionPipeline):
         scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
         return token_ids, lengths, scores
 
-    def round_with_decoder(
-        self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor, mean: bool
-    ) -> torch.Tensor:
-        """Replace an x0 estimate by code embeddings read through the decoder: of its most likely tokens, or (with
-        `mean`) averaged under its token distribution."""
-        logits = self.model.decode(latents, encoder_hidden_states, attention_mask)
-        if not mean:
-            return self.model.embed_code(logits.argmax(dim=-1)).to(latents.dtype)
-        probabilities = logits.float().softmax(dim=-1)
-        return (probabilities @ self.model.code_embedding_matrix().float()).to(latents.dtype)
-
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
         limit = max_length or token_ids.shape[1]
         return self.tokenizer.batch_decode(
@@ -351,8 +341,8 @@ class CodeFusionPipeline(DiffusionPipeline):
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_output = self.model.denoise(latents, timestep, encoder_hidden_states, attention_mask, self_condition)
             pred_original_sample = None
-            if rounding in ("decoder", "decoder_mean"):
-                pred_original_sample = self.round_with_decoder(
+            if rounding in DECODER_ROUNDINGS:
+                pred_original_sample = self.model.round_with_decoder(
                     self.scheduler.clip_original_sample(
                         self.scheduler.predict_original_sample(model_output, timestep, latents)
                     ),
