@@ -11,7 +11,7 @@ from conftest import PAIRS, tiny_config
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from codefusion_hf import CodeFusionModel
+from codefusion_hf import CodeFusionModel, CodeFusionPipeline
 from codefusion_hf.training_codefusion import (
     CodeFusionDataCollator,
     CodeFusionPretrainer,
@@ -159,11 +159,20 @@ def test_eval_loss_is_deterministic(code_tokenizer, tmp_path):
     assert trainer.evaluate()["eval_loss"] == trainer.evaluate()["eval_loss"]
 
 
-def test_generation_metrics_are_logged(code_tokenizer, tmp_path):
+def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch):
     trainer = make_trainer(
-        "finetune", code_tokenizer, tmp_path, generation_eval_samples=4, generation_inference_steps=5
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        generation_eval_samples=4,
+        generation_inference_steps=5,
+        generation_rounding="decoder",
     )
+    calls = []
+    call = CodeFusionPipeline.__call__
+    monkeypatch.setattr(CodeFusionPipeline, "__call__", lambda self, *a, **k: calls.append(k) or call(self, *a, **k))
     metrics = trainer.evaluate()
+    assert calls and all(k["rounding"] == "decoder" and k["num_inference_steps"] == 5 for k in calls)
     assert {"eval_exact_match", "eval_non_empty_rate", "eval_distinct_rate"} <= metrics.keys()
     assert 0 <= metrics["eval_exact_match"] <= 1
 
@@ -294,6 +303,8 @@ def test_mask_code_rates():
 def test_bad_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="cpd_mask_rate"):
         training_args(tmp_path, cpd_mask_rate=1.5)
+    with pytest.raises(ValueError, match="generation_rounding"):
+        training_args(tmp_path, generation_rounding="argmax")
 
 
 HASH_WEIGHTS = """

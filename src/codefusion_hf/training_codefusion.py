@@ -21,7 +21,7 @@ from transformers.utils import logging
 from .metrics import exact_match, template_match
 from .modelcard_codefusion import hub_model_id
 from .modeling_codefusion import CodeFusionModel
-from .pipeline_codefusion import CodeFusionPipeline, check_readable
+from .pipeline_codefusion import ROUNDINGS, CodeFusionPipeline, check_readable
 from .scheduling_codefusion import CodeFusionScheduler
 
 logger = logging.get_logger(__name__)
@@ -62,6 +62,10 @@ class CodeFusionTrainingArguments(TrainingArguments):
         default=0, metadata={"help": "At each evaluation, generate code for this many eval rows and log exact match."}
     )
     generation_inference_steps: int = field(default=20, metadata={"help": "Denoising steps of that generation."})
+    generation_rounding: str | None = field(
+        default=None,
+        metadata={"help": "The sampler's rounding for that generation: nearest, decoder or decoder_mean."},
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the CodeFusion collators need the raw code text."}
     )
@@ -71,6 +75,10 @@ class CodeFusionTrainingArguments(TrainingArguments):
         for name in ("unconditional_probability", "cpd_mask_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
+        if self.generation_rounding is not None and self.generation_rounding not in ROUNDINGS:
+            raise ValueError(
+                f"generation_rounding must be None or one of {ROUNDINGS}, got {self.generation_rounding!r}."
+            )
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -393,7 +401,10 @@ class CodeFusionTrainer(Trainer):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             output = pipe(
-                chunk["prompt"], num_inference_steps=self.args.generation_inference_steps, generator=generator
+                chunk["prompt"],
+                num_inference_steps=self.args.generation_inference_steps,
+                rounding=self.args.generation_rounding,
+                generator=generator,
             )
             predictions += [candidates[0] for candidates in output.code]
         references = rows["code"]
