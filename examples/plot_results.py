@@ -19,6 +19,7 @@ KS = (1, 3, 5)
 TOP_K_METRICS = {"template_match": "template", "exact_match": "exact"}
 OTHER_COLUMNS = {
     "bleu@1": "BLEU@1",
+    "codebleu@1": "CodeBLEU@1",
     "syntax_valid@1": "valid@1",
     "distinct_1": "distinct-1",
     "distinct_2": "distinct-2",
@@ -39,20 +40,22 @@ def percent(value: float) -> str:
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    """Accuracies in percent (top-k of each metric present), BLEU as sacrebleu reports it, the rest as fractions."""
+    """Accuracies in percent (top-k of each metric present), BLEU and CodeBLEU on their 0-100 scale, the rest as
+    fractions. A column is shown when any model has it."""
     columns = {
         f"{name}@{k}": f"{short}@{k}"
         for name, short in TOP_K_METRICS.items()
         for k in KS
         if any(f"{name}@{k}" in metrics for metrics in results.values())
     }
-    header = list(columns.values()) + list(OTHER_COLUMNS.values())
+    others = {key: name for key, name in OTHER_COLUMNS.items() if any(key in metrics for metrics in results.values())}
+    header = list(columns.values()) + list(others.values())
     lines = ["| model | " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(header)]
     for label, metrics in results.items():
         cells = [percent(metrics[key]) if key in metrics else "–" for key in columns]
-        for key in OTHER_COLUMNS:
+        for key in others:
             value = metrics.get(key)
-            cells.append("–" if value is None else f"{value:.1f}" if key == "bleu@1" else f"{value:.3g}")
+            cells.append("–" if value is None else f"{value:.1f}" if key.endswith("bleu@1") else f"{value:.3g}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -123,6 +123,7 @@ def test_results_table_and_plot(tmp_path):
     assert lines[0].startswith("| model | template@1 | exact@1 | exact@3 | BLEU@1 |")
     assert lines[2].startswith("| AR | 25.0 | 10.0 | 20.0 | 26.5 |")
     assert lines[3].startswith("| CF | – | 0.0 | 5.0 | – |") and lines[3].endswith("| 0.0125 |")
+    assert lines[0].endswith("| BLEU@1 | s/prompt |")  # columns no model has are left out
     plot_results.plot_top_k(results, str(tmp_path / "topk.png"))
     assert (tmp_path / "topk.png").stat().st_size > 1000
 

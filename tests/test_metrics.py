@@ -3,6 +3,7 @@ import pytest
 from codefusion_hf.metrics import (
     bash_template,
     bleu,
+    codebleu,
     distinct_n,
     exact_match,
     is_valid_syntax,
@@ -95,6 +96,18 @@ def test_bleu():
         bleu(["a"], [])
 
 
+def test_codebleu():
+    reference = "x = sorted(a, key=len)"
+    same = codebleu([reference], [reference])
+    renamed = codebleu(["y = sorted(b, key=len)"], [reference])  # same syntax and data flow, other names
+    unrelated = codebleu(["print('hello')"], [reference])
+    assert same > 95 and same > renamed > unrelated and unrelated < 40
+    with pytest.raises(ValueError, match="language='python'"):
+        codebleu(["ls"], ["ls"], language="bash")
+    with pytest.raises(ValueError, match="differ in length"):
+        codebleu(["a"], [])
+
+
 def test_distinct_n():
     # prompt 1: unigrams ls,-l,ls,-l -> 2 distinct of 4; prompt 2: a,b,c,d -> 4 of 4; mean 0.75
     assert distinct_n([["ls -l", "ls -l"], ["a b", "c d"]], 1) == pytest.approx(0.75)
@@ -149,3 +162,13 @@ def test_evaluate_load_offline(name, kwargs, expected):
 def test_unknown_shipped_metric():
     with pytest.raises(ValueError, match="Unknown metric 'bleurt'.*template_match"):
         metric_path("bleurt")
+
+
+def test_python_evaluation_reports_codebleu_of_the_top_candidates():
+    from codefusion_hf.evaluation_codefusion import score_candidates
+
+    candidates = [["x = sorted(a, key=len)", "print(a)"], ["y = 1", "y = 2"]]
+    references = ["x = sorted(a, key=len)", "y = 2"]
+    metrics = score_candidates(candidates, references, "python")
+    assert metrics["codebleu@1"] == pytest.approx(codebleu(["x = sorted(a, key=len)", "y = 1"], references))
+    assert metrics["exact_match@1"] == 0.5 and "codebleu@1" not in score_candidates(candidates, references, "bash")

@@ -1,5 +1,6 @@
 """Evaluate a CodeFusion pipeline: k ranked candidates per prompt, top-k metrics, predictions written to disk."""
 
+import importlib.util
 import json
 import os
 import platform
@@ -8,9 +9,12 @@ from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
+from transformers.utils import logging
 
-from .metrics import bleu, distinct_n, is_valid_syntax, top_k_accuracy
+from .metrics import bleu, codebleu, distinct_n, is_valid_syntax, top_k_accuracy
 from .pipeline_codefusion import CodeFusionPipeline
+
+logger = logging.get_logger(__name__)
 
 # Top-k metrics of each language; every language gets exact match.
 LANGUAGE_METRICS = {"bash": ["exact_match", "template_match"]}
@@ -82,9 +86,10 @@ def generate_candidates(
 
 
 def score_candidates(candidates: list[list[str]], references: list[str], language: str) -> dict:
-    """Top-1/3/5 of each metric of the language (k up to the number of candidates), BLEU of the top-1 candidates,
-    the share of syntactically valid candidates (top-1 and all), distinct-1/2 among each prompt's candidates, the
-    share of non-empty and of distinct top-1 outputs (low when the noise, not the prompt, decides), and the machine."""
+    """Top-1/3/5 of each metric of the language (k up to the number of candidates), BLEU (and, for Python, CodeBLEU)
+    of the top-1 candidates, the share of syntactically valid candidates (top-1 and all), distinct-1/2 among each
+    prompt's candidates, the share of non-empty and of distinct top-1 outputs (low when the noise, not the prompt,
+    decides), and the machine."""
     ks = [k for k in (1, 3, 5) if k <= max(len(codes) for codes in candidates)]
     metrics = {
         f"{metric}@{k}": top_k_accuracy(candidates, references, metric, k)
@@ -93,6 +98,11 @@ def score_candidates(candidates: list[list[str]], references: list[str], languag
     }
     top1 = [codes[0] if codes else "" for codes in candidates]
     metrics["bleu@1"] = bleu(top1, references)
+    if language == "python":
+        if importlib.util.find_spec("codebleu") is not None:
+            metrics["codebleu@1"] = codebleu(top1, references)
+        else:
+            logger.warning("CodeBLEU left out: install the codebleu extra (pip install -e '.[codebleu]').")
     if language in SYNTAX_LANGUAGES:
         every = [code for codes in candidates for code in codes]
         metrics["syntax_valid@1"] = sum(is_valid_syntax(code, language) for code in top1) / len(top1)

@@ -247,6 +247,21 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
 
 
+def codebleu(predictions: Sequence[str], references: Sequence[str], language: str = "python") -> float:
+    """Corpus CodeBLEU (Ren et al., 2020; the `codebleu` package with its tree-sitter grammar, installed by the
+    `codebleu` extra) of one prediction per reference, on a 0-100 scale. Python only here: the package has no Bash
+    or Excel CF grammar."""
+    if len(predictions) != len(references):
+        raise ValueError(f"predictions ({len(predictions)}) and references ({len(references)}) differ in length.")
+    if language != "python":
+        raise ValueError(f"CodeBLEU supports language='python' here, got {language!r} (no Bash or Excel grammar).")
+    try:
+        from codebleu import calc_codebleu
+    except ImportError as error:
+        raise ImportError("CodeBLEU needs the codebleu extra: pip install -e '.[codebleu]'.") from error
+    return 100 * calc_codebleu(list(references), list(predictions), lang="python")["codebleu"]
+
+
 def distinct_n(candidates: Sequence[Sequence[str]], n: int) -> float:
     """Diversity among the k candidates of each prompt: distinct whitespace n-grams over all n-grams of the
     candidates, averaged over prompts (prompts whose candidates have no n-gram are left out)."""
@@ -291,6 +306,7 @@ def metric_path(name: str) -> str:
 __all__ = [
     "bash_template",
     "bleu",
+    "codebleu",
     "distinct_n",
     "exact_match",
     "is_valid_excel_cf",
