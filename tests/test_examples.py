@@ -128,7 +128,8 @@ def test_results_table_and_plot(tmp_path):
     assert (tmp_path / "topk.png").stat().st_size > 1000
 
 
-def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rounding", [None, "decoder"])
+def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch, rounding):
     import json
 
     import diagnose
@@ -140,7 +141,14 @@ def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch):
     )
     argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(tmp_path / "r.json")]
     flags = ["--timesteps", "0", "99", "--refine_from", "50", "--refine_steps", "1", "3", "--num_inference_steps", "4"]
-    monkeypatch.setattr(sys, "argv", argv + flags)
+    monkeypatch.setattr(sys, "argv", argv + flags + (["--rounding", rounding] if rounding else []))
+    rounded = []
+    round_with_decoder = type(tiny_pipeline.model).round_with_decoder
+    monkeypatch.setattr(
+        type(tiny_pipeline.model),
+        "round_with_decoder",
+        lambda *a, **k: rounded.append(1) or round_with_decoder(*a, **k),
+    )
     diagnose.main()
     report = json.loads((tmp_path / "r.json").read_text())
     for key in (
@@ -153,4 +161,5 @@ def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch):
         "sampling_clamped_token_accuracy",
     ):
         assert 0 <= report[key] <= 1, key
-    assert report["num_rows"] == 2
+    assert report["num_rows"] == 2 and report["rounding"] == rounding
+    assert bool(rounded) == (rounding is not None)  # refinement and sampling round when asked, and only then

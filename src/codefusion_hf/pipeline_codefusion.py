@@ -261,6 +261,26 @@ class CodeFusionPipeline(DiffusionPipeline):
         scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
         return token_ids, lengths, scores
 
+    def decoder_rounded_estimate(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor,
+        latents: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rounding: str | None,
+    ) -> torch.Tensor | None:
+        """The step's clipped x0 estimate rounded through the decoder, for `rounding` "decoder" or "decoder_mean";
+        None otherwise (the scheduler then reads x0 from `model_output` itself, snapping it for "nearest")."""
+        if rounding not in DECODER_ROUNDINGS:
+            return None
+        estimate = self.scheduler.clip_original_sample(
+            self.scheduler.predict_original_sample(model_output, timestep, latents)
+        )
+        return self.model.round_with_decoder(
+            estimate, encoder_hidden_states, attention_mask, mean=rounding == "decoder_mean"
+        )
+
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
         limit = max_length or token_ids.shape[1]
         return self.tokenizer.batch_decode(
@@ -340,16 +360,6 @@ class CodeFusionPipeline(DiffusionPipeline):
         self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_output = self.model.denoise(latents, timestep, encoder_hidden_states, attention_mask, self_condition)
-            pred_original_sample = None
-            if rounding in DECODER_ROUNDINGS:
-                pred_original_sample = self.model.round_with_decoder(
-                    self.scheduler.clip_original_sample(
-                        self.scheduler.predict_original_sample(model_output, timestep, latents)
-                    ),
-                    encoder_hidden_states,
-                    attention_mask,
-                    mean=rounding == "decoder_mean",
-                )
             step = self.scheduler.step(
                 model_output,
                 timestep,
@@ -357,7 +367,9 @@ class CodeFusionPipeline(DiffusionPipeline):
                 eta=eta,
                 generator=generator,
                 code_embeddings=code_embeddings,
-                pred_original_sample=pred_original_sample,
+                pred_original_sample=self.decoder_rounded_estimate(
+                    model_output, timestep, latents, encoder_hidden_states, attention_mask, rounding
+                ),
             )
             latents = step.prev_sample
             if config.self_condition:
