@@ -29,6 +29,7 @@ class BenchmarkArguments:
     num_return_sequences: int = field(default=5)
     batch_size: int = field(default=16)
     seed: int = field(default=0)
+    rounding: str | None = field(default=None, metadata={"help": "none, nearest, decoder or decoder_mean."})
     device: str | None = field(default=None, metadata={"help": "Default: CUDA if available."})
 
 
@@ -48,6 +49,7 @@ def main():
             num_inference_steps=steps,
             batch_size=args.batch_size,
             seed=args.seed,
+            rounding=args.rounding,
         )
         runs.append(metrics)
         print(json.dumps({key: metrics[key] for key in ("num_inference_steps", "seconds_per_prompt")}))

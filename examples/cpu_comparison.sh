@@ -41,7 +41,7 @@ codefusion() {
     for rounding in none decoder; do
       "$python" examples/evaluate.py --model "$out/codefusion/finetune" --test_file "$data/$split.jsonl" \
         --language "$language" --output_dir "$out/codefusion/eval-$split-$rounding" --device cpu \
-        $([[ $rounding != none ]] && echo --rounding "$rounding") >"$out/codefusion-eval-$rounding.log" 2>&1
+        --rounding "$rounding" >"$out/codefusion-eval-$rounding.log" 2>&1
     done
 }
 

@@ -41,7 +41,11 @@ class DiagnosisArguments:
     refine_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 20])
     seed: int = field(default=0)
     rounding: str | None = field(
-        default=None, metadata={"help": "Sampler rounding for the refine and sampling runs: decoder, decoder_mean."}
+        default=None,
+        metadata={
+            "help": "Sampler rounding for the refine and sampling runs (default: the model's own).",
+            "choices": ["none", "nearest", "decoder", "decoder_mean"],
+        },
     )
 
 
@@ -49,18 +53,21 @@ def token_accuracy(token_ids: torch.Tensor, labels: torch.Tensor, code_positions
     return ((token_ids == labels) & code_positions).sum().item() / code_positions.sum().item()
 
 
-def refine(pipe, clean, states, mask, start: int, num_steps: int, eta: float, rounding: str | None) -> torch.Tensor:
+def refine(pipe, clean, states, mask, start: int, num_steps: int, eta: float, rounding: str) -> torch.Tensor:
     """Run `num_steps` sampler steps from `clean` noised to `start` (the pipeline always starts at T-1, so the
-    timesteps are set here) and return the final canvas."""
+    timesteps are set here), rounding each x0 estimate as the pipeline would, and return the final canvas."""
     model, scheduler = pipe.model, pipe.scheduler
     scheduler.set_timesteps(num_steps)
     scheduler.timesteps = torch.linspace(start, 0, num_steps + 1).round().long()[:-1]
     latents = model.noise_scheduler.add_noise(clean, torch.randn_like(clean), scheduler.timesteps[:1])
+    code_embeddings = model.code_embedding_matrix() if rounding == "nearest" else None
     self_condition = None
     for timestep in scheduler.timesteps:
         model_output = model.denoise(latents, timestep, states, mask, self_condition)
         estimate = pipe.decoder_rounded_estimate(model_output, timestep, latents, states, mask, rounding)
-        step = scheduler.step(model_output, timestep, latents, eta=eta, pred_original_sample=estimate)
+        step = scheduler.step(
+            model_output, timestep, latents, eta=eta, code_embeddings=code_embeddings, pred_original_sample=estimate
+        )
         latents = step.prev_sample
         self_condition = step.pred_original_sample if model.config.self_condition else None
     return latents
@@ -85,7 +92,8 @@ def main():
     shuffle = torch.roll(torch.arange(len(data)), 1)
     clean = model.embed_code(labels)
 
-    report = {"model": args.model, "test_file": args.test_file, "num_rows": len(data), "rounding": args.rounding}
+    rounding = pipe.resolve_rounding(args.rounding)
+    report = {"model": args.model, "test_file": args.test_file, "num_rows": len(data), "rounding": rounding}
     report["decoder_token_accuracy"] = token_accuracy(
         model.decode(clean, states, mask).argmax(-1), labels, code_positions
     )
@@ -102,7 +110,7 @@ def main():
 
     for num_steps in args.refine_steps:
         for eta in (0.0, 1.0):
-            latents = refine(pipe, clean, states, mask, args.refine_from, num_steps, eta, args.rounding)
+            latents = refine(pipe, clean, states, mask, args.refine_from, num_steps, eta, rounding)
             report[f"refine@{args.refine_from}/{num_steps} steps, eta {eta:g}_token_accuracy"] = token_accuracy(
                 model.decode(latents, states, mask).argmax(-1), labels, code_positions
             )
@@ -110,7 +118,7 @@ def main():
     def sample(**kwargs):
         """Top-1 of a full generation from pure noise, from the same seeded starting noise every time."""
         generator = torch.Generator().manual_seed(args.seed)
-        kwargs = {"rounding": args.rounding} | kwargs
+        kwargs = {"rounding": rounding} | kwargs
         code = pipe(prompts, num_inference_steps=args.num_inference_steps, generator=generator, **kwargs).code
         return [candidates[0] for candidates in code] if isinstance(code, list) else code[:, 0]
 

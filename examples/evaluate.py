@@ -29,7 +29,10 @@ class EvaluationArguments:
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
     seed: int = field(default=0)
     rounding: str | None = field(
-        default=None, metadata={"help": "Round each step's x0 estimate: nearest, decoder or decoder_mean."}
+        default=None,
+        metadata={
+            "help": "Round each step's x0 estimate: none, nearest, decoder or decoder_mean (default: the model's)."
+        },
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA if available)."})
 

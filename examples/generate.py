@@ -17,6 +17,9 @@ def main():
     parser.add_argument("-k", "--num_return_sequences", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="Denoising steps.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounding", default=None, help="none, nearest, decoder or decoder_mean (default: the model's)."
+    )
     args = parser.parse_args()
     pipe = CodeFusionPipeline.from_pretrained(args.model)
     output = pipe(
@@ -24,6 +27,7 @@ def main():
         num_inference_steps=args.steps,
         num_return_sequences=args.num_return_sequences,
         generator=torch.Generator().manual_seed(args.seed),
+        rounding=args.rounding,
     )
     for prompt, candidates, scores in zip(args.prompts, output.code, output.scores):
         print(f"\n{prompt}")

@@ -27,33 +27,35 @@ gpu=(--use_cpu "${USE_CPU:-False}" --bf16 True --per_device_train_batch_size 256
   --save_steps 1000 --save_total_limit 1)
 
 rounding_evals() {  # model folder, output prefix, log prefix: validation with every rounding, test with two
-  local model=$1 prefix=$2 log=$3 roundings=(${ROUNDINGS:-none decoder}) split rounding
+  local model=$1 prefix=$2 log=$3 roundings split rounding
+  read -ra roundings <<<"${ROUNDINGS:-none decoder}"
   for split in validation test; do
     [[ $split == test ]] && roundings=("${roundings[@]:0:2}")
     for rounding in "${roundings[@]}"; do
       "$python" examples/evaluate.py --model "$model" --test_file "$data/$split.jsonl" \
         --output_dir "$prefix-$split-$rounding" --batch_size 128 "${eval_samples[@]}" \
-        $([[ $rounding != none ]] && echo --rounding "$rounding") >"$log-eval-$split-$rounding.log" 2>&1 &
+        --rounding "$rounding" >"$log-eval-$split-$rounding.log" 2>&1 &
     done
   done
   wait
 }
 
 codefusion() {  # name, phase-1 minutes (0: no phase 1, phase 2 gets the whole budget), config overrides (JSON)
-  local name=$1 phase1=$2 overrides=$3 log=$out/$1.log start=()
+  local name=$1 phase1=$2 overrides=$3 log=$out/$1.log start=() phase1_ok=true
   local phase2
   phase2=$("$python" -c "print($pretrain_minutes + $finetune_minutes - $phase1)")
-  if [[ $phase1 != 0 ]]; then
+  if "$python" -c "import sys; sys.exit(float(sys.argv[1]) == 0)" "$phase1"; then
     "$python" examples/pretrain.py examples/configs/nl2bash_pretrain.json "${gpu[@]}" --dataloader_num_workers 3 \
       --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
       --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
-      --output_dir "$out/$name/pretrain" --max_train_minutes "$phase1" --eval_steps 1000 >"$log" 2>&1 || return
+      --output_dir "$out/$name/pretrain" --max_train_minutes "$phase1" --eval_steps 1000 >"$log" 2>&1 ||
+      phase1_ok=false
     start=(--model_name_or_path "$out/$name/pretrain")
   else
     start=(--model_name_or_path "" --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer"
       --config_overrides "$overrides")
   fi
-  "$python" examples/finetune.py examples/configs/nl2bash_finetune.json "${gpu[@]}" "${start[@]}" \
+  $phase1_ok && "$python" examples/finetune.py examples/configs/nl2bash_finetune.json "${gpu[@]}" "${start[@]}" \
     --train_file "$data/train.jsonl" --validation_file "$data/validation.jsonl" --output_dir "$out/$name/finetune" \
     --max_train_minutes "$phase2" --eval_steps 500 >>"$log" 2>&1 &&
     rounding_evals "$out/$name/finetune" "$out/$name/eval" "$out/$name"

@@ -49,10 +49,12 @@ def test_generate_show_steps(saved_pipeline):
 def test_evaluate_writes_files(saved_pipeline, tmp_path):
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
-    result = run("evaluate", saved_pipeline, str(data), "--output-dir", str(tmp_path / "out"), "-k", "1")
+    out = str(tmp_path / "out")
+    result = run("evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", "--rounding", "decoder")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["exact_match@1"] == 1.0 and metrics["num_prompts"] == len(PAIRS)
+    assert metrics["rounding"] == "decoder"
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == len(PAIRS)
 
 
@@ -91,3 +93,9 @@ def test_push_to_an_unreachable_hub(saved_pipeline):
     assert "Traceback" not in result.stderr
     assert "cannot reach the Hub at http://127.0.0.1" in result.stderr.strip().splitlines()[-1]
     assert {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()} == before
+
+
+def test_rounding_choices_match_the_pipeline():
+    from codefusion_hf import cli, pipeline_codefusion
+
+    assert cli.ROUNDINGS == pipeline_codefusion.ROUNDINGS

@@ -161,5 +161,5 @@ def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch, roun
         "sampling_clamped_token_accuracy",
     ):
         assert 0 <= report[key] <= 1, key
-    assert report["num_rows"] == 2 and report["rounding"] == rounding
+    assert report["num_rows"] == 2 and report["rounding"] == (rounding or "none")
     assert bool(rounded) == (rounding is not None)  # refinement and sampling round when asked, and only then

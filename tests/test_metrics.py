@@ -3,6 +3,7 @@ import pytest
 from codefusion_hf.metrics import (
     bash_template,
     bleu,
+    code_tokens,
     codebleu,
     distinct_n,
     exact_match,
@@ -96,12 +97,18 @@ def test_bleu():
         bleu(["a"], [])
 
 
+def test_code_tokens():
+    assert code_tokens("os.remove(f_1)  # x") == ["os", ".", "remove", "(", "f_1", ")", "#", "x"]
+
+
 def test_codebleu():
-    reference = "x = sorted(a, key=len)"
-    same = codebleu([reference], [reference])
-    renamed = codebleu(["y = sorted(b, key=len)"], [reference])  # same syntax and data flow, other names
-    unrelated = codebleu(["print('hello')"], [reference])
-    assert same > 95 and same > renamed > unrelated and unrelated < 40
+    pytest.importorskip("codebleu")
+    references = ["os.remove(f)", "x = sorted(a, key=len)", "d = dict(zip(k, v))"]
+    assert codebleu(references, references) == pytest.approx(100)
+    assert codebleu([""] * 3, references) == 0  # no free data-flow points for empty or unrelated code
+    renamed = codebleu(["os.remove(g)", "y = sorted(b, key=len)", "e = dict(zip(j, w))"], references)
+    unrelated = codebleu(["import sys", "y = 1", "for i in r: pass"], references)
+    assert 50 < renamed < 100 and unrelated < 10
     with pytest.raises(ValueError, match="language='python'"):
         codebleu(["ls"], ["ls"], language="bash")
     with pytest.raises(ValueError, match="differ in length"):
@@ -165,6 +172,7 @@ def test_unknown_shipped_metric():
 
 
 def test_python_evaluation_reports_codebleu_of_the_top_candidates():
+    pytest.importorskip("codebleu")
     from codefusion_hf.evaluation_codefusion import score_candidates
 
     candidates = [["x = sorted(a, key=len)", "print(a)"], ["y = 1", "y = 2"]]

@@ -159,7 +159,8 @@ def test_pretrained_minilm_encoder():
         ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size"),
         ({"max_code_length": 0}, "max_code_length"),
         ({"self_condition_probability": 1.5}, "self_condition_probability"),
-        ({"self_condition_rounding": "nearest"}, "self_condition_rounding"),
+        ({"self_condition": True, "self_condition_rounding": "nearest"}, "self_condition_rounding"),
+        ({"self_condition_rounding": "decoder"}, "self_condition_rounding needs self_condition"),
     ],
 )
 def test_bad_config(kwargs, name):

@@ -272,20 +272,40 @@ def test_self_conditioned_sampling_passes_the_previous_estimate(code_tokenizer, 
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "decoder", "decoder_mean"])
-def test_rounding_puts_each_estimate_on_code_embeddings(tiny_pipeline, monkeypatch, rounding):
-    estimates = []
-    step = tiny_pipeline.scheduler.step
+def test_rounding_replaces_each_estimate(tiny_pipeline, monkeypatch, rounding):
+    """ "nearest" snaps each estimate to code embeddings in the scheduler; the decoder roundings hand the scheduler
+    exactly what `round_with_decoder` (tested in test_modeling) returns."""
+    estimates, rounded = [], []
+    step, round_with_decoder = tiny_pipeline.scheduler.step, tiny_pipeline.model.round_with_decoder
     monkeypatch.setattr(
         tiny_pipeline.scheduler, "step", lambda *a, **k: estimates.append(step(*a, **k)) or estimates[-1]
     )
-    seeded(tiny_pipeline, "list all files", rounding=rounding)
-    embeddings = tiny_pipeline.model.code_embedding_matrix()
-    assert len(estimates) == 5
-    for estimate in (output.pred_original_sample[0] for output in estimates):
-        if rounding == "decoder_mean":  # a convex combination of embeddings: inside their bounding box
-            assert (estimate >= embeddings.min(0).values - 1e-5).all()
-            assert (estimate <= embeddings.max(0).values + 1e-5).all()
-        else:  # every position is exactly one token's embedding
-            assert (estimate[:, None, :] == embeddings[None]).all(dim=-1).any(dim=-1).all()
+    monkeypatch.setattr(
+        tiny_pipeline.model,
+        "round_with_decoder",
+        lambda *a, **k: rounded.append((k["mean"], round_with_decoder(*a, **k))) or rounded[-1][1],
+    )
     latents = seeded(tiny_pipeline, "list all files", rounding=rounding, output_type="latent").code[0, 0]
+    assert len(estimates) == 5
+    if rounding == "nearest":
+        embeddings = tiny_pipeline.model.code_embedding_matrix()
+        for output in estimates:  # every position is exactly one token's embedding
+            assert (output.pred_original_sample[0][:, None, :] == embeddings[None]).all(dim=-1).any(dim=-1).all()
+    else:
+        assert len(rounded) == 5 and all(mean == (rounding == "decoder_mean") for mean, _ in rounded)
+        assert all(output.pred_original_sample is value for output, (_, value) in zip(estimates, rounded))
     torch.testing.assert_close(latents, estimates[-1].pred_original_sample[0])  # the last step lands on it
+
+
+def test_rounding_defaults_to_the_models_own(code_tokenizer, monkeypatch):
+    config = tiny_config(code_tokenizer, self_condition=True, self_condition_rounding="decoder")
+    pipe = make_pipeline(CodeFusionModel(config), code_tokenizer)
+    calls = []
+    round_with_decoder = pipe.model.round_with_decoder
+    monkeypatch.setattr(
+        pipe.model, "round_with_decoder", lambda *a, **k: calls.append(1) or round_with_decoder(*a, **k)
+    )
+    seeded(pipe, "list all files")
+    assert len(calls) == 5
+    seeded(pipe, "list all files", rounding="none")
+    assert len(calls) == 5

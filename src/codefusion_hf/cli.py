@@ -19,6 +19,11 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# The pipeline's rounding choices; listed here so that `codefusion --help` does not import torch.
+ROUNDINGS = ("none", "nearest", "decoder", "decoder_mean")
+ROUNDING_HELP = "How each step's x0 estimate is rounded onto code tokens (default: the model's own)."
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -37,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--steps", type=positive_int, default=50, help="Denoising steps (default 50).")
     generate.add_argument("--seed", type=int, default=0, help="Seed of the starting noise (default 0).")
     generate.add_argument("--show-steps", action="store_true", help="Show the best candidate being revised.")
+    generate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
 
     evaluate = commands.add_parser("evaluate", help="Top-k metrics of a pipeline on a data file.")
     evaluate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
@@ -49,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-samples", type=positive_int, default=None)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available).")
+    evaluate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
 
     push = commands.add_parser("push", help="Upload a saved pipeline folder to the Hub.")
     push.add_argument("model", help="Saved pipeline folder.")
@@ -73,6 +80,7 @@ def generate(args: argparse.Namespace) -> None:
         num_return_sequences=args.num_return_sequences,
         generator=torch.Generator().manual_seed(args.seed),
         return_trajectory=args.show_steps,
+        rounding=args.rounding,
     )
     if args.show_steps:
         for entry in output.trajectory:
@@ -95,6 +103,7 @@ def evaluate(args: argparse.Namespace) -> None:
         num_inference_steps=args.steps,
         batch_size=args.batch_size,
         seed=args.seed,
+        rounding=args.rounding,
         device=args.device,
     )
     print(json.dumps(metrics, indent=2))

@@ -150,11 +150,14 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
         if not 0 <= self.self_condition_probability <= 1:
             raise ValueError(f"self_condition_probability must be in [0, 1], got {self.self_condition_probability}.")
-        if self.self_condition_rounding is not None and self.self_condition_rounding not in DECODER_ROUNDINGS:
-            raise ValueError(
-                f"self_condition_rounding must be None or one of {DECODER_ROUNDINGS}, got "
-                f"{self.self_condition_rounding!r}."
-            )
+        if self.self_condition_rounding is not None:
+            if self.self_condition_rounding not in DECODER_ROUNDINGS:
+                raise ValueError(
+                    f"self_condition_rounding must be None or one of {DECODER_ROUNDINGS}, got "
+                    f"{self.self_condition_rounding!r}."
+                )
+            if not self.self_condition:
+                raise ValueError("self_condition_rounding needs self_condition=True: it rounds that estimate.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "

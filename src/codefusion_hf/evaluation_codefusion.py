@@ -56,7 +56,7 @@ def evaluate_pipeline(
     metrics = score_candidates(candidates, references, language) | {
         "num_return_sequences": num_return_sequences,
         "num_inference_steps": num_inference_steps,
-        "rounding": rounding,
+        "rounding": pipe.resolve_rounding(rounding),
         "seconds_per_prompt": seconds / len(prompts),
     }
     return candidates, scores, metrics
@@ -99,7 +99,7 @@ def score_candidates(candidates: list[list[str]], references: list[str], languag
     top1 = [codes[0] if codes else "" for codes in candidates]
     metrics["bleu@1"] = bleu(top1, references)
     if language == "python":
-        if importlib.util.find_spec("codebleu") is not None:
+        if all(importlib.util.find_spec(package) for package in ("codebleu", "tree_sitter_python")):
             metrics["codebleu@1"] = codebleu(top1, references)
         else:
             logger.warning("CodeBLEU left out: install the codebleu extra (pip install -e '.[codebleu]').")

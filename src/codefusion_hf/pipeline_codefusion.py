@@ -25,7 +25,7 @@ from .scheduling_codefusion import CodeFusionScheduler
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("text", "pt", "latent")
-ROUNDINGS = ("nearest", *DECODER_ROUNDINGS)
+ROUNDINGS = ("none", "nearest", *DECODER_ROUNDINGS)
 # Files each saved component cannot load without; checked before loading so errors name the file.
 REQUIRED_FILES = {
     "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
@@ -221,7 +221,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if rounding is not None and rounding not in ROUNDINGS:
-            raise ValueError(f"rounding must be None or one of {ROUNDINGS}, got {rounding!r}.")
+            raise ValueError(f"rounding must be None (the model's default) or one of {ROUNDINGS}, got {rounding!r}.")
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
@@ -260,6 +260,10 @@ class CodeFusionPipeline(DiffusionPipeline):
         scored = positions[None, :] <= lengths[:, None]
         scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
         return token_ids, lengths, scores
+
+    def resolve_rounding(self, rounding: str | None) -> str:
+        """The rounding a call uses: the one asked for, else the one the model was trained for, else "none"."""
+        return rounding or self.model.config.self_condition_rounding or "none"
 
     def decoder_rounded_estimate(
         self,
@@ -313,11 +317,12 @@ class CodeFusionPipeline(DiffusionPipeline):
             eta: 0 for deterministic DDIM updates, 1 for DDPM ancestral sampling.
             generator: Seeds the starting noise (and the noise of stochastic steps).
             max_length: Return at most this many code tokens per candidate (defaults to the whole canvas).
-            rounding: How each step's x0 estimate is pulled onto code tokens before the step is taken: `None` (not
+            rounding: How each step's x0 estimate is pulled onto code tokens before the step is taken: `"none"` (not
                 at all, the paper), `"nearest"` (the nearest code embedding, Diffusion-LM's clamping), `"decoder"`
                 (the decoder's most likely tokens, re-embedded) or `"decoder_mean"` (the embeddings averaged under
                 the decoder's token distribution, CDCD's score interpolation). Rounding keeps the canvas made of
-                token embeddings, which is all the denoiser saw in training.
+                token embeddings, which is all the denoiser saw in training. `None` (default) uses the rounding the
+                model was trained for, `config.self_condition_rounding`, and no rounding when it has none.
             output_type: `"text"`, `"pt"` (token ids) or `"latent"` (the final canvas).
             return_trajectory: `True` to record the decoded canvas at every step, or a list of step indices
                 (0-based) to record, so the program can be watched being revised.
@@ -337,6 +342,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             rounding,
         )
+        rounding = self.resolve_rounding(rounding)
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling; the previous mode is restored below
         device = self._execution_device

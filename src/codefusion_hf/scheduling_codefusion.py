@@ -147,8 +147,8 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         code_embeddings: torch.Tensor | None = None,
-        pred_original_sample: torch.Tensor | None = None,
         return_dict: bool = True,
+        pred_original_sample: torch.Tensor | None = None,
     ) -> CodeFusionSchedulerOutput | tuple:
         """
         One reverse step x_t -> x_{t_prev}, where t_prev is the next of `self.timesteps` (x0 after the last one).
