@@ -10,7 +10,7 @@
 # TOKENIZER: the code tokenizer from train_tokenizer.py; DATA_DIR: holds pretrain_snippets.jsonl, train.jsonl,
 # validation.jsonl and test.jsonl (../shared/data/nl2bash). The baseline trains for PRETRAIN + FINETUNE minutes.
 # For a dry run on a CPU: USE_CPU=True, EVAL_SAMPLES=N (evaluate the first N rows of each split), short budgets.
-# PYTHON picks the interpreter (default python3). ROUNDINGS: e.g. "none decoder" (default); the test split is
+# PYTHON picks the interpreter (default python3). BASELINE=false skips the autoregressive baseline. ROUNDINGS: e.g. "none decoder" (default); the test split is
 # evaluated with the first two only.
 set -uo pipefail
 python=${PYTHON:-python3}
@@ -92,6 +92,6 @@ x0 $pretrain_minutes {\"normalize_code_embeddings\":true,\"prediction_type\":\"s
 while read -r name phase1 overrides; do
   [[ -n $name ]] && codefusion "$name" "$phase1" "$overrides" &
 done <<<"$variants"
-autoregressive &
+[[ ${BASELINE:-true} == true ]] && autoregressive &
 wait
 grep -h "evaluations written" "$out"/*.log
