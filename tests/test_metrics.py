@@ -120,6 +120,7 @@ def test_distinct_n():
     assert distinct_n([["ls -l", "ls -l"], ["a b", "c d"]], 1) == pytest.approx(0.75)
     # bigrams: (ls,-l) x2 -> 1/2; (a,b),(c,d) -> 2/2; mean 0.75; empty candidates are left out
     assert distinct_n([["ls -l", "ls -l"], ["a b", "c d"], ["", ""]], 2) == pytest.approx(0.75)
+    assert distinct_n([["ls", "ls"], ["df", "du"]], 2) is None  # no bigram anywhere: undefined, not 0
 
 
 @pytest.mark.parametrize(

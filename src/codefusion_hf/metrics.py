@@ -271,9 +271,10 @@ def codebleu(predictions: Sequence[str], references: Sequence[str], language: st
     return 100 * sum(scores[part] for part in parts) / len(parts)
 
 
-def distinct_n(candidates: Sequence[Sequence[str]], n: int) -> float:
+def distinct_n(candidates: Sequence[Sequence[str]], n: int) -> float | None:
     """Diversity among the k candidates of each prompt: distinct whitespace n-grams over all n-grams of the
-    candidates, averaged over prompts (prompts whose candidates have no n-gram are left out)."""
+    candidates, averaged over prompts (prompts whose candidates have no n-gram are left out). None when no prompt
+    has one, e.g. distinct-2 of one-word code: undefined, not 0."""
     ratios = []
     for codes in candidates:
         grams = [
@@ -281,7 +282,7 @@ def distinct_n(candidates: Sequence[Sequence[str]], n: int) -> float:
         ]
         if grams:
             ratios.append(len(set(grams)) / len(grams))
-    return sum(ratios) / len(ratios) if ratios else 0.0
+    return sum(ratios) / len(ratios) if ratios else None
 
 
 def top_k_accuracy(
