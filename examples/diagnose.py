@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 
 from codefusion_hf import CodeFusionPipeline
 from codefusion_hf.metrics import exact_match
+from codefusion_hf.pipeline_codefusion import ROUNDINGS
 from codefusion_hf.training_codefusion import load_code_dataset
 
 
@@ -44,7 +45,7 @@ class DiagnosisArguments:
         default=None,
         metadata={
             "help": "Sampler rounding for the refine and sampling runs (default: the model's own).",
-            "choices": ["none", "nearest", "decoder", "decoder_mean"],
+            "choices": list(ROUNDINGS),
         },
     )
 
