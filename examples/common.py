@@ -57,25 +57,32 @@ class DataArguments:
             raise ValueError("Give --train_file or --dataset_name.")
 
 
-def parse_args() -> tuple[ModelArguments, DataArguments, CodeFusionTrainingArguments]:
-    """Parse the command line; a first argument ending in .json/.yaml is a config file, later flags override it."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, CodeFusionTrainingArguments))
-    argv = sys.argv[1:]
+def parse_args_with_config_file(parser: HfArgumentParser, argv: list[str]) -> tuple:
+    """Parse `argv` into the parser's dataclasses. A first argument ending in .json/.yaml is a config file whose
+    values become the defaults, so later flags override it. Unknown config keys are an error, not silently ignored."""
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         with open(argv[0]) as f:
             values = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
-        file_args = []
-        for key, value in values.items():
-            file_args += [
-                f"--{key}",
-                *(
-                    map(str, value)
-                    if isinstance(value, list)
-                    else [json.dumps(value) if isinstance(value, dict) else str(value)]
-                ),
-            ]
-        argv = file_args + argv[1:]
+        unknown = sorted(set(values) - {action.dest for action in parser._actions})
+        if unknown:
+            raise ValueError(f"{argv[0]}: unknown keys {unknown}.")
+        parser.set_defaults(**values)
+        argv = argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def json_object(value: str | dict | None, name: str) -> dict:
+    """A dict given as a JSON string (command line) or as a mapping (config file); None is empty."""
+    value = json.loads(value) if isinstance(value, str) else value or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {value!r}.")
+    return dict(value)
+
+
+def parse_args() -> tuple[ModelArguments, DataArguments, CodeFusionTrainingArguments]:
+    """Parse the command line of pretrain.py / finetune.py (see `parse_args_with_config_file`)."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, CodeFusionTrainingArguments))
+    return parse_args_with_config_file(parser, sys.argv[1:])
 
 
 def load_model_and_tokenizers(model_args: ModelArguments):
@@ -88,7 +95,7 @@ def load_model_and_tokenizers(model_args: ModelArguments):
     code_tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name_or_path, clean_up_tokenization_spaces=False
     )
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    overrides = json_object(model_args.config_overrides, "config_overrides")
     overrides.setdefault("vocab_size", len(code_tokenizer))
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
         overrides.setdefault(name, getattr(code_tokenizer, name))

@@ -24,6 +24,37 @@ def test_config_parses(config, monkeypatch):
     assert model_args.model_name_or_path or model_args.tokenizer_name_or_path
 
 
+def test_yaml_config_file(tmp_path, monkeypatch):
+    """A YAML file may give config_overrides as a mapping; a flag after the file overrides the file."""
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "train_file: data.jsonl\noutput_dir: out\nlearning_rate: 0.001\nconfig_overrides:\n  max_code_length: 32\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["script", str(config), "--learning_rate", "0.002"])
+    model_args, data_args, training_args = common.parse_args()
+    assert (data_args.train_file, training_args.output_dir, training_args.learning_rate) == (
+        "data.jsonl",
+        "out",
+        0.002,
+    )
+    assert common.json_object(model_args.config_overrides, "config_overrides") == {"max_code_length": 32}
+
+
+def test_config_file_unknown_key(tmp_path, monkeypatch):
+    config = tmp_path / "run.json"
+    config.write_text('{"train_file": "data.jsonl", "learning_rat": 0.1}')
+    monkeypatch.setattr(sys, "argv", ["script", str(config)])
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rat'\]"):
+        common.parse_args()
+
+
+def test_json_object_rejects_non_objects():
+    assert common.json_object(None, "config_overrides") == {}
+    assert common.json_object('{"a": 1}', "config_overrides") == {"a": 1}
+    with pytest.raises(ValueError, match="config_overrides must be a JSON object"):
+        common.json_object("[1, 2]", "config_overrides")
+
+
 def test_missing_training_data(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["script", "--output_dir", "x"])
     with pytest.raises(ValueError, match="--train_file or --dataset_name"):

@@ -18,7 +18,6 @@ metrics.json like examples/evaluate.py. Without --do_train it evaluates the mode
 --output_dir.
 """
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import (
     AutoModel,
     AutoModelForSeq2SeqLM,
@@ -48,7 +46,7 @@ from transformers import (
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/, for common.py (appended: see evaluate.py)
 
-from common import MINILM, DataArguments  # noqa: E402
+from common import MINILM, DataArguments, json_object, parse_args_with_config_file  # noqa: E402
 
 from codefusion_hf.configuration_codefusion import PRESETS  # noqa: E402
 from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation  # noqa: E402
@@ -137,20 +135,11 @@ def parse_args(
 ) -> tuple[
     AutoregressiveModelArguments, DataArguments, GenerationEvaluationArguments, AutoregressiveTrainingArguments
 ]:
-    """Parse `argv`; a first argument ending in .json/.yaml is a config file whose values become the defaults, so
-    later flags override it (as in examples/common.py). Unknown config keys are an error, not silently ignored."""
+    """Parse `argv`; a first argument ending in .json/.yaml is a config file (see `parse_args_with_config_file`)."""
     parser = HfArgumentParser(
         (AutoregressiveModelArguments, DataArguments, GenerationEvaluationArguments, AutoregressiveTrainingArguments)
     )
-    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
-        with open(argv[0]) as f:
-            values = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
-        unknown = sorted(set(values) - {action.dest for action in parser._actions})
-        if unknown:
-            raise ValueError(f"{argv[0]}: unknown keys {unknown}.")
-        parser.set_defaults(**values)
-        argv = argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_args_with_config_file(parser, argv)
 
 
 def build_model(
@@ -164,8 +153,7 @@ def build_model(
         "eos_token_id": code_tokenizer.eos_token_id,
         "decoder_start_token_id": code_tokenizer.bos_token_id,
     }
-    overrides = model_args.model_overrides or {}
-    overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    overrides = json_object(model_args.model_overrides, "model_overrides")
     if model_args.encoder_name_or_path is None:
         config = T5Config(**(T5_SIZE | {"vocab_size": len(code_tokenizer)} | special | overrides))
         model, prompt_tokenizer = T5ForConditionalGeneration(config), code_tokenizer
