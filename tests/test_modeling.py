@@ -246,6 +246,13 @@ def test_self_conditioning_estimate_rounded_through_the_decoder(code_tokenizer, 
     torch.testing.assert_close(second_args[4], expected)
 
 
+def test_round_with_decoder_rejects_unknown_rounding(tiny_model):
+    latents = torch.zeros(1, tiny_model.config.max_code_length, tiny_model.config.latent_dim)
+    states = torch.zeros(1, 3, tiny_model.config.hidden_size)
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        tiny_model.round_with_decoder(latents, states, rounding="nearest")
+
+
 def test_self_condition_needs_a_self_conditioned_model(tiny_model):
     latents = torch.zeros(1, tiny_model.config.max_code_length, tiny_model.config.latent_dim)
     states = torch.zeros(1, 3, tiny_model.config.hidden_size)

@@ -283,7 +283,7 @@ def test_rounding_replaces_each_estimate(tiny_pipeline, monkeypatch, rounding):
     monkeypatch.setattr(
         tiny_pipeline.model,
         "round_with_decoder",
-        lambda *a, **k: rounded.append((k["mean"], round_with_decoder(*a, **k))) or rounded[-1][1],
+        lambda *a, **k: rounded.append((a[3], round_with_decoder(*a, **k))) or rounded[-1][1],
     )
     latents = seeded(tiny_pipeline, "list all files", rounding=rounding, output_type="latent").code[0, 0]
     assert len(estimates) == 5
@@ -292,7 +292,7 @@ def test_rounding_replaces_each_estimate(tiny_pipeline, monkeypatch, rounding):
         for output in estimates:  # every position is exactly one token's embedding
             assert (output.pred_original_sample[0][:, None, :] == embeddings[None]).all(dim=-1).any(dim=-1).all()
     else:
-        assert len(rounded) == 5 and all(mean == (rounding == "decoder_mean") for mean, _ in rounded)
+        assert len(rounded) == 5 and all(name == rounding for name, _ in rounded)
         assert all(output.pred_original_sample is value for output, (_, value) in zip(estimates, rounded))
     torch.testing.assert_close(latents, estimates[-1].pred_original_sample[0])  # the last step lands on it
 

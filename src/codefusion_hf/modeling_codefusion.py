@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from .configuration_codefusion import CodeFusionConfig
+from .configuration_codefusion import DECODER_ROUNDINGS, CodeFusionConfig
 from .scheduling_codefusion import CodeFusionScheduler
 
 
@@ -248,12 +248,15 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         latents: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
-        mean: bool = False,
+        rounding: str = "decoder",
     ) -> torch.Tensor:
-        """Replace an x0 estimate by code embeddings read through the decoder: of its most likely tokens, or (with
-        `mean`) averaged under its token distribution. Keeps a canvas made of token embeddings, as in training."""
+        """Replace an x0 estimate by code embeddings read through the decoder: of its most likely tokens
+        (`rounding="decoder"`) or averaged under its token distribution (`"decoder_mean"`). Keeps a canvas made of
+        token embeddings, as in training."""
+        if rounding not in DECODER_ROUNDINGS:
+            raise ValueError(f"rounding must be one of {DECODER_ROUNDINGS}, got {rounding!r}.")
         logits = self.decode(latents, encoder_hidden_states, encoder_attention_mask)
-        if not mean:
+        if rounding == "decoder":
             return self.embed_code(logits.argmax(dim=-1)).to(latents.dtype)
         probabilities = logits.float().softmax(dim=-1)
         return (probabilities @ self.code_embedding_matrix().float()).to(latents.dtype)
@@ -312,10 +315,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 )
                 if self.config.self_condition_rounding is not None:
                     estimate = self.round_with_decoder(
-                        estimate,
-                        encoder_hidden_states,
-                        attention_mask,
-                        mean=self.config.self_condition_rounding == "decoder_mean",
+                        estimate, encoder_hidden_states, attention_mask, self.config.self_condition_rounding
                     )
             keep = torch.rand(labels.shape[0], 1, 1, device=labels.device) < self.config.self_condition_probability
             self_condition = estimate * keep

@@ -281,9 +281,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         estimate = self.scheduler.clip_original_sample(
             self.scheduler.predict_original_sample(model_output, timestep, latents)
         )
-        return self.model.round_with_decoder(
-            estimate, encoder_hidden_states, attention_mask, mean=rounding == "decoder_mean"
-        )
+        return self.model.round_with_decoder(estimate, encoder_hidden_states, attention_mask, rounding)
 
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
         limit = max_length or token_ids.shape[1]
