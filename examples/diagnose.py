@@ -54,24 +54,15 @@ def token_accuracy(token_ids: torch.Tensor, labels: torch.Tensor, code_positions
     return ((token_ids == labels) & code_positions).sum().item() / code_positions.sum().item()
 
 
-def refine(pipe, clean, states, mask, start: int, num_steps: int, eta: float, rounding: str) -> torch.Tensor:
-    """Run `num_steps` sampler steps from `clean` noised to `start` (the pipeline always starts at T-1, so the
-    timesteps are set here), rounding each x0 estimate as the pipeline would, and return the final canvas."""
-    model, scheduler = pipe.model, pipe.scheduler
-    scheduler.set_timesteps(num_steps)
-    scheduler.timesteps = torch.linspace(start, 0, num_steps + 1).round().long()[:-1]
-    latents = model.noise_scheduler.add_noise(clean, torch.randn_like(clean), scheduler.timesteps[:1])
-    code_embeddings = model.code_embedding_matrix() if rounding == "nearest" else None
-    self_condition = None
-    for timestep in scheduler.timesteps:
-        model_output = model.denoise(latents, timestep, states, mask, self_condition)
-        estimate = pipe.decoder_rounded_estimate(model_output, timestep, latents, states, mask, rounding)
-        step = scheduler.step(
-            model_output, timestep, latents, eta=eta, code_embeddings=code_embeddings, pred_original_sample=estimate
-        )
-        latents = step.prev_sample
-        self_condition = step.pred_original_sample if model.config.self_condition else None
-    return latents
+def refine(pipe, prompts, clean, start: int, num_steps: int, eta: float, rounding: str) -> torch.Tensor:
+    """Noise `clean` to step `start`, run the pipeline's sampler from there with `num_steps` evenly spaced
+    timesteps, and return the final canvases."""
+    timesteps = torch.linspace(start, 0, num_steps + 1).round().long()[:-1]
+    latents = pipe.scheduler.add_noise(clean, torch.randn_like(clean), timesteps[:1])
+    output = pipe(
+        prompts, timesteps=timesteps.tolist(), latents=latents, eta=eta, rounding=rounding, output_type="latent"
+    )
+    return output.code[:, 0]
 
 
 @torch.no_grad()
@@ -111,7 +102,7 @@ def main():
 
     for num_steps in args.refine_steps:
         for eta in (0.0, 1.0):
-            latents = refine(pipe, clean, states, mask, args.refine_from, num_steps, eta, rounding)
+            latents = refine(pipe, prompts, clean, args.refine_from, num_steps, eta, rounding)
             report[f"refine@{args.refine_from}/{num_steps} steps, eta {eta:g}_token_accuracy"] = token_accuracy(
                 model.decode(latents, states, mask).argmax(-1), labels, code_positions
             )

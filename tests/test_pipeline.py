@@ -309,3 +309,44 @@ def test_rounding_defaults_to_the_models_own(code_tokenizer, monkeypatch):
     assert len(calls) == 5
     seeded(pipe, "list all files", rounding="none")
     assert len(calls) == 5
+
+
+def test_given_latents_and_timesteps(tiny_pipeline, monkeypatch):
+    """`latents` replaces the drawn starting canvas (the same canvas gives the same output) and `timesteps`
+    replaces the evenly spaced ones: the denoiser sees exactly those steps, starting from exactly that canvas."""
+    config = tiny_pipeline.model.config
+    drawn = torch.randn(4, config.max_code_length, config.latent_dim, generator=torch.Generator().manual_seed(0))
+    default = seeded(tiny_pipeline, ["list all files", "count lines"], num_return_sequences=2, output_type="pt")
+    given = seeded(
+        tiny_pipeline,
+        ["list all files", "count lines"],
+        seed=1,
+        num_return_sequences=2,
+        latents=drawn,
+        output_type="pt",
+    )
+    torch.testing.assert_close(given.code, default.code)
+
+    calls = []
+    denoise = tiny_pipeline.model.denoise
+    monkeypatch.setattr(
+        tiny_pipeline.model,
+        "denoise",
+        lambda latents, t, *a: calls.append((latents, int(t))) or denoise(latents, t, *a),
+    )
+    start = drawn[:1] * 0.5
+    tiny_pipeline("list all files", timesteps=[40, 20, 3], latents=start)
+    assert [t for _, t in calls] == [40, 20, 3]
+    torch.testing.assert_close(calls[0][0], start)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"latents": torch.zeros(1, 3, 3)}, r"latents must have shape \(2, "),
+        ({"timesteps": [3, 7]}, "strictly decreasing"),
+    ],
+)
+def test_bad_latents_or_timesteps(tiny_pipeline, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_pipeline("list all files", num_return_sequences=2, **kwargs)

@@ -126,3 +126,35 @@ def test_step_rejects_unknown_timestep():
     scheduler.set_timesteps(10)
     with pytest.raises(ValueError, match="timestep 3"):
         scheduler.step(torch.zeros(1, 2, 2), 3, torch.zeros(1, 2, 2))
+
+
+def test_custom_timesteps_are_used_as_given():
+    """Custom timesteps (e.g. to refine a partly noised canvas) are kept as given, and sampling from a canvas
+    noised to their first step lands on x0 with a model that returns the true noise."""
+    scheduler = CodeFusionScheduler(clip_sample=False)
+    scheduler.set_timesteps(timesteps=[900, 450, 7])
+    assert scheduler.timesteps.tolist() == [900, 450, 7] and scheduler.num_inference_steps == 3
+    generator = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 2, 4, 8, generator=generator, dtype=torch.float64)
+    sample = scheduler.add_noise(x0, noise, torch.tensor([900]))
+    for t in scheduler.timesteps:
+        alpha_bar = scheduler.alphas_cumprod[t].double()
+        sample = scheduler.step((sample - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt(), t, sample).prev_sample
+    torch.testing.assert_close(sample, x0, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "exactly one of num_inference_steps and timesteps"),
+        ({"num_inference_steps": 5, "timesteps": [3, 2]}, "exactly one of num_inference_steps and timesteps"),
+        ({"timesteps": []}, "strictly decreasing"),
+        ({"timesteps": [5, 5, 1]}, "strictly decreasing"),
+        ({"timesteps": [1, 5]}, "strictly decreasing"),
+        ({"timesteps": [1200, 10]}, r"lie in \[0, 1200\)"),
+        ({"timesteps": [10, -1]}, r"lie in \[0, 1200\)"),
+    ],
+)
+def test_bad_custom_timesteps(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CodeFusionScheduler().set_timesteps(**kwargs)

@@ -198,6 +198,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
         rounding: str | None = None,
+        latents: torch.Tensor | None = None,
     ) -> list[str]:
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
@@ -215,13 +216,20 @@ class CodeFusionPipeline(DiffusionPipeline):
             )
         if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}.")
-        canvas = self.model.config.max_code_length
+        config = self.model.config
+        canvas = config.max_code_length
         if max_length is not None and not 1 <= max_length <= canvas:
             raise ValueError(f"max_length must be between 1 and the canvas size {canvas}, got {max_length!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if rounding is not None and rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be None (the model's default) or one of {ROUNDINGS}, got {rounding!r}.")
+        expected_shape = (len(prompts) * num_return_sequences, canvas, config.latent_dim)
+        if latents is not None and tuple(latents.shape) != expected_shape:
+            raise ValueError(
+                f"latents must have shape {expected_shape} (prompts x num_return_sequences, canvas, latent_dim), "
+                f"got {tuple(latents.shape)}."
+            )
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
@@ -296,9 +304,11 @@ class CodeFusionPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
         num_return_sequences: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         max_length: int | None = None,
         rounding: str | None = None,
         output_type: str = "text",
@@ -311,9 +321,13 @@ class CodeFusionPipeline(DiffusionPipeline):
         Args:
             prompt: One natural-language description or a list of them.
             num_inference_steps: Denoising steps (1 to `num_train_timesteps`); 10-50 is the useful range.
+            timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
+                e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
             num_return_sequences: Candidates per prompt (k), each from its own starting noise.
             eta: 0 for deterministic DDIM updates, 1 for DDPM ancestral sampling.
             generator: Seeds the starting noise (and the noise of stochastic steps).
+            latents: The starting canvas, `(num_prompts * num_return_sequences, max_code_length, latent_dim)`, with
+                each prompt's candidates next to each other; drawn from `generator` when not given.
             max_length: Return at most this many code tokens per candidate (defaults to the whole canvas).
             rounding: How each step's x0 estimate is pulled onto code tokens before the step is taken: `"none"` (not
                 at all, the paper), `"nearest"` (the nearest code embedding, Diffusion-LM's clamping), `"decoder"`
@@ -339,6 +353,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
             rounding,
+            latents,
         )
         rounding = self.resolve_rounding(rounding)
         was_training = self.model.training
@@ -350,15 +365,22 @@ class CodeFusionPipeline(DiffusionPipeline):
         encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
         attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
         batch_size = len(prompts) * num_return_sequences
-        latents = randn_tensor(
-            (batch_size, config.max_code_length, config.latent_dim),
-            generator=generator,
-            device=device,
-            dtype=encoder_hidden_states.dtype,
-        )
+        if latents is None:
+            latents = randn_tensor(
+                (batch_size, config.max_code_length, config.latent_dim),
+                generator=generator,
+                device=device,
+                dtype=encoder_hidden_states.dtype,
+            )
+        else:
+            latents = latents.to(device=device, dtype=encoder_hidden_states.dtype)
         code_embeddings = self.model.code_embedding_matrix() if rounding == "nearest" else None
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if timesteps is None:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        else:
+            self.scheduler.set_timesteps(device=device, timesteps=timesteps)
+            num_inference_steps = self.scheduler.num_inference_steps
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
         trajectory = []
         self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning

@@ -95,9 +95,27 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Choose `num_inference_steps` strictly decreasing timesteps out of the T training steps."""
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """Choose `num_inference_steps` strictly decreasing timesteps out of the T training steps, placed by
+        `timestep_spacing`; or use `timesteps` as given (strictly decreasing, each in [0, T)), e.g. to start
+        sampling from a partly noised canvas."""
         num_train_timesteps = self.config.num_train_timesteps
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("Pass exactly one of num_inference_steps and timesteps.")
+        if timesteps is not None:
+            timesteps = [int(t) for t in timesteps]
+            if not timesteps or any(later >= earlier for earlier, later in zip(timesteps, timesteps[1:])):
+                raise ValueError(f"timesteps must be a non-empty, strictly decreasing list, got {timesteps}.")
+            if not 0 <= timesteps[-1] <= timesteps[0] < num_train_timesteps:
+                raise ValueError(f"timesteps must lie in [0, {num_train_timesteps}), got {timesteps}.")
+            self.num_inference_steps = len(timesteps)
+            self.timesteps = torch.tensor(timesteps, dtype=torch.int64, device=device)
+            return
         if not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must be between 1 and num_train_timesteps={num_train_timesteps}, "
