@@ -8,6 +8,7 @@ import argparse
 import torch
 
 from codefusion_hf import CodeFusionPipeline
+from codefusion_hf.pipeline_codefusion import ROUNDINGS
 
 
 def main():
@@ -17,9 +18,7 @@ def main():
     parser.add_argument("-k", "--num_return_sequences", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="Denoising steps.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--rounding", default=None, help="none, nearest, decoder or decoder_mean (default: the model's)."
-    )
+    parser.add_argument("--rounding", choices=ROUNDINGS, default=None, help="Default: the model's own.")
     args = parser.parse_args()
     pipe = CodeFusionPipeline.from_pretrained(args.model)
     output = pipe(
