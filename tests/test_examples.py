@@ -124,6 +124,23 @@ def test_pretrain_then_finetune_scripts(tmp_path, monkeypatch, code_tokenizer):
     assert finetune.main().state.global_step == 3  # resumed from checkpoint-2, one more step
 
 
+def test_generate_script_prints_ranked_candidates(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    import generate
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    argv = ["x", "--model", str(tmp_path / "pipe"), "list files", "count lines", "-k", "2", "--steps", "3"]
+    monkeypatch.setattr(sys, "argv", argv + ["--rounding", "decoder"])
+    generate.main()
+    lines = capsys.readouterr().out.split("\n")
+    for prompt in ("list files", "count lines"):
+        ranks = lines[lines.index(prompt) + 1 : lines.index(prompt) + 3]
+        assert [line.split(".")[0].strip() for line in ranks] == ["1", "2"] and all("(score -" in r for r in ranks)
+    monkeypatch.setattr(sys, "argv", argv + ["--rounding", "round"])
+    with pytest.raises(SystemExit):
+        generate.main()
+    assert "invalid choice: 'round'" in capsys.readouterr().err
+
+
 def test_benchmark_inference_steps(tiny_pipeline, tmp_path, monkeypatch):
     import json
 
