@@ -15,6 +15,7 @@ from transformers import HfArgumentParser
 
 from codefusion_hf import CodeFusionPipeline
 from codefusion_hf.evaluation_codefusion import evaluate_pipeline
+from codefusion_hf.pipeline_codefusion import ROUNDINGS
 from codefusion_hf.training_codefusion import load_code_dataset
 
 
@@ -29,7 +30,9 @@ class BenchmarkArguments:
     num_return_sequences: int = field(default=5)
     batch_size: int = field(default=16)
     seed: int = field(default=0)
-    rounding: str | None = field(default=None, metadata={"help": "none, nearest, decoder or decoder_mean."})
+    rounding: str | None = field(
+        default=None, metadata={"help": "Sampler rounding (default: the model's own).", "choices": list(ROUNDINGS)}
+    )
     device: str | None = field(default=None, metadata={"help": "Default: CUDA if available."})
 
 
