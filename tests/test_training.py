@@ -305,6 +305,46 @@ def test_bad_training_arguments(tmp_path):
         training_args(tmp_path, cpd_mask_rate=1.5)
     with pytest.raises(ValueError, match="generation_rounding"):
         training_args(tmp_path, generation_rounding="argmax")
+    with pytest.raises(ValueError, match="timestep_bias_strategy must be one of"):
+        training_args(tmp_path, timestep_bias_strategy="late")
+    with pytest.raises(ValueError, match="timestep_bias_multiplier"):
+        training_args(tmp_path, timestep_bias_multiplier=0)
+    with pytest.raises(ValueError, match="timestep_bias_portion"):
+        training_args(tmp_path, timestep_bias_portion=0)
+
+
+@pytest.mark.parametrize("strategy", ["none", "later", "earlier"])
+def test_timestep_weights(strategy, code_tokenizer, tmp_path):
+    """With multiplier 3, 'later' draws the noisiest quarter of the steps half the time, 'earlier' the cleanest."""
+    trainer = make_trainer(
+        "finetune", code_tokenizer, tmp_path, timestep_bias_strategy=strategy, timestep_bias_multiplier=3.0
+    )
+    weights = trainer.timestep_weights(1200)
+    expected = {"none": (0.25, 0.25), "later": (0.5, 1 / 6), "earlier": (1 / 6, 0.5)}[strategy]
+    torch.testing.assert_close((weights[900:].sum().item(), weights[:300].sum().item()), expected)
+
+
+@pytest.mark.parametrize("kind", ["finetune", "pretrain"])
+def test_biased_timesteps_reach_the_model(kind, code_tokenizer, tmp_path, monkeypatch):
+    """In both phases the trainer hands the model timesteps drawn from its weights (a huge multiplier: only the
+    noisiest quarter); without a bias the model draws uniformly itself."""
+    drawn = []
+    forward = CodeFusionModel.forward
+    monkeypatch.setattr(
+        CodeFusionModel, "forward", lambda self, **k: drawn.append(k.get("timesteps")) or forward(self, **k)
+    )
+    for strategy in ("later", "none"):
+        trainer = make_trainer(
+            kind, code_tokenizer, tmp_path, timestep_bias_strategy=strategy, timestep_bias_multiplier=1e9
+        )
+        trainer.model.train()
+        drawn.clear()
+        trainer.compute_loss(trainer.model, first_batch(trainer))
+        num_train_timesteps = trainer.model.config.num_train_timesteps
+        if strategy == "later":
+            assert drawn[0].min() >= num_train_timesteps - num_train_timesteps // 4
+        else:
+            assert drawn == [None]
 
 
 HASH_WEIGHTS = """

@@ -27,6 +27,7 @@ from .scheduling_codefusion import CodeFusionScheduler
 logger = logging.get_logger(__name__)
 
 LOSS_TERMS = ("noise_loss", "embedding_loss", "decoder_loss")
+TIMESTEP_BIAS_STRATEGIES = ("none", "later", "earlier")
 DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -55,6 +56,20 @@ class CodeFusionTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Overrides config.embedding_loss_weight."}
     )
     decoder_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.decoder_loss_weight."})
+    timestep_bias_strategy: str = field(
+        default="none",
+        metadata={
+            "help": "Draw training timesteps non-uniformly (as diffusers' SDXL training script): 'later' favours the "
+            "noisiest steps, where generation starts and the prompt must decide the code; 'earlier' the cleanest; "
+            "'none' draws uniformly (the paper).",
+        },
+    )
+    timestep_bias_multiplier: float = field(
+        default=1.0, metadata={"help": "How many times more often the biased timesteps are drawn."}
+    )
+    timestep_bias_portion: float = field(
+        default=0.25, metadata={"help": "Share of the T timesteps that are biased (the latest or earliest ones)."}
+    )
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training (saving a checkpoint) after this many minutes of this run."}
     )
@@ -75,6 +90,15 @@ class CodeFusionTrainingArguments(TrainingArguments):
         for name in ("unconditional_probability", "cpd_mask_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
+        if self.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
+            raise ValueError(
+                f"timestep_bias_strategy must be one of {TIMESTEP_BIAS_STRATEGIES}, "
+                f"got {self.timestep_bias_strategy!r}."
+            )
+        if self.timestep_bias_multiplier <= 0:
+            raise ValueError(f"timestep_bias_multiplier must be positive, got {self.timestep_bias_multiplier}.")
+        if not 0 < self.timestep_bias_portion <= 1:
+            raise ValueError(f"timestep_bias_portion must be in (0, 1], got {self.timestep_bias_portion}.")
         if self.generation_rounding is not None and self.generation_rounding not in ROUNDINGS:
             raise ValueError(
                 f"generation_rounding must be None or one of {ROUNDINGS}, got {self.generation_rounding!r}."
@@ -332,12 +356,29 @@ class CodeFusionTrainer(Trainer):
             inputs["noise"] = torch.randn(
                 labels.shape[0], config.max_code_length, config.latent_dim, generator=self._eval_generator
             ).to(labels.device)
+        elif self.args.timestep_bias_strategy != "none":
+            inputs = dict(inputs)
+            weights = self.timestep_weights(self.accelerator.unwrap_model(model).config.num_train_timesteps)
+            inputs["timesteps"] = torch.multinomial(weights, inputs["labels"].shape[0], replacement=True).to(
+                inputs["labels"].device
+            )
         outputs = model(**inputs)
         mode = "train" if model.training else "eval"
         for name in LOSS_TERMS:
             self._loss_term_sums[mode][name] += getattr(outputs, name).item()
         self._loss_term_counts[mode] += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def timestep_weights(self, num_train_timesteps: int) -> torch.Tensor:
+        """Relative probability of drawing each training timestep under `args.timestep_bias_*`."""
+        args = self.args
+        weights = torch.ones(num_train_timesteps)
+        num_biased = max(1, round(args.timestep_bias_portion * num_train_timesteps))
+        if args.timestep_bias_strategy == "later":
+            weights[num_train_timesteps - num_biased :] *= args.timestep_bias_multiplier
+        elif args.timestep_bias_strategy == "earlier":
+            weights[:num_biased] *= args.timestep_bias_multiplier
+        return weights / weights.sum()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
