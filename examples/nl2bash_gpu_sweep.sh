@@ -40,15 +40,17 @@ rounding_evals() {  # model folder, output prefix, log prefix: validation with e
   wait
 }
 
-codefusion() {  # name, phase-1 minutes (0: no phase 1, phase 2 gets the whole budget), config overrides (JSON)
+codefusion() {  # name, phase-1 minutes (0: no phase 1, phase 2 gets the whole budget), config overrides (JSON),
+  # training flags for both phases (one string, split at spaces)
   local name=$1 phase1=$2 overrides=$3 log=$out/$1.log start=() phase1_ok=true
-  local phase2
+  local phase2 flags
+  read -ra flags <<<"${4:-}"
   phase2=$("$python" -c "print($pretrain_minutes + $finetune_minutes - $phase1)")
   if "$python" -c "import sys; sys.exit(float(sys.argv[1]) == 0)" "$phase1"; then
     "$python" examples/pretrain.py examples/configs/nl2bash_pretrain.json "${gpu[@]}" --dataloader_num_workers 3 \
       --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
       --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
-      --output_dir "$out/$name/pretrain" --max_train_minutes "$phase1" --eval_steps 1000 >"$log" 2>&1 ||
+      --output_dir "$out/$name/pretrain" --max_train_minutes "$phase1" --eval_steps 1000 "${flags[@]}" >"$log" 2>&1 ||
       phase1_ok=false
     start=(--model_name_or_path "$out/$name/pretrain")
   else
@@ -57,7 +59,7 @@ codefusion() {  # name, phase-1 minutes (0: no phase 1, phase 2 gets the whole b
   fi
   $phase1_ok && "$python" examples/finetune.py examples/configs/nl2bash_finetune.json "${gpu[@]}" "${start[@]}" \
     --train_file "$data/train.jsonl" --validation_file "$data/validation.jsonl" --output_dir "$out/$name/finetune" \
-    --max_train_minutes "$phase2" --eval_steps 500 >>"$log" 2>&1 &&
+    --max_train_minutes "$phase2" --eval_steps 500 "${flags[@]}" >>"$log" 2>&1 &&
     rounding_evals "$out/$name/finetune" "$out/$name/eval" "$out/$name"
   echo "$name: $(ls "$out/$name"/eval-*/metrics.json 2>/dev/null | wc -l) evaluations written" >>"$log"
 }
@@ -84,13 +86,16 @@ autoregressive() {
   echo "autoregressive: $(ls "$out"/autoregressive/eval-*/metrics.json 2>/dev/null | wc -l) of 4 evaluations written" >>"$log"
 }
 
-# Variants: name, phase-1 minutes (of the pretrain budget; 0 = skip phase 1), CodeFusionConfig overrides. The
-# 2026-11-26 morning sweep ran epsilon / x0, each with and without self-conditioning, with the default phase 1.
+# Variants, one per line: name, phase-1 minutes (of the pretrain budget; 0 = skip phase 1), CodeFusionConfig
+# overrides (JSON without spaces), then any training flags for both phases, e.g. a line
+#   x0-selfcond-later 1 {"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true} --timestep_bias_strategy later --timestep_bias_multiplier 3
+# The 2026-11-26 morning sweep ran epsilon / x0, each with and without self-conditioning, with the default phase 1;
+# the default below is the second sweep's.
 variants=${VARIANTS:-"x0-selfcond $pretrain_minutes {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\",\"self_condition\":true}
 x0-selfcond-nophase1 0 {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\",\"self_condition\":true}
 x0 $pretrain_minutes {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\"}"}
-while read -r name phase1 overrides; do
-  [[ -n $name ]] && codefusion "$name" "$phase1" "$overrides" &
+while read -r name phase1 overrides flags; do
+  [[ -n $name ]] && codefusion "$name" "$phase1" "$overrides" "$flags" &
 done <<<"$variants"
 [[ ${BASELINE:-true} == true ]] && autoregressive &
 wait
