@@ -3,7 +3,9 @@ from setuptools import find_packages, setup
 setup(
     name="codefusion-hf",
     version="0.1.0",
-    description="CodeFusion, a diffusion model for natural-language-to-code generation, for transformers and diffusers",
+    description=(
+        "CodeFusion, a diffusion model for natural-language-to-code generation, for transformers and diffusers"
+    ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
