@@ -74,15 +74,17 @@ def plot_top_k(results: dict[str, dict], output: str) -> None:
     figure.savefig(output, dpi=80)
 
 
-def plot_steps(steps_file: str, output: str) -> None:
+def plot_steps(steps_file: str, output: str) -> plt.Figure:
+    """Accuracy (percent; BLEU in its own points) and time per prompt against the number of denoising steps."""
     with open(steps_file) as f:
         runs = json.load(f)["runs"]
     steps = [run["num_inference_steps"] for run in runs]
     figure, (accuracy, time) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key in ("template_match@1", "template_match@5", "exact_match@1", "exact_match@5", "syntax_valid@1"):
+    for key in ("template_match@1", "template_match@5", "exact_match@1", "exact_match@5", "bleu@1", "syntax_valid@1"):
         if key in runs[0]:
-            accuracy.plot(steps, [100 * run[key] for run in runs], marker="o", label=key)
-    accuracy.set(xscale="log", xlabel="denoising steps", ylabel="%", title="accuracy", ylim=(0, 100))
+            scale = 1 if key.startswith("bleu") else 100  # BLEU is already in points
+            accuracy.plot(steps, [scale * run[key] for run in runs], marker="o", label=key)
+    accuracy.set(xscale="log", xlabel="denoising steps", ylabel="% (BLEU: points)", title="accuracy", ylim=(0, 100))
     accuracy.legend(fontsize=7)
     time.plot(steps, [run["seconds_per_prompt"] for run in runs], marker="o")
     time.set(xscale="log", xlabel="denoising steps", ylabel="seconds per prompt (k candidates)", title="time")
@@ -91,6 +93,7 @@ def plot_steps(steps_file: str, output: str) -> None:
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(output, dpi=80)
+    return figure
 
 
 def main():

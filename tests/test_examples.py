@@ -176,6 +176,24 @@ def test_results_table_and_plot(tmp_path):
     assert (tmp_path / "topk.png").stat().st_size > 1000
 
 
+def test_steps_plot(tmp_path):
+    """Rates are plotted in percent, BLEU in its own points; metrics a run lacks are left out."""
+    import json
+
+    import plot_results
+
+    runs = [
+        {"num_inference_steps": n, "template_match@1": 0.01 * n, "bleu@1": 2.5, "seconds_per_prompt": 0.1 * n}
+        for n in (5, 10)
+    ]
+    (tmp_path / "steps.json").write_text(json.dumps({"runs": runs}))
+    figure = plot_results.plot_steps(str(tmp_path / "steps.json"), str(tmp_path / "steps.png"))
+    lines = {line.get_label(): list(line.get_ydata()) for line in figure.axes[0].lines}
+    assert lines == {"template_match@1": [5.0, 10.0], "bleu@1": [2.5, 2.5]}
+    assert list(figure.axes[1].lines[0].get_ydata()) == [0.5, 1.0]
+    assert (tmp_path / "steps.png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize("rounding", [None, "decoder"])
 def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch, rounding):
     import json
