@@ -340,6 +340,14 @@ def test_given_latents_and_timesteps(tiny_pipeline, monkeypatch):
     torch.testing.assert_close(calls[0][0], start)
 
 
+def test_timesteps_replace_num_inference_steps(code_tokenizer):
+    """With `timesteps`, the default num_inference_steps (50) is not checked against a schedule shorter than it."""
+    pipe = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer, num_train_timesteps=20)), code_tokenizer)
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1 to 20"):
+        pipe("list all files")
+    assert len(pipe("list all files", timesteps=[19, 9]).code[0]) == 1
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

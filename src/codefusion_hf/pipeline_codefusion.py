@@ -199,6 +199,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str],
         rounding: str | None = None,
         latents: torch.Tensor | None = None,
+        timesteps: list[int] | None = None,
     ) -> list[str]:
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
@@ -210,7 +211,9 @@ class CodeFusionPipeline(DiffusionPipeline):
             if not text.strip():
                 raise ValueError(f"prompt[{index}] is empty: describe the code to generate.")
         num_train_timesteps = self.scheduler.config.num_train_timesteps
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= num_train_timesteps:
+        if timesteps is None and (
+            not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= num_train_timesteps
+        ):
             raise ValueError(
                 f"num_inference_steps must be an integer from 1 to {num_train_timesteps}, got {num_inference_steps!r}."
             )
@@ -354,6 +357,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs,
             rounding,
             latents,
+            timesteps,
         )
         rounding = self.resolve_rounding(rounding)
         was_training = self.model.training
