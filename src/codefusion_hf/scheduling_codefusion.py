@@ -111,7 +111,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             timesteps = [int(t) for t in timesteps]
             if not timesteps or any(later >= earlier for earlier, later in zip(timesteps, timesteps[1:])):
                 raise ValueError(f"timesteps must be a non-empty, strictly decreasing list, got {timesteps}.")
-            if not 0 <= timesteps[-1] <= timesteps[0] < num_train_timesteps:
+            if timesteps[-1] < 0 or timesteps[0] >= num_train_timesteps:
                 raise ValueError(f"timesteps must lie in [0, {num_train_timesteps}), got {timesteps}.")
             self.num_inference_steps = len(timesteps)
             self.timesteps = torch.tensor(timesteps, dtype=torch.int64, device=device)

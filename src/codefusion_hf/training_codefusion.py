@@ -336,6 +336,7 @@ class CodeFusionTrainer(Trainer):
         self._loss_term_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_term_counts = {"train": 0, "eval": 0}
         self._eval_generator = None
+        self._timestep_weights = self.timestep_weights(model.config.num_train_timesteps)  # drawn from every step
         if args.max_train_minutes is not None:
             self.add_callback(TimeLimitCallback(args.max_train_minutes))
 
@@ -358,10 +359,9 @@ class CodeFusionTrainer(Trainer):
             ).to(labels.device)
         elif self.args.timestep_bias_strategy != "none":
             inputs = dict(inputs)
-            weights = self.timestep_weights(self.accelerator.unwrap_model(model).config.num_train_timesteps)
-            inputs["timesteps"] = torch.multinomial(weights, inputs["labels"].shape[0], replacement=True).to(
-                inputs["labels"].device
-            )
+            inputs["timesteps"] = torch.multinomial(
+                self._timestep_weights, inputs["labels"].shape[0], replacement=True
+            ).to(inputs["labels"].device)
         outputs = model(**inputs)
         mode = "train" if model.training else "eval"
         for name in LOSS_TERMS:
