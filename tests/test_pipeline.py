@@ -356,5 +356,7 @@ def test_timesteps_replace_num_inference_steps(code_tokenizer):
     ],
 )
 def test_bad_latents_or_timesteps(tiny_pipeline, kwargs, message):
+    tiny_pipeline.model.train()
     with pytest.raises(ValueError, match=message):
         tiny_pipeline("list all files", num_return_sequences=2, **kwargs)
+    assert tiny_pipeline.model.training  # failed before the model was switched to eval mode

@@ -360,9 +360,15 @@ class CodeFusionPipeline(DiffusionPipeline):
             timesteps,
         )
         rounding = self.resolve_rounding(rounding)
+        device = self._execution_device
+        # Before the model changes mode: bad custom timesteps fail here with the model as it was.
+        if timesteps is None:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        else:
+            self.scheduler.set_timesteps(device=device, timesteps=timesteps)
+            num_inference_steps = self.scheduler.num_inference_steps
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling; the previous mode is restored below
-        device = self._execution_device
         config = self.model.config
 
         encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
@@ -380,11 +386,6 @@ class CodeFusionPipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=encoder_hidden_states.dtype)
         code_embeddings = self.model.code_embedding_matrix() if rounding == "nearest" else None
 
-        if timesteps is None:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-        else:
-            self.scheduler.set_timesteps(device=device, timesteps=timesteps)
-            num_inference_steps = self.scheduler.num_inference_steps
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
         trajectory = []
         self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
