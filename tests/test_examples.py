@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # Appended, not prepended: examples/evaluate.py must not shadow the `evaluate` package.
@@ -64,6 +65,21 @@ def test_missing_training_data(monkeypatch):
 def test_new_model_needs_a_tokenizer():
     with pytest.raises(ValueError, match="tokenizer_name_or_path"):
         common.load_model_and_tokenizers(common.ModelArguments())
+
+
+def test_config_overrides_change_a_continued_model(tiny_pipeline, tmp_path):
+    """Training-time fields of a saved model can be changed when training continues; unknown fields are an error."""
+    tiny_pipeline.save_pretrained(tmp_path)
+    overrides = '{"dropout": 0.3, "unroll_probability": 0.5}'
+    model, _, _ = common.load_model_and_tokenizers(
+        common.ModelArguments(model_name_or_path=str(tmp_path), config_overrides=overrides)
+    )
+    assert model.config.unroll_probability == 0.5
+    assert {module.p for module in model.denoiser.modules() if isinstance(module, torch.nn.Dropout)} == {0.3}
+    with pytest.raises(ValueError, match="'unroll'"):
+        common.load_model_and_tokenizers(
+            common.ModelArguments(model_name_or_path=str(tmp_path), config_overrides='{"unroll": 0.5}')
+        )
 
 
 def test_pretrain_then_finetune_scripts(tmp_path, monkeypatch, code_tokenizer):

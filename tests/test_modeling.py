@@ -161,6 +161,7 @@ def test_pretrained_minilm_encoder():
         ({"self_condition_probability": 1.5}, "self_condition_probability"),
         ({"self_condition": True, "self_condition_rounding": "nearest"}, "self_condition_rounding"),
         ({"self_condition_rounding": "decoder"}, "self_condition_rounding needs self_condition"),
+        ({"unroll_probability": -0.1}, "unroll_probability"),
     ],
 )
 def test_bad_config(kwargs, name):
@@ -244,6 +245,43 @@ def test_self_conditioning_estimate_rounded_through_the_decoder(code_tokenizer, 
     else:
         expected = logits.softmax(dim=-1) @ model.code_embedding_matrix()
     torch.testing.assert_close(second_args[4], expected)
+
+
+def test_unrolled_canvas_is_a_ddim_step_from_the_models_own_draft(code_tokenizer, monkeypatch):
+    """unroll_probability=1: a gradient-free pass at a higher timestep, whose decoder-rounded draft is stepped (DDIM)
+    down to each row's timestep; that canvas, not the noised reference, is what the trained pass reads. Rows at the
+    last timestep have nothing above them and keep the reference. Evaluation does not unroll."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, unroll_probability=1.0))
+    scheduler, last = model.noise_scheduler, model.config.num_train_timesteps - 1
+    calls = []
+    denoise = model.denoise
+    monkeypatch.setattr(
+        model, "denoise", lambda *a, **k: calls.append((a, torch.is_grad_enabled())) or denoise(*a, **k)
+    )
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    timesteps = torch.tensor([3, last])
+    noise = torch.randn(2, model.config.max_code_length, model.config.latent_dim)
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
+    (unroll_args, unroll_grad), (trained_args, trained_grad) = calls
+    assert not unroll_grad and trained_grad
+    start, higher, states, mask = unroll_args
+    assert higher[0] > 3 and higher[1] == last
+    estimate = scheduler.clip_original_sample(scheduler.predict_original_sample(denoise(*unroll_args), higher, start))
+    draft = model.round_with_decoder(estimate, states, mask)
+    stepped = scheduler.add_noise(draft, scheduler.predict_noise(draft, higher, start), timesteps)
+    length = labels.shape[1]
+    reference = scheduler.add_noise(model.embed_code(labels), noise[:, :length], timesteps)
+    canvas = trained_args[0]
+    torch.testing.assert_close(canvas[0], stepped[0])
+    assert not torch.allclose(canvas[0, :length], reference[0])
+    torch.testing.assert_close(canvas[1, :length], reference[1])
+    torch.testing.assert_close(trained_args[1], timesteps)
+
+    calls.clear()
+    model.eval()
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
+    assert len(calls) == 1
 
 
 def test_round_with_decoder_rejects_unknown_rounding(tiny_model):

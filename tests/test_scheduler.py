@@ -158,3 +158,11 @@ def test_custom_timesteps_are_used_as_given():
 def test_bad_custom_timesteps(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CodeFusionScheduler().set_timesteps(**kwargs)
+
+
+def test_predict_noise_inverts_add_noise():
+    scheduler = CodeFusionScheduler(num_train_timesteps=100)
+    original, noise = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
+    timesteps = torch.tensor([0, 50, 99])
+    noisy = scheduler.add_noise(original, noise, timesteps)
+    torch.testing.assert_close(scheduler.predict_noise(original, timesteps, noisy), noise, rtol=1e-4, atol=1e-4)

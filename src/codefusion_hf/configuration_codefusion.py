@@ -101,6 +101,11 @@ class CodeFusionConfig(PreTrainedConfig):
         self_condition_rounding (`str`, *optional*): Round that training estimate through the decoder, `"decoder"`
             (its most likely tokens) or `"decoder_mean"`, so the denoiser learns to correct the crisp drafts a
             sampler with the same `rounding` hands it. Not in the paper; `None` (no rounding) by default.
+        unroll_probability (`float`): In training, the share of rows whose noisy canvas is made as the sampler
+            makes it: one DDIM step down to the row's timestep from the model's own decoder-rounded x0 estimate at a
+            random higher noise level, instead of from the reference (SUNDAE's unrolled denoising, Savinov et al.,
+            2022). The targets stay the reference, so the denoiser learns to correct its drafts. Costs one
+            gradient-free denoiser and decoder pass. Not in the paper; 0 (off) by default.
         noise_loss_weight, embedding_loss_weight, decoder_loss_weight (`float`): Weights of the three loss terms
             `||eps_hat - eps||`, `||D_s - L(y)||` and `-log p(y | D_s)`.
         code_embedding_init_std (`float`): Initial std of the code embedding; 1.0 puts it on the scale of the noise.
@@ -135,6 +140,7 @@ class CodeFusionConfig(PreTrainedConfig):
     self_condition: bool = False
     self_condition_probability: float = 0.5
     self_condition_rounding: str | None = None
+    unroll_probability: float = 0.0
     noise_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
     decoder_loss_weight: float = 1.0
@@ -150,6 +156,8 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
         if not 0 <= self.self_condition_probability <= 1:
             raise ValueError(f"self_condition_probability must be in [0, 1], got {self.self_condition_probability}.")
+        if not 0 <= self.unroll_probability <= 1:
+            raise ValueError(f"unroll_probability must be in [0, 1], got {self.unroll_probability}.")
         if self.self_condition_rounding is not None:
             if self.self_condition_rounding not in DECODER_ROUNDINGS:
                 raise ValueError(

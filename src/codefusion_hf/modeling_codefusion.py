@@ -305,6 +305,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             noise = torch.randn_like(clean_latents)
 
         noisy_latents = self.noise_scheduler.add_noise(clean_latents, noise, timesteps)
+        if self.training and self.config.unroll_probability > 0:
+            noisy_latents = self._unroll(
+                noisy_latents, clean_latents, timesteps, encoder_hidden_states, attention_mask
+            )
         self_condition = None
         if self.config.self_condition:
             # A gradient-free first pass gives the estimate a sampler would carry over from its previous step.
@@ -342,6 +346,38 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             logits=logits,
             timesteps=timesteps,
         )
+
+    @torch.no_grad()
+    def _unroll(
+        self,
+        noisy_latents: torch.Tensor,
+        clean_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Unrolled denoising (`config.unroll_probability`): for a random share of rows, the canvas at t becomes a DDIM
+        step to t from the model's decoder-rounded x0 estimate at a uniform higher step, as in sampling. In training
+        the denoiser otherwise only sees noised references, never its own mistakes."""
+        last = self.config.num_train_timesteps - 1
+        unroll = (torch.rand(timesteps.shape, device=timesteps.device) < self.config.unroll_probability) & (
+            timesteps < last
+        )
+        if not unroll.any():
+            return noisy_latents
+        higher = timesteps + 1 + (torch.rand(timesteps.shape, device=timesteps.device) * (last - timesteps)).long()
+        higher = higher.clamp(max=last)  # rows already at the last step are not unrolled; keep their index valid
+        start = self.noise_scheduler.add_noise(clean_latents, torch.randn_like(clean_latents), higher)
+        estimate = self.noise_scheduler.clip_original_sample(
+            self.noise_scheduler.predict_original_sample(
+                self.denoise(start, higher, encoder_hidden_states, attention_mask), higher, start
+            )
+        )
+        draft = self.round_with_decoder(estimate, encoder_hidden_states, attention_mask)
+        stepped = self.noise_scheduler.add_noise(
+            draft, self.noise_scheduler.predict_noise(draft, higher, start), timesteps
+        )
+        return torch.where(unroll[:, None, None], stepped, noisy_latents)
 
 
 def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

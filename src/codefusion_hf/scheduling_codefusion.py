@@ -150,6 +150,15 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         alpha_bar = self._alpha_bar(timesteps, sample)
         return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
+    def predict_noise(
+        self, pred_original_sample: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """The noise in `sample` at `timesteps` (one per row, or one for all) implied by an x0 estimate: what a
+        deterministic (DDIM) step keeps while it moves the canvas towards that estimate."""
+        timesteps = timesteps.expand(sample.shape[0]) if timesteps.ndim == 0 else timesteps
+        alpha_bar = self._alpha_bar(timesteps, sample)
+        return (sample - alpha_bar.sqrt() * pred_original_sample) / (1 - alpha_bar).sqrt()
+
     def clip_original_sample(self, pred_original_sample: torch.Tensor) -> torch.Tensor:
         """Clamp an x0 estimate to +-`clip_sample_range` when `clip_sample` is set. With the sqrt schedule an
         epsilon prediction near t=T is turned into x0 with ~1,600x magnification: unclamped, one step ruins it."""
@@ -210,7 +219,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         if code_embeddings is not None:
             distances = torch.cdist(pred_original_sample, code_embeddings.to(pred_original_sample.dtype).unsqueeze(0))
             pred_original_sample = code_embeddings[distances.argmin(dim=-1)].to(sample.dtype)
-        pred_epsilon = (sample - alpha_bar.sqrt() * pred_original_sample) / (1 - alpha_bar).sqrt()
+        pred_epsilon = self.predict_noise(pred_original_sample, timestep, sample)
 
         variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
         std_dev = eta * variance.clamp(min=0).sqrt()
