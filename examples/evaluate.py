@@ -25,6 +25,10 @@ class EvaluationArguments:
     code_column: str = field(default="code")
     num_return_sequences: int = field(default=5, metadata={"help": "Candidates per prompt (k)."})
     num_inference_steps: int = field(default=20)
+    timesteps: list[int] | None = field(
+        default=None,
+        metadata={"help": "Custom strictly decreasing timesteps instead of num_inference_steps evenly placed ones."},
+    )
     batch_size: int = field(default=16, metadata={"help": "Prompts per pipeline call (each with k candidates)."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows."})
     seed: int = field(default=0)
@@ -49,6 +53,7 @@ def main():
         language=args.language,
         num_return_sequences=args.num_return_sequences,
         num_inference_steps=args.num_inference_steps,
+        timesteps=args.timesteps,
         batch_size=args.batch_size,
         seed=args.seed,
         rounding=args.rounding,

@@ -31,10 +31,12 @@ def evaluate_pipeline(
     batch_size: int = 16,
     seed: int = 0,
     rounding: str | None = None,
+    timesteps: list[int] | None = None,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
-    seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references."""
+    seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
+    `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps."""
     if len(prompts) != len(references):
         raise ValueError(f"prompts ({len(prompts)}) and references ({len(references)}) differ in length.")
     if not prompts:
@@ -46,6 +48,7 @@ def evaluate_pipeline(
         output = pipe(
             batch,
             num_inference_steps=num_inference_steps,
+            timesteps=timesteps,
             num_return_sequences=num_return_sequences,
             generator=generator,
             rounding=rounding,
@@ -55,7 +58,8 @@ def evaluate_pipeline(
     candidates, scores, seconds = generate_candidates(generate_fn, prompts, batch_size)
     metrics = score_candidates(candidates, references, language) | {
         "num_return_sequences": num_return_sequences,
-        "num_inference_steps": num_inference_steps,
+        "num_inference_steps": len(timesteps) if timesteps else num_inference_steps,
+        "timesteps": timesteps,
         "rounding": pipe.resolve_rounding(rounding),
         "seconds_per_prompt": seconds / len(prompts),
     }
@@ -128,8 +132,8 @@ def evaluate_file(
     **evaluate_kwargs,
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
-    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding) on `device` (default: CUDA when
-    available), write the results to `output_dir`, return metrics."""
+    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps) on `device`
+    (default: CUDA when available), write the results to `output_dir`, return metrics."""
     from .pipeline_codefusion import CodeFusionPipeline
     from .training_codefusion import load_code_dataset
 
