@@ -89,11 +89,15 @@ autoregressive() {
 # Variants, one per line: name, phase-1 minutes (of the pretrain budget; 0 = skip phase 1), CodeFusionConfig
 # overrides (JSON without spaces), then any training flags for both phases, e.g. a line
 #   x0-selfcond-later 1 {"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true} --timestep_bias_strategy later --timestep_bias_multiplier 3
-# The 2026-11-26 morning sweep ran epsilon / x0, each with and without self-conditioning, with the default phase 1;
-# the default below is the second sweep's.
-variants=${VARIANTS:-"x0-selfcond $pretrain_minutes {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\",\"self_condition\":true}
-x0-selfcond-nophase1 0 {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\",\"self_condition\":true}
-x0 $pretrain_minutes {\"normalize_code_embeddings\":true,\"prediction_type\":\"sample\"}"}
+# The 2026-11-26 sweeps ran epsilon / x0 with and without self-conditioning, then x0 + self-conditioning with and
+# without phase 1 and x0 alone (VARIANTS lines for those are in docs/results.md). The default below is the next
+# sweep's: the best of those from scratch, with the two levers the CPU A/Bs favoured (timestep bias, unrolling).
+x0sc='"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true'
+bias="--timestep_bias_strategy later --timestep_bias_multiplier 3"
+variants=${VARIANTS:-"x0-selfcond $pretrain_minutes {$x0sc}
+x0-selfcond-later3 $pretrain_minutes {$x0sc} $bias
+x0-selfcond-unroll50 $pretrain_minutes {$x0sc,\"unroll_probability\":0.5}
+x0-selfcond-later3-unroll50 $pretrain_minutes {$x0sc,\"unroll_probability\":0.5} $bias"}
 while read -r name phase1 overrides flags; do
   [[ -n $name ]] && codefusion "$name" "$phase1" "$overrides" "$flags" &
 done <<<"$variants"
