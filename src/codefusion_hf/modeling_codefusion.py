@@ -373,7 +373,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 self.denoise(start, higher, encoder_hidden_states, attention_mask), higher, start
             )
         )
-        draft = self.round_with_decoder(estimate, encoder_hidden_states, attention_mask)
+        # In the canvas's dtype: under autocast the passes run in half precision, the DDIM step should not.
+        draft = self.round_with_decoder(estimate, encoder_hidden_states, attention_mask).to(noisy_latents.dtype)
         stepped = self.noise_scheduler.add_noise(
             draft, self.noise_scheduler.predict_noise(draft, higher, start), timesteps
         )
