@@ -313,10 +313,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         if self.config.self_condition:
             # A gradient-free first pass gives the estimate a sampler would carry over from its previous step.
             with torch.no_grad():
-                first_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
-                estimate = self.noise_scheduler.clip_original_sample(
-                    self.noise_scheduler.predict_original_sample(first_output, timesteps, noisy_latents)
-                )
+                estimate = self._clipped_estimate(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
                 if self.config.self_condition_rounding is not None:
                     estimate = self.round_with_decoder(
                         estimate, encoder_hidden_states, attention_mask, self.config.self_condition_rounding
@@ -347,6 +344,20 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             timesteps=timesteps,
         )
 
+    def _clipped_estimate(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The clipped x0 estimate of a denoiser pass without self-conditioning, as a sampler's first step reads it:
+        what the gradient-free passes of self-conditioning and unrolling hand on."""
+        model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
+        return self.noise_scheduler.clip_original_sample(
+            self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
+        )
+
     @torch.no_grad()
     def _unroll(
         self,
@@ -368,11 +379,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         higher = timesteps + 1 + (torch.rand(timesteps.shape, device=timesteps.device) * (last - timesteps)).long()
         higher = higher.clamp(max=last)  # rows already at the last step are not unrolled; keep their index valid
         start = self.noise_scheduler.add_noise(clean_latents, torch.randn_like(clean_latents), higher)
-        estimate = self.noise_scheduler.clip_original_sample(
-            self.noise_scheduler.predict_original_sample(
-                self.denoise(start, higher, encoder_hidden_states, attention_mask), higher, start
-            )
-        )
+        estimate = self._clipped_estimate(start, higher, encoder_hidden_states, attention_mask)
         # In the canvas's dtype: under autocast the passes run in half precision, the DDIM step should not.
         draft = self.round_with_decoder(estimate, encoder_hidden_states, attention_mask).to(noisy_latents.dtype)
         stepped = self.noise_scheduler.add_noise(

@@ -131,7 +131,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.from_numpy(timesteps.astype(np.int64)).to(device)
 
     def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """alpha_bar(t) of each timestep, shaped to broadcast over `like` (batch first)."""
+        """alpha_bar(t) of each timestep (one per row, or one for all), shaped to broadcast over `like`."""
         alpha_bar = self.alphas_cumprod.to(device=like.device)[timesteps.to(like.device)].to(like.dtype)
         return alpha_bar.reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -146,7 +146,6 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         """The x0 estimate implied by the model output at `timesteps` (one per row, or one for all)."""
         if self.config.prediction_type == "sample":
             return model_output
-        timesteps = timesteps.expand(sample.shape[0]) if timesteps.ndim == 0 else timesteps
         alpha_bar = self._alpha_bar(timesteps, sample)
         return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
 
@@ -155,7 +154,6 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
     ) -> torch.Tensor:
         """The noise in `sample` at `timesteps` (one per row, or one for all) implied by an x0 estimate: what a
         deterministic (DDIM) step keeps while it moves the canvas towards that estimate."""
-        timesteps = timesteps.expand(sample.shape[0]) if timesteps.ndim == 0 else timesteps
         alpha_bar = self._alpha_bar(timesteps, sample)
         return (sample - alpha_bar.sqrt() * pred_original_sample) / (1 - alpha_bar).sqrt()
 
