@@ -30,6 +30,9 @@ def test_seeded_generation_is_reproducible(tiny_pipeline):
     first = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
     again = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
     assert first.code == again.code and first.scores == again.scores
+    # Positional arguments in the documented order: prompt, num_inference_steps, num_return_sequences, generator.
+    positional = tiny_pipeline(["list all files", "show disk usage"], 5, 2, torch.Generator().manual_seed(0))
+    assert positional.code == first.code
     latents = seeded(tiny_pipeline, "list all files", output_type="latent").code
     other = seeded(tiny_pipeline, "list all files", seed=1, output_type="latent").code
     assert not torch.allclose(latents, other)
@@ -178,8 +181,11 @@ def make_code_tokenizer():
         ({"prompt": None}, "prompt"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_inference_steps": 101}, "num_inference_steps"),
+        ({"num_inference_steps": True}, "num_inference_steps"),
         ({"num_return_sequences": 0}, "num_return_sequences"),
+        ({"num_return_sequences": 2.0}, "num_return_sequences"),
         ({"max_length": 17}, "max_length"),
+        ({"max_length": 2.5}, "max_length"),
         ({"output_type": "np"}, "output_type"),
         ({"rounding": "argmax"}, "rounding"),
         ({"callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
@@ -227,6 +233,8 @@ def test_scheduler_must_match_training_schedule(tiny_model, code_tokenizer):
         (lambda root: (root / "model" / "model.safetensors").write_bytes(b"\x00" * 20), "model.safetensors"),
         (lambda root: (root / "scheduler" / "scheduler_config.json").write_text("{not json"), "scheduler_config.json"),
         (lambda root: (root / "tokenizer" / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
+        (lambda root: (root / "tokenizer" / "tokenizer.json").unlink(), "tokenizer.json"),
+        (lambda root: (root / "tokenizer" / "tokenizer.json").write_text("{not json"), "tokenizer.json"),
         (lambda root: (root / "model_index.json").unlink(), "model_index.json"),
     ],
 )

@@ -27,6 +27,18 @@ def test_sqrt_schedule_is_diffusion_lm():
     assert 0 < scheduler.alphas_cumprod[-1] < 1e-3  # the clipped last beta keeps alpha_bar positive
 
 
+def test_linear_and_cosine_schedules_are_ddpm_and_improved_ddpm():
+    t = torch.tensor([0, 300, 1000])
+    linear = CodeFusionScheduler(noise_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    betas = torch.linspace(1e-4, 0.02, 1200, dtype=torch.float64)
+    torch.testing.assert_close(linear.alphas_cumprod[t].double(), torch.cumprod(1 - betas, 0)[t], rtol=1e-5, atol=1e-7)
+    # Nichol & Dhariwal: alpha_bar(t) = f((t + 1) / T) / f(0), f(u) = cos((u + 0.008) / 1.008 * pi / 2) ** 2.
+    cosine = CodeFusionScheduler(noise_schedule="cosine")
+    f = lambda u: torch.cos((u + 0.008) / 1.008 * torch.pi / 2) ** 2  # noqa: E731
+    expected = f((t.double() + 1) / 1200) / f(torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(cosine.alphas_cumprod[t].double(), expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
 @pytest.mark.parametrize("num_inference_steps", [1, 10, 50, 1199, 1200])
 def test_timesteps_strictly_decreasing(spacing, num_inference_steps):
@@ -68,6 +80,9 @@ def test_ddpm_step_is_stochastic_and_seeded():
     again = scheduler.step(model_output, t, sample, eta=1.0, generator=torch.Generator().manual_seed(1)).prev_sample
     other = scheduler.step(model_output, t, sample, eta=1.0, generator=torch.Generator().manual_seed(2)).prev_sample
     deterministic = scheduler.step(model_output, t, sample, eta=0.0).prev_sample
+    # The diffusers order: step(model_output, timestep, sample, generator, return_dict).
+    positional = scheduler.step(model_output, t, sample, torch.Generator().manual_seed(1), False, eta=1.0)[0]
+    torch.testing.assert_close(positional, first)
     torch.testing.assert_close(first, again)
     assert not torch.allclose(first, other)
     assert not torch.allclose(first, deterministic)

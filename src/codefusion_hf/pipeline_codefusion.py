@@ -30,8 +30,8 @@ ROUNDINGS = ("none", "nearest", *DECODER_ROUNDINGS)
 REQUIRED_FILES = {
     "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
     "scheduler": ("scheduler_config.json",),
-    "tokenizer": ("tokenizer_config.json",),
-    "prompt_tokenizer": ("tokenizer_config.json",),
+    "tokenizer": ("tokenizer_config.json", "tokenizer.json"),
+    "prompt_tokenizer": ("tokenizer_config.json", "tokenizer.json"),
 }
 
 
@@ -212,17 +212,17 @@ class CodeFusionPipeline(DiffusionPipeline):
                 raise ValueError(f"prompt[{index}] is empty: describe the code to generate.")
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if timesteps is None and (
-            not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= num_train_timesteps
+            not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= num_train_timesteps
         ):
             raise ValueError(
                 f"num_inference_steps must be an integer from 1 to {num_train_timesteps}, got {num_inference_steps!r}."
             )
-        if not isinstance(num_return_sequences, int) or num_return_sequences < 1:
+        if not is_integer(num_return_sequences) or num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}.")
         config = self.model.config
         canvas = config.max_code_length
-        if max_length is not None and not 1 <= max_length <= canvas:
-            raise ValueError(f"max_length must be between 1 and the canvas size {canvas}, got {max_length!r}.")
+        if max_length is not None and (not is_integer(max_length) or not 1 <= max_length <= canvas):
+            raise ValueError(f"max_length must be an integer from 1 to the canvas size {canvas}, got {max_length!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if rounding is not None and rounding not in ROUNDINGS:
@@ -307,43 +307,44 @@ class CodeFusionPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         num_inference_steps: int = 50,
-        timesteps: list[int] | None = None,
         num_return_sequences: int = 1,
-        eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
         max_length: int | None = None,
-        rounding: str | None = None,
         output_type: str = "text",
         return_dict: bool = True,
         return_trajectory: bool | Sequence[int] = False,
         callback_on_step_end: Callable[["CodeFusionPipeline", int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        *,
+        timesteps: list[int] | None = None,
+        eta: float = 0.0,
+        latents: torch.Tensor | None = None,
+        rounding: str | None = None,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
             prompt: One natural-language description or a list of them.
             num_inference_steps: Denoising steps (1 to `num_train_timesteps`); 10-50 is the useful range.
-            timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
-                e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
             num_return_sequences: Candidates per prompt (k), each from its own starting noise.
-            eta: 0 for deterministic DDIM updates, 1 for DDPM ancestral sampling.
             generator: Seeds the starting noise (and the noise of stochastic steps).
-            latents: The starting canvas, `(num_prompts * num_return_sequences, max_code_length, latent_dim)`, with
-                each prompt's candidates next to each other; drawn from `generator` when not given.
             max_length: Return at most this many code tokens per candidate (defaults to the whole canvas).
-            rounding: How each step's x0 estimate is pulled onto code tokens before the step is taken: `"none"` (not
-                at all, the paper), `"nearest"` (the nearest code embedding, Diffusion-LM's clamping), `"decoder"`
-                (the decoder's most likely tokens, re-embedded) or `"decoder_mean"` (the embeddings averaged under
-                the decoder's token distribution, CDCD's score interpolation). Rounding keeps the canvas made of
-                token embeddings, which is all the denoiser saw in training. `None` (default) uses the rounding the
-                model was trained for, `config.self_condition_rounding`, and no rounding when it has none.
             output_type: `"text"`, `"pt"` (token ids) or `"latent"` (the final canvas).
             return_trajectory: `True` to record the decoded canvas at every step, or a list of step indices
                 (0-based) to record, so the program can be watched being revised.
             callback_on_step_end: Called after each step as `callback(pipe, step_index, timestep, callback_kwargs)`;
                 it may return a dict with a replacement `"latents"`.
             callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
+            timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
+                e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
+            eta: 0 for deterministic DDIM updates, 1 for DDPM ancestral sampling.
+            latents: The starting canvas, `(num_prompts * num_return_sequences, max_code_length, latent_dim)`, with
+                each prompt's candidates next to each other; drawn from `generator` when not given.
+            rounding: How each step's x0 estimate is pulled onto code tokens before the step is taken: `"none"` (not
+                at all, the paper), `"nearest"` (the nearest code embedding, Diffusion-LM's clamping), `"decoder"`
+                (the decoder's most likely tokens, re-embedded) or `"decoder_mean"` (the embeddings averaged under
+                the decoder's token distribution, CDCD's score interpolation). Rounding keeps the canvas made of
+                token embeddings, which is all the denoiser saw in training. `None` (default) uses the rounding the
+                model was trained for, `config.self_condition_rounding`, and no rounding when it has none.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -449,6 +450,11 @@ class CodeFusionPipeline(DiffusionPipeline):
         if not return_dict:
             return (code, ranked_scores, trajectory or None)
         return CodeFusionPipelineOutput(code=code, scores=ranked_scores, trajectory=trajectory or None)
+
+
+def is_integer(value: Any) -> bool:
+    """An int that is not a bool (`True` would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -> dict[str, Any]:

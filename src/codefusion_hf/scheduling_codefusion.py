@@ -169,10 +169,11 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         model_output: torch.Tensor,
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
-        eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        code_embeddings: torch.Tensor | None = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
+        code_embeddings: torch.Tensor | None = None,
         pred_original_sample: torch.Tensor | None = None,
     ) -> CodeFusionSchedulerOutput | tuple:
         """
@@ -182,8 +183,9 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             model_output: The denoiser's output for `sample` at `timestep`.
             timestep: The current timestep, one of `self.timesteps`.
             sample: The noisy canvas x_t, `(batch_size, canvas_length, latent_dim)`.
-            eta: 0 for deterministic DDIM, 1 for DDPM ancestral sampling, in between for a mix.
             generator: Random generator(s) for the noise of stochastic steps.
+            return_dict: Return a [`CodeFusionSchedulerOutput`] rather than a tuple.
+            eta: 0 for deterministic DDIM, 1 for DDPM ancestral sampling, in between for a mix.
             code_embeddings: `(vocab_size, latent_dim)` embedding matrix. When given, each position of the x0
                 estimate is snapped to its nearest code embedding (Diffusion-LM's clamping trick).
             pred_original_sample: An x0 estimate to step towards instead of the one read from `model_output`, e.g.
