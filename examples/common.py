@@ -9,6 +9,7 @@ import yaml
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from codefusion_hf import CodeFusionConfig, CodeFusionModel, CodeFusionPipeline
+from codefusion_hf.modelcard_codefusion import hub_model_id
 from codefusion_hf.pipeline_codefusion import upload_pipeline_folder
 from codefusion_hf.training_codefusion import CodeFusionTrainer, CodeFusionTrainingArguments, find_resume_checkpoint
 
@@ -127,14 +128,26 @@ def setup():
     return (model_args, data_args, training_args, *load_model_and_tokenizers(model_args))
 
 
-def train_and_save(trainer: CodeFusionTrainer, commit_message: str) -> CodeFusionTrainer:
-    """Train (resuming from the last checkpoint), save the pipeline to output_dir, and push it when asked.
+def model_card_fields(model_args: ModelArguments, data_args: DataArguments) -> dict:
+    """What the scripts know and the trainer does not: the training data and, for a continued model (phase 2 from a
+    phase-1 checkpoint), the Hub id it started from."""
+    fields = {"training_data": data_args.dataset_name or data_args.train_file}
+    if data_args.dataset_name:
+        fields["datasets"] = data_args.dataset_name
+    if hub_model_id(model_args.model_name_or_path):
+        fields["base_model"] = model_args.model_name_or_path
+    return fields
+
+
+def train_and_save(trainer: CodeFusionTrainer, commit_message: str, model_card: dict) -> CodeFusionTrainer:
+    """Train (resuming from the last checkpoint), save the pipeline with `model_card` fields to output_dir, and push
+    it when asked.
 
     Ends with `accelerator.end_training()`, which destroys the process group: a torchrun worker that exits with
     gloo still up can abort ("terminate called without an active exception") and fail the whole launch.
     """
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(trainer.args))
-    trainer.save_pipeline()
+    trainer.save_pipeline(**model_card)
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)  # printed: training's progress bar, which printed logs, is closed

@@ -7,7 +7,7 @@
 Resumes from the last checkpoint in --output_dir; saves a CodeFusionPipeline there at the end.
 """
 
-from common import setup, train_and_save
+from common import model_card_fields, setup, train_and_save
 
 from codefusion_hf.training_codefusion import (
     CodeFusionDataCollator,
@@ -45,7 +45,7 @@ def main():
         data_collator=CodeFusionDataCollator(prompt_tokenizer or code_tokenizer, config.pad_token_id),
         generation_eval_dataset=eval_data,
     )
-    return train_and_save(trainer, "CodeFusion fine-tuned")
+    return train_and_save(trainer, "CodeFusion fine-tuned", model_card_fields(model_args, data_args))
 
 
 if __name__ == "__main__":

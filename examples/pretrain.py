@@ -6,7 +6,7 @@ Resumes from the last checkpoint in --output_dir; saves a CodeFusionPipeline the
 finetune.py continues from with --model_name_or_path.
 """
 
-from common import setup, train_and_save
+from common import model_card_fields, setup, train_and_save
 
 from codefusion_hf.training_codefusion import (
     CodeFusionPretrainer,
@@ -47,7 +47,7 @@ def main():
             seed=training_args.seed,
         ),
     )
-    return train_and_save(trainer, "CodeFusion pre-trained")
+    return train_and_save(trainer, "CodeFusion pre-trained", model_card_fields(model_args, data_args))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def test_evaluate_writes_files(saved_pipeline, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "/no/such/folder", "ls"], "error"),
+        (["generate", "/no/such/folder", "ls"], "/no/such/folder is not a folder, nor a Hub repo id"),
+        (["generate", "nosuchfolder", "ls"], "nosuchfolder is not a local folder, and as a Hub repo id it could not"),
         (["generate", "MODEL", "   "], "prompt is empty"),
         (["generate", "MODEL", "ls", "-k", "0"], "must be a positive integer"),
         (["generate", "MODEL", "ls", "-k", "two"], "invalid positive_int value"),

@@ -1,6 +1,7 @@
 """The documentation site builds, and the code in it works.
 
-Rules for code blocks in docs/*.md (docs/training.md included):
+Rules for code blocks in docs/**/*.md (docs/training.md included); a block is ```python, ```bash or ```text (formulas,
+not run), any other fence is an error:
 - Every ```python block runs as written, in its own subprocess: cwd a temporary folder, HF_HUB_OFFLINE=1, a fresh
   HF_HOME. Write each one self-contained and quick (a tokenizer from `train_code_tokenizer`, a `tiny` preset model,
   a few training steps at most). A block right after the line `<!-- docs-test: hub -->` runs instead against the
@@ -9,14 +10,14 @@ Rules for code blocks in docs/*.md (docs/training.md included):
   `examples/...` file they mention (scripts, shell scripts, configs, accelerate files) must exist, every
   `codefusion` subcommand they use must exist, and every mentioned `examples/...py` script must answer `--help`
   with exit code 0 (once per distinct script, all in one subprocess that runs each as `__main__`, so the heavy
-  imports are paid once).
+  imports are paid once). Every data file they name must exist: `data/...` in the repository, `../shared/data/...`
+  beside it (checked where ../shared is present, as in CI).
 - A ```bash block right after the line `<!-- docs-test: run -->` is cheap and self-contained (`codefusion --help`):
   it runs as written, from the repository root.
-- `mkdocs build --strict` succeeds (skipped when the docs tools of the `dev` extra are not installed).
+- `mkdocs build --strict` succeeds (the docs tools come with the `dev` extra, like pytest itself).
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -30,19 +31,21 @@ from hub_server import HubServer
 from codefusion_hf.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
 BLOCK = re.compile(
-    r"(?:^<!-- docs-test: (?P<marker>[\w-]+) -->\n)?^```(?P<language>python|bash)\n(?P<code>.*?)^```", re.S | re.M
+    r"(?:^<!-- docs-test: (?P<marker>[\w-]+) -->\n)?^```(?P<language>\S*)\n(?P<code>.*?)^```", re.S | re.M
 )
+LANGUAGES = ("python", "bash", "text")
 EXAMPLE_PATH = re.compile(r"(?<![\w./-])examples/[\w./-]*\w")
+DATA_PATH = re.compile(r"(?<![\w./-])(?:\.\./shared/)?data/[\w./-]*\.(?:jsonl|json|csv|parquet)\b")
+SHARED = ROOT.parent / "shared"
 CODEFUSION_COMMAND = re.compile(r"^\s*(?:\S*/)?codefusion\s+(?P<subcommand>[^\s-]\S*)", re.M)
 HUB_TOKEN = "hf_docs_test_token"
 HUB_USER = "your-username"
-DOCS_TOOLS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
 
 
 def blocks(language: str) -> list[tuple[str, str | None, str]]:
-    """(id, marker, code) of every block of `language` in docs/*.md, in order."""
+    """(id, marker, code) of every block of `language` in docs/**/*.md, in order."""
     found = []
     for page in DOCS:
         matches = [m for m in BLOCK.finditer(page.read_text()) if m["language"] == language]
@@ -75,17 +78,16 @@ def test_docs_have_code_to_check():
     assert len(PYTHON_BLOCKS) >= 5 and SCRIPTS
 
 
-def installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a missing parent package
-        return False
+def test_code_blocks_have_known_languages():
+    unknown = [
+        f"{page.relative_to(ROOT)}: ```{m['language']}"
+        for page in DOCS
+        for m in BLOCK.finditer(page.read_text())
+        if m["language"] not in LANGUAGES
+    ]
+    assert not unknown, f"code blocks this test does not check (use one of {LANGUAGES}): {unknown}"
 
 
-@pytest.mark.skipif(
-    not all(map(installed, DOCS_TOOLS)),
-    reason='mkdocs, mkdocs-material or mkdocstrings[python] is not installed (pip install -e ".[dev]")',
-)
 def test_mkdocs_build_strict(tmp_path):
     command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml")]
     result = subprocess.run(
@@ -131,6 +133,14 @@ def test_bash_blocks_name_existing_files():
     assert mentioned
     missing = [path for path in mentioned if not (ROOT / path).is_file()]
     assert not missing, f"bash blocks in docs/ mention files that do not exist: {missing}"
+
+
+def test_bash_blocks_name_existing_data_files():
+    mentioned = sorted(set(DATA_PATH.findall(BASH_TEXT)))
+    assert any(path.startswith("../shared/") for path in mentioned)
+    checkable = [path for path in mentioned if SHARED.is_dir() or not path.startswith("../shared/")]
+    missing = [path for path in checkable if not (ROOT / path).is_file()]
+    assert not missing, f"bash blocks in docs/ name data files that do not exist: {missing}"
 
 
 def test_bash_blocks_use_existing_codefusion_subcommands():

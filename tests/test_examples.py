@@ -140,6 +140,23 @@ def test_pretrain_then_finetune_scripts(tmp_path, monkeypatch, code_tokenizer):
     assert trainer.state.global_step == 2 and (tmp_path / "phase2" / "checkpoint-2").is_dir()
     monkeypatch.setattr(sys, "argv", [*finetune_argv, "--max_steps", "3"])
     assert finetune.main().state.global_step == 3  # resumed from checkpoint-2, one more step
+    card = (tmp_path / "phase2" / "README.md").read_text()
+    assert f"- training data: {data}" in card and "- phase: 2, fine-tuning" in card
+
+
+def test_model_card_fields_of_the_scripts():
+    model_args = common.ModelArguments(model_name_or_path="user/codefusion-phase1")
+    data_args = common.DataArguments(dataset_name="user/nl2bash")
+    assert common.model_card_fields(model_args, data_args) == {
+        "training_data": "user/nl2bash",
+        "datasets": "user/nl2bash",
+        "base_model": "user/codefusion-phase1",  # continued from a Hub checkpoint
+    }
+    # A local phase-1 folder and a local file: no Hub ids to record, only the file.
+    local = common.model_card_fields(
+        common.ModelArguments(model_name_or_path=str(ROOT)), common.DataArguments("a.jsonl")
+    )
+    assert local == {"training_data": "a.jsonl"}
 
 
 def test_generate_script_prints_ranked_candidates(tiny_pipeline, tmp_path, monkeypatch, capsys):

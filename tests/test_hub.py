@@ -4,6 +4,7 @@ Trainer checkpoint pushes) against the local Hub-compatible server of hub_server
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -392,14 +393,30 @@ def test_server_serves_byte_ranges_and_hub_error_codes(hub, api):
     assert request(hub, "GET", "/api/whoami-v2", {"Authorization": "Bearer wrong"})[0] == 401
 
 
+def run_cli(hub: HubServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The installed `codefusion` command in its own process, pointed at the local Hub, with no token of its own."""
+    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    env |= {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(tmp_path / "cli-hf-home"),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [str(Path(sys.executable).parent / "codefusion"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_cli_push_uploads_the_saved_folder_and_its_card(hub, api, tiny_pipeline, tmp_path):
     """`codefusion push` uploads the folder as saved: the card keeps what the saver knew (here a training summary)."""
-    from codefusion_hf import cli
-
-    tiny_pipeline.save_pretrained(tmp_path, model_card={"training_summary": {"steps": 1234}})
-    (tmp_path / "checkpoint-5").mkdir()
-    (tmp_path / "checkpoint-5" / "optimizer.pt").write_bytes(b"x")
-    assert cli.main(["push", str(tmp_path), f"{USER}/cli-push", "--token", TOKEN]) == 0
+    folder = tmp_path / "saved"
+    tiny_pipeline.save_pretrained(folder, model_card={"training_summary": {"steps": 1234}})
+    (folder / "checkpoint-5").mkdir()
+    (folder / "checkpoint-5" / "optimizer.pt").write_bytes(b"x")
+    result = run_cli(hub, tmp_path, "push", str(folder), f"{USER}/cli-push", "--token", TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert f"Pushed {folder} to {hub.url}/{USER}/cli-push" in result.stdout
     files = set(api.list_repo_files(f"{USER}/cli-push"))
     assert {"model_index.json", "README.md", "model/model.safetensors"} <= files
     assert not any(name.startswith("checkpoint-") for name in files)
@@ -407,3 +424,52 @@ def test_cli_push_uploads_the_saved_folder_and_its_card(hub, api, tiny_pipeline,
     assert "1234" in card
     loaded = CodeFusionPipeline.from_pretrained(f"{USER}/cli-push", token=TOKEN, cache_dir=tmp_path / "cache")
     assert generate(loaded) == generate(tiny_pipeline)
+
+
+@pytest.mark.parametrize(
+    "args, messages",
+    [
+        (["generate", f"{USER}/cf-nowhere", "ls"], ["404", "Repository Not Found", f"{USER}/cf-nowhere"]),
+        (["push", "FOLDER", f"{USER}/cf-cli-no-token"], ["401", "authenticated"]),
+    ],
+)
+def test_cli_hub_errors_are_one_line_that_says_what_went_wrong(hub, tiny_pipeline, tmp_path, args, messages):
+    tiny_pipeline.save_pretrained(tmp_path / "saved")
+    result = run_cli(hub, tmp_path, *[str(tmp_path / "saved") if arg == "FOLDER" else arg for arg in args])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(message in lines[0] for message in messages), result.stderr
+
+
+def test_pushing_to_an_unreachable_hub_names_it(tiny_pipeline, tmp_path):
+    """The Python API, like the CLI: an OSError naming the endpoint, and the saved folder untouched."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    folder = tmp_path / "saved"
+    tiny_pipeline.save_pretrained(folder)
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    script = textwrap.dedent(
+        """
+        import sys
+        from codefusion_hf import CodeFusionPipeline
+        from codefusion_hf.pipeline_codefusion import upload_pipeline_folder
+
+        for push in (
+            lambda: CodeFusionPipeline.from_pretrained(sys.argv[1]).push_to_hub("user/x", token="hf_x"),
+            lambda: upload_pipeline_folder(sys.argv[1], "user/x", token="hf_x"),
+        ):
+            try:
+                push()
+            except OSError as error:
+                print("OSError:", error)
+        """
+    )
+    env = os.environ | {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = result.stdout.strip().splitlines()
+    assert len(errors) == 2 and all(f"OSError: cannot reach the Hub at {endpoint} to push user/x" in e for e in errors)
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before

@@ -158,6 +158,30 @@ def test_eval_results_reach_the_model_index(tiny_pipeline, tmp_path):
     assert (result.dataset_type, result.dataset_split) == ("user/nl2bash", "test")
 
 
+def test_model_index_from_a_real_evaluation(tiny_pipeline, tmp_path):
+    """The metrics.json that `evaluate_file` (examples/evaluate.py, `codefusion evaluate`) writes, as it is."""
+    from codefusion_hf.evaluation_codefusion import evaluate_file
+
+    folder = tmp_path / "cf-tiny"
+    tiny_pipeline.save_pretrained(folder)
+    data = tmp_path / "nl2bash" / "test.jsonl"
+    data.parent.mkdir()
+    rows = [("list all files", "ls -la"), ("show disk usage", "df -h"), ("count lines in a.txt", "wc -l a.txt")]
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in rows))
+    metrics = evaluate_file(
+        str(folder), str(data), str(tmp_path / "eval"), num_return_sequences=3, num_inference_steps=3, device="cpu"
+    )
+    card = create_model_card(tiny_pipeline, eval_results_file=tmp_path / "eval" / "metrics.json")
+    results = {result.metric_name: result for result in card.data.eval_results}
+    expected = {"exact match@1", "exact match@3", "template match@1", "template match@3", "bleu@1", "syntax valid@1"}
+    assert set(results) == expected
+    for name, result in results.items():
+        key = name.replace(" ", "_")
+        assert result.metric_value == pytest.approx(metrics[key], abs=1e-4)
+        assert (result.dataset_name, result.dataset_split) == ("nl2bash", "test")
+    assert f"{len(rows)} prompts, 3 candidates per prompt, 3 denoising steps" in card.text
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -215,7 +239,7 @@ def test_trainer_save_pipeline_records_the_run(code_tokenizer, tmp_path):
     trainer.state.global_step, trainer.state.epoch = 2, 0.5
     trainer.state.log_history.append({"train_runtime": 90.0, "train_loss": 1.23456, "step": 2})
     trainer.model.config.encoder_config._name_or_path = "Salesforce/codet5-small"
-    trainer.save_pipeline(datasets="user/nl2bash")
+    trainer.save_pipeline(training_data="user/nl2bash", datasets="user/nl2bash")
 
     card = ModelCard.load(Path(trainer.args.output_dir) / "README.md")
     assert card.data.base_model == "Salesforce/codet5-small"
@@ -223,6 +247,7 @@ def test_trainer_save_pipeline_records_the_run(code_tokenizer, tmp_path):
     assert "bash" in card.data.tags
     for line in [
         "- phase: 2, fine-tuning on (prompt, code) pairs",
+        "- training data: user/nl2bash",
         f"- training rows: {len(trainer.train_dataset)}",
         "- steps: 2",
         "- epochs: 0.5",

@@ -4,8 +4,6 @@ import argparse
 import json
 import sys
 
-import httpx2  # huggingface_hub's HTTP client: its transport errors mean the Hub endpoint could not be reached
-from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
@@ -127,14 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"generate": generate, "evaluate": evaluate, "push": push}[args.command](args)
     except USER_ERRORS as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # Hub errors spread what went wrong over several lines ("404 Client Error." first): keep them all, on one.
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
         print(f"codefusion {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except httpx2.TransportError as error:
-        print(
-            f"codefusion {args.command}: error: cannot reach the Hub at {constants.ENDPOINT} ({error})",
-            file=sys.stderr,
-        )
         return 2
     return 0
 

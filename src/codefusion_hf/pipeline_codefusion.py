@@ -4,16 +4,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2  # huggingface_hub's HTTP client: its transport errors mean the Hub endpoint could not be reached
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import CommitInfo, create_repo, hf_hub_download, snapshot_download, upload_folder
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import CommitInfo, constants, create_repo, hf_hub_download, snapshot_download, upload_folder
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors import safe_open
 from transformers import PreTrainedTokenizerBase
 
@@ -114,7 +116,10 @@ class CodeFusionPipeline(DiffusionPipeline):
         if path.startswith((".", "/", "~")) or path.count("/") > 1:
             raise OSError(f"{path} is not a folder, nor a Hub repo id (which looks like 'user/name').")
         download_kwargs = {key: kwargs.pop(key) for key in ("revision", "token", "cache_dir") if key in kwargs}
-        folder = snapshot_download(path, **download_kwargs)
+        try:
+            folder = snapshot_download(path, **download_kwargs)
+        except LocalEntryNotFoundError as error:  # offline, or the Hub unreachable, and not in the cache
+            raise OSError(f"{path} is not a local folder, and as a Hub repo id it could not be downloaded: {error}")
         try:
             check_pipeline_folder(folder)
         except OSError as error:
@@ -173,7 +178,8 @@ class CodeFusionPipeline(DiffusionPipeline):
 
         As with diffusers, a README.md already in the repo that a person wrote is kept; a generated one is replaced.
         """
-        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with reaching_the_hub(repo_id):
+            repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         if subfolder:
             model_card = False  # as diffusers: a pipeline pushed into a subfolder is not the repo's model
         with tempfile.TemporaryDirectory() as folder:
@@ -185,9 +191,15 @@ class CodeFusionPipeline(DiffusionPipeline):
                 except EntryNotFoundError:
                     pass
             self.save_pretrained(folder, model_card=model_card, safe_serialization=safe_serialization, variant=variant)
-            return self._upload_folder(
-                folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr, subfolder=subfolder
-            )
+            with reaching_the_hub(repo_id):
+                return self._upload_folder(
+                    folder,
+                    repo_id,
+                    token=token,
+                    commit_message=commit_message,
+                    create_pr=create_pr,
+                    subfolder=subfolder,
+                )
 
     def check_inputs(
         self,
@@ -501,14 +513,25 @@ def upload_pipeline_folder(
     """Upload a saved pipeline folder as it is, model card included (`push_to_hub` would re-save the pipeline and
     rebuild a card from the pipeline alone, losing what the saver knew). Trainer checkpoints are left out."""
     check_pipeline_folder(folder)
-    repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-    return upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        token=token,
-        commit_message=commit_message,
-        ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
-    )
+    with reaching_the_hub(repo_id):
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        return upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            token=token,
+            commit_message=commit_message,
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
+        )
+
+
+@contextmanager
+def reaching_the_hub(repo_id: str) -> Iterator[None]:
+    """A push that cannot reach the Hub (no network, a wrong `HF_ENDPOINT`) fails with an `OSError` naming the
+    endpoint, instead of the HTTP client's bare "Connection refused"."""
+    try:
+        yield
+    except httpx2.TransportError as error:
+        raise OSError(f"cannot reach the Hub at {constants.ENDPOINT} to push {repo_id} ({error}).") from None
 
 
 def check_readable(path: str) -> None:

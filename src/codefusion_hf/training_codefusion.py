@@ -457,10 +457,13 @@ class CodeFusionTrainer(Trainer):
             "distinct_rate": len(set(predictions)) / len(rows),
         }
 
-    def save_pipeline(self, output_dir: str | None = None, **model_card: Any) -> None:
+    def save_pipeline(
+        self, output_dir: str | None = None, training_data: str | None = None, **model_card: Any
+    ) -> None:
         """Save a ready-to-use `CodeFusionPipeline` (model, scheduler, tokenizers) to `output_dir`, with a model card
         that records what the trainer knows: the phase, data size and budget, the language and, as `base_model`, the
-        encoder's Hub id when it came from the Hub. `model_card` adds or overrides `create_model_card` fields."""
+        encoder's Hub id when it came from the Hub. `training_data` (a file or dataset id) joins the training summary;
+        `model_card` adds or overrides `create_model_card` fields (e.g. `base_model`, `datasets`)."""
         if not self.is_world_process_zero():
             return
         args, state = self.args, self.state
@@ -471,6 +474,7 @@ class CodeFusionTrainer(Trainer):
         schedule = args.lr_scheduler_type
         summary = {
             "phase": phase,
+            "training data": training_data or "not recorded",
             "training rows": len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else "unknown",
             "steps": state.global_step,
             "epochs": round(state.epoch or 0, 2),
