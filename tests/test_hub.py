@@ -73,12 +73,13 @@ def api(hub) -> HfApi:
     return HfApi(endpoint=hub.url, token=TOKEN)
 
 
-def generate(pipe: CodeFusionPipeline) -> list[list[str]]:
+def generate(pipe: CodeFusionPipeline) -> tuple[list[list[str]], list[list[float]]]:
+    """Seeded candidates and their scores: equal for two pipelines only when their weights are."""
     pipe.set_progress_bar_config(disable=True)
     output = pipe(
         "list all files", num_inference_steps=5, num_return_sequences=2, generator=torch.Generator().manual_seed(0)
     )
-    return output.code
+    return output.code, output.scores
 
 
 def downloaded(hub: HubServer, repo_id: str, filename: str) -> int:
@@ -127,27 +128,27 @@ def test_pipeline_push_and_load_into_an_empty_cache(hub, api, tiny_pipeline, tmp
 def test_loading_an_older_revision(hub, api, tiny_pipeline, tmp_path):
     repo_id = f"{USER}/cf-revisions"
     first = tiny_pipeline.push_to_hub(repo_id, token=TOKEN)
-    first_code = generate(tiny_pipeline)
+    first_output = generate(tiny_pipeline)
     first_weights = {k: v.clone() for k, v in tiny_pipeline.model.state_dict().items()}
     with torch.no_grad():
         for parameter in tiny_pipeline.model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
     second = tiny_pipeline.push_to_hub(repo_id, token=TOKEN, commit_message="Changed weights")
-    second_code = generate(tiny_pipeline)
-    assert first.oid != second.oid and first_code != second_code
+    second_output = generate(tiny_pipeline)
+    assert first.oid != second.oid and first_output != second_output
     assert [c.title for c in api.list_repo_commits(repo_id)][:2] == ["Changed weights", "Upload CodeFusionPipeline"]
 
     cache = tmp_path / "cache"
     old = CodeFusionPipeline.from_pretrained(repo_id, revision=first.oid, cache_dir=cache)
     new = CodeFusionPipeline.from_pretrained(repo_id, cache_dir=cache)
-    assert generate(old) == first_code
-    assert generate(new) == second_code
+    assert generate(old) == first_output
+    assert generate(new) == second_output
     for name, tensor in old.model.state_dict().items():
         torch.testing.assert_close(tensor, first_weights[name], rtol=0, atol=0)
 
     # A branch name works as a revision too.
     api.create_branch(repo_id, branch="v1", revision=first.oid)
-    assert generate(CodeFusionPipeline.from_pretrained(repo_id, revision="v1", cache_dir=cache)) == first_code
+    assert generate(CodeFusionPipeline.from_pretrained(repo_id, revision="v1", cache_dir=cache)) == first_output
 
 
 def test_model_push_and_load(hub, tiny_model, tmp_path):
