@@ -285,3 +285,38 @@ def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch, roun
         assert 0 <= report[key] <= 1, key
     assert report["num_rows"] == 2 and report["rounding"] == (rounding or "none")
     assert bool(rounded) == (rounding is not None)  # refinement and sampling round when asked, and only then
+
+
+def test_force_length():
+    from probe_sampling import force_length
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    logits[..., 1] = 100.0  # pad is the favourite everywhere
+    tokens = force_length(logits, torch.tensor([2, 5]), pad_token_id=1).argmax(dim=-1)
+    assert (tokens[0, 2:] == 1).all() and (tokens[0, :2] != 1).all() and (tokens[1] != 1).all()
+
+
+def test_probe_sampling_runs_every_probe(overfit_pipeline, tmp_path, monkeypatch):
+    """On memorised pairs: every probe keeps them (the right length, retrieved references refined from t=50)."""
+    import json
+
+    import probe_sampling
+
+    overfit_pipeline.save_pretrained(tmp_path / "pipe")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    retrieved = tmp_path / "predictions.jsonl"  # as retrieval.py writes it, here with the right code first
+    retrieved.write_text("".join(json.dumps({"prompt": p, "candidates": [c, "ls"]}) + "\n" for p, c in PAIRS))
+    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(tmp_path / "p.json")]
+    flags = ["--probes", "base", "oracle_length", "guidance", "refine", "--refine_from", str(retrieved)]
+    flags += ["--refine_timestep", "50", "--refine_steps", "5", "--num_return_sequences", "2"]
+    monkeypatch.setattr(sys, "argv", argv + flags)
+    probe_sampling.main()
+    report = json.loads((tmp_path / "p.json").read_text())
+    for name in ("base", "oracle_length", "retrieval", "refine@50"):
+        assert report[name]["exact_match@1"] == 1.0, name
+    assert 0 <= report["guidance"]["template_match@1"] <= 1 and report["guidance"]["num_prompts"] == len(PAIRS)
+    assert report["arguments"]["guidance_scale"] == 2.0
+    monkeypatch.setattr(sys, "argv", argv + ["--probes", "refine"])
+    with pytest.raises(ValueError, match="--refine_from"):
+        probe_sampling.main()
