@@ -13,7 +13,9 @@ not run), any other fence is an error:
   imports are paid once). Every data file they name must exist: `data/...` in the repository, `../shared/data/...`
   beside it (checked where ../shared is present, as in CI).
 - A ```bash block right after the line `<!-- docs-test: run -->` is cheap and self-contained (`codefusion --help`):
-  it runs as written, from the repository root.
+  it runs as written, from the repository root. One after `<!-- docs-test: quickstart -->` uses the pipeline the
+  quickstart saves: it runs as written in a copy of the layout (a tiny random pipeline in `runs/quickstart`,
+  ../shared beside it, the local Hub with a token for `your-username`).
 - `mkdocs build --strict` succeeds (the docs tools come with the `dev` extra, like pytest itself).
 """
 
@@ -200,6 +202,29 @@ def test_mentioned_script_answers_help(script, help_results):
 
 
 RUN_BLOCKS = [block for block in BASH_BLOCKS if block[1] == "run"]
+QUICKSTART_BLOCKS = [block for block in BASH_BLOCKS if block[1] == "quickstart"]
+
+
+def test_bash_markers_are_known():
+    unknown = {marker for _, marker, _ in BASH_BLOCKS} - {None, "run", "quickstart"}
+    assert not unknown, f"unknown docs-test markers on bash blocks: {unknown}"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data beside the repository")
+@pytest.mark.parametrize("block_id, marker, code", QUICKSTART_BLOCKS, ids=[block[0] for block in QUICKSTART_BLOCKS])
+def test_quickstart_bash_block_runs(block_id, marker, code, tmp_path, tiny_pipeline, hub):
+    repo = tmp_path / "repo"
+    tiny_pipeline.save_pretrained(repo / "runs" / "quickstart")
+    (tmp_path / "shared").symlink_to(SHARED)
+    env = environment(tmp_path / "hf-home", HF_ENDPOINT=hub.url, HF_TOKEN=HUB_TOKEN, HF_HUB_OFFLINE="0")
+    env |= {"HF_HUB_DISABLE_XET": "1"}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"{block_id} failed:\n{result.stderr[-3000:]}"
+    assert result.stdout.count("\n1. ") >= 1 and "step   20" in result.stdout  # generate, with --show-steps
+    assert (repo / "runs" / "eval" / "quickstart" / "metrics.json").is_file()  # evaluate
+    assert "Pushed runs/quickstart to" in result.stdout  # push
 
 
 @pytest.mark.parametrize("block_id, marker, code", RUN_BLOCKS, ids=[block[0] for block in RUN_BLOCKS])
