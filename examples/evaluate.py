@@ -20,7 +20,9 @@ class EvaluationArguments:
     model: str = field(metadata={"help": "Saved pipeline folder or Hub repo id."})
     test_file: str = field(metadata={"help": "JSON Lines / CSV / Parquet file with prompts and reference code."})
     output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
-    language: str = field(default="bash", metadata={"help": "bash adds template match to exact match."})
+    language: str = field(
+        default="bash", metadata={"help": "python, bash, excel or other; bash adds template match to exact match."}
+    )
     prompt_column: str = field(default="prompt")
     code_column: str = field(default="code")
     num_return_sequences: int = field(default=5, metadata={"help": "Candidates per prompt (k)."})

@@ -181,3 +181,40 @@ def test_python_evaluation_reports_codebleu_of_the_top_candidates():
     metrics = score_candidates(candidates, references, "python")
     assert metrics["codebleu@1"] == pytest.approx(codebleu(["x = sorted(a, key=len)", "y = 1"], references))
     assert metrics["exact_match@1"] == 0.5 and "codebleu@1" not in score_candidates(candidates, references, "bash")
+
+
+def test_score_candidates_with_empty_lists_and_languages():
+    from codefusion_hf.evaluation_codefusion import score_candidates
+
+    # An empty candidate list counts as wrong and invalid, never as a crash.
+    metrics = score_candidates([["ls -la"], []], ["ls -la", "df -h"], "bash")
+    assert metrics["exact_match@1"] == 0.5 and metrics["syntax_valid@1"] == 0.5 and metrics["syntax_valid_all"] == 1.0
+    other = score_candidates([["SELECT 1"]], ["SELECT 1"], "other")  # no syntax check, exact match and BLEU
+    assert other["exact_match@1"] == 1.0 and "syntax_valid@1" not in other and "template_match@1" not in other
+
+
+@pytest.mark.parametrize(
+    "candidates, references, language, match",
+    [
+        ([["ls"]], ["ls"], "Bash", "language must be one of"),
+        ([["ls"]], ["ls"], "rust", "'other' scores any other language"),
+        ([[], []], ["ls", "df"], "bash", "every prompt's candidate list is empty"),
+        ([], [], "bash", "must be equally long and not empty"),
+        ([["ls"]], ["ls", "df"], "bash", "must be equally long"),
+    ],
+)
+def test_score_candidates_bad_input(candidates, references, language, match):
+    from codefusion_hf.evaluation_codefusion import score_candidates
+
+    with pytest.raises(ValueError, match=match):
+        score_candidates(candidates, references, language)
+
+
+def test_evaluate_pipeline_checks_the_language_before_generating(tiny_pipeline, monkeypatch):
+    from codefusion_hf.evaluation_codefusion import evaluate_pipeline
+
+    calls = []
+    monkeypatch.setattr(type(tiny_pipeline), "__call__", lambda *args, **kwargs: calls.append(1))
+    with pytest.raises(ValueError, match="language must be one of"):
+        evaluate_pipeline(tiny_pipeline, ["list files"], ["ls"], language="rust")
+    assert not calls

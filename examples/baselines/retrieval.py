@@ -23,7 +23,9 @@ class RetrievalArguments:
     test_file: str = field(metadata={"help": "Rows to answer."})
     output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
     num_candidates: int = field(default=5, metadata={"help": "Distinct code candidates per prompt."})
-    language: str = field(default="bash", metadata={"help": "bash adds template match to exact match."})
+    language: str = field(
+        default="bash", metadata={"help": "python, bash, excel or other; bash adds template match to exact match."}
+    )
 
 
 def main():

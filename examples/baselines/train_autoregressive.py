@@ -102,7 +102,9 @@ class GenerationEvaluationArguments:
         default=None, metadata={"help": "Rows to generate for and score (after training, if --do_train)."}
     )
     max_test_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N test rows."})
-    language: str = field(default="bash", metadata={"help": "bash adds template match to exact match."})
+    language: str = field(
+        default="bash", metadata={"help": "python, bash, excel or other; bash adds template match to exact match."}
+    )
     decoding: str = field(
         default="beam",
         metadata={

@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
     evaluate.add_argument("test_file", help="JSON Lines / CSV / Parquet file with prompt and code columns.")
     evaluate.add_argument("--output-dir", required=True, help="Where predictions.jsonl and metrics.json go.")
-    evaluate.add_argument("--language", default="bash", help="bash adds template match to exact match.")
+    evaluate.add_argument(
+        "--language", default="bash", help="python, bash, excel or other; bash adds template match to exact match."
+    )
     evaluate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5)
     evaluate.add_argument("--steps", type=positive_int, default=20)
     evaluate.add_argument("--batch-size", type=positive_int, default=16)

@@ -16,9 +16,18 @@ from .pipeline_codefusion import CodeFusionPipeline
 
 logger = logging.get_logger(__name__)
 
-# Top-k metrics of each language; every language gets exact match.
+# Top-k metrics of each language; every language gets exact match. "other" is any language without a syntax check.
 LANGUAGE_METRICS = {"bash": ["exact_match", "template_match"]}
 SYNTAX_LANGUAGES = ("python", "bash", "excel")
+LANGUAGES = (*SYNTAX_LANGUAGES, "other")
+
+
+def check_language(language: str) -> None:
+    if language not in LANGUAGES:
+        raise ValueError(
+            f"language must be one of {LANGUAGES}, got {language!r}: 'other' scores any other language by exact "
+            "match and BLEU only."
+        )
 
 
 def evaluate_pipeline(
@@ -41,6 +50,7 @@ def evaluate_pipeline(
         raise ValueError(f"prompts ({len(prompts)}) and references ({len(references)}) differ in length.")
     if not prompts:
         raise ValueError("prompts is empty: nothing to evaluate.")
+    check_language(language)  # before generating, which takes the time
     pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per denoising loop
     generator = torch.Generator().manual_seed(seed)
 
@@ -93,8 +103,17 @@ def score_candidates(candidates: list[list[str]], references: list[str], languag
     """Top-1/3/5 of each metric of the language (k up to the number of candidates), BLEU (and, for Python, CodeBLEU)
     of the top-1 candidates, the share of syntactically valid candidates (top-1 and all), distinct-1/2 among each
     prompt's candidates, the share of non-empty and of distinct top-1 outputs (low when the noise, not the prompt,
-    decides), and the machine."""
-    ks = [k for k in (1, 3, 5) if k <= max(len(codes) for codes in candidates)]
+    decides), and the machine. Empty candidate lists count as wrong and invalid; `language` is one of `LANGUAGES`."""
+    check_language(language)
+    if len(candidates) != len(references) or not candidates:
+        raise ValueError(
+            f"candidates ({len(candidates)} prompts) and references ({len(references)}) must be equally long and "
+            "not empty."
+        )
+    most = max(len(codes) for codes in candidates)
+    if most == 0:
+        raise ValueError("every prompt's candidate list is empty: nothing was generated to score.")
+    ks = [k for k in (1, 3, 5) if k <= most]
     metrics = {
         f"{metric}@{k}": top_k_accuracy(candidates, references, metric, k)
         for metric in LANGUAGE_METRICS.get(language, ["exact_match"])
