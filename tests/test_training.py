@@ -154,9 +154,15 @@ def test_few_steps_reduce_the_loss(kind, code_tokenizer, tmp_path):
     assert logged and all({"noise_loss", "embedding_loss", "decoder_loss"} <= entry.keys() for entry in logged)
 
 
-def test_eval_loss_is_deterministic(code_tokenizer, tmp_path):
-    trainer = make_trainer("finetune", code_tokenizer, tmp_path)
-    assert trainer.evaluate()["eval_loss"] == trainer.evaluate()["eval_loss"]
+@pytest.mark.parametrize("kind", ["finetune", "pretrain"])
+def test_eval_loss_is_deterministic(code_tokenizer, tmp_path, kind):
+    """Every evaluation draws the same timesteps, noise and (phase 1) tasks, masks and noise prompts."""
+    trainer = make_trainer(kind, code_tokenizer, tmp_path)
+    first = trainer.evaluate()["eval_loss"]
+    if kind == "pretrain":  # training batches between evaluations must not change what evaluation draws
+        next(iter(trainer.get_train_dataloader()))
+        torch.randn(3)
+    assert trainer.evaluate()["eval_loss"] == first
 
 
 def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch):

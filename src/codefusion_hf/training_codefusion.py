@@ -7,13 +7,14 @@ import re
 import time
 import tokenize
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import bashlex
 import torch
 from datasets import Dataset, load_dataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
@@ -343,19 +344,23 @@ class CodeFusionTrainer(Trainer):
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(not args.freeze_encoder)
 
+    def eval_generator(self) -> torch.Generator:
+        """The random draws of an evaluation, re-seeded by every `evaluate` call: the same timesteps and noise at every
+        evaluation, so eval losses measure the model, not the draw."""
+        if self._eval_generator is None:
+            self._eval_generator = torch.Generator().manual_seed(self.args.seed)
+        return self._eval_generator
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
-            # Same timesteps and noise at every evaluation, so eval losses measure the model, not the draw.
             labels = inputs["labels"]
             config = self.accelerator.unwrap_model(model).config
-            if self._eval_generator is None:
-                self._eval_generator = torch.Generator().manual_seed(self.args.seed)
             inputs = dict(inputs)
             inputs["timesteps"] = torch.randint(
-                0, config.num_train_timesteps, (labels.shape[0],), generator=self._eval_generator
+                0, config.num_train_timesteps, (labels.shape[0],), generator=self.eval_generator()
             ).to(labels.device)
             inputs["noise"] = torch.randn(
-                labels.shape[0], config.max_code_length, config.latent_dim, generator=self._eval_generator
+                labels.shape[0], config.max_code_length, config.latent_dim, generator=self.eval_generator()
             ).to(labels.device)
         elif self.args.timestep_bias_strategy != "none":
             inputs = dict(inputs)
@@ -507,6 +512,18 @@ class CodeFusionPretrainer(CodeFusionTrainer):
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(False)
 
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """Evaluation batches from a fresh copy of the pre-training collator (same seed): every evaluation draws the
+        same tasks and masks, and the training batches' draws go on undisturbed."""
+        collator = self.data_collator
+        if not isinstance(collator, CodeFusionPretrainingCollator):
+            return super().get_eval_dataloader(eval_dataset)
+        self.data_collator = replace(collator)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         unconditional = inputs.pop("unconditional")
@@ -514,7 +531,11 @@ class CodeFusionPretrainer(CodeFusionTrainer):
         with torch.no_grad():  # the encoder is frozen in this phase
             states = self.accelerator.unwrap_model(model).encode(input_ids, attention_mask)
         noise_rows = unconditional.to(states.device)
-        states = torch.where(noise_rows[:, None, None], torch.randn_like(states), states)
+        if model.training:
+            noise_states = torch.randn_like(states)
+        else:
+            noise_states = torch.randn(states.shape, generator=self.eval_generator()).to(states)
+        states = torch.where(noise_rows[:, None, None], noise_states, states)
         attention_mask = attention_mask.masked_fill(noise_rows[:, None], 1)
         inputs |= {"encoder_hidden_states": states, "attention_mask": attention_mask}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
