@@ -178,11 +178,10 @@ class CodeFusionPipeline(DiffusionPipeline):
 
         As with diffusers, a README.md already in the repo that a person wrote is kept; a generated one is replaced.
         """
-        with reaching_the_hub(repo_id):
+        with reaching_the_hub(repo_id), tempfile.TemporaryDirectory() as folder:
             repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-        if subfolder:
-            model_card = False  # as diffusers: a pipeline pushed into a subfolder is not the repo's model
-        with tempfile.TemporaryDirectory() as folder:
+            if subfolder:
+                model_card = False  # as diffusers: a pipeline pushed into a subfolder is not the repo's model
             if model_card is not False:
                 model_card = card_fields(model_card, repo_id)
                 try:  # the repo's current card: save_pretrained keeps it if a person wrote it
@@ -191,15 +190,9 @@ class CodeFusionPipeline(DiffusionPipeline):
                 except EntryNotFoundError:
                     pass
             self.save_pretrained(folder, model_card=model_card, safe_serialization=safe_serialization, variant=variant)
-            with reaching_the_hub(repo_id):
-                return self._upload_folder(
-                    folder,
-                    repo_id,
-                    token=token,
-                    commit_message=commit_message,
-                    create_pr=create_pr,
-                    subfolder=subfolder,
-                )
+            return self._upload_folder(
+                folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr, subfolder=subfolder
+            )
 
     def check_inputs(
         self,
