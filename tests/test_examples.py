@@ -197,6 +197,27 @@ def test_evaluate_script_with_custom_timesteps(overfit_pipeline, tmp_path, monke
     assert [json.loads(row)["reference"] for row in rows] == [code for _, code in PAIRS]
 
 
+def test_rescore_recomputes_metrics_and_keeps_the_run(tmp_path, monkeypatch, capsys):
+    """examples/rescore.py: metrics come from the saved candidates under the current rules; run facts stay."""
+    import json
+
+    from codefusion_hf.evaluation_codefusion import write_evaluation
+
+    import rescore as rescore_script
+    references = ["find . -mtime -7", "ls -l"]
+    candidates = [["find /tmp -mtime -30", "ls"], ["ls -a", "ls -l"]]
+    stale = {"template_match@1": 0.0, "machine": "the GPU that generated", "seconds_per_prompt": 0.5}
+    write_evaluation(str(tmp_path / "eval"), ["p1", "p2"], references, candidates, [[0, -1], [0, -1]], stale)
+    monkeypatch.setattr(sys, "argv", ["x", "--evaluations", str(tmp_path / "eval")])
+    rescore_script.main()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["template_match@1"] == 0.5 and metrics["exact_match@1"] == 0.0 and metrics["num_prompts"] == 2
+    assert metrics["machine"] == "the GPU that generated" and metrics["seconds_per_prompt"] == 0.5
+    assert str(tmp_path / "eval") in capsys.readouterr().out
+    with pytest.raises(ValueError, match="predictions.jsonl is missing"):
+        rescore_script.rescore(str(tmp_path), "bash")
+
+
 def test_benchmark_inference_steps(tiny_pipeline, tmp_path, monkeypatch):
     import json
 

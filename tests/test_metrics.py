@@ -31,6 +31,9 @@ def test_exact_match_normalises_whitespace():
         ('grep -c "a b" x', "grep -c 'c' y"),  # quoting
         ("cat $(ls *.txt)", "cat $(ls /tmp)"),  # command substitution is expanded
         ("ls  -l", "ls -l"),
+        ("find . -mtime -7", "find /tmp -mtime -30"),  # a flag's negative number is its argument
+        ("find . -mtime -7", "find . -mtime +7"),
+        ("find . -size -10M", "find . -size 2k"),
     ],
 )
 def test_template_match_pairs_that_match(prediction, reference):
@@ -47,6 +50,8 @@ def test_template_match_pairs_that_match(prediction, reference):
         ("find . -exec rm {} \\;", "find . -exec mv {} \\;"),  # the utility run by -exec
         ("cat $(ls a)", "cat a"),  # substitution vs plain argument
         ("find . -name x -exec rm {} \\;", "find . -name x -exec rm {} +"),
+        ("ls -1", "ls -2"),  # a negative number that is not after a flag is a flag
+        ("kill -9 1", "kill -15 1"),
     ],
 )
 def test_template_match_pairs_that_differ(prediction, reference):

@@ -57,6 +57,9 @@ def parse_bash(code: str) -> list | None:
 
 # Words kept verbatim in a template: `find -exec` terminators, the `{}` placeholder and test brackets are structure.
 STRUCTURAL_WORDS = {"\\;", ";", "+", "{}", "]", "]]"}
+# A flag's negative numeric argument, with an optional unit (`find -mtime -7`, `find -size -10M`).
+NEGATIVE_NUMBER = re.compile(r"-[0-9]+(\.[0-9]+)?[A-Za-z]?")
+
 # Flags and utilities whose next non-flag word is itself a utility (`find -exec rm`, `xargs rm`, `sudo rm`).
 RUNS_A_COMMAND = {
     "-exec",
@@ -81,7 +84,9 @@ def bash_template(code: str) -> str:
     Rules:
     - the first word of each simple command (the utility) is kept, and so is the first non-flag word after a flag or
       utility that runs a command (`-exec`, `xargs`, `sudo`, ...);
-    - words starting with `-` (flags), the `find -exec` words `\\;`, `+`, `{}` and test brackets `]`, `]]` are kept;
+    - words starting with `-` (flags), the `find -exec` words `\\;`, `+`, `{}` and test brackets `]`, `]]` are kept,
+      except a negative number right after a flag, which is that flag's argument (`-mtime -7`, `-size -10M`; `+7`
+      is an argument anyway) while `ls -1` and `kill -9` keep theirs;
     - every other word (file names, paths, patterns, numbers, quoted strings, variables) becomes `ARG`, except that
       command and process substitutions inside a word are expanded recursively;
     - pipes, operators (`&&`, `||`, `;`, `&`), redirections (operator kept, target abstracted), reserved words and
@@ -96,10 +101,15 @@ def bash_template(code: str) -> str:
     def visit(node) -> None:
         kind = node.kind
         if kind == "command":
-            expects_utility = True
+            expects_utility, after_flag = True, False
             for part in node.parts:
-                if part.kind != "word":
+                is_word = part.kind == "word"
+                flag_argument = after_flag and is_word and NEGATIVE_NUMBER.fullmatch(part.word) is not None
+                after_flag = is_word and part.word.startswith("-") and not flag_argument
+                if not is_word:
                     visit(part)
+                elif flag_argument:
+                    tokens.append("ARG")
                 elif expects_utility and not part.word.startswith("-") and "=" not in part.word.split("/")[0]:
                     tokens.append(part.word)
                     expects_utility = part.word in RUNS_A_COMMAND
