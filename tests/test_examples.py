@@ -201,9 +201,10 @@ def test_rescore_recomputes_metrics_and_keeps_the_run(tmp_path, monkeypatch, cap
     """examples/rescore.py: metrics come from the saved candidates under the current rules; run facts stay."""
     import json
 
+    import rescore as rescore_script
+
     from codefusion_hf.evaluation_codefusion import write_evaluation
 
-    import rescore as rescore_script
     references = ["find . -mtime -7", "ls -l"]
     candidates = [["find /tmp -mtime -30", "ls"], ["ls -a", "ls -l"]]
     stale = {"template_match@1": 0.0, "machine": "the GPU that generated", "seconds_per_prompt": 0.5}

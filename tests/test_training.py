@@ -54,9 +54,9 @@ def code_dataset(tokenizer, repeat=4):
     return tokenize_dataset(Dataset.from_dict({"code": [c for _, c in PAIRS] * repeat}), tokenizer, 16)
 
 
-def make_trainer(kind, tokenizer, tmp_path, **kwargs):
+def make_trainer(kind, tokenizer, tmp_path, config_overrides=None, **kwargs):
     torch.manual_seed(0)
-    model = CodeFusionModel(tiny_config(tokenizer))
+    model = CodeFusionModel(tiny_config(tokenizer, **(config_overrides or {})))
     if kind == "finetune":
         raw, data = pair_dataset(tokenizer)
         return CodeFusionTrainer(
@@ -93,6 +93,52 @@ def test_finetune_compute_loss_trains_every_part(code_tokenizer, tmp_path):
     assert torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None for p in trainer.model.parameters())
+
+
+def test_gradient_accumulation_equals_a_larger_batch(code_tokenizer, tmp_path):
+    """Two accumulated micro-batches of 2 rows make the same SGD update as one batch of 4 (same rows, same noise)."""
+
+    def fixed_noise(forward):  # each row's timestep and noise follow from its code, not from the batch it is in
+        def forward_with_fixed_noise(labels, **inputs):
+            config = trainer.model.config
+            pad = config.pad_token_id  # the collator pads to the longest row of the batch: seed from the code alone
+            rows = [torch.Generator().manual_seed(hash(tuple(row[row != pad].tolist())) % 2**31) for row in labels]
+            inputs["timesteps"] = torch.cat(
+                [torch.randint(0, config.num_train_timesteps, (1,), generator=g) for g in rows]
+            )
+            inputs["noise"] = torch.stack(
+                [torch.randn(config.max_code_length, config.latent_dim, generator=g) for g in rows]
+            )
+            return forward(labels=labels, **inputs)
+
+        return forward_with_fixed_noise
+
+    weights = []
+    for batch_size, accumulation in [(4, 1), (2, 2)]:
+        trainer = make_trainer(
+            "finetune",
+            code_tokenizer,
+            tmp_path,
+            config_overrides={"encoder_config": {"dropout_rate": 0.0}},  # tiny_config's dropout is the denoiser's
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            max_grad_norm=0.0,
+            warmup_steps=0,
+            lr_scheduler_type="constant",
+            generation_eval_samples=0,
+        )
+        trainer.train_dataset = trainer.train_dataset.select(range(4))
+        trainer.model.forward = fixed_noise(trainer.model.forward)
+        initial = [p.detach().clone() for p in trainer.model.parameters()]
+        trainer.train()
+        weights.append([p.detach() for p in trainer.model.parameters()])
+    updates = [[(after - before).abs().sum() for after, before in zip(run, initial)] for run in weights]
+    assert sum(updates[0]) > 0
+    for one_batch, accumulated in zip(*weights):
+        torch.testing.assert_close(accumulated, one_batch, rtol=1e-4, atol=1e-6)
 
 
 def test_freeze_encoder_in_finetuning(code_tokenizer, tmp_path):
