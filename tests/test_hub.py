@@ -474,3 +474,45 @@ def test_pushing_to_an_unreachable_hub_names_it(tiny_pipeline, tmp_path):
     errors = result.stdout.strip().splitlines()
     assert len(errors) == 2 and all(f"OSError: cannot reach the Hub at {endpoint} to push user/x" in e for e in errors)
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+
+
+def test_finetune_script_trains_on_a_hub_dataset_and_pushes(hub, api, tiny_pipeline, tmp_path):
+    """examples/finetune.py --dataset_name reads a dataset repo, and --push_to_hub uploads the trained pipeline
+    with a card that names the dataset, in a process of its own as a user would run it."""
+    dataset_id, model_id = f"{USER}/bash-pairs", f"{USER}/cf-finetuned"
+    api.create_repo(dataset_id, repo_type="dataset")
+    rows = "".join(
+        json.dumps({"nl": prompt, "cmd": code}) + "\n" for prompt, code in [("list all files", "ls -la")] * 8
+    )
+    for split in ("train", "validation"):
+        api.upload_file(
+            path_or_fileobj=rows.encode(), path_in_repo=f"{split}.jsonl", repo_id=dataset_id, repo_type="dataset"
+        )
+    tiny_pipeline.save_pretrained(tmp_path / "phase1")
+    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    env |= {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": str(tmp_path / "script-hf-home"),
+        "OMP_NUM_THREADS": "1",
+    }
+    flags = ["--model_name_or_path", str(tmp_path / "phase1"), "--dataset_name", dataset_id]
+    flags += ["--prompt_column", "nl", "--code_column", "cmd", "--output_dir", str(tmp_path / "phase2")]
+    flags += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "True", "--report_to", "none"]
+    flags += ["--eval_strategy", "no", "--generation_eval_samples", "0", "--disable_tqdm", "True"]
+    flags += ["--push_to_hub", "True", "--hub_model_id", model_id, "--hub_token", TOKEN]
+    script = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
+    result = subprocess.run(
+        [sys.executable, str(script), *flags], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "phase2" / "trainer_state.json").read_text())["global_step"] == 2
+    files = set(api.list_repo_files(model_id))
+    assert {"model_index.json", "README.md", "model/model.safetensors", "tokenizer/tokenizer.json"} <= files
+    card = Path(hf_hub_download(model_id, "README.md", token=TOKEN, cache_dir=tmp_path / "cache")).read_text()
+    assert f"- training data: {dataset_id}" in card and f"- {dataset_id}" in card  # summary and `datasets:`
+    pushed = CodeFusionPipeline.from_pretrained(model_id, token=TOKEN, cache_dir=tmp_path / "cache")
+    assert generate(pushed) == generate(CodeFusionPipeline.from_pretrained(tmp_path / "phase2"))
+    assert generate(pushed) != generate(tiny_pipeline)  # trained on the dataset's rows
