@@ -90,8 +90,9 @@ autoregressive() {
 # overrides (JSON without spaces), then any training flags for both phases, e.g. a line
 #   x0-selfcond-later 1 {"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true} --timestep_bias_strategy later --timestep_bias_multiplier 3
 # The 2026-11-26 sweeps ran epsilon / x0 with and without self-conditioning, then x0 + self-conditioning with and
-# without phase 1 and x0 alone (VARIANTS lines for those are in docs/results.md). The default below is the next
-# sweep's: the best of those from scratch, with the two levers the CPU A/Bs favoured (timestep bias, unrolling).
+# without phase 1 and x0 alone (VARIANTS lines for those are in docs/results.md). The default below is the third
+# sweep's: x0 + self-conditioning from scratch, with the two levers the CPU A/Bs favoured (timestep bias,
+# unrolling), each alone and together.
 x0sc='"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true'
 bias="--timestep_bias_strategy later --timestep_bias_multiplier 3"
 variants=${VARIANTS:-"x0-selfcond $pretrain_minutes {$x0sc}
