@@ -394,19 +394,23 @@ def test_server_serves_byte_ranges_and_hub_error_codes(hub, api):
     assert request(hub, "GET", "/api/whoami-v2", {"Authorization": "Bearer wrong"})[0] == 401
 
 
-def run_cli(hub: HubServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """The installed `codefusion` command in its own process, pointed at the local Hub, with no token of its own."""
+def run_against_the_hub(hub: HubServer, tmp_path: Path, *command: str) -> subprocess.CompletedProcess:
+    """`command` in its own process, as a user would run it, pointed at the local Hub, with no token of its own."""
     env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
     env |= {
         "HF_ENDPOINT": hub.url,
         "HF_HUB_OFFLINE": "0",
         "HF_HUB_DISABLE_XET": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HOME": str(tmp_path / "cli-hf-home"),
+        "HF_HOME": str(tmp_path / "subprocess-hf-home"),
         "OMP_NUM_THREADS": "1",
     }
-    command = [str(Path(sys.executable).parent / "codefusion"), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_cli(hub: HubServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The installed `codefusion` command."""
+    return run_against_the_hub(hub, tmp_path, str(Path(sys.executable).parent / "codefusion"), *args)
 
 
 def test_cli_push_uploads_the_saved_folder_and_its_card(hub, api, tiny_pipeline, tmp_path):
@@ -489,24 +493,13 @@ def test_finetune_script_trains_on_a_hub_dataset_and_pushes(hub, api, tiny_pipel
             path_or_fileobj=rows.encode(), path_in_repo=f"{split}.jsonl", repo_id=dataset_id, repo_type="dataset"
         )
     tiny_pipeline.save_pretrained(tmp_path / "phase1")
-    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
-    env |= {
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_OFFLINE": "0",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HOME": str(tmp_path / "script-hf-home"),
-        "OMP_NUM_THREADS": "1",
-    }
     flags = ["--model_name_or_path", str(tmp_path / "phase1"), "--dataset_name", dataset_id]
     flags += ["--prompt_column", "nl", "--code_column", "cmd", "--output_dir", str(tmp_path / "phase2")]
     flags += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "True", "--report_to", "none"]
     flags += ["--eval_strategy", "no", "--generation_eval_samples", "0", "--disable_tqdm", "True"]
     flags += ["--push_to_hub", "True", "--hub_model_id", model_id, "--hub_token", TOKEN]
     script = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
-    result = subprocess.run(
-        [sys.executable, str(script), *flags], env=env, capture_output=True, text=True, timeout=300
-    )
+    result = run_against_the_hub(hub, tmp_path, sys.executable, str(script), *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "phase2" / "trainer_state.json").read_text())["global_step"] == 2
     files = set(api.list_repo_files(model_id))
