@@ -24,7 +24,7 @@ class RescoreArguments:
 
 
 def rescore(folder: str, language: str) -> dict:
-    """Recompute `folder`'s metrics from its predictions.jsonl and rewrite its metrics.json; return the new metrics."""
+    """Recompute `folder`'s metrics from its predictions.jsonl and rewrite its metrics.json; return what it wrote."""
     paths = {name: os.path.join(folder, name) for name in ("predictions.jsonl", "metrics.json")}
     for path in paths.values():
         if not os.path.isfile(path):
@@ -34,9 +34,16 @@ def rescore(folder: str, language: str) -> dict:
     with open(paths["metrics.json"]) as f:
         metrics = json.load(f)
     scored = score_candidates([row["candidates"] for row in rows], [row["reference"] for row in rows], language)
+    old_metrics, new_metrics = ({name.split("@")[0] for name in m if "@" in name} for m in (metrics, scored))
+    if old_metrics != new_metrics:  # e.g. Python predictions re-scored as Bash: the wrong metrics would survive
+        raise ValueError(
+            f"language={language!r} computes {sorted(new_metrics)} but {paths['metrics.json']} has "
+            f"{sorted(old_metrics)}: give the --language the folder was evaluated with."
+        )
     metrics |= {name: value for name, value in scored.items() if name != "machine"}  # the machine that generated
-    with open(paths["metrics.json"], "w") as f:
+    with open(paths["metrics.json"] + ".tmp", "w") as f:  # replaced in one step: the run facts live only here
         json.dump(metrics, f, indent=2)
+    os.replace(paths["metrics.json"] + ".tmp", paths["metrics.json"])
     return metrics
 
 

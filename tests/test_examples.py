@@ -207,7 +207,8 @@ def test_rescore_recomputes_metrics_and_keeps_the_run(tmp_path, monkeypatch, cap
 
     references = ["find . -mtime -7", "ls -l"]
     candidates = [["find /tmp -mtime -30", "ls"], ["ls -a", "ls -l"]]
-    stale = {"template_match@1": 0.0, "machine": "the GPU that generated", "seconds_per_prompt": 0.5}
+    stale = {f"{name}@1": 0.0 for name in ("exact_match", "template_match", "bleu", "syntax_valid")}
+    stale |= {"machine": "the GPU that generated", "seconds_per_prompt": 0.5}
     write_evaluation(str(tmp_path / "eval"), ["p1", "p2"], references, candidates, [[0, -1], [0, -1]], stale)
     monkeypatch.setattr(sys, "argv", ["x", "--evaluations", str(tmp_path / "eval")])
     rescore_script.main()
@@ -217,6 +218,8 @@ def test_rescore_recomputes_metrics_and_keeps_the_run(tmp_path, monkeypatch, cap
     assert str(tmp_path / "eval") in capsys.readouterr().out
     with pytest.raises(ValueError, match="predictions.jsonl is missing"):
         rescore_script.rescore(str(tmp_path), "bash")
+    with pytest.raises(ValueError, match="give the --language the folder was evaluated with"):
+        rescore_script.rescore(str(tmp_path / "eval"), "python")  # would drop template match
 
 
 def test_benchmark_inference_steps(tiny_pipeline, tmp_path, monkeypatch):

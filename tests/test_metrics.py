@@ -31,9 +31,12 @@ def test_exact_match_normalises_whitespace():
         ('grep -c "a b" x', "grep -c 'c' y"),  # quoting
         ("cat $(ls *.txt)", "cat $(ls /tmp)"),  # command substitution is expanded
         ("ls  -l", "ls -l"),
-        ("find . -mtime -7", "find /tmp -mtime -30"),  # a flag's negative number is its argument
+        ("find . -mtime -7", "find /tmp -mtime -30"),  # a flag's argument, even a negative number
         ("find . -mtime -7", "find . -mtime +7"),
         ("find . -size -10M", "find . -size 2k"),
+        ("tail -n -5 a", "tail -n 20 b"),
+        ("ls | xargs -n 1 rm", "ls | xargs -n 2 rm"),  # not `1` but `rm` is the command xargs runs
+        ("sudo -u bob rm a", "sudo -u alice rm b"),
     ],
 )
 def test_template_match_pairs_that_match(prediction, reference):
@@ -50,8 +53,11 @@ def test_template_match_pairs_that_match(prediction, reference):
         ("find . -exec rm {} \\;", "find . -exec mv {} \\;"),  # the utility run by -exec
         ("cat $(ls a)", "cat a"),  # substitution vs plain argument
         ("find . -name x -exec rm {} \\;", "find . -name x -exec rm {} +"),
-        ("ls -1", "ls -2"),  # a negative number that is not after a flag is a flag
+        ("ls -1", "ls -2"),  # flags that look like numbers
         ("kill -9 1", "kill -15 1"),
+        ("comm -1 -2 a b", "comm -1 -3 a b"),  # ... also after a flag that takes no argument
+        ("ls -l -1", "ls -l -2"),
+        ("ls | xargs -n 1 rm", "ls | xargs -n 1 mv"),
     ],
 )
 def test_template_match_pairs_that_differ(prediction, reference):

@@ -57,8 +57,36 @@ def parse_bash(code: str) -> list | None:
 
 # Words kept verbatim in a template: `find -exec` terminators, the `{}` placeholder and test brackets are structure.
 STRUCTURAL_WORDS = {"\\;", ";", "+", "{}", "]", "]]"}
-# A flag's negative numeric argument, with an optional unit (`find -mtime -7`, `find -size -10M`).
-NEGATIVE_NUMBER = re.compile(r"-[0-9]+(\.[0-9]+)?[A-Za-z]?")
+# Flags whose next word is their argument, by utility. That word is abstracted even when it looks like a flag
+# (`find -mtime -7`, `head -n -5`) or, after a utility that runs a command, like that command (`xargs -n 1 rm`,
+# `sudo -u bob rm`). Other flags take no argument here: in `comm -1 -2` and `ls -l -1` every word is a flag.
+FLAG_ARGUMENTS = {
+    "find": {
+        "-amin",
+        "-atime",
+        "-cmin",
+        "-ctime",
+        "-gid",
+        "-inum",
+        "-links",
+        "-maxdepth",
+        "-mindepth",
+        "-mmin",
+        "-mtime",
+        "-perm",
+        "-size",
+        "-uid",
+        "-used",
+    },
+    "head": {"-c", "-n"},
+    "tail": {"-c", "-n"},
+    "nice": {"-n"},
+    "renice": {"-n"},
+    "xargs": {"-a", "-d", "-E", "-I", "-L", "-n", "-P", "-s"},
+    "sudo": {"-g", "-u"},
+    "env": {"-u"},
+    "watch": {"-n"},
+}
 
 # Flags and utilities whose next non-flag word is itself a utility (`find -exec rm`, `xargs rm`, `sudo rm`).
 RUNS_A_COMMAND = {
@@ -85,8 +113,8 @@ def bash_template(code: str) -> str:
     - the first word of each simple command (the utility) is kept, and so is the first non-flag word after a flag or
       utility that runs a command (`-exec`, `xargs`, `sudo`, ...);
     - words starting with `-` (flags), the `find -exec` words `\\;`, `+`, `{}` and test brackets `]`, `]]` are kept,
-      except a negative number right after a flag, which is that flag's argument (`-mtime -7`, `-size -10M`; `+7`
-      is an argument anyway) while `ls -1` and `kill -9` keep theirs;
+      except the argument of a flag listed in `FLAG_ARGUMENTS` for the utility (`find -mtime -7`, `head -n -5`,
+      `xargs -n 1 rm`), which becomes `ARG` whatever it looks like;
     - every other word (file names, paths, patterns, numbers, quoted strings, variables) becomes `ARG`, except that
       command and process substitutions inside a word are expanded recursively;
     - pipes, operators (`&&`, `||`, `;`, `&`), redirections (operator kept, target abstracted), reserved words and
@@ -101,21 +129,23 @@ def bash_template(code: str) -> str:
     def visit(node) -> None:
         kind = node.kind
         if kind == "command":
-            expects_utility, after_flag = True, False
+            utility, expects_utility, flag_argument = None, True, False
             for part in node.parts:
-                is_word = part.kind == "word"
-                flag_argument = after_flag and is_word and NEGATIVE_NUMBER.fullmatch(part.word) is not None
-                after_flag = is_word and part.word.startswith("-") and not flag_argument
-                if not is_word:
+                if part.kind != "word":
                     visit(part)
-                elif flag_argument:
-                    tokens.append("ARG")
-                elif expects_utility and not part.word.startswith("-") and "=" not in part.word.split("/")[0]:
-                    tokens.append(part.word)
-                    expects_utility = part.word in RUNS_A_COMMAND
+                    flag_argument = False
+                    continue
+                word = part.word
+                if flag_argument:
+                    visit_word(part, argument=True)
+                    flag_argument = False
+                elif expects_utility and not word.startswith("-") and "=" not in word.split("/")[0]:
+                    tokens.append(word)
+                    utility, expects_utility = word, word in RUNS_A_COMMAND
                 else:
                     visit_word(part)
-                    expects_utility = expects_utility or part.word in RUNS_A_COMMAND
+                    expects_utility = expects_utility or word in RUNS_A_COMMAND
+                    flag_argument = word in FLAG_ARGUMENTS.get(utility, ())
         elif kind == "word":
             visit_word(node)
         elif kind in ("pipe", "operator"):
@@ -139,11 +169,11 @@ def bash_template(code: str) -> str:
             for part in node.list:
                 visit(part)
 
-    def visit_word(node) -> None:
+    def visit_word(node, argument: bool = False) -> None:
         substitutions = [
             p for p in getattr(node, "parts", []) if p.kind in ("commandsubstitution", "processsubstitution")
         ]
-        if node.word.startswith("-") or node.word in STRUCTURAL_WORDS:
+        if not argument and (node.word.startswith("-") or node.word in STRUCTURAL_WORDS):
             tokens.append(node.word)
         elif substitutions:
             for part in substitutions:
