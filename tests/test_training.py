@@ -98,9 +98,10 @@ def test_finetune_compute_loss_trains_every_part(code_tokenizer, tmp_path):
 def test_gradient_accumulation_equals_a_larger_batch(code_tokenizer, tmp_path):
     """Two accumulated micro-batches of 2 rows make the same SGD update as one batch of 4 (same rows, same noise)."""
 
-    def fixed_noise(forward):  # each row's timestep and noise follow from its code, not from the batch it is in
+    def with_fixed_noise(model):  # each row's timestep and noise follow from its code, not from its batch
+        config, forward = model.config, model.forward
+
         def forward_with_fixed_noise(labels, **inputs):
-            config = trainer.model.config
             pad = config.pad_token_id  # the collator pads to the longest row of the batch: seed from the code alone
             rows = [torch.Generator().manual_seed(hash(tuple(row[row != pad].tolist())) % 2**31) for row in labels]
             inputs["timesteps"] = torch.cat(
@@ -111,9 +112,9 @@ def test_gradient_accumulation_equals_a_larger_batch(code_tokenizer, tmp_path):
             )
             return forward(labels=labels, **inputs)
 
-        return forward_with_fixed_noise
+        model.forward = forward_with_fixed_noise
 
-    weights = []
+    initial, trained = [], []
     for batch_size, accumulation in [(4, 1), (2, 2)]:
         trainer = make_trainer(
             "finetune",
@@ -131,13 +132,14 @@ def test_gradient_accumulation_equals_a_larger_batch(code_tokenizer, tmp_path):
             generation_eval_samples=0,
         )
         trainer.train_dataset = trainer.train_dataset.select(range(4))
-        trainer.model.forward = fixed_noise(trainer.model.forward)
-        initial = [p.detach().clone() for p in trainer.model.parameters()]
+        with_fixed_noise(trainer.model)
+        initial.append([p.detach().clone() for p in trainer.model.parameters()])
         trainer.train()
-        weights.append([p.detach() for p in trainer.model.parameters()])
-    updates = [[(after - before).abs().sum() for after, before in zip(run, initial)] for run in weights]
-    assert sum(updates[0]) > 0
-    for one_batch, accumulated in zip(*weights):
+        trained.append([p.detach() for p in trainer.model.parameters()])
+    for before_one, before_accumulated in zip(*initial):
+        torch.testing.assert_close(before_accumulated, before_one, rtol=0, atol=0)
+    assert any(not torch.equal(after, before) for after, before in zip(trained[0], initial[0]))
+    for one_batch, accumulated in zip(*trained):
         torch.testing.assert_close(accumulated, one_batch, rtol=1e-4, atol=1e-6)
 
 

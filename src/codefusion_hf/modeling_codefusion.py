@@ -152,10 +152,6 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
     [`~CodeFusionModel.denoise`], [`~CodeFusionModel.decode`].
     """
 
-    # Each batch's loss is a mean over its canvas positions, and the collators pad every row to the same canvas, so
-    # Trainer's division by the accumulation steps makes k micro-batches of n rows one batch of k * n rows.
-    accepts_loss_kwargs = False
-
     def __init__(self, config: CodeFusionConfig):
         super().__init__(config)
         self.encoder = build_encoder(config.encoder_config)

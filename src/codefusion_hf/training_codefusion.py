@@ -313,7 +313,9 @@ class CodeFusionTrainer(Trainer):
         generation_eval_dataset: Rows with `prompt` and `code` used for the exact-match evaluation.
     """
 
-    # compute_loss returns a per-batch mean: let Trainer divide it by the gradient accumulation steps.
+    # compute_loss returns a per-batch mean over the canvas positions: let Trainer divide it by the gradient
+    # accumulation steps. The model pads every row to the full canvas and the collators supervise every position,
+    # so k full micro-batches of n rows give the gradient of one batch of k * n rows (tested).
     loss_is_scaled_for_ga = False
 
     def __init__(
