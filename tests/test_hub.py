@@ -396,7 +396,8 @@ def test_server_serves_byte_ranges_and_hub_error_codes(hub, api):
 
 def run_against_the_hub(hub: HubServer, tmp_path: Path, *command: str) -> subprocess.CompletedProcess:
     """`command` in its own process, as a user would run it, pointed at the local Hub, with no token of its own."""
-    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    # None of the caller's Hub settings (token, caches, offline modes): only those below.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE_"))}
     env |= {
         "HF_ENDPOINT": hub.url,
         "HF_HUB_OFFLINE": "0",
