@@ -58,6 +58,9 @@ def test_template_match_pairs_that_match(prediction, reference):
         ("comm -1 -2 a b", "comm -1 -3 a b"),  # ... also after a flag that takes no argument
         ("ls -l -1", "ls -l -2"),
         ("ls | xargs -n 1 rm", "ls | xargs -n 1 mv"),
+        ("find . -size -empty", "find . -size 0"),  # a flag where the argument should be stays a flag
+        ("find . -mtime +", "find . -mtime +5"),
+        ("find . -amin -", "find . -amin -60"),
     ],
 )
 def test_template_match_pairs_that_differ(prediction, reference):

@@ -57,9 +57,11 @@ def parse_bash(code: str) -> list | None:
 
 # Words kept verbatim in a template: `find -exec` terminators, the `{}` placeholder and test brackets are structure.
 STRUCTURAL_WORDS = {"\\;", ";", "+", "{}", "]", "]]"}
-# Flags whose next word is their argument, by utility. That word is abstracted even when it looks like a flag
-# (`find -mtime -7`, `head -n -5`) or, after a utility that runs a command, like that command (`xargs -n 1 rm`,
-# `sudo -u bob rm`). Other flags take no argument here: in `comm -1 -2` and `ls -l -1` every word is a flag.
+# Flags whose next word is their argument, by utility. That word is abstracted when it is a negative number
+# (`find -mtime -7`, `head -n -5`) and never taken for the command that xargs, sudo, ... run (`xargs -n 1 rm`,
+# `sudo -u bob rm`); other words starting with `-` stay flags (`find -size -empty` is not `find -size 0`). Other
+# flags take no argument here: in `comm -1 -2` and `ls -l -1` every word is a flag.
+NEGATIVE_NUMBER = re.compile(r"-[0-9]+(\.[0-9]+)?[A-Za-z]?")
 FLAG_ARGUMENTS = {
     "find": {
         "-amin",
@@ -113,8 +115,9 @@ def bash_template(code: str) -> str:
     - the first word of each simple command (the utility) is kept, and so is the first non-flag word after a flag or
       utility that runs a command (`-exec`, `xargs`, `sudo`, ...);
     - words starting with `-` (flags), the `find -exec` words `\\;`, `+`, `{}` and test brackets `]`, `]]` are kept,
-      except the argument of a flag listed in `FLAG_ARGUMENTS` for the utility (`find -mtime -7`, `head -n -5`,
-      `xargs -n 1 rm`), which becomes `ARG` whatever it looks like;
+      except a negative number that is the argument of a flag listed in `FLAG_ARGUMENTS` for the utility
+      (`find -mtime -7`, `head -n -5`), which becomes `ARG`; such a flag's argument is never taken for the command
+      that xargs, sudo, ... run (`xargs -n 1 rm` runs `rm`);
     - every other word (file names, paths, patterns, numbers, quoted strings, variables) becomes `ARG`, except that
       command and process substitutions inside a word are expanded recursively;
     - pipes, operators (`&&`, `||`, `;`, `&`), redirections (operator kept, target abstracted), reserved words and
@@ -136,12 +139,17 @@ def bash_template(code: str) -> str:
                     flag_argument = False
                     continue
                 word = part.word
-                if flag_argument:
-                    visit_word(part, argument=True)
+                negative_number = NEGATIVE_NUMBER.fullmatch(word) is not None
+                if flag_argument and (negative_number or not (word.startswith("-") or word in STRUCTURAL_WORDS)):
+                    # the previous flag's argument: never a flag, nor the command that xargs/sudo/... run
+                    if negative_number:
+                        tokens.append("ARG")
+                    else:
+                        visit_word(part)
                     flag_argument = False
                 elif expects_utility and not word.startswith("-") and "=" not in word.split("/")[0]:
                     tokens.append(word)
-                    utility, expects_utility = word, word in RUNS_A_COMMAND
+                    utility, expects_utility, flag_argument = word, word in RUNS_A_COMMAND, False
                 else:
                     visit_word(part)
                     expects_utility = expects_utility or word in RUNS_A_COMMAND
@@ -169,11 +177,11 @@ def bash_template(code: str) -> str:
             for part in node.list:
                 visit(part)
 
-    def visit_word(node, argument: bool = False) -> None:
+    def visit_word(node) -> None:
         substitutions = [
             p for p in getattr(node, "parts", []) if p.kind in ("commandsubstitution", "processsubstitution")
         ]
-        if not argument and (node.word.startswith("-") or node.word in STRUCTURAL_WORDS):
+        if node.word.startswith("-") or node.word in STRUCTURAL_WORDS:
             tokens.append(node.word)
         elif substitutions:
             for part in substitutions:
