@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from codefusion_hf.evaluation_codefusion import evaluate_file
+from codefusion_hf.evaluation_codefusion import LANGUAGE_HELP, evaluate_file
 
 
 @dataclass
@@ -20,9 +20,7 @@ class EvaluationArguments:
     model: str = field(metadata={"help": "Saved pipeline folder or Hub repo id."})
     test_file: str = field(metadata={"help": "JSON Lines / CSV / Parquet file with prompts and reference code."})
     output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
-    language: str = field(
-        default="bash", metadata={"help": "python, bash, excel or other; bash adds template match to exact match."}
-    )
+    language: str = field(default="bash", metadata={"help": LANGUAGE_HELP})
     prompt_column: str = field(default="prompt")
     code_column: str = field(default="code")
     num_return_sequences: int = field(default=5, metadata={"help": "Candidates per prompt (k)."})

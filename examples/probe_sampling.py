@@ -59,9 +59,6 @@ def force_length(logits: torch.Tensor, lengths: torch.Tensor, pad_token_id: int)
 
 def main():
     (args,) = HfArgumentParser(ProbeArguments).parse_args_into_dataclasses()
-    unknown = set(args.probes) - set(PROBES)
-    if unknown:
-        raise ValueError(f"probes must be among {PROBES}, got {sorted(unknown)}.")
     if "refine" in args.probes and args.refine_from is None:
         raise ValueError("refine needs --refine_from: a predictions.jsonl of examples/baselines/retrieval.py.")
     pipe = CodeFusionPipeline.from_pretrained(args.model)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from codefusion_hf.evaluation_codefusion import score_candidates
+from codefusion_hf.evaluation_codefusion import LANGUAGE_HELP, score_candidates
 
 
 @dataclass
 class RescoreArguments:
     evaluations: list[str] = field(metadata={"help": "Folders with predictions.jsonl and metrics.json."})
-    language: str = field(default="bash", metadata={"help": "python, bash, excel or other, as evaluated."})
+    language: str = field(default="bash", metadata={"help": f"As evaluated: {LANGUAGE_HELP}"})
 
 
 def rescore(folder: str, language: str) -> dict:

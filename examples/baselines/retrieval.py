@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sklearn.feature_extraction.text import TfidfVectorizer
 from transformers import HfArgumentParser
 
-from codefusion_hf.evaluation_codefusion import score_candidates, write_evaluation
+from codefusion_hf.evaluation_codefusion import LANGUAGE_HELP, score_candidates, write_evaluation
 from codefusion_hf.training_codefusion import load_code_dataset
 
 
@@ -23,9 +23,7 @@ class RetrievalArguments:
     test_file: str = field(metadata={"help": "Rows to answer."})
     output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
     num_candidates: int = field(default=5, metadata={"help": "Distinct code candidates per prompt."})
-    language: str = field(
-        default="bash", metadata={"help": "python, bash, excel or other; bash adds template match to exact match."}
-    )
+    language: str = field(default="bash", metadata={"help": LANGUAGE_HELP})
 
 
 def main():

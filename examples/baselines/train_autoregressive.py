@@ -49,7 +49,12 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/, for comm
 from common import MINILM, DataArguments, json_object, parse_args_with_config_file  # noqa: E402
 
 from codefusion_hf.configuration_codefusion import PRESETS  # noqa: E402
-from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation  # noqa: E402
+from codefusion_hf.evaluation_codefusion import (  # noqa: E402
+    LANGUAGE_HELP,
+    generate_candidates,
+    score_candidates,
+    write_evaluation,
+)
 from codefusion_hf.training_codefusion import (  # noqa: E402
     TimeLimitCallback,
     find_resume_checkpoint,
@@ -102,9 +107,7 @@ class GenerationEvaluationArguments:
         default=None, metadata={"help": "Rows to generate for and score (after training, if --do_train)."}
     )
     max_test_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N test rows."})
-    language: str = field(
-        default="bash", metadata={"help": "python, bash, excel or other; bash adds template match to exact match."}
-    )
+    language: str = field(default="bash", metadata={"help": LANGUAGE_HELP})
     decoding: str = field(
         default="beam",
         metadata={

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
     evaluate.add_argument("test_file", help="JSON Lines / CSV / Parquet file with prompt and code columns.")
     evaluate.add_argument("--output-dir", required=True, help="Where predictions.jsonl and metrics.json go.")
+    # evaluation_codefusion.LANGUAGE_HELP, repeated so that `codefusion --help` does not import torch.
     evaluate.add_argument(
         "--language", default="bash", help="python, bash, excel or other; bash adds template match to exact match."
     )

@@ -20,6 +20,7 @@ logger = logging.get_logger(__name__)
 LANGUAGE_METRICS = {"bash": ["exact_match", "template_match"]}
 SYNTAX_LANGUAGES = ("python", "bash", "excel")
 LANGUAGES = (*SYNTAX_LANGUAGES, "other")
+LANGUAGE_HELP = "python, bash, excel or other; bash adds template match to exact match."
 
 
 def check_language(language: str) -> None:

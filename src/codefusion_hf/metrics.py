@@ -139,13 +139,12 @@ def bash_template(code: str) -> str:
                     flag_argument = False
                     continue
                 word = part.word
-                negative_number = NEGATIVE_NUMBER.fullmatch(word) is not None
-                if flag_argument and (negative_number or not (word.startswith("-") or word in STRUCTURAL_WORDS)):
-                    # the previous flag's argument: never a flag, nor the command that xargs/sudo/... run
-                    if negative_number:
-                        tokens.append("ARG")
-                    else:
-                        visit_word(part)
+                # The previous flag's argument: never a flag, nor the command that xargs, sudo, ... run.
+                if flag_argument and NEGATIVE_NUMBER.fullmatch(word):
+                    tokens.append("ARG")
+                    flag_argument = False
+                elif flag_argument and not (word.startswith("-") or word in STRUCTURAL_WORDS):
+                    visit_word(part)
                     flag_argument = False
                 elif expects_utility and not word.startswith("-") and "=" not in word.split("/")[0]:
                     tokens.append(word)
