@@ -162,6 +162,7 @@ def test_pretrained_minilm_encoder():
         ({"self_condition": True, "self_condition_rounding": "nearest"}, "self_condition_rounding"),
         ({"self_condition_rounding": "decoder"}, "self_condition_rounding needs self_condition"),
         ({"unroll_probability": -0.1}, "unroll_probability"),
+        ({"commit_probability": 2.0}, "commit_probability"),
     ],
 )
 def test_bad_config(kwargs, name):
@@ -282,6 +283,54 @@ def test_unrolled_canvas_is_a_ddim_step_from_the_models_own_draft(code_tokenizer
     model.eval()
     model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
     assert len(calls) == 1
+
+
+def test_committed_positions_are_clean_at_timestep_zero_and_not_learned(code_tokenizer, monkeypatch):
+    """commit_probability=1: every row leaves a random subset of positions (never all) at t = 0, near-clean, the
+    denoiser reads those per-position timesteps, and only the noised positions count in the loss."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, commit_probability=1.0))
+    scheduler, canvas_length = model.noise_scheduler, model.config.max_code_length
+    calls = []
+    denoise = model.denoise
+    monkeypatch.setattr(model, "denoise", lambda *a, **k: calls.append(a) or denoise(*a, **k))
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    timesteps = torch.tensor([50, 90])
+    noise = torch.randn(2, canvas_length, model.config.latent_dim)
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
+
+    canvas, position_timesteps = calls[0][:2]
+    committed = position_timesteps == 0
+    assert position_timesteps.shape == (2, canvas_length)
+    assert committed.any() and not committed.all(dim=1).any()
+    torch.testing.assert_close(position_timesteps[~committed], timesteps[:, None].expand(2, canvas_length)[~committed])
+    code_ids = torch.nn.functional.pad(labels, (0, canvas_length - labels.shape[1]), value=code_tokenizer.pad_token_id)
+    clean = model.embed_code(code_ids)
+    torch.testing.assert_close(canvas, scheduler.add_noise(clean, noise, position_timesteps))
+
+    expected = torch.nn.functional.cross_entropy(
+        output.logits.flatten(0, 1), code_ids.masked_fill(committed, -100).flatten()
+    )
+    torch.testing.assert_close(output.decoder_loss, expected)
+    model.eval()
+    calls.clear()
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
+    assert calls[0][1].shape == (2,)  # evaluation commits nothing
+
+
+def test_per_position_timesteps_condition_each_position(tiny_model):
+    """The denoiser reads one timestep per position: a position's output changes with its own timestep, and equal
+    per-position timesteps give what the row's timestep gives."""
+    tiny_model.eval()
+    config = tiny_model.config
+    latents = torch.randn(1, config.max_code_length, config.latent_dim)
+    states = torch.randn(1, 3, config.hidden_size)
+    row = tiny_model.denoise(latents, torch.tensor([40]), states)
+    same = tiny_model.denoise(latents, torch.full((1, config.max_code_length), 40), states)
+    torch.testing.assert_close(row, same)
+    mixed = torch.full((1, config.max_code_length), 40)
+    mixed[0, 0] = 0
+    assert not torch.allclose(tiny_model.denoise(latents, mixed, states), row)
 
 
 def test_round_with_decoder_rejects_unknown_rounding(tiny_model):

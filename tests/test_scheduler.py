@@ -17,6 +17,20 @@ def test_add_noise_matches_alpha_bar(schedule):
         torch.testing.assert_close(noisy[row], expected)
 
 
+def test_add_noise_with_one_timestep_per_position():
+    scheduler = CodeFusionScheduler(num_train_timesteps=1200)
+    alpha_bar = scheduler.alphas_cumprod
+    x0, noise = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    timesteps = torch.tensor([[0, 600, 1199], [5, 5, 900]])
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    for row in range(2):
+        for position in range(3):
+            t = timesteps[row, position]
+            expected = alpha_bar[t].sqrt() * x0[row, position] + (1 - alpha_bar[t]).sqrt() * noise[row, position]
+            torch.testing.assert_close(noisy[row, position], expected)
+    torch.testing.assert_close(scheduler.predict_noise(x0, timesteps, noisy), noise)
+
+
 def test_sqrt_schedule_is_diffusion_lm():
     # alpha_bar(t) = 1 - sqrt(t / T + 1e-4), discretised as a product of (1 - beta) with beta <= 0.999.
     scheduler = CodeFusionScheduler(num_train_timesteps=1200)

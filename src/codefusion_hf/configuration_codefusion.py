@@ -106,6 +106,11 @@ class CodeFusionConfig(PreTrainedConfig):
             random higher noise level, instead of from the reference (SUNDAE's unrolled denoising, Savinov et al.,
             2022). The targets stay the reference, so the denoiser learns to correct its drafts. Costs one
             gradient-free denoiser and decoder pass. Not in the paper; 0 (off) by default.
+        commit_probability (`float`): In training, the share of rows in which a random subset of positions is
+            committed: left at t = 0 (their reference tokens, almost clean) while the rest is noised to the row's
+            timestep, and only the noised positions are learned. Teaches the denoiser to complete a partly committed
+            canvas, as mask-predict (Ghazvininejad et al., 2019) does, for the pipeline's `commit` sampling. Not in
+            the paper; 0 (off) by default.
         noise_loss_weight, embedding_loss_weight, decoder_loss_weight (`float`): Weights of the three loss terms
             `||eps_hat - eps||`, `||D_s - L(y)||` and `-log p(y | D_s)`.
         code_embedding_init_std (`float`): Initial std of the code embedding; 1.0 puts it on the scale of the noise.
@@ -141,6 +146,7 @@ class CodeFusionConfig(PreTrainedConfig):
     self_condition_probability: float = 0.5
     self_condition_rounding: str | None = None
     unroll_probability: float = 0.0
+    commit_probability: float = 0.0
     noise_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
     decoder_loss_weight: float = 1.0
@@ -158,6 +164,8 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"self_condition_probability must be in [0, 1], got {self.self_condition_probability}.")
         if not 0 <= self.unroll_probability <= 1:
             raise ValueError(f"unroll_probability must be in [0, 1], got {self.unroll_probability}.")
+        if not 0 <= self.commit_probability <= 1:
+            raise ValueError(f"commit_probability must be in [0, 1], got {self.commit_probability}.")
         if self.self_condition_rounding is not None:
             if self.self_condition_rounding not in DECODER_ROUNDINGS:
                 raise ValueError(

@@ -106,8 +106,8 @@ class CodeFusionStack(nn.Module):
     ) -> torch.Tensor:
         positions = torch.arange(latents.shape[1], device=latents.device)
         hidden_states = self.input_proj(latents) + self.position_embedding(positions)
-        if conditioning is not None:
-            hidden_states = hidden_states + conditioning[:, None, :]
+        if conditioning is not None:  # one vector per row, or one per position
+            hidden_states = hidden_states + (conditioning[:, None, :] if conditioning.ndim == 2 else conditioning)
         for layer in self.layers:
             hidden_states = layer(hidden_states, encoder_hidden_states, encoder_padding_mask)
         return self.norm(hidden_states)
@@ -218,8 +218,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
     ) -> torch.Tensor:
         """The denoiser N: predicts the noise (or x0, see `config.prediction_type`) in a noisy canvas.
 
-        `self_condition` is the previous x0 estimate, shaped like the canvas, for a model trained with
-        `config.self_condition` (zeros when not given, as at the first sampling step)."""
+        `timesteps` holds one step for all rows, one per row, or one per canvas position `(batch_size,
+        canvas_length)` (a canvas with committed positions, see `config.commit_probability`). `self_condition` is
+        the previous x0 estimate, shaped like the canvas, for a model trained with `config.self_condition` (zeros
+        when not given, as at the first sampling step)."""
         if self.config.self_condition:
             if self_condition is None:
                 self_condition = torch.zeros_like(noisy_latents)
@@ -227,7 +229,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         elif self_condition is not None:
             raise ValueError("self_condition was passed, but this model was trained without config.self_condition.")
         timesteps = timesteps.expand(noisy_latents.shape[0]) if timesteps.ndim == 0 else timesteps
-        time_embedding = self.time_embedding(self.time_proj(timesteps).to(noisy_latents.dtype))
+        time_embedding = self.time_embedding(self.time_proj(timesteps.flatten()).to(noisy_latents.dtype))
+        time_embedding = time_embedding.view(*timesteps.shape, -1)
         hidden_states = self.denoiser(
             noisy_latents, encoder_hidden_states, _padding_mask(encoder_attention_mask), conditioning=time_embedding
         )
@@ -309,6 +312,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             noisy_latents = self._unroll(
                 noisy_latents, clean_latents, timesteps, encoder_hidden_states, attention_mask
             )
+        if self.training and self.config.commit_probability > 0:
+            noisy_latents, timesteps, committed = self._commit(noisy_latents, clean_latents, noise, timesteps)
+            supervised = supervised & ~committed  # as in mask-predict, only what is still noisy is learned
+            labels = labels.masked_fill(committed, -100)
         self_condition = None
         if self.config.self_condition:
             # A gradient-free first pass gives the estimate a sampler would carry over from its previous step.
@@ -386,6 +393,26 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             draft, self.noise_scheduler.predict_noise(draft, higher, start), timesteps
         )
         return torch.where(unroll[:, None, None], stepped, noisy_latents)
+
+
+    def _commit(
+        self, noisy_latents: torch.Tensor, clean_latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Committed positions (`config.commit_probability`): in a random share of rows, each position is committed
+        (left at t = 0, its reference token almost clean) with a probability drawn per row from U(0, 1), as
+        mask-predict leaves a random number of tokens unmasked. Returns the canvas, the per-position timesteps and
+        the committed positions."""
+        batch_size, canvas_length = clean_latents.shape[:2]
+        device = clean_latents.device
+        rows = torch.rand(batch_size, 1, device=device) < self.config.commit_probability
+        share = torch.rand(batch_size, 1, device=device)
+        committed = rows & (torch.rand(batch_size, canvas_length, device=device) < share)
+        # One random position per row stays noisy, so every row has something to learn.
+        committed &= ~F.one_hot(torch.randint(canvas_length, (batch_size,), device=device), canvas_length).bool()
+        position_timesteps = timesteps[:, None].expand(batch_size, canvas_length).masked_fill(committed, 0)
+        almost_clean = self.noise_scheduler.add_noise(clean_latents, noise, torch.zeros_like(timesteps))
+        canvas = torch.where(committed[..., None], almost_clean, noisy_latents)
+        return canvas, position_timesteps, committed
 
 
 def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

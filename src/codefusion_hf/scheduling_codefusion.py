@@ -131,9 +131,10 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = torch.from_numpy(timesteps.astype(np.int64)).to(device)
 
     def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """alpha_bar(t) of each timestep (one per row, or one for all), shaped to broadcast over `like`."""
+        """alpha_bar(t) of each timestep (one for all, one per row, or one per canvas position), shaped to broadcast
+        over `like`."""
         alpha_bar = self.alphas_cumprod.to(device=like.device)[timesteps.to(like.device)].to(like.dtype)
-        return alpha_bar.reshape(-1, *([1] * (like.ndim - 1)))
+        return alpha_bar.reshape(*alpha_bar.shape, *([1] * (like.ndim - alpha_bar.ndim)))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), one timestep per row."""
