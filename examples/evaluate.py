@@ -38,6 +38,10 @@ class EvaluationArguments:
             "help": "Round each step's x0 estimate: none, nearest, decoder or decoder_mean (default: the model's)."
         },
     )
+    commit_tokens: bool = field(
+        default=False,
+        metadata={"help": "Commit the most confident tokens step by step, as mask-predict does (not in the paper)."},
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA if available)."})
 
 
@@ -57,6 +61,7 @@ def main():
         batch_size=args.batch_size,
         seed=args.seed,
         rounding=args.rounding,
+        commit_tokens=args.commit_tokens,
         device=args.device,
     )
     for name, value in metrics.items():

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,11 +17,17 @@ def seeded(pipe, prompts, seed=0, **kwargs):
     return pipe(prompts, num_inference_steps=5, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-def test_overfit_model_regenerates_its_training_pairs(overfit_pipeline):
-    """Model, scheduler and pipeline agree: a memorised pair comes back exactly, from any starting noise."""
+@pytest.mark.parametrize("commit_tokens", [False, True])
+def test_overfit_model_regenerates_its_training_pairs(overfit_pipeline, commit_tokens):
+    """Model, scheduler and pipeline agree: a memorised pair comes back exactly, from any starting noise, with the
+    paper's sampler and with commit_tokens."""
     prompts = [prompt for prompt, _ in PAIRS]
     output = overfit_pipeline(
-        prompts, num_inference_steps=20, num_return_sequences=3, generator=torch.Generator().manual_seed(0)
+        prompts,
+        num_inference_steps=20,
+        num_return_sequences=3,
+        generator=torch.Generator().manual_seed(0),
+        commit_tokens=commit_tokens,
     )
     assert output.code == [[code] * 3 for _, code in PAIRS]
     assert all(-1.0 < score <= 0 for scores in output.scores for score in scores)
@@ -188,6 +195,8 @@ def make_code_tokenizer():
         ({"max_length": 2.5}, "max_length"),
         ({"output_type": "np"}, "output_type"),
         ({"rounding": "argmax"}, "rounding"),
+        ({"commit_tokens": True, "rounding": "nearest"}, "commit_tokens"),
+        ({"commit_tokens": True, "eta": 1.0}, "commit_tokens"),
         ({"callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
     ],
 )
@@ -303,6 +312,38 @@ def test_rounding_replaces_each_estimate(tiny_pipeline, monkeypatch, rounding):
         assert len(rounded) == 5 and all(name == rounding for name, _ in rounded)
         assert all(output.pred_original_sample is value for output, (_, value) in zip(estimates, rounded))
     torch.testing.assert_close(latents, estimates[-1].pred_original_sample[0])  # the last step lands on it
+
+
+def test_commit_tokens_commits_a_growing_share_of_positions(tiny_pipeline, monkeypatch):
+    """commit_tokens: at step n of N the denoiser reads ceil(canvas * n / N) committed positions at t = 0 and the
+    others at the step's timestep; every position is committed after the last step, and the output is those
+    tokens, ranked by their mean log-probability (which the last trajectory entry shows as well)."""
+    canvas_length = tiny_pipeline.model.config.max_code_length
+    seen = []
+    denoise = tiny_pipeline.model.denoise
+    monkeypatch.setattr(tiny_pipeline.model, "denoise", lambda *a: seen.append(a[1]) or denoise(*a))
+    output = seeded(
+        tiny_pipeline,
+        ["list all files", "count lines"],
+        num_return_sequences=3,
+        commit_tokens=True,
+        return_trajectory=True,
+    )
+    timesteps = tiny_pipeline.scheduler.timesteps
+    assert len(seen) == 5
+    for step_index, position_timesteps in enumerate(seen):
+        assert position_timesteps.shape == (6, canvas_length)
+        committed = position_timesteps == 0
+        assert (committed.sum(dim=1) == math.ceil(canvas_length * step_index / 5)).all()
+        assert (position_timesteps[~committed] == timesteps[step_index]).all()
+    for scores in output.scores:
+        assert scores == sorted(scores, reverse=True)
+    assert output.trajectory[-1]["code"] == output.code
+    latents = seeded(tiny_pipeline, "list all files", commit_tokens=True, output_type="latent").code[0, 0]
+    token_ids = seeded(tiny_pipeline, "list all files", commit_tokens=True, output_type="pt").code[0, 0]
+    # The final canvas is the committed tokens' embeddings at t = 0 (almost clean): nearest embedding is each token.
+    embeddings = tiny_pipeline.model.code_embedding_matrix()
+    assert torch.equal(torch.cdist(latents, embeddings).argmin(dim=-1), token_ids)
 
 
 def test_rounding_defaults_to_the_models_own(code_tokenizer, monkeypatch):

@@ -42,11 +42,13 @@ def evaluate_pipeline(
     seed: int = 0,
     rounding: str | None = None,
     timesteps: list[int] | None = None,
+    commit_tokens: bool = False,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
     seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
-    `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps."""
+    `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
+    samples as mask-predict does (see the pipeline)."""
     if len(prompts) != len(references):
         raise ValueError(f"prompts ({len(prompts)}) and references ({len(references)}) differ in length.")
     if not prompts:
@@ -63,6 +65,7 @@ def evaluate_pipeline(
             num_return_sequences=num_return_sequences,
             generator=generator,
             rounding=rounding,
+            commit_tokens=commit_tokens,
         )
         return output.code, output.scores
 
@@ -71,7 +74,8 @@ def evaluate_pipeline(
         "num_return_sequences": num_return_sequences,
         "num_inference_steps": len(timesteps) if timesteps else num_inference_steps,
         "timesteps": timesteps,
-        "rounding": pipe.resolve_rounding(rounding),
+        "rounding": "decoder" if commit_tokens else pipe.resolve_rounding(rounding),
+        "commit_tokens": commit_tokens,
         "seconds_per_prompt": seconds / len(prompts),
     }
     return candidates, scores, metrics
@@ -152,8 +156,8 @@ def evaluate_file(
     **evaluate_kwargs,
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
-    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps) on `device`
-    (default: CUDA when available), write the results to `output_dir`, return metrics."""
+    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens) on
+    `device` (default: CUDA when available), write the results to `output_dir`, return metrics."""
     from .pipeline_codefusion import CodeFusionPipeline
     from .training_codefusion import load_code_dataset
 

@@ -394,7 +394,6 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         )
         return torch.where(unroll[:, None, None], stepped, noisy_latents)
 
-
     def _commit(
         self, noisy_latents: torch.Tensor, clean_latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

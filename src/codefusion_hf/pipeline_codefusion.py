@@ -1,6 +1,7 @@
 """Text-to-code generation with CodeFusion: prompt in, ranked code candidates out."""
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -52,6 +53,18 @@ class CodeFusionPipelineOutput(BaseOutput):
     code: list[list[str]] | torch.Tensor
     scores: list[list[float]]
     trajectory: list[dict] | None = None
+
+
+@dataclass
+class CommittedTokens:
+    """The state of `commit_tokens` sampling: which canvas positions are committed, the token and log-probability
+    of every position (final once committed), and the committed positions' canvas (their token embeddings at
+    t = 0)."""
+
+    positions: torch.Tensor
+    tokens: torch.Tensor
+    log_probs: torch.Tensor
+    latents: torch.Tensor
 
 
 class CodeFusionPipeline(DiffusionPipeline):
@@ -205,6 +218,8 @@ class CodeFusionPipeline(DiffusionPipeline):
         rounding: str | None = None,
         latents: torch.Tensor | None = None,
         timesteps: list[int] | None = None,
+        commit_tokens: bool = False,
+        eta: float = 0.0,
     ) -> list[str]:
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
@@ -232,6 +247,13 @@ class CodeFusionPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if rounding is not None and rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be None (the model's default) or one of {ROUNDINGS}, got {rounding!r}.")
+        if commit_tokens and rounding not in (None, "decoder"):
+            raise ValueError(
+                f"commit_tokens re-embeds the decoder's most likely tokens at every step (rounding='decoder'); it "
+                f"cannot be combined with rounding={rounding!r}."
+            )
+        if commit_tokens and eta != 0:
+            raise ValueError(f"commit_tokens re-noises with fresh noise at every step; eta must stay 0, got {eta}.")
         expected_shape = (len(prompts) * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
             raise ValueError(
@@ -265,9 +287,16 @@ class CodeFusionPipeline(DiffusionPipeline):
         self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Read tokens off a denoised canvas: returns token ids, the kept length of each row (up to the first pad
-        or eos) and each row's score (mean log-probability of the kept tokens and the token that ends them)."""
+        or eos) and each row's score (see `score_tokens`)."""
         log_probs = self.model.decode(latents, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
         token_log_probs, token_ids = log_probs.max(dim=-1)
+        return self.score_tokens(token_ids, token_log_probs)
+
+    def score_tokens(
+        self, token_ids: torch.Tensor, token_log_probs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, the kept length of each row (up to the first pad or eos) and each row's score: the mean
+        log-probability of the kept tokens and the token that ends them."""
         config = self.model.config
         is_stop = (token_ids == config.pad_token_id) | (token_ids == config.eos_token_id)
         canvas = token_ids.shape[1]
@@ -299,6 +328,59 @@ class CodeFusionPipeline(DiffusionPipeline):
         )
         return self.model.round_with_decoder(estimate, encoder_hidden_states, attention_mask, rounding)
 
+    def commit_tokens_step(
+        self,
+        latents: torch.Tensor,
+        committed: CommittedTokens | None,
+        step_index: int,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        self_condition: torch.Tensor | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, CommittedTokens]:
+        """One step of `commit_tokens` sampling, mask-predict's schedule (Ghazvininejad et al., 2019) on the
+        continuous canvas. The denoiser reads the canvas with the committed positions at t = 0; the decoder's tokens
+        and log-probabilities replace those of the uncommitted positions; the ceil(canvas * (step + 1) / steps)
+        positions with the highest log-probabilities are committed (one committed before may be released); the
+        others are re-noised from the decoder's tokens to the next timestep. Returns the next canvas, this step's x0
+        estimate and the new state."""
+        batch_size, canvas_length = latents.shape[:2]
+        device, dtype = latents.device, latents.dtype
+        if committed is None:
+            nothing = torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device)
+            committed = CommittedTokens(
+                positions=nothing,
+                tokens=torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device),
+                log_probs=torch.zeros(batch_size, canvas_length, device=device),
+                latents=torch.zeros_like(latents),
+            )
+        timesteps = self.scheduler.timesteps
+        position_timesteps = torch.full((batch_size, canvas_length), int(timesteps[step_index]), device=device)
+        position_timesteps = position_timesteps.masked_fill(committed.positions, 0)
+        canvas = torch.where(committed.positions[..., None], committed.latents, latents)
+        model_output = self.model.denoise(
+            canvas, position_timesteps, encoder_hidden_states, attention_mask, self_condition
+        )
+        estimate = self.scheduler.clip_original_sample(
+            self.scheduler.predict_original_sample(model_output, position_timesteps, canvas)
+        )
+        log_probs = self.model.decode(estimate, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
+        step_log_probs, step_tokens = log_probs.max(dim=-1)
+        tokens = torch.where(committed.positions, committed.tokens, step_tokens)
+        token_log_probs = torch.where(committed.positions, committed.log_probs, step_log_probs)
+        count = math.ceil(canvas_length * (step_index + 1) / len(timesteps))
+        positions = torch.zeros_like(committed.positions).scatter(1, token_log_probs.topk(count, dim=1).indices, True)
+
+        def noised(token_ids: torch.Tensor, timestep: int) -> torch.Tensor:
+            noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
+            step = torch.full((batch_size,), timestep, device=device)
+            return self.scheduler.add_noise(self.model.embed_code(token_ids).to(dtype), noise, step)
+
+        committed_latents = noised(tokens, 0)
+        last = step_index + 1 == len(timesteps)
+        latents = committed_latents if last else noised(step_tokens, int(timesteps[step_index + 1]))
+        return latents, estimate, CommittedTokens(positions, tokens, token_log_probs, committed_latents)
+
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
         limit = max_length or token_ids.shape[1]
         return self.tokenizer.batch_decode(
@@ -325,6 +407,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
         rounding: str | None = None,
+        commit_tokens: bool = False,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -350,6 +433,12 @@ class CodeFusionPipeline(DiffusionPipeline):
                 the decoder's token distribution, CDCD's score interpolation). Rounding keeps the canvas made of
                 token embeddings, which is all the denoiser saw in training. `None` (default) uses the rounding the
                 model was trained for, `config.self_condition_rounding`, and no rounding when it has none.
+            commit_tokens: Commit the decoder's most confident tokens step by step, as mask-predict does: after each
+                step a growing share of the positions (all of them after the last step) is kept as clean token
+                embeddings at t = 0, and the rest is re-noised from the decoder's tokens to the next timestep (see
+                [`commit_tokens_step`]). Rounds with the decoder; the score of a candidate is its tokens' mean
+                log-probability when they were committed. Not in the paper; models trained with
+                `config.commit_probability` have seen such canvases.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -364,8 +453,10 @@ class CodeFusionPipeline(DiffusionPipeline):
             rounding,
             latents,
             timesteps,
+            commit_tokens,
+            eta,
         )
-        rounding = self.resolve_rounding(rounding)
+        rounding = "decoder" if commit_tokens else self.resolve_rounding(rounding)
         device = self._execution_device
         # Before the model changes mode: bad custom timesteps fail here with the model as it was.
         if timesteps is None:
@@ -395,25 +486,35 @@ class CodeFusionPipeline(DiffusionPipeline):
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
         trajectory = []
         self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
+        committed = None  # the state of commit_tokens sampling
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output = self.model.denoise(latents, timestep, encoder_hidden_states, attention_mask, self_condition)
-            step = self.scheduler.step(
-                model_output,
-                timestep,
-                latents,
-                eta=eta,
-                generator=generator,
-                code_embeddings=code_embeddings,
-                pred_original_sample=self.decoder_rounded_estimate(
-                    model_output, timestep, latents, encoder_hidden_states, attention_mask, rounding
-                ),
-            )
-            latents = step.prev_sample
+            if commit_tokens:
+                latents, estimate, committed = self.commit_tokens_step(
+                    latents, committed, step_index, encoder_hidden_states, attention_mask, self_condition, generator
+                )
+            else:
+                model_output = self.model.denoise(
+                    latents, timestep, encoder_hidden_states, attention_mask, self_condition
+                )
+                step = self.scheduler.step(
+                    model_output,
+                    timestep,
+                    latents,
+                    eta=eta,
+                    generator=generator,
+                    code_embeddings=code_embeddings,
+                    pred_original_sample=self.decoder_rounded_estimate(
+                        model_output, timestep, latents, encoder_hidden_states, attention_mask, rounding
+                    ),
+                )
+                latents, estimate = step.prev_sample, step.pred_original_sample
             if config.self_condition:
-                self_condition = step.pred_original_sample
+                self_condition = estimate
             if step_index in record_steps:
-                token_ids, lengths, _ = self.decode_canvas(
-                    step.pred_original_sample, encoder_hidden_states, attention_mask
+                token_ids, lengths, _ = (
+                    self.score_tokens(committed.tokens, committed.log_probs)
+                    if commit_tokens
+                    else self.decode_canvas(estimate, encoder_hidden_states, attention_mask)
                 )
                 trajectory.append(
                     {
@@ -427,7 +528,10 @@ class CodeFusionPipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
                 latents = callback_outputs.pop("latents", latents)
 
-        token_ids, lengths, scores = self.decode_canvas(latents, encoder_hidden_states, attention_mask)
+        if commit_tokens:
+            token_ids, lengths, scores = self.score_tokens(committed.tokens, committed.log_probs)
+        else:
+            token_ids, lengths, scores = self.decode_canvas(latents, encoder_hidden_states, attention_mask)
         self.model.train(was_training)
 
         # Rank each prompt's candidates by score, best first.
