@@ -197,6 +197,59 @@ def test_evaluate_script_with_custom_timesteps(overfit_pipeline, tmp_path, monke
     assert [json.loads(row)["reference"] for row in rows] == [code for _, code in PAIRS]
 
 
+def test_evaluate_script_with_commit_tokens(overfit_pipeline, tmp_path, monkeypatch):
+    """examples/evaluate.py --commit_tokens samples the mask-predict way, records it, and regenerates the pairs."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "examples" / "evaluate.py")
+    evaluate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_script)
+    overfit_pipeline.save_pretrained(tmp_path / "pipe")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output_dir", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv + ["--num_return_sequences", "2", "--commit_tokens", "--device", "cpu"])
+    evaluate_script.main()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["commit_tokens"] is True and metrics["rounding"] == "decoder"
+    assert metrics["exact_match@1"] == 1.0
+
+
+def test_compare_predictions_counts_discordant_prompts(tmp_path, monkeypatch, capsys):
+    """examples/compare_predictions.py: prompts solved by one model only, and the exact sign test on them (5 against
+    0 discordant prompts: two-sided p = 2 / 2**5)."""
+    import json
+
+    import compare_predictions
+
+    from codefusion_hf.evaluation_codefusion import write_evaluation
+
+    references = ["ls -l", "df -h", "wc -l a", "pwd", "whoami", "date", "uptime"]
+    prompts = [f"p{i}" for i in range(7)]
+    baseline = [["ls -l"], ["du"], ["wc"], ["ls"], ["id"], ["cal"], ["uptime"]]
+    candidate = [["ls -l"], ["df -h"], ["wc -l b"], ["pwd"], ["whoami"], ["date"], ["uptime"]]
+    for name, candidates in (("a", baseline), ("b", candidate)):
+        write_evaluation(str(tmp_path / name), prompts, references, candidates, [[0.0]] * 7, {})
+    out = tmp_path / "comparison.json"
+    argv = ["x", "--baseline", str(tmp_path / "a" / "predictions.jsonl"), "--ks", "1"]
+    monkeypatch.setattr(
+        sys, "argv", argv + ["--candidate", str(tmp_path / "b" / "predictions.jsonl"), "--output", str(out)]
+    )
+    compare_predictions.main()
+    (result,) = json.loads(out.read_text())["comparisons"]
+    assert result["metric"] == "template_match@1" and result["prompts"] == 7
+    assert (result["baseline_solved"], result["candidate_solved"]) == (2, 7)
+    assert (result["only_baseline"], result["only_candidate"]) == (0, 5)
+    assert result["p_value"] == pytest.approx(2 / 2**5)
+    with pytest.raises(ValueError, match="same prompts"):
+        compare_predictions.compare(
+            compare_predictions.read_predictions(str(tmp_path / "a" / "predictions.jsonl")),
+            compare_predictions.read_predictions(str(tmp_path / "b" / "predictions.jsonl"))[::-1],
+            "template_match",
+            1,
+        )
+
+
 def test_rescore_recomputes_metrics_and_keeps_the_run(tmp_path, monkeypatch, capsys):
     """examples/rescore.py: metrics come from the saved candidates under the current rules; run facts stay."""
     import json

@@ -337,6 +337,14 @@ def top_k_accuracy(
 ) -> float:
     """Share of prompts solved at k: any of the first k ranked candidates matches the reference. The ranking is the
     candidates' given order, which must not have looked at the reference."""
+    solved = solved_at_k(candidates, references, metric, k)
+    return sum(solved) / len(solved)
+
+
+def solved_at_k(
+    candidates: Sequence[Sequence[str]], references: Sequence[str], metric: str | Callable[[str, str], bool], k: int
+) -> list[bool]:
+    """For each prompt, whether any of its first k ranked candidates matches the reference (for paired tests)."""
     if len(candidates) != len(references):
         raise ValueError(f"candidates ({len(candidates)}) and references ({len(references)}) differ in length.")
     if not references:
@@ -347,7 +355,7 @@ def top_k_accuracy(
         if metric not in METRICS:
             raise ValueError(f"Unknown metric {metric!r}: choose one of {sorted(METRICS)}.")
         metric = METRICS[metric]
-    return sum(any(metric(c, ref) for c in cands[:k]) for cands, ref in zip(candidates, references)) / len(references)
+    return [any(metric(c, ref) for c in cands[:k]) for cands, ref in zip(candidates, references)]
 
 
 def metric_path(name: str) -> str:
@@ -372,6 +380,7 @@ __all__ = [
     "metric_path",
     "normalise_code",
     "parse_bash",
+    "solved_at_k",
     "template_match",
     "top_k_accuracy",
 ]
