@@ -10,8 +10,9 @@
 # TOKENIZER: the code tokenizer from train_tokenizer.py; DATA_DIR: holds pretrain_snippets.jsonl, train.jsonl,
 # validation.jsonl and test.jsonl (../shared/data/nl2bash). The baseline trains for PRETRAIN + FINETUNE minutes.
 # For a dry run on a CPU: USE_CPU=True, EVAL_SAMPLES=N (evaluate the first N rows of each split), short budgets.
-# PYTHON picks the interpreter (default python3). BASELINE=false skips the autoregressive baseline. ROUNDINGS: e.g. "none decoder" (default); the test split is
-# evaluated with the first two only.
+# PYTHON picks the interpreter (default python3). BASELINE=false skips the autoregressive baseline. ROUNDINGS: e.g.
+# "none decoder" (default), where "commit" stands for the pipeline's commit_tokens sampling (decoder rounding, 10
+# steps); the test split is evaluated with the first two only.
 set -uo pipefail
 python=${PYTHON:-python3}
 out=$1 encoder=$2 tokenizer=$3 data=$4 pretrain_minutes=${5:-1.5} finetune_minutes=${6:-4}
@@ -32,9 +33,11 @@ rounding_evals() {  # model folder, output prefix, log prefix: validation with e
   for split in validation test; do
     [[ $split == test ]] && roundings=("${roundings[@]:0:2}")
     for rounding in "${roundings[@]}"; do
+      sampler=(--rounding "$rounding")
+      [[ $rounding == commit ]] && sampler=(--commit_tokens --num_inference_steps 10)
       "$python" examples/evaluate.py --model "$model" --test_file "$data/$split.jsonl" \
         --output_dir "$prefix-$split-$rounding" --batch_size 128 "${eval_samples[@]}" \
-        --rounding "$rounding" >"$log-eval-$split-$rounding.log" 2>&1 &
+        "${sampler[@]}" >"$log-eval-$split-$rounding.log" 2>&1 &
     done
   done
   wait
@@ -90,15 +93,13 @@ autoregressive() {
 # overrides (JSON without spaces), then any training flags for both phases, e.g. a line
 #   x0-selfcond-later 1 {"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true} --timestep_bias_strategy later --timestep_bias_multiplier 3
 # The 2026-11-26 sweeps ran epsilon / x0 with and without self-conditioning, then x0 + self-conditioning with and
-# without phase 1 and x0 alone (VARIANTS lines for those are in docs/results.md). The default below is the third
-# sweep's: x0 + self-conditioning from scratch, with the two levers the CPU A/Bs favoured (timestep bias,
-# unrolling), each alone and together.
-x0sc='"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true'
+# without phase 1 and x0 alone, then x0 + self-conditioning with the timestep bias and unrolling, each alone and
+# together (VARIANTS lines for those are in docs/results.md). The default below is the next one: the third sweep's
+# best, with and without training for commit_tokens sampling (evaluate it with ROUNDINGS="decoder commit").
+x0sc='"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true,"unroll_probability":0.5'
 bias="--timestep_bias_strategy later --timestep_bias_multiplier 3"
-variants=${VARIANTS:-"x0-selfcond $pretrain_minutes {$x0sc}
-x0-selfcond-later3 $pretrain_minutes {$x0sc} $bias
-x0-selfcond-unroll50 $pretrain_minutes {$x0sc,\"unroll_probability\":0.5}
-x0-selfcond-later3-unroll50 $pretrain_minutes {$x0sc,\"unroll_probability\":0.5} $bias"}
+variants=${VARIANTS:-"x0-selfcond-later3-unroll50 $pretrain_minutes {$x0sc} $bias
+x0-selfcond-later3-unroll50-commit50 $pretrain_minutes {$x0sc,\"commit_probability\":0.5} $bias"}
 while read -r name phase1 overrides flags; do
   [[ -n $name ]] && codefusion "$name" "$phase1" "$overrides" "$flags" &
 done <<<"$variants"
