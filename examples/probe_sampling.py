@@ -11,6 +11,9 @@ from retrieved code make its candidates better? Each probe changes only how the 
   it looks at the reference, so it is a diagnosis, not a result.
 - guidance: classifier-free guidance, `uncond + scale * (cond - uncond)`, where the unconditional pass reads Gaussian
   noise as the prompt states (phase 1's unconditional task; phase 2 does not train it).
+- commit: the pipeline's `commit_tokens` sampling (mask-predict's schedule on the continuous canvas).
+- renoise: the same sampler without committing anything before the last step: each step re-noises the decoder's
+  tokens with fresh noise to the next timestep. Separates what committing adds from what re-noising does.
 - refine: start each candidate from one of the k retrieved snippets of `--refine_from` (predictions.jsonl of
   examples/baselines/retrieval.py, same rows in the same order), noised to step `--refine_timestep`, and denoise it
   with the prompt in `--refine_steps` steps (SDEdit). Candidates are ranked by the pipeline's score.
@@ -28,7 +31,7 @@ from codefusion_hf.evaluation_codefusion import score_candidates
 from codefusion_hf.pipeline_codefusion import ROUNDINGS
 from codefusion_hf.training_codefusion import load_code_dataset
 
-PROBES = ("base", "oracle_length", "guidance", "refine")
+PROBES = ("base", "oracle_length", "guidance", "commit", "renoise", "refine")
 
 
 @dataclass
@@ -70,7 +73,7 @@ def main():
     reference_lengths = torch.tensor([len(ids) for ids in reference_ids])
 
     decode, denoise = model.decode, model.denoise
-    state = {"lengths": None, "guidance_scale": 1.0}
+    state = {"lengths": None, "guidance_scale": 1.0, "commit": True}
 
     def probed_decode(latents, encoder_hidden_states, encoder_attention_mask=None):
         logits = decode(latents, encoder_hidden_states, encoder_attention_mask)
@@ -89,6 +92,13 @@ def main():
         return unconditional + scale * (conditional - unconditional)
 
     model.decode, model.denoise = probed_decode, probed_denoise
+    commit_count = pipe.commit_count
+
+    def probed_commit_count(step_index: int, canvas_length: int) -> int:
+        last = step_index + 1 == len(pipe.scheduler.timesteps)
+        return commit_count(step_index, canvas_length) if state["commit"] or last else 0
+
+    pipe.commit_count = probed_commit_count
 
     def sample(name: str, **probe) -> list[list[str]]:
         candidates = []
@@ -102,6 +112,9 @@ def main():
             if name == "refine":
                 kwargs = refine_start(probe["retrieved"][batch], probe["timestep"], generator)
             kwargs |= {"num_return_sequences": k, "generator": generator, "rounding": args.rounding}
+            if name in ("commit", "renoise"):
+                kwargs |= {"commit_tokens": True, "rounding": "decoder"}
+                state["commit"] = name == "commit"
             output = pipe(prompts[batch], **kwargs)
             candidates += output.code
         state["lengths"] = None

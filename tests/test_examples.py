@@ -386,12 +386,13 @@ def test_probe_sampling_runs_every_probe(overfit_pipeline, tmp_path, monkeypatch
     retrieved = tmp_path / "predictions.jsonl"  # as retrieval.py writes it, here with the right code first
     retrieved.write_text("".join(json.dumps({"prompt": p, "candidates": [c, "ls"]}) + "\n" for p, c in PAIRS))
     argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(tmp_path / "p.json")]
-    flags = ["--probes", "base", "oracle_length", "guidance", "refine", "--refine_from", str(retrieved)]
+    flags = ["--probes", "base", "oracle_length", "guidance", "commit", "renoise", "refine"]
+    flags += ["--refine_from", str(retrieved)]
     flags += ["--refine_timestep", "50", "--refine_steps", "5", "--num_return_sequences", "2"]
     monkeypatch.setattr(sys, "argv", argv + flags)
     probe_sampling.main()
     report = json.loads((tmp_path / "p.json").read_text())
-    for name in ("base", "oracle_length", "retrieval", "refine@50"):
+    for name in ("base", "oracle_length", "commit", "renoise", "retrieval", "refine@50"):
         assert report[name]["exact_match@1"] == 1.0, name
     assert 0 <= report["guidance"]["template_match@1"] <= 1 and report["guidance"]["num_prompts"] == len(PAIRS)
     assert report["arguments"]["guidance_scale"] == 2.0

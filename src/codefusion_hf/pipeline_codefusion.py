@@ -328,6 +328,11 @@ class CodeFusionPipeline(DiffusionPipeline):
         )
         return self.model.round_with_decoder(estimate, encoder_hidden_states, attention_mask, rounding)
 
+    def commit_count(self, step_index: int, canvas_length: int) -> int:
+        """How many positions `commit_tokens` sampling commits after step `step_index`: mask-predict's linear
+        schedule, all of them after the last step."""
+        return math.ceil(canvas_length * (step_index + 1) / len(self.scheduler.timesteps))
+
     def commit_tokens_step(
         self,
         latents: torch.Tensor,
@@ -340,8 +345,8 @@ class CodeFusionPipeline(DiffusionPipeline):
     ) -> tuple[torch.Tensor, torch.Tensor, CommittedTokens]:
         """One step of `commit_tokens` sampling, mask-predict's schedule (Ghazvininejad et al., 2019) on the
         continuous canvas. The denoiser reads the canvas with the committed positions at t = 0; the decoder's tokens
-        and log-probabilities replace those of the uncommitted positions; the ceil(canvas * (step + 1) / steps)
-        positions with the highest log-probabilities are committed (one committed before may be released); the
+        and log-probabilities replace those of the uncommitted positions; the `commit_count` positions with the
+        highest log-probabilities are committed (one committed before may be released); the
         others are re-noised from the decoder's tokens to the next timestep. Returns the next canvas, this step's x0
         estimate and the new state."""
         batch_size, canvas_length = latents.shape[:2]
@@ -368,7 +373,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         step_log_probs, step_tokens = log_probs.max(dim=-1)
         tokens = torch.where(committed.positions, committed.tokens, step_tokens)
         token_log_probs = torch.where(committed.positions, committed.log_probs, step_log_probs)
-        count = math.ceil(canvas_length * (step_index + 1) / len(timesteps))
+        count = self.commit_count(step_index, canvas_length)
         positions = torch.zeros_like(committed.positions).scatter(1, token_log_probs.topk(count, dim=1).indices, True)
 
         def noised(token_ids: torch.Tensor, timestep: int) -> torch.Tensor:
