@@ -176,41 +176,37 @@ def test_generate_script_prints_ranked_candidates(tiny_pipeline, tmp_path, monke
     assert "invalid choice: 'round'" in capsys.readouterr().err
 
 
-def test_evaluate_script_with_custom_timesteps(overfit_pipeline, tmp_path, monkeypatch):
-    """examples/evaluate.py end to end: a custom schedule is used, recorded, and still regenerates the pairs."""
+def run_evaluate_script(pipeline, tmp_path, monkeypatch, *flags) -> dict:
+    """Run examples/evaluate.py on the PAIRS with `pipeline` saved to a folder; return the metrics it wrote."""
     import json
 
     spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "examples" / "evaluate.py")
     evaluate_script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evaluate_script)
-    overfit_pipeline.save_pretrained(tmp_path / "pipe")
+    pipeline.save_pretrained(tmp_path / "pipe")
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
     argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output_dir", str(tmp_path / "out")]
-    timesteps = ["99", "90", "80", "60", "40", "20", "0"]
-    monkeypatch.setattr(sys, "argv", argv + ["--num_return_sequences", "1", "--timesteps", *timesteps])
+    monkeypatch.setattr(sys, "argv", argv + list(flags))
     evaluate_script.main()
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["timesteps"] == [int(t) for t in timesteps] and metrics["num_inference_steps"] == 7
-    assert metrics["exact_match@1"] == 1.0
     rows = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(row)["reference"] for row in rows] == [code for _, code in PAIRS]
+    return json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_evaluate_script_with_custom_timesteps(overfit_pipeline, tmp_path, monkeypatch):
+    """examples/evaluate.py end to end: a custom schedule is used, recorded, and still regenerates the pairs."""
+    timesteps = ["99", "90", "80", "60", "40", "20", "0"]
+    flags = ["--num_return_sequences", "1", "--timesteps", *timesteps]
+    metrics = run_evaluate_script(overfit_pipeline, tmp_path, monkeypatch, *flags)
+    assert metrics["timesteps"] == [int(t) for t in timesteps] and metrics["num_inference_steps"] == 7
+    assert metrics["exact_match@1"] == 1.0
 
 
 def test_evaluate_script_with_commit_tokens(overfit_pipeline, tmp_path, monkeypatch):
     """examples/evaluate.py --commit_tokens samples the mask-predict way, records it, and regenerates the pairs."""
-    import json
-
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "examples" / "evaluate.py")
-    evaluate_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate_script)
-    overfit_pipeline.save_pretrained(tmp_path / "pipe")
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
-    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output_dir", str(tmp_path / "out")]
-    monkeypatch.setattr(sys, "argv", argv + ["--num_return_sequences", "2", "--commit_tokens", "--device", "cpu"])
-    evaluate_script.main()
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    flags = ["--num_return_sequences", "2", "--commit_tokens", "--device", "cpu"]
+    metrics = run_evaluate_script(overfit_pipeline, tmp_path, monkeypatch, *flags)
     assert metrics["commit_tokens"] is True and metrics["rounding"] == "decoder"
     assert metrics["exact_match@1"] == 1.0
 
