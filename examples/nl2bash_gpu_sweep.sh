@@ -11,8 +11,8 @@
 # validation.jsonl and test.jsonl (../shared/data/nl2bash). The baseline trains for PRETRAIN + FINETUNE minutes.
 # For a dry run on a CPU: USE_CPU=True, EVAL_SAMPLES=N (evaluate the first N rows of each split), short budgets.
 # PYTHON picks the interpreter (default python3). BASELINE=false skips the autoregressive baseline. ROUNDINGS: e.g.
-# "none decoder" (default), where "commit" stands for the pipeline's commit_tokens sampling (decoder rounding, 10
-# steps); the test split is evaluated with the first two only.
+# "none decoder_mean"; default "decoder commit", where "commit" stands for the pipeline's commit_tokens sampling in
+# 10 steps (as measured on the CPU; the roundings use 20); the test split is evaluated with the first two only.
 set -uo pipefail
 python=${PYTHON:-python3}
 out=$1 encoder=$2 tokenizer=$3 data=$4 pretrain_minutes=${5:-1.5} finetune_minutes=${6:-4}
@@ -28,8 +28,8 @@ gpu=(--use_cpu "${USE_CPU:-False}" --bf16 True --per_device_train_batch_size 256
   --save_steps 1000 --save_total_limit 1)
 
 rounding_evals() {  # model folder, output prefix, log prefix: validation with every rounding, test with two
-  local model=$1 prefix=$2 log=$3 roundings split rounding
-  read -ra roundings <<<"${ROUNDINGS:-none decoder}"
+  local model=$1 prefix=$2 log=$3 roundings split rounding sampler
+  read -ra roundings <<<"${ROUNDINGS:-decoder commit}"
   for split in validation test; do
     [[ $split == test ]] && roundings=("${roundings[@]:0:2}")
     for rounding in "${roundings[@]}"; do
@@ -95,7 +95,7 @@ autoregressive() {
 # The 2026-11-26 sweeps ran epsilon / x0 with and without self-conditioning, then x0 + self-conditioning with and
 # without phase 1 and x0 alone, then x0 + self-conditioning with the timestep bias and unrolling, each alone and
 # together (VARIANTS lines for those are in docs/results.md). The default below is the next one: the third sweep's
-# best, with and without training for commit_tokens sampling (evaluate it with ROUNDINGS="decoder commit").
+# best, with and without training for commit_tokens sampling, each evaluated with decoder rounding and commit_tokens.
 x0sc='"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true,"unroll_probability":0.5'
 bias="--timestep_bias_strategy later --timestep_bias_multiplier 3"
 variants=${VARIANTS:-"x0-selfcond-later3-unroll50 $pretrain_minutes {$x0sc} $bias

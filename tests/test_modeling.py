@@ -291,9 +291,11 @@ def test_committed_positions_are_clean_at_timestep_zero_and_not_learned(code_tok
     torch.manual_seed(0)
     model = CodeFusionModel(tiny_config(code_tokenizer, commit_probability=1.0))
     scheduler, canvas_length = model.noise_scheduler, model.config.max_code_length
-    calls = []
+    calls, outputs = [], []
     denoise = model.denoise
-    monkeypatch.setattr(model, "denoise", lambda *a, **k: calls.append(a) or denoise(*a, **k))
+    monkeypatch.setattr(
+        model, "denoise", lambda *a, **k: calls.append(a) or outputs.append(denoise(*a, **k)) or outputs[-1]
+    )
     input_ids, attention_mask, labels = batch(code_tokenizer)
     timesteps = torch.tensor([50, 90])
     noise = torch.randn(2, canvas_length, model.config.latent_dim)
@@ -312,6 +314,9 @@ def test_committed_positions_are_clean_at_timestep_zero_and_not_learned(code_tok
         output.logits.flatten(0, 1), code_ids.masked_fill(committed, -100).flatten()
     )
     torch.testing.assert_close(output.decoder_loss, expected)
+    noised = (~committed)[..., None].float()  # epsilon prediction: the noise term targets the noise
+    expected_noise_loss = ((outputs[0] - noise) ** 2 * noised).sum() / (noised.sum() * model.config.latent_dim)
+    torch.testing.assert_close(output.noise_loss, expected_noise_loss)
     model.eval()
     calls.clear()
     model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
@@ -325,6 +330,13 @@ def test_per_position_timesteps_condition_each_position(tiny_model):
     config = tiny_model.config
     latents = torch.randn(1, config.max_code_length, config.latent_dim)
     states = torch.randn(1, 3, config.hidden_size)
+    conditioning = []
+    forward = tiny_model.denoiser.forward
+    tiny_model.denoiser.forward = lambda *a, **k: conditioning.append(k["conditioning"]) or forward(*a, **k)
+    per_position = torch.arange(config.max_code_length)[None] * 5
+    tiny_model.denoise(latents, per_position, states)
+    expected = tiny_model.time_embedding(tiny_model.time_proj(per_position[0]))
+    torch.testing.assert_close(conditioning[0][0], expected)  # each position gets its own timestep's embedding
     row = tiny_model.denoise(latents, torch.tensor([40]), states)
     same = tiny_model.denoise(latents, torch.full((1, config.max_code_length), 40), states)
     torch.testing.assert_close(row, same)

@@ -74,7 +74,7 @@ def evaluate_pipeline(
         "num_return_sequences": num_return_sequences,
         "num_inference_steps": len(timesteps) if timesteps else num_inference_steps,
         "timesteps": timesteps,
-        "rounding": "decoder" if commit_tokens else pipe.resolve_rounding(rounding),
+        "rounding": pipe.resolve_rounding(rounding, commit_tokens),
         "commit_tokens": commit_tokens,
         "seconds_per_prompt": seconds / len(prompts),
     }

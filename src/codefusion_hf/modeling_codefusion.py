@@ -26,7 +26,8 @@ class CodeFusionModelOutput(ModelOutput):
             embedding L(y).
         decoder_loss: Cross-entropy of the decoder's tokens read from D_s, -log p(y | D_s).
         logits: `(batch_size, canvas_length, vocab_size)` decoder logits for D_s.
-        timesteps: The diffusion timestep of each row.
+        timesteps: The diffusion timestep of each row, or of each canvas position for rows with committed positions
+            (`config.commit_probability`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -406,7 +407,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         rows = torch.rand(batch_size, 1, device=device) < self.config.commit_probability
         share = torch.rand(batch_size, 1, device=device)
         committed = rows & (torch.rand(batch_size, canvas_length, device=device) < share)
-        # One random position per row stays noisy, so every row has something to learn.
+        # One random position per row stays noisy, so no row is left entirely committed.
         committed &= ~F.one_hot(torch.randint(canvas_length, (batch_size,), device=device), canvas_length).bool()
         position_timesteps = timesteps[:, None].expand(batch_size, canvas_length).masked_fill(committed, 0)
         almost_clean = self.noise_scheduler.add_noise(clean_latents, noise, torch.zeros_like(timesteps))

@@ -57,14 +57,12 @@ class CodeFusionPipelineOutput(BaseOutput):
 
 @dataclass
 class CommittedTokens:
-    """The state of `commit_tokens` sampling: which canvas positions are committed, the token and log-probability
-    of every position (final once committed), and the committed positions' canvas (their token embeddings at
-    t = 0)."""
+    """The state of `commit_tokens` sampling: which canvas positions are committed, and the latest token and its
+    log-probability at every position (kept while the position stays committed)."""
 
     positions: torch.Tensor
     tokens: torch.Tensor
     log_probs: torch.Tensor
-    latents: torch.Tensor
 
 
 class CodeFusionPipeline(DiffusionPipeline):
@@ -306,8 +304,11 @@ class CodeFusionPipeline(DiffusionPipeline):
         scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
         return token_ids, lengths, scores
 
-    def resolve_rounding(self, rounding: str | None) -> str:
-        """The rounding a call uses: the one asked for, else the one the model was trained for, else "none"."""
+    def resolve_rounding(self, rounding: str | None, commit_tokens: bool = False) -> str:
+        """The rounding a call uses: "decoder" with `commit_tokens`, else the one asked for, else the one the model
+        was trained for, else "none"."""
+        if commit_tokens:
+            return "decoder"
         return rounding or self.model.config.self_condition_rounding or "none"
 
     def decoder_rounded_estimate(
@@ -344,30 +345,28 @@ class CodeFusionPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
     ) -> tuple[torch.Tensor, torch.Tensor, CommittedTokens]:
         """One step of `commit_tokens` sampling, mask-predict's schedule (Ghazvininejad et al., 2019) on the
-        continuous canvas. The denoiser reads the canvas with the committed positions at t = 0; the decoder's tokens
-        and log-probabilities replace those of the uncommitted positions; the `commit_count` positions with the
-        highest log-probabilities are committed (one committed before may be released); the
-        others are re-noised from the decoder's tokens to the next timestep. Returns the next canvas, this step's x0
-        estimate and the new state."""
+        continuous canvas. The denoiser reads the canvas, whose committed positions are at t = 0; the decoder's
+        tokens and log-probabilities replace those of the uncommitted positions; the `commit_count` positions with
+        the highest log-probabilities are committed (positions committed before may be released); the next canvas
+        holds the committed tokens' embeddings at t = 0 and, elsewhere, the decoder's tokens re-noised with fresh
+        noise to the next timestep. Returns the next canvas, this step's x0 estimate for self-conditioning (rounded
+        as the model was trained, `config.self_condition_rounding`) and the new state."""
         batch_size, canvas_length = latents.shape[:2]
         device, dtype = latents.device, latents.dtype
         if committed is None:
-            nothing = torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device)
             committed = CommittedTokens(
-                positions=nothing,
+                positions=torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device),
                 tokens=torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device),
                 log_probs=torch.zeros(batch_size, canvas_length, device=device),
-                latents=torch.zeros_like(latents),
             )
         timesteps = self.scheduler.timesteps
         position_timesteps = torch.full((batch_size, canvas_length), int(timesteps[step_index]), device=device)
         position_timesteps = position_timesteps.masked_fill(committed.positions, 0)
-        canvas = torch.where(committed.positions[..., None], committed.latents, latents)
         model_output = self.model.denoise(
-            canvas, position_timesteps, encoder_hidden_states, attention_mask, self_condition
+            latents, position_timesteps, encoder_hidden_states, attention_mask, self_condition
         )
         estimate = self.scheduler.clip_original_sample(
-            self.scheduler.predict_original_sample(model_output, position_timesteps, canvas)
+            self.scheduler.predict_original_sample(model_output, position_timesteps, latents)
         )
         log_probs = self.model.decode(estimate, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
         step_log_probs, step_tokens = log_probs.max(dim=-1)
@@ -381,10 +380,14 @@ class CodeFusionPipeline(DiffusionPipeline):
             step = torch.full((batch_size,), timestep, device=device)
             return self.scheduler.add_noise(self.model.embed_code(token_ids).to(dtype), noise, step)
 
-        committed_latents = noised(tokens, 0)
-        last = step_index + 1 == len(timesteps)
-        latents = committed_latents if last else noised(step_tokens, int(timesteps[step_index + 1]))
-        return latents, estimate, CommittedTokens(positions, tokens, token_log_probs, committed_latents)
+        latents = noised(tokens, 0)
+        if step_index + 1 < len(timesteps):
+            renoised = noised(step_tokens, int(timesteps[step_index + 1]))
+            latents = torch.where(positions[..., None], latents, renoised)
+        rounding = self.model.config.self_condition_rounding
+        if rounding is not None:
+            estimate = self.model.round_with_decoder(estimate, encoder_hidden_states, attention_mask, rounding)
+        return latents, estimate, CommittedTokens(positions, tokens, token_log_probs)
 
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
         limit = max_length or token_ids.shape[1]
@@ -442,8 +445,9 @@ class CodeFusionPipeline(DiffusionPipeline):
                 step a growing share of the positions (all of them after the last step) is kept as clean token
                 embeddings at t = 0, and the rest is re-noised from the decoder's tokens to the next timestep (see
                 [`commit_tokens_step`]). Rounds with the decoder; the score of a candidate is its tokens' mean
-                log-probability when they were committed. Not in the paper; models trained with
-                `config.commit_probability` have seen such canvases.
+                log-probability when they were committed, and the text comes from those tokens (a callback can
+                change the canvas the next step reads, not the tokens already committed). Not in the paper; models
+                trained with `config.commit_probability` have seen such canvases.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -461,7 +465,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             commit_tokens,
             eta,
         )
-        rounding = "decoder" if commit_tokens else self.resolve_rounding(rounding)
+        rounding = self.resolve_rounding(rounding, commit_tokens)
         device = self._execution_device
         # Before the model changes mode: bad custom timesteps fail here with the model as it was.
         if timesteps is None:
@@ -649,4 +653,4 @@ def check_readable(path: str) -> None:
         raise OSError(f"{path} is corrupted: {error}") from None
 
 
-__all__ = ["CodeFusionPipeline", "CodeFusionPipelineOutput", "upload_pipeline_folder"]
+__all__ = ["CodeFusionPipeline", "CodeFusionPipelineOutput", "CommittedTokens", "upload_pipeline_folder"]

@@ -137,14 +137,15 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         return alpha_bar.reshape(*alpha_bar.shape, *([1] * (like.ndim - alpha_bar.ndim)))
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), one timestep per row."""
+        """Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), one timestep per row (or
+        per canvas position)."""
         alpha_bar = self._alpha_bar(timesteps, original_samples)
         return alpha_bar.sqrt() * original_samples + (1 - alpha_bar).sqrt() * noise
 
     def predict_original_sample(
         self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor
     ) -> torch.Tensor:
-        """The x0 estimate implied by the model output at `timesteps` (one per row, or one for all)."""
+        """The x0 estimate implied by the model output at `timesteps` (one for all, per row or per position)."""
         if self.config.prediction_type == "sample":
             return model_output
         alpha_bar = self._alpha_bar(timesteps, sample)
@@ -153,8 +154,8 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
     def predict_noise(
         self, pred_original_sample: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor
     ) -> torch.Tensor:
-        """The noise in `sample` at `timesteps` (one per row, or one for all) implied by an x0 estimate: what a
-        deterministic (DDIM) step keeps while it moves the canvas towards that estimate."""
+        """The noise in `sample` at `timesteps` (one for all, per row or per position) implied by an x0 estimate:
+        what a deterministic (DDIM) step keeps while it moves the canvas towards that estimate."""
         alpha_bar = self._alpha_bar(timesteps, sample)
         return (sample - alpha_bar.sqrt() * pred_original_sample) / (1 - alpha_bar).sqrt()
 
