@@ -260,10 +260,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         if rounding not in DECODER_ROUNDINGS:
             raise ValueError(f"rounding must be one of {DECODER_ROUNDINGS}, got {rounding!r}.")
         logits = self.decode(latents, encoder_hidden_states, encoder_attention_mask)
+        return self.embed_decoder_logits(logits, rounding).to(latents.dtype)
+
+    def embed_decoder_logits(self, logits: torch.Tensor, rounding: str = "decoder") -> torch.Tensor:
+        """The code embeddings `round_with_decoder` makes from decoder logits it already has: of the most likely
+        tokens (`"decoder"`) or averaged under the token distribution (`"decoder_mean"`)."""
         if rounding == "decoder":
-            return self.embed_code(logits.argmax(dim=-1)).to(latents.dtype)
-        probabilities = logits.float().softmax(dim=-1)
-        return (probabilities @ self.code_embedding_matrix().float()).to(latents.dtype)
+            return self.embed_code(logits.argmax(dim=-1))
+        return logits.float().softmax(dim=-1) @ self.code_embedding_matrix().float()
 
     def forward(
         self,

@@ -368,8 +368,8 @@ class CodeFusionPipeline(DiffusionPipeline):
         estimate = self.scheduler.clip_original_sample(
             self.scheduler.predict_original_sample(model_output, position_timesteps, latents)
         )
-        log_probs = self.model.decode(estimate, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
-        step_log_probs, step_tokens = log_probs.max(dim=-1)
+        logits = self.model.decode(estimate, encoder_hidden_states, attention_mask)
+        step_log_probs, step_tokens = logits.float().log_softmax(dim=-1).max(dim=-1)
         tokens = torch.where(committed.positions, committed.tokens, step_tokens)
         token_log_probs = torch.where(committed.positions, committed.log_probs, step_log_probs)
         count = self.commit_count(step_index, canvas_length)
@@ -385,8 +385,8 @@ class CodeFusionPipeline(DiffusionPipeline):
             renoised = noised(step_tokens, int(timesteps[step_index + 1]))
             latents = torch.where(positions[..., None], latents, renoised)
         rounding = self.model.config.self_condition_rounding
-        if rounding is not None:
-            estimate = self.model.round_with_decoder(estimate, encoder_hidden_states, attention_mask, rounding)
+        if rounding is not None:  # from this step's logits: no second decoder pass
+            estimate = self.model.embed_decoder_logits(logits, rounding).to(dtype)
         return latents, estimate, CommittedTokens(positions, tokens, token_log_probs)
 
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
