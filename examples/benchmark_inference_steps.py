@@ -33,6 +33,10 @@ class BenchmarkArguments:
     rounding: str | None = field(
         default=None, metadata={"help": "Sampler rounding (default: the model's own).", "choices": list(ROUNDINGS)}
     )
+    commit_tokens: bool = field(
+        default=False,
+        metadata={"help": "Commit the most confident tokens step by step, as mask-predict does (not in the paper)."},
+    )
     device: str | None = field(default=None, metadata={"help": "Default: CUDA if available."})
 
 
@@ -53,6 +57,7 @@ def main():
             batch_size=args.batch_size,
             seed=args.seed,
             rounding=args.rounding,
+            commit_tokens=args.commit_tokens,
         )
         runs.append(metrics)
         print(json.dumps({key: metrics[key] for key in ("num_inference_steps", "seconds_per_prompt")}))

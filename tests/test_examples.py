@@ -288,6 +288,11 @@ def test_benchmark_inference_steps(tiny_pipeline, tmp_path, monkeypatch):
     runs = json.loads(output.read_text())["runs"]
     assert [run["num_inference_steps"] for run in runs] == [1, 3]
     assert all(run["num_prompts"] == 2 and "template_match@1" in run and run["seconds_per_prompt"] > 0 for run in runs)
+    assert not any(run["commit_tokens"] for run in runs)
+    monkeypatch.setattr(sys, "argv", argv + ["--steps", "2", "--num_return_sequences", "2", "--commit_tokens"])
+    benchmark_inference_steps.main()
+    (run,) = json.loads(output.read_text())["runs"]
+    assert run["commit_tokens"] and run["num_inference_steps"] == 2 and run["num_prompts"] == 2
 
 
 def test_results_table_and_plot(tmp_path):
