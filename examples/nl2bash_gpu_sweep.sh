@@ -13,6 +13,9 @@
 # PYTHON picks the interpreter (default python3). BASELINE=false skips the autoregressive baseline. ROUNDINGS: e.g.
 # "none decoder_mean"; default "decoder commit", where "commit" stands for the pipeline's commit_tokens sampling in
 # 10 steps (as measured on the CPU; the roundings use 20); the test split is evaluated with the first two only.
+# LR_DECAY: the share of the last training phase (CodeFusion's phase 2, the baseline's whole run) over which the
+# learning rate anneals linearly to 0 on the clock (--lr_decay_minutes); default 0.25, 0 keeps it constant as the
+# 2026-11-26 sweeps did.
 set -uo pipefail
 python=${PYTHON:-python3}
 out=$1 encoder=$2 tokenizer=$3 data=$4 pretrain_minutes=${5:-1.5} finetune_minutes=${6:-4}
@@ -26,6 +29,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
 gpu=(--use_cpu "${USE_CPU:-False}" --bf16 True --per_device_train_batch_size 256 --per_device_eval_batch_size 256
   --learning_rate 1e-3 --lr_scheduler_type constant_with_warmup --warmup_steps 200 --logging_steps 50
   --save_steps 1000 --save_total_limit 1)
+lr_decay() {  # --lr_decay_minutes for a phase of $1 minutes
+  "$python" -c "import sys; share = float(sys.argv[2]); print(f'--lr_decay_minutes {share * float(sys.argv[1])}' if share else '')" \
+    "$1" "${LR_DECAY:-0.25}"
+}
 
 rounding_evals() {  # model folder, output prefix, log prefix: validation with every rounding, test with two
   local model=$1 prefix=$2 log=$3 roundings split rounding sampler
@@ -62,7 +69,7 @@ codefusion() {  # name, phase-1 minutes (0: no phase 1, phase 2 gets the whole b
   fi
   $phase1_ok && "$python" examples/finetune.py examples/configs/nl2bash_finetune.json "${gpu[@]}" "${start[@]}" \
     --train_file "$data/train.jsonl" --validation_file "$data/validation.jsonl" --output_dir "$out/$name/finetune" \
-    --max_train_minutes "$phase2" --eval_steps 500 "${flags[@]}" >>"$log" 2>&1 &&
+    --max_train_minutes "$phase2" $(lr_decay "$phase2") --eval_steps 500 "${flags[@]}" >>"$log" 2>&1 &&
     rounding_evals "$out/$name/finetune" "$out/$name/eval" "$out/$name"
   echo "$name: $(ls "$out/$name"/eval-*/metrics.json 2>/dev/null | wc -l) evaluations written" >>"$log"
 }
@@ -73,7 +80,7 @@ autoregressive() {
   budget=$("$python" -c "print($pretrain_minutes + $finetune_minutes)")
   "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${gpu[@]}" \
     --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --train_file "$data/train.jsonl" \
-    --validation_file "$data/validation.jsonl" --output_dir "$out/autoregressive" --max_train_minutes "$budget" \
+    --validation_file "$data/validation.jsonl" --output_dir "$out/autoregressive" --max_train_minutes "$budget" $(lr_decay "$budget") \
     >"$log" 2>&1 &&
   for split in validation test; do
     for decoding in beam sample; do

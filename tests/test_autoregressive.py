@@ -39,6 +39,10 @@ def test_config_parses_and_flags_override():
     assert training_args.freeze_encoder and training_args.do_train and training_args.output_dir.startswith("runs/")
     assert model_args.encoder_name_or_path == train_autoregressive.MINILM and data_args.train_file
     assert eval_args.decoding == "beam"
+    _, _, _, training_args = train_autoregressive.parse_args([str(config), "--lr_decay_minutes", "30"])
+    assert training_args.lr_decay_minutes == 30  # annealed over the last 30 of the config's 120 minutes
+    with pytest.raises(ValueError, match="lr_decay_minutes=121.0 must be positive and at most max_train_minutes=120"):
+        train_autoregressive.parse_args([str(config), "--lr_decay_minutes", "121"])
 
 
 def test_t5_train_resume_and_evaluate_beam_and_sample(tmp_path, code_tokenizer):

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from conftest import PAIRS, tiny_config
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from codefusion_hf import CodeFusionModel, CodeFusionPipeline
+from codefusion_hf import CodeFusionModel, CodeFusionPipeline, training_codefusion
 from codefusion_hf.training_codefusion import (
     CodeFusionDataCollator,
     CodeFusionPretrainer,
@@ -265,6 +266,36 @@ def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):
     assert (tmp_path / "out" / "checkpoint-1" / "model.safetensors").is_file()
 
 
+def test_lr_decay_minutes_anneals_over_the_end_of_the_time_budget(code_tokenizer, tmp_path, monkeypatch):
+    """A fake clock that advances one minute at every reading (the start, then once per optimizer step): the rate
+    stays at the schedule's until 4 minutes are left, falls linearly to 0 at 10 minutes, and training stops after."""
+    minutes = iter(range(1000))
+    monkeypatch.setattr(training_codefusion, "time", SimpleNamespace(monotonic=lambda: 60.0 * next(minutes)))
+    trainer = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        max_steps=1000,
+        max_train_minutes=10,
+        lr_decay_minutes=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+    )
+    trainer.train()
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    # step k uses the rate set by the clock after step k - 1 (k - 1 minutes); step 11 ends past the 10 minutes
+    assert rates == pytest.approx([1e-3] * 7 + [7.5e-4, 5e-4, 2.5e-4, 0.0])
+    assert trainer.state.global_step == 11
+
+
+def test_lr_decay_minutes_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="lr_decay_minutes needs max_train_minutes"):
+        training_args(tmp_path, lr_decay_minutes=1)
+    with pytest.raises(ValueError, match="lr_decay_minutes=20 must be positive and at most max_train_minutes=10"):
+        training_args(tmp_path, max_train_minutes=10, lr_decay_minutes=20)
+
+
 def test_resume_from_missing_or_corrupted_checkpoint(code_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         find_resume_checkpoint(training_args(tmp_path, resume_from_checkpoint=str(tmp_path / "nowhere")))
@@ -445,6 +476,10 @@ def test_two_process_finetune(code_tokenizer, tmp_path):
         "True",
         "--save_strategy",
         "no",
+        "--max_train_minutes",  # the clock is read on rank 0 and broadcast: same rates, same stopping step
+        "60",
+        "--lr_decay_minutes",
+        "60",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -57,6 +57,7 @@ from codefusion_hf.evaluation_codefusion import (  # noqa: E402
 )
 from codefusion_hf.training_codefusion import (  # noqa: E402
     TimeLimitCallback,
+    check_time_budget,
     find_resume_checkpoint,
     load_code_dataset,
     tokenize_dataset,
@@ -125,7 +126,7 @@ class GenerationEvaluationArguments:
 
 @dataclass
 class AutoregressiveTrainingArguments(Seq2SeqTrainingArguments):
-    """`Seq2SeqTrainingArguments` plus the two knobs the CodeFusion run has, so both runs can be configured alike."""
+    """`Seq2SeqTrainingArguments` plus the knobs the CodeFusion run has, so both runs can be configured alike."""
 
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Keep the pretrained prompt encoder frozen (the CodeFusion run does)."}
@@ -133,6 +134,14 @@ class AutoregressiveTrainingArguments(Seq2SeqTrainingArguments):
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training (saving a checkpoint) after this many minutes of this run."}
     )
+    lr_decay_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Scale the learning rate down linearly to 0 over the last minutes of max_train_minutes."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_time_budget(self.max_train_minutes, self.lr_decay_minutes)
 
 
 def parse_args(
@@ -249,7 +258,7 @@ def train(
         processing_class=code_tokenizer,  # saved with every checkpoint and with the final model
     )
     if training_args.max_train_minutes is not None:
-        trainer.add_callback(TimeLimitCallback(training_args.max_train_minutes))
+        trainer.add_callback(TimeLimitCallback(training_args.max_train_minutes, training_args.lr_decay_minutes))
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))
     trainer.save_model()
     if prompt_tokenizer is not code_tokenizer and trainer.is_world_process_zero():

@@ -13,6 +13,8 @@ from typing import Any
 
 import bashlex
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast
 from datasets import Dataset, load_dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
@@ -74,6 +76,10 @@ class CodeFusionTrainingArguments(TrainingArguments):
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training (saving a checkpoint) after this many minutes of this run."}
     )
+    lr_decay_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Scale the learning rate down linearly to 0 over the last minutes of max_train_minutes."},
+    )
     generation_eval_samples: int = field(
         default=0, metadata={"help": "At each evaluation, generate code for this many eval rows and log exact match."}
     )
@@ -88,6 +94,7 @@ class CodeFusionTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        check_time_budget(self.max_train_minutes, self.lr_decay_minutes)
         for name in ("unconditional_probability", "cpd_mask_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
@@ -282,18 +289,62 @@ class CodeFusionPretrainingCollator(CodeFusionDataCollator):
 # ----------------------------------------------------------------------------------------------- trainers
 
 
+def check_time_budget(max_train_minutes: float | None, lr_decay_minutes: float | None) -> None:
+    """The arguments' own check of `lr_decay_minutes`, shared by the CodeFusion and autoregressive runs."""
+    if lr_decay_minutes is None:
+        return
+    if max_train_minutes is None:
+        raise ValueError("lr_decay_minutes needs max_train_minutes: it decays over the end of that time budget.")
+    if not 0 < lr_decay_minutes <= max_train_minutes:
+        raise ValueError(
+            f"lr_decay_minutes={lr_decay_minutes} must be positive and at most max_train_minutes={max_train_minutes}."
+        )
+
+
 class TimeLimitCallback(TrainerCallback):
-    """Ends training, with a final checkpoint, once `max_train_minutes` of wall time have passed in this run."""
+    """
+    Ends training, with a final checkpoint, once `max_train_minutes` of wall time have passed in this run. With
+    `lr_decay_minutes`, the learning rate of the schedule is also scaled down linearly to 0 over the last
+    `lr_decay_minutes` of the budget: a run that stops on the clock cannot know its step count, so a step-based
+    decaying schedule cannot end on time, and a constant rate leaves the gain of annealing on the table. The clock is
+    the main process's, broadcast at every step, so every process stops at the same step with the same rate.
+    """
 
-    def __init__(self, max_train_minutes: float):
+    def __init__(self, max_train_minutes: float, lr_decay_minutes: float | None = None):
+        check_time_budget(max_train_minutes, lr_decay_minutes)
         self.max_seconds = max_train_minutes * 60
+        self.decay_seconds = None if lr_decay_minutes is None else lr_decay_minutes * 60
         self.start = None
+        self.elapsed = 0.0
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         self.start = time.monotonic()
+        self.elapsed = 0.0
+        if self.decay_seconds is None:
+            return
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise ValueError(
+                f"lr_decay_minutes scales a LambdaLR schedule (every lr_scheduler_type of transformers but "
+                f"reduce_lr_on_plateau), got {type(scheduler).__name__}: choose another lr_scheduler_type."
+            )
+        scheduler.lr_lambdas = [
+            lambda step, schedule=schedule: schedule(step) * self.lr_factor() for schedule in scheduler.lr_lambdas
+        ]
+
+    def lr_factor(self) -> float:
+        """1 until the last `lr_decay_minutes` of the budget, then down linearly to 0 at its end."""
+        return min(1.0, max(0.0, (self.max_seconds - self.elapsed) / self.decay_seconds))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        """Read the clock between the optimizer's step and the schedule's, which sets the next step's rate."""
+        elapsed = torch.tensor([time.monotonic() - self.start], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            elapsed = broadcast(elapsed.to(PartialState().device)).cpu()
+        self.elapsed = elapsed.item()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.start > self.max_seconds:
+        if self.elapsed > self.max_seconds:
             logger.warning(
                 f"max_train_minutes={args.max_train_minutes} reached at step {state.global_step}: stopping."
             )
@@ -341,7 +392,7 @@ class CodeFusionTrainer(Trainer):
         self._eval_generator = None
         self._timestep_weights = self.timestep_weights(model.config.num_train_timesteps)  # drawn from every step
         if args.max_train_minutes is not None:
-            self.add_callback(TimeLimitCallback(args.max_train_minutes))
+            self.add_callback(TimeLimitCallback(args.max_train_minutes, args.lr_decay_minutes))
 
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(not args.freeze_encoder)
