@@ -84,7 +84,7 @@ def plot_steps(steps_file: str, output: str) -> plt.Figure:
         if key in runs[0]:
             scale = 1 if key.startswith("bleu") else 100  # BLEU is already in points
             accuracy.plot(steps, [scale * run[key] for run in runs], marker="o", label=key)
-    accuracy.set(xscale="log", xlabel="denoising steps", ylabel="% (BLEU: points)", title="accuracy", ylim=(0, 100))
+    accuracy.set(xscale="log", xlabel="denoising steps", ylabel="% (BLEU: points)", title="accuracy", ylim=(0, None))
     accuracy.legend(fontsize=7)
     time.plot(steps, [run["seconds_per_prompt"] for run in runs], marker="o")
     time.set(xscale="log", xlabel="denoising steps", ylabel="seconds per prompt (k candidates)", title="time")
