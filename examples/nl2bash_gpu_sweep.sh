@@ -25,7 +25,8 @@ mkdir -p "$out"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
 
 # GPU settings shared by every run: a large batch (the models are small), a constant learning rate after warm-up
-# (training stops on the clock, so a decaying schedule would not know its length), few checkpoints.
+# (training stops on the clock, so a step-based decaying schedule would not know its length; lr_decay anneals it on
+# the clock instead), few checkpoints.
 gpu=(--use_cpu "${USE_CPU:-False}" --bf16 True --per_device_train_batch_size 256 --per_device_eval_batch_size 256
   --learning_rate 1e-3 --lr_scheduler_type constant_with_warmup --warmup_steps 200 --logging_steps 50
   --save_steps 1000 --save_total_limit 1)
