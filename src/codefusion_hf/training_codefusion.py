@@ -13,8 +13,7 @@ from typing import Any
 
 import bashlex
 import torch
-from accelerate import PartialState
-from accelerate.utils import broadcast
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset, load_dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
@@ -338,10 +337,7 @@ class TimeLimitCallback(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         """Read the clock between the optimizer's step and the schedule's, which sets the next step's rate."""
-        elapsed = torch.tensor([time.monotonic() - self.start], dtype=torch.float64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            elapsed = broadcast(elapsed.to(PartialState().device)).cpu()
-        self.elapsed = elapsed.item()
+        (self.elapsed,) = broadcast_object_list([time.monotonic() - self.start])  # as is with one process
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.elapsed > self.max_seconds:
