@@ -42,6 +42,9 @@ class EvaluationArguments:
         default=False,
         metadata={"help": "Commit the most confident tokens step by step, as mask-predict does (not in the paper)."},
     )
+    guidance_scale: float = field(
+        default=1.0, metadata={"help": "Classifier-free guidance scale (not in the paper); 1 turns it off."}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA if available)."})
 
 
@@ -62,6 +65,7 @@ def main():
         seed=args.seed,
         rounding=args.rounding,
         commit_tokens=args.commit_tokens,
+        guidance_scale=args.guidance_scale,
         device=args.device,
     )
     for name, value in metrics.items():

@@ -197,6 +197,10 @@ def make_code_tokenizer():
         ({"rounding": "argmax"}, "rounding"),
         ({"commit_tokens": True, "rounding": "nearest"}, "commit_tokens"),
         ({"commit_tokens": True, "eta": 1.0}, "commit_tokens"),
+        ({"guidance_scale": 0.5}, "guidance_scale"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"guidance_scale": float("inf")}, "guidance_scale"),
+        ({"guidance_scale": "2"}, "guidance_scale"),
         ({"callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
     ],
 )
@@ -344,6 +348,48 @@ def test_commit_tokens_commits_a_growing_share_of_positions(tiny_pipeline, monke
     # The final canvas is the committed tokens' embeddings at t = 0 (almost clean): nearest embedding is each token.
     embeddings = tiny_pipeline.model.code_embedding_matrix()
     assert torch.equal(torch.cdist(latents, embeddings).argmin(dim=-1), token_ids)
+
+
+def test_guided_denoise_is_the_guidance_formula(code_tokenizer):
+    """One batch of conditional and unconditional rows gives what two separate denoiser calls give, combined as
+    unconditional + scale * (conditional - unconditional); the unconditional rows see an unmasked prompt."""
+    torch.manual_seed(0)
+    pipe = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer, self_condition=True)), code_tokenizer).to("cpu")
+    states, mask = pipe.encode_prompt(["list all files", "count the lines of every file"], torch.device("cpu"))
+    assert not mask.all()  # the shorter prompt is padded: the masks of the two halves differ
+    canvas = (2, pipe.model.config.max_code_length, pipe.model.config.latent_dim)
+    latents, self_condition, unconditional_states = torch.randn(canvas), torch.randn(canvas), torch.randn(states.shape)
+    for timesteps in (torch.tensor(50), torch.randint(0, 100, canvas[:2])):
+        conditional = pipe.model.denoise(latents, timesteps, states, mask, self_condition)
+        unconditional = pipe.model.denoise(
+            latents, timesteps, unconditional_states, torch.ones_like(mask), self_condition
+        )
+        guided = pipe.guided_denoise(latents, timesteps, states, mask, self_condition, 3.0, unconditional_states)
+        torch.testing.assert_close(guided, unconditional + 3.0 * (conditional - unconditional))
+        assert torch.equal(pipe.guided_denoise(latents, timesteps, states, mask, self_condition), conditional)
+
+
+@pytest.mark.parametrize("commit_tokens", [False, True])
+def test_guidance_scale_guides_every_step(tiny_pipeline, monkeypatch, commit_tokens):
+    """With guidance_scale > 1 every step guides with the same unconditional states, drawn after the starting
+    canvas (which stays as it was); guidance_scale=1 is the unguided call itself."""
+    calls = []
+    guided_denoise = tiny_pipeline.guided_denoise
+    monkeypatch.setattr(tiny_pipeline, "guided_denoise", lambda *a: calls.append(a) or guided_denoise(*a))
+    prompts = ["list all files", "count lines"]
+    unguided = seeded(tiny_pipeline, prompts, num_return_sequences=2, commit_tokens=commit_tokens)
+    assert len(calls) == 5 and all(call[5] == 1.0 and call[6] is None for call in calls)
+    start = calls[0][0]
+    calls.clear()
+    guided = seeded(tiny_pipeline, prompts, num_return_sequences=2, commit_tokens=commit_tokens, guidance_scale=4.0)
+    assert len(calls) == 5 and all(call[5] == 4.0 for call in calls)
+    assert torch.equal(calls[0][0], start)
+    unconditional_states = calls[0][6]
+    assert unconditional_states.shape == calls[0][2].shape and not torch.equal(unconditional_states, calls[0][2])
+    assert all(call[6] is unconditional_states for call in calls)
+    assert guided.code != unguided.code or guided.scores != unguided.scores
+    same = seeded(tiny_pipeline, prompts, num_return_sequences=2, commit_tokens=commit_tokens, guidance_scale=1)
+    assert same.code == unguided.code and same.scores == unguided.scores
 
 
 def test_rounding_defaults_to_the_models_own(code_tokenizer, monkeypatch):

@@ -191,6 +191,33 @@ def test_pretrain_tasks_reach_the_model(code_tokenizer, tmp_path, monkeypatch):
     assert (seen["attention_mask"][noise] == 1).all()
 
 
+def test_prompt_dropout_replaces_prompts_by_noise_in_finetuning(code_tokenizer, tmp_path, monkeypatch):
+    """prompt_dropout_probability: in training, dropped rows read Gaussian noise over an unmasked prompt (phase 1's
+    unconditional task), kept rows their encoded prompt, and the encoder still learns from the kept rows; the
+    evaluation loss stays fully conditional."""
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, prompt_dropout_probability=0.5)
+    model = trainer.model
+    seen, encoded = [], []
+    forward, encode = model.forward, model.encode
+    monkeypatch.setattr(model, "forward", lambda **kwargs: seen.append(kwargs) or forward(**kwargs))
+    monkeypatch.setattr(model, "encode", lambda *args: encoded.append(encode(*args)) or encoded[-1])
+    batch = first_batch(trainer)
+    batch = {k: v.repeat(8, *[1] * (v.ndim - 1)) for k, v in batch.items()}  # 32 rows: both kinds appear
+    model.train()
+    torch.manual_seed(0)
+    trainer.compute_loss(model, batch).backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    states, mask = seen[0]["encoder_hidden_states"], seen[0]["attention_mask"]
+    kept = (states == encoded[0]).flatten(1).all(dim=1)
+    assert 0 < kept.sum() < len(kept)
+    assert torch.equal(mask[kept], batch["attention_mask"][kept]) and (mask[~kept] == 1).all()
+    assert abs(states[~kept].std().item() - 1) < 0.1  # fresh N(0, 1) noise, not a scaled prompt
+    model.eval()
+    seen.clear()
+    trainer.compute_loss(model, batch)
+    assert "encoder_hidden_states" not in seen[0]
+
+
 @pytest.mark.parametrize("kind", ["finetune", "pretrain"])
 def test_few_steps_reduce_the_loss(kind, code_tokenizer, tmp_path):
     trainer = make_trainer(kind, code_tokenizer, tmp_path)
@@ -388,6 +415,8 @@ def test_mask_code_rates():
 def test_bad_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="cpd_mask_rate"):
         training_args(tmp_path, cpd_mask_rate=1.5)
+    with pytest.raises(ValueError, match="prompt_dropout_probability"):
+        training_args(tmp_path, prompt_dropout_probability=-0.1)
     with pytest.raises(ValueError, match="generation_rounding"):
         training_args(tmp_path, generation_rounding="argmax")
     with pytest.raises(ValueError, match="timestep_bias_strategy must be one of"):
@@ -480,6 +509,8 @@ def test_two_process_finetune(code_tokenizer, tmp_path):
         "60",
         "--lr_decay_minutes",
         "60",
+        "--prompt_dropout_probability",  # the prompt is encoded outside the DDP wrapper: its gradients still sync
+        "0.5",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

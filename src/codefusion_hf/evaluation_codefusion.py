@@ -43,12 +43,13 @@ def evaluate_pipeline(
     rounding: str | None = None,
     timesteps: list[int] | None = None,
     commit_tokens: bool = False,
+    guidance_scale: float = 1.0,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
     seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
     `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
-    samples as mask-predict does (see the pipeline)."""
+    samples as mask-predict does and `guidance_scale` applies classifier-free guidance (see the pipeline)."""
     if len(prompts) != len(references):
         raise ValueError(f"prompts ({len(prompts)}) and references ({len(references)}) differ in length.")
     if not prompts:
@@ -66,6 +67,7 @@ def evaluate_pipeline(
             generator=generator,
             rounding=rounding,
             commit_tokens=commit_tokens,
+            guidance_scale=guidance_scale,
         )
         return output.code, output.scores
 
@@ -76,6 +78,7 @@ def evaluate_pipeline(
         "timesteps": timesteps,
         "rounding": pipe.resolve_rounding(rounding, commit_tokens),
         "commit_tokens": commit_tokens,
+        "guidance_scale": guidance_scale,
         "seconds_per_prompt": seconds / len(prompts),
     }
     return candidates, scores, metrics
@@ -156,7 +159,8 @@ def evaluate_file(
     **evaluate_kwargs,
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
-    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens) on
+    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
+    guidance_scale) on
     `device` (default: CUDA when available), write the results to `output_dir`, return metrics."""
     from .pipeline_codefusion import CodeFusionPipeline
     from .training_codefusion import load_code_dataset

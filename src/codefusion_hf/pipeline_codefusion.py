@@ -218,6 +218,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         timesteps: list[int] | None = None,
         commit_tokens: bool = False,
         eta: float = 0.0,
+        guidance_scale: float = 1.0,
     ) -> list[str]:
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
@@ -252,6 +253,14 @@ class CodeFusionPipeline(DiffusionPipeline):
             )
         if commit_tokens and eta != 0:
             raise ValueError(f"commit_tokens re-noises with fresh noise at every step; eta must stay 0, got {eta}.")
+        if (
+            isinstance(guidance_scale, bool)
+            or not isinstance(guidance_scale, (int, float))
+            or not (1 <= guidance_scale < math.inf)
+        ):
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 1 (1 turns guidance off), got {guidance_scale!r}."
+            )
         expected_shape = (len(prompts) * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
             raise ValueError(
@@ -329,6 +338,33 @@ class CodeFusionPipeline(DiffusionPipeline):
         )
         return self.model.round_with_decoder(estimate, encoder_hidden_states, attention_mask, rounding)
 
+    def guided_denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        self_condition: torch.Tensor | None,
+        guidance_scale: float = 1.0,
+        unconditional_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The denoiser's output; with `guidance_scale > 1`, classifier-free guidance (Ho & Salimans, 2022): the
+        conditional and the unconditional outputs come from one batch of twice the rows, and the result is
+        `unconditional + guidance_scale * (conditional - unconditional)`. The unconditional rows read
+        `unconditional_states` (Gaussian noise, the prompt encoding of unconditional training) over an unmasked
+        prompt, as the model saw them in training."""
+        if guidance_scale == 1:
+            return self.model.denoise(latents, timesteps, encoder_hidden_states, attention_mask, self_condition)
+        output = self.model.denoise(
+            torch.cat([latents, latents]),
+            timesteps if timesteps.ndim == 0 else torch.cat([timesteps, timesteps]),
+            torch.cat([encoder_hidden_states, unconditional_states]),
+            torch.cat([attention_mask, torch.ones_like(attention_mask)]),
+            None if self_condition is None else torch.cat([self_condition, self_condition]),
+        )
+        conditional, unconditional = output.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
     def commit_count(self, step_index: int, canvas_length: int) -> int:
         """How many positions `commit_tokens` sampling commits after step `step_index`: mask-predict's linear
         schedule, all of them after the last step."""
@@ -343,6 +379,8 @@ class CodeFusionPipeline(DiffusionPipeline):
         attention_mask: torch.Tensor,
         self_condition: torch.Tensor | None,
         generator: torch.Generator | list[torch.Generator] | None,
+        guidance_scale: float = 1.0,
+        unconditional_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, CommittedTokens]:
         """One step of `commit_tokens` sampling, mask-predict's schedule (Ghazvininejad et al., 2019) on the
         continuous canvas. The denoiser reads the canvas, whose committed positions are at t = 0; the decoder's
@@ -362,8 +400,14 @@ class CodeFusionPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         position_timesteps = torch.full((batch_size, canvas_length), int(timesteps[step_index]), device=device)
         position_timesteps = position_timesteps.masked_fill(committed.positions, 0)
-        model_output = self.model.denoise(
-            latents, position_timesteps, encoder_hidden_states, attention_mask, self_condition
+        model_output = self.guided_denoise(
+            latents,
+            position_timesteps,
+            encoder_hidden_states,
+            attention_mask,
+            self_condition,
+            guidance_scale,
+            unconditional_states,
         )
         estimate = self.scheduler.clip_original_sample(
             self.scheduler.predict_original_sample(model_output, position_timesteps, latents)
@@ -416,6 +460,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         rounding: str | None = None,
         commit_tokens: bool = False,
+        guidance_scale: float = 1.0,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -448,6 +493,10 @@ class CodeFusionPipeline(DiffusionPipeline):
                 log-probability when they were committed, and the text comes from those tokens (a callback can
                 change the canvas the next step reads, not the tokens already committed). Not in the paper; models
                 trained with `config.commit_probability` have seen such canvases.
+            guidance_scale: Classifier-free guidance (not in the paper): values above 1 push every denoiser output
+                away from the unconditional one, whose prompt encoding is Gaussian noise (see [`guided_denoise`]).
+                It needs a model that learned unconditional generation: phase 1's unconditional task, kept in phase
+                2 with `--prompt_dropout_probability`. Each step then costs two denoiser passes. 1 (default): off.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -464,6 +513,7 @@ class CodeFusionPipeline(DiffusionPipeline):
             timesteps,
             commit_tokens,
             eta,
+            guidance_scale,
         )
         rounding = self.resolve_rounding(rounding, commit_tokens)
         device = self._execution_device
@@ -490,6 +540,11 @@ class CodeFusionPipeline(DiffusionPipeline):
             )
         else:
             latents = latents.to(device=device, dtype=encoder_hidden_states.dtype)
+        unconditional_states = None  # drawn after the canvas, so guidance leaves the starting noise as it was
+        if guidance_scale > 1:
+            unconditional_states = randn_tensor(
+                encoder_hidden_states.shape, generator=generator, device=device, dtype=encoder_hidden_states.dtype
+            )
         code_embeddings = self.model.code_embedding_matrix() if rounding == "nearest" else None
 
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
@@ -499,11 +554,25 @@ class CodeFusionPipeline(DiffusionPipeline):
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             if commit_tokens:
                 latents, estimate, committed = self.commit_tokens_step(
-                    latents, committed, step_index, encoder_hidden_states, attention_mask, self_condition, generator
+                    latents,
+                    committed,
+                    step_index,
+                    encoder_hidden_states,
+                    attention_mask,
+                    self_condition,
+                    generator,
+                    guidance_scale,
+                    unconditional_states,
                 )
             else:
-                model_output = self.model.denoise(
-                    latents, timestep, encoder_hidden_states, attention_mask, self_condition
+                model_output = self.guided_denoise(
+                    latents,
+                    timestep,
+                    encoder_hidden_states,
+                    attention_mask,
+                    self_condition,
+                    guidance_scale,
+                    unconditional_states,
                 )
                 step = self.scheduler.step(
                     model_output,

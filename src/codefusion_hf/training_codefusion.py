@@ -50,6 +50,14 @@ class CodeFusionTrainingArguments(TrainingArguments):
     language: str = field(
         default="bash", metadata={"help": "Language of the code, for CPD masking: 'python', 'bash' or any other."}
     )
+    prompt_dropout_probability: float = field(
+        default=0.0,
+        metadata={
+            "help": "Phase 2: share of rows whose prompt encoding is replaced by Gaussian noise, as in phase 1's "
+            "unconditional task, so that the model keeps an unconditional mode for the pipeline's guidance_scale "
+            "(classifier-free guidance; not in the paper). 0 (default): every row is conditional."
+        },
+    )
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Phase 2: keep the prompt encoder frozen (phase 1 always freezes it)."}
     )
@@ -94,7 +102,7 @@ class CodeFusionTrainingArguments(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         check_time_budget(self.max_train_minutes, self.lr_decay_minutes)
-        for name in ("unconditional_probability", "cpd_mask_rate"):
+        for name in ("unconditional_probability", "cpd_mask_rate", "prompt_dropout_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
         if self.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
@@ -411,17 +419,34 @@ class CodeFusionTrainer(Trainer):
             inputs["noise"] = torch.randn(
                 labels.shape[0], config.max_code_length, config.latent_dim, generator=self.eval_generator()
             ).to(labels.device)
-        elif self.args.timestep_bias_strategy != "none":
-            inputs = dict(inputs)
-            inputs["timesteps"] = torch.multinomial(
-                self._timestep_weights, inputs["labels"].shape[0], replacement=True
-            ).to(inputs["labels"].device)
+        else:
+            if self.args.timestep_bias_strategy != "none":
+                inputs = dict(inputs)
+                inputs["timesteps"] = torch.multinomial(
+                    self._timestep_weights, inputs["labels"].shape[0], replacement=True
+                ).to(inputs["labels"].device)
+            if self.args.prompt_dropout_probability > 0 and "encoder_hidden_states" not in inputs:
+                inputs = self.drop_prompts(model, inputs)
         outputs = model(**inputs)
         mode = "train" if model.training else "eval"
         for name in LOSS_TERMS:
             self._loss_term_sums[mode][name] += getattr(outputs, name).item()
         self._loss_term_counts[mode] += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def drop_prompts(self, model, inputs: dict) -> dict:
+        """Phase 2 training inputs with the prompt encoding of a random `args.prompt_dropout_probability` share of
+        rows replaced by Gaussian noise over an unmasked prompt: phase 1's unconditional task, the unconditional
+        model that classifier-free guidance contrasts with."""
+        inputs = dict(inputs)
+        input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        states = self.accelerator.unwrap_model(model).encode(input_ids, attention_mask)
+        dropped = torch.rand(len(states), device=states.device) < self.args.prompt_dropout_probability
+        states = torch.where(dropped[:, None, None], torch.randn_like(states), states)
+        return inputs | {
+            "encoder_hidden_states": states,
+            "attention_mask": attention_mask.masked_fill(dropped[:, None], 1),
+        }
 
     def timestep_weights(self, num_train_timesteps: int) -> torch.Tensor:
         """Relative probability of drawing each training timestep under `args.timestep_bias_*`."""
