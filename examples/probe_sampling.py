@@ -9,8 +9,9 @@ from retrieved code make its candidates better? Each probe changes only how the 
 - oracle_length: every decoder read-out (each step's rounding and the final canvas) is forced to end the code at
   the reference's token count: pad after it, no pad before it. An upper bound on what a length predictor could give;
   it looks at the reference, so it is a diagnosis, not a result.
-- guidance: classifier-free guidance, `uncond + scale * (cond - uncond)`, where the unconditional pass reads Gaussian
-  noise as the prompt states (phase 1's unconditional task; phase 2 does not train it).
+- guidance: the pipeline's classifier-free guidance (`guidance_scale=--guidance_scale`), whose unconditional pass
+  reads Gaussian noise as the prompt states (phase 1's unconditional task; phase 2 trains it only with
+  `--prompt_dropout_probability`).
 - commit: the pipeline's `commit_tokens` sampling (mask-predict's schedule on the continuous canvas).
 - renoise: the same sampler without committing anything before the last step: each step re-noises the decoder's
   tokens with fresh noise to the next timestep. Separates what committing adds from what re-noising does.
@@ -72,26 +73,15 @@ def main():
     reference_ids = tokenizer(references, add_special_tokens=False)["input_ids"]
     reference_lengths = torch.tensor([len(ids) for ids in reference_ids])
 
-    decode, denoise = model.decode, model.denoise
-    state = {"lengths": None, "guidance_scale": 1.0, "commit": True}
+    decode = model.decode
+    state = {"lengths": None, "commit": True}
 
     def probed_decode(latents, encoder_hidden_states, encoder_attention_mask=None):
         logits = decode(latents, encoder_hidden_states, encoder_attention_mask)
         lengths = state["lengths"]
         return logits if lengths is None else force_length(logits, lengths, config.pad_token_id)
 
-    def probed_denoise(latents, timesteps, encoder_hidden_states, encoder_attention_mask=None, self_condition=None):
-        conditional = denoise(latents, timesteps, encoder_hidden_states, encoder_attention_mask, self_condition)
-        scale = state["guidance_scale"]
-        if scale == 1.0:
-            return conditional
-        generator = torch.Generator().manual_seed(int(timesteps.flatten()[0]))
-        noise_states = torch.randn(encoder_hidden_states.shape, generator=generator).to(encoder_hidden_states)
-        mask = torch.ones_like(encoder_attention_mask)
-        unconditional = denoise(latents, timesteps, noise_states, mask, self_condition)
-        return unconditional + scale * (conditional - unconditional)
-
-    model.decode, model.denoise = probed_decode, probed_denoise
+    model.decode = probed_decode
     commit_count = pipe.commit_count
 
     def probed_commit_count(step_index: int, canvas_length: int) -> int:
@@ -106,12 +96,13 @@ def main():
             batch = slice(start, start + args.batch_size)
             if name == "oracle_length":
                 state["lengths"] = reference_lengths[batch].repeat_interleave(k)
-            state["guidance_scale"] = args.guidance_scale if name == "guidance" else 1.0
             generator = torch.Generator().manual_seed(start)
             kwargs = {"num_inference_steps": args.num_inference_steps}
             if name == "refine":
                 kwargs = refine_start(probe["retrieved"][batch], probe["timestep"], generator)
             kwargs |= {"num_return_sequences": k, "generator": generator, "rounding": args.rounding}
+            if name == "guidance":
+                kwargs["guidance_scale"] = args.guidance_scale
             if name in ("commit", "renoise"):
                 kwargs |= {"commit_tokens": True, "rounding": "decoder"}
                 state["commit"] = name == "commit"
