@@ -387,8 +387,9 @@ class CodeFusionPipeline(DiffusionPipeline):
         tokens and log-probabilities replace those of the uncommitted positions; the `commit_count` positions with
         the highest log-probabilities are committed (positions committed before may be released); the next canvas
         holds the committed tokens' embeddings at t = 0 and, elsewhere, the decoder's tokens re-noised with fresh
-        noise to the next timestep. Returns the next canvas, this step's x0 estimate for self-conditioning (rounded
-        as the model was trained, `config.self_condition_rounding`) and the new state."""
+        noise to the next timestep. With `guidance_scale > 1` the denoiser is guided (`guided_denoise`). Returns the
+        next canvas, this step's x0 estimate for self-conditioning (rounded as the model was trained,
+        `config.self_condition_rounding`) and the new state."""
         batch_size, canvas_length = latents.shape[:2]
         device, dtype = latents.device, latents.dtype
         if committed is None:
