@@ -15,7 +15,8 @@
 # 10 steps (as measured on the CPU; the roundings use 20); the test split is evaluated with the first two only.
 # LR_DECAY: the share of the last training phase (CodeFusion's phase 2, the baseline's whole run) over which the
 # learning rate anneals linearly to 0 on the clock (--lr_decay_minutes); default 0.25, 0 keeps it constant as the
-# 2026-11-26 sweeps did.
+# 2026-11-26 sweeps did. GUIDANCE: classifier-free guidance scales (e.g. "2 3") at which each CodeFusion model is
+# also evaluated with commit_tokens on both splits (for variants trained with --prompt_dropout_probability).
 set -uo pipefail
 python=${PYTHON:-python3}
 out=$1 encoder=$2 tokenizer=$3 data=$4 pretrain_minutes=${5:-1.5} finetune_minutes=${6:-4}
@@ -36,13 +37,16 @@ lr_decay() {  # --lr_decay_minutes for a phase of $1 minutes
 }
 
 rounding_evals() {  # model folder, output prefix, log prefix: validation with every rounding, test with two
-  local model=$1 prefix=$2 log=$3 roundings split rounding sampler
+  local model=$1 prefix=$2 log=$3 roundings scales split rounding sampler
   read -ra roundings <<<"${ROUNDINGS:-decoder commit}"
+  read -ra scales <<<"${GUIDANCE:-}"
   for split in validation test; do
     [[ $split == test ]] && roundings=("${roundings[@]:0:2}")
-    for rounding in "${roundings[@]}"; do
+    for rounding in "${roundings[@]}" "${scales[@]/#/commit-g}"; do
       sampler=(--rounding "$rounding")
       [[ $rounding == commit ]] && sampler=(--commit_tokens --num_inference_steps 10)
+      [[ $rounding == commit-g* ]] &&
+        sampler=(--commit_tokens --num_inference_steps 10 --guidance_scale "${rounding#commit-g}")
       "$python" examples/evaluate.py --model "$model" --test_file "$data/$split.jsonl" \
         --output_dir "$prefix-$split-$rounding" --batch_size 128 "${eval_samples[@]}" \
         "${sampler[@]}" >"$log-eval-$split-$rounding.log" 2>&1 &
