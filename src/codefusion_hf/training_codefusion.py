@@ -442,11 +442,8 @@ class CodeFusionTrainer(Trainer):
         input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         states = self.accelerator.unwrap_model(model).encode(input_ids, attention_mask)
         dropped = torch.rand(len(states), device=states.device) < self.args.prompt_dropout_probability
-        states = torch.where(dropped[:, None, None], torch.randn_like(states), states)
-        return inputs | {
-            "encoder_hidden_states": states,
-            "attention_mask": attention_mask.masked_fill(dropped[:, None], 1),
-        }
+        states, attention_mask = noise_prompts(states, attention_mask, dropped, torch.randn_like(states))
+        return inputs | {"encoder_hidden_states": states, "attention_mask": attention_mask}
 
     def timestep_weights(self, num_train_timesteps: int) -> torch.Tensor:
         """Relative probability of drawing each training timestep under `args.timestep_bias_*`."""
@@ -609,10 +606,17 @@ class CodeFusionPretrainer(CodeFusionTrainer):
             noise_states = torch.randn_like(states)
         else:
             noise_states = torch.randn(states.shape, generator=self.eval_generator()).to(states)
-        states = torch.where(noise_rows[:, None, None], noise_states, states)
-        attention_mask = attention_mask.masked_fill(noise_rows[:, None], 1)
+        states, attention_mask = noise_prompts(states, attention_mask, noise_rows, noise_states)
         inputs |= {"encoder_hidden_states": states, "attention_mask": attention_mask}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def noise_prompts(
+    states: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of the unconditional task: the prompt encoding of the `rows` (a boolean mask) replaced by `noise`, over
+    an unmasked prompt."""
+    return torch.where(rows[:, None, None], noise, states), attention_mask.masked_fill(rows[:, None], 1)
 
 
 def find_resume_checkpoint(args: CodeFusionTrainingArguments) -> str | None:
