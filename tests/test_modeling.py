@@ -248,6 +248,18 @@ def test_self_conditioning_estimate_rounded_through_the_decoder(code_tokenizer, 
     torch.testing.assert_close(second_args[4], expected)
 
 
+def test_self_conditioned_evaluation_loss_is_deterministic(code_tokenizer):
+    """In evaluation every row gets the self-conditioning estimate: with fixed timesteps and noise the loss is the
+    same on every call, whatever the global random state."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, self_condition=True, self_condition_probability=0.5)).eval()
+    losses = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        losses.append(fixed_forward(model, *batch(code_tokenizer)).loss)
+    assert all(torch.equal(loss, losses[0]) for loss in losses)
+
+
 def test_unrolled_canvas_is_a_ddim_step_from_the_models_own_draft(code_tokenizer, monkeypatch):
     """unroll_probability=1: a gradient-free pass at a higher timestep, whose decoder-rounded draft is stepped (DDIM)
     down to each row's timestep; that canvas, not the noised reference, is what the trained pass reads. Rows at the
@@ -283,6 +295,37 @@ def test_unrolled_canvas_is_a_ddim_step_from_the_models_own_draft(code_tokenizer
     model.eval()
     model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_unrolled_rows_target_the_reference(code_tokenizer, monkeypatch, prediction_type):
+    """An unrolled canvas was noised from the model's draft, not from `noise`: an epsilon model's target there is
+    the noise that separates the canvas from the reference (an x0 model's is the reference itself); rows that were
+    not unrolled (here the one at the last timestep) keep `noise`."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, unroll_probability=1.0, prediction_type=prediction_type))
+    scheduler, last = model.noise_scheduler, model.config.num_train_timesteps - 1
+    calls, outputs = [], []
+    denoise = model.denoise
+    monkeypatch.setattr(
+        model, "denoise", lambda *a, **k: calls.append(a) or outputs.append(denoise(*a, **k)) or outputs[-1]
+    )
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    timesteps = torch.tensor([3, last])
+    noise = torch.randn(2, model.config.max_code_length, model.config.latent_dim)
+    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
+    canvas, model_output = calls[-1][0], outputs[-1]
+    padded = torch.nn.functional.pad(
+        labels, (0, model.config.max_code_length - labels.shape[1]), value=model.config.pad_token_id
+    )
+    clean = model.embed_code(padded)
+    if prediction_type == "epsilon":
+        target = scheduler.predict_noise(clean, timesteps, canvas)
+        torch.testing.assert_close(target[1], noise[1], rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(target[0], noise[0], atol=1e-2)
+    else:
+        target = clean
+    torch.testing.assert_close(output.noise_loss, ((model_output - target) ** 2).mean(), rtol=1e-4, atol=1e-6)
 
 
 def test_committed_positions_are_clean_at_timestep_zero_and_not_learned(code_tokenizer, monkeypatch):

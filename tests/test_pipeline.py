@@ -122,6 +122,16 @@ def test_model_mode_is_restored(tiny_pipeline):
     assert tiny_pipeline.model.training
 
 
+def test_model_mode_is_restored_after_an_error_while_sampling(tiny_pipeline):
+    def interrupt(pipe, step_index, timestep, callback_kwargs):
+        raise KeyboardInterrupt
+
+    tiny_pipeline.model.train()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_pipeline("x", num_inference_steps=2, callback_on_step_end=interrupt)
+    assert tiny_pipeline.model.training
+
+
 GENERATE = textwrap.dedent(
     """
     import json, sys, torch
@@ -197,6 +207,8 @@ def make_code_tokenizer():
         ({"rounding": "argmax"}, "rounding"),
         ({"commit_tokens": True, "rounding": "nearest"}, "commit_tokens"),
         ({"commit_tokens": True, "eta": 1.0}, "commit_tokens"),
+        ({"eta": -0.5}, "eta"),
+        ({"eta": float("nan")}, "eta"),
         ({"guidance_scale": 0.5}, "guidance_scale"),
         ({"guidance_scale": float("nan")}, "guidance_scale"),
         ({"guidance_scale": float("inf")}, "guidance_scale"),
@@ -448,6 +460,8 @@ def test_timesteps_replace_num_inference_steps(code_tokenizer):
     [
         ({"latents": torch.zeros(1, 3, 3)}, r"latents must have shape \(2, "),
         ({"timesteps": [3, 7]}, "strictly decreasing"),
+        ({"num_inference_steps": 3, "return_trajectory": [0, 3]}, r"return_trajectory .* from 0 to 2, got \[3\]"),
+        ({"num_inference_steps": 3, "return_trajectory": [1.5]}, "return_trajectory"),
     ],
 )
 def test_bad_latents_or_timesteps(tiny_pipeline, kwargs, message):

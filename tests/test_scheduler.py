@@ -54,16 +54,25 @@ def test_linear_and_cosine_schedules_are_ddpm_and_improved_ddpm():
 
 
 @pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
-@pytest.mark.parametrize("num_inference_steps", [1, 10, 50, 1199, 1200])
-def test_timesteps_strictly_decreasing(spacing, num_inference_steps):
-    scheduler = CodeFusionScheduler(timestep_spacing=spacing)
-    scheduler.set_timesteps(num_inference_steps)
-    timesteps = scheduler.timesteps
-    assert len(timesteps) == num_inference_steps
-    assert torch.all(timesteps[1:] < timesteps[:-1])
-    assert timesteps.min() >= 0 and timesteps.max() <= 1199
-    if spacing == "trailing":
-        assert timesteps[0] == 1199  # sampling starts from pure noise
+@pytest.mark.parametrize("num_train_timesteps", [100, 1200])
+def test_timesteps_strictly_decreasing_for_every_step_count(spacing, num_train_timesteps):
+    # Every count, not a few round ones: a float stride once gave n + 1 steps ending at t = -1 for n = 7 of 1200.
+    scheduler = CodeFusionScheduler(num_train_timesteps=num_train_timesteps, timestep_spacing=spacing)
+    for num_inference_steps in range(1, num_train_timesteps + 1):
+        scheduler.set_timesteps(num_inference_steps)
+        timesteps = scheduler.timesteps
+        assert len(timesteps) == num_inference_steps, num_inference_steps
+        assert torch.all(timesteps[1:] < timesteps[:-1]), num_inference_steps
+        assert timesteps.min() >= 0 and timesteps.max() <= num_train_timesteps - 1, num_inference_steps
+        if spacing == "trailing":
+            assert timesteps[0] == num_train_timesteps - 1  # sampling starts from pure noise
+
+
+def test_trailing_timesteps_of_a_step_count_that_does_not_divide_t():
+    scheduler = CodeFusionScheduler()
+    scheduler.set_timesteps(7)
+    # 1200 * k // 7 - 1 for k = 7 .. 1
+    assert scheduler.timesteps.tolist() == [1199, 1027, 856, 684, 513, 341, 170]
 
 
 @pytest.mark.parametrize("schedule", ["sqrt", "linear", "cosine"])

@@ -87,6 +87,19 @@ def first_batch(trainer):
     return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
 
 
+def test_pretraining_collator_draws_differ_across_dataloader_workers_and_epochs(code_tokenizer):
+    """Each worker gets a copy of the collator: without reseeding, its batches and epochs repeat the same draws."""
+    data = code_dataset(code_tokenizer, repeat=8).to_list()
+    collator = CodeFusionPretrainingCollator(code_tokenizer, code_tokenizer.pad_token_id, mask_rate=0.5)
+    loader = torch.utils.data.DataLoader(data, batch_size=len(data) // 4, num_workers=2, collate_fn=collator)
+    draws = [
+        (tuple(b["unconditional"].tolist()), tuple(b["input_ids"].flatten().tolist()))
+        for _ in range(2)
+        for b in loader
+    ]
+    assert len(draws) == 8 and len(set(draws)) == 8
+
+
 def test_finetune_compute_loss_trains_every_part(code_tokenizer, tmp_path):
     trainer = make_trainer("finetune", code_tokenizer, tmp_path)
     trainer.model.train()
@@ -380,6 +393,13 @@ def test_load_code_dataset_checks_columns_and_rows(tmp_path, monkeypatch):
     csv = tmp_path / "d.csv"
     csv.write_text("prompt,code\nlist,ls\n")
     assert load_code_dataset(str(csv))["code"] == ["ls"]
+
+
+def test_prompts_without_a_prompt_tokenizer_are_rejected(code_tokenizer):
+    data = Dataset.from_dict({"prompt": ["list files"], "code": ["ls"]})
+    with pytest.raises(ValueError, match="prompt_tokenizer"):
+        tokenize_dataset(data, code_tokenizer, 16)
+    assert "input_ids" not in tokenize_dataset(data.remove_columns("prompt"), code_tokenizer, 16).column_names
 
 
 def test_long_code_is_truncated_and_counted_once(code_tokenizer, monkeypatch):

@@ -6,8 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
-PREDICTION_TYPES = ("epsilon", "sample")
+from .scheduling_codefusion import NOISE_SCHEDULES, PREDICTION_TYPES
+
 # How an x0 estimate can be pulled onto code tokens through the decoder (see `CodeFusionModel.round_with_decoder`).
 DECODER_ROUNDINGS = ("decoder", "decoder_mean")
 
@@ -84,7 +84,8 @@ class CodeFusionConfig(PreTrainedConfig):
             config (e.g. a `BertConfig`) works.
         vocab_size (`int`): Size of the code vocabulary (the code tokenizer's `len()`).
         pad_token_id, bos_token_id, eos_token_id, mask_token_id (`int`): Special ids of the code tokenizer.
-            Generation stops at the first pad or eos; CPD pre-training masks with `mask_token_id`.
+            Generation stops at the first pad or eos. The bos and mask ids are recorded for tools that read the
+            config; CPD pre-training masks the encoder's input with the prompt tokenizer's own mask token.
         latent_dim (`int`): Size of the continuous code embedding in which diffusion happens.
         hidden_size, intermediate_size, num_attention_heads (`int`): Width of the denoiser and decoder layers.
         num_denoiser_layers, num_decoder_layers (`int`): Depth of the denoiser (paper: 10) and decoder (paper: 6).
@@ -97,7 +98,8 @@ class CodeFusionConfig(PreTrainedConfig):
         self_condition (`bool`): Self-conditioning (Chen et al., 2022, "Analog Bits"; used by CDCD and
             DiffuSeq-v2): the denoiser also reads its previous x0 estimate. Not in the paper; off by default.
         self_condition_probability (`float`): In training, the share of rows that get a self-conditioning estimate
-            (made by a gradient-free first pass); the others get zeros, as the first sampling step does.
+            (made by a gradient-free first pass); the others get zeros, as the first sampling step does. Evaluation
+            gives every row the estimate, so its losses do not depend on a random draw.
         self_condition_rounding (`str`, *optional*): Round that training estimate through the decoder, `"decoder"`
             (its most likely tokens) or `"decoder_mean"`, so the denoiser learns to correct the crisp drafts a
             sampler with the same `rounding` hands it. Not in the paper; `None` (no rounding) by default.

@@ -162,7 +162,6 @@ def evaluate_file(
     language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
     guidance_scale) on
     `device` (default: CUDA when available), write the results to `output_dir`, return metrics."""
-    from .pipeline_codefusion import CodeFusionPipeline
     from .training_codefusion import load_code_dataset
 
     data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column, max_samples=max_samples)

@@ -227,12 +227,10 @@ def _cf_rule_end(code: str, start: int) -> int | None:
         return None
     name, position = match.group(1), match.end()
     if name in CF_LOGICAL or name == "NOT":
-        count = 0
         while True:
             position = _cf_rule_end(code, position)
             if position is None:
                 return None
-            count += 1
             if code.startswith(",", position) and name != "NOT":
                 position += 1
                 continue

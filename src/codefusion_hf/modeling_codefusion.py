@@ -313,10 +313,16 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             noise = torch.randn_like(clean_latents)
 
         noisy_latents = self.noise_scheduler.add_noise(clean_latents, noise, timesteps)
+        target = clean_latents if self.config.prediction_type == "sample" else noise
         if self.training and self.config.unroll_probability > 0:
-            noisy_latents = self._unroll(
+            noisy_latents, unrolled = self._unroll(
                 noisy_latents, clean_latents, timesteps, encoder_hidden_states, attention_mask
             )
+            if self.config.prediction_type == "epsilon":
+                # An unrolled canvas was noised from a draft, not from `noise`: its target is the noise that separates
+                # it from the reference.
+                implied_noise = self.noise_scheduler.predict_noise(clean_latents, timesteps, noisy_latents)
+                target = torch.where(unrolled[:, None, None], implied_noise, noise)
         if self.training and self.config.commit_probability > 0:
             noisy_latents, timesteps, committed = self._commit(noisy_latents, clean_latents, noise, timesteps)
             supervised = supervised & ~committed  # as in mask-predict, only what is still noisy is learned
@@ -330,13 +336,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                     estimate = self.round_with_decoder(
                         estimate, encoder_hidden_states, attention_mask, self.config.self_condition_rounding
                     )
-            keep = torch.rand(labels.shape[0], 1, 1, device=labels.device) < self.config.self_condition_probability
-            self_condition = estimate * keep
+            self_condition = estimate
+            if self.training:  # evaluation conditions every row, so its losses do not depend on a random draw
+                keep = torch.rand(labels.shape[0], 1, 1, device=labels.device) < self.config.self_condition_probability
+                self_condition = estimate * keep
         model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition)
         denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
         logits = self.decode(denoised_latents, encoder_hidden_states, attention_mask)
 
-        target = noise if self.config.prediction_type == "epsilon" else clean_latents
         weights = supervised.unsqueeze(-1).to(model_output.dtype)
         normaliser = weights.sum().clamp(min=1) * self.config.latent_dim
         noise_loss = ((model_output - target) ** 2 * weights).sum() / normaliser
@@ -378,16 +385,17 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         timesteps: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unrolled denoising (`config.unroll_probability`): for a random share of rows, the canvas at t becomes a DDIM
         step to t from the model's decoder-rounded x0 estimate at a uniform higher step, as in sampling. In training
-        the denoiser otherwise only sees noised references, never its own mistakes."""
+        the denoiser otherwise only sees noised references, never its own mistakes. Returns the canvas and the
+        unrolled rows."""
         last = self.config.num_train_timesteps - 1
         unroll = (torch.rand(timesteps.shape, device=timesteps.device) < self.config.unroll_probability) & (
             timesteps < last
         )
         if not unroll.any():
-            return noisy_latents
+            return noisy_latents, unroll
         higher = timesteps + 1 + (torch.rand(timesteps.shape, device=timesteps.device) * (last - timesteps)).long()
         higher = higher.clamp(max=last)  # rows already at the last step are not unrolled; keep their index valid
         start = self.noise_scheduler.add_noise(clean_latents, torch.randn_like(clean_latents), higher)
@@ -397,7 +405,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         stepped = self.noise_scheduler.add_noise(
             draft, self.noise_scheduler.predict_noise(draft, higher, start), timesteps
         )
-        return torch.where(unroll[:, None, None], stepped, noisy_latents)
+        return torch.where(unroll[:, None, None], stepped, noisy_latents), unroll
 
     def _commit(
         self, noisy_latents: torch.Tensor, clean_latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor

@@ -251,6 +251,8 @@ class CodeFusionPipeline(DiffusionPipeline):
                 f"commit_tokens re-embeds the decoder's most likely tokens at every step (rounding='decoder'); it "
                 f"cannot be combined with rounding={rounding!r}."
             )
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:
+            raise ValueError(f"eta must be a finite number >= 0 (0 is DDIM, 1 ancestral sampling), got {eta!r}.")
         if commit_tokens and eta != 0:
             raise ValueError(f"commit_tokens re-noises with fresh noise at every step; eta must stay 0, got {eta}.")
         if (
@@ -273,7 +275,7 @@ class CodeFusionPipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs may name only {self._callback_tensor_inputs}, "
                 f"got {sorted(unknown)}."
             )
-        return list(prompts)
+        return prompts
 
     def encode_prompt(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize and encode the prompts once; returns the encoder states and the prompt attention mask."""
@@ -524,94 +526,102 @@ class CodeFusionPipeline(DiffusionPipeline):
         else:
             self.scheduler.set_timesteps(device=device, timesteps=timesteps)
             num_inference_steps = self.scheduler.num_inference_steps
-        was_training = self.model.training
-        self.model.eval()  # no dropout while sampling; the previous mode is restored below
-        config = self.model.config
-
-        encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
-        encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
-        attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
-        batch_size = len(prompts) * num_return_sequences
-        if latents is None:
-            latents = randn_tensor(
-                (batch_size, config.max_code_length, config.latent_dim),
-                generator=generator,
-                device=device,
-                dtype=encoder_hidden_states.dtype,
-            )
-        else:
-            latents = latents.to(device=device, dtype=encoder_hidden_states.dtype)
-        unconditional_states = None  # drawn after the canvas, so guidance leaves the starting noise as it was
-        if guidance_scale > 1:
-            unconditional_states = randn_tensor(
-                encoder_hidden_states.shape, generator=generator, device=device, dtype=encoder_hidden_states.dtype
-            )
-        code_embeddings = self.model.code_embedding_matrix() if rounding == "nearest" else None
-
         record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
-        trajectory = []
-        self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
-        committed = None  # the state of commit_tokens sampling
-        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            if commit_tokens:
-                latents, estimate, committed = self.commit_tokens_step(
-                    latents,
-                    committed,
-                    step_index,
-                    encoder_hidden_states,
-                    attention_mask,
-                    self_condition,
-                    generator,
-                    guidance_scale,
-                    unconditional_states,
+        unknown_steps = [i for i in record_steps if not is_integer(i) or not 0 <= i < num_inference_steps]
+        if unknown_steps:
+            raise ValueError(
+                f"return_trajectory must be True or step indices from 0 to {num_inference_steps - 1}, "
+                f"got {unknown_steps}."
+            )
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling; the previous mode is restored below, also after an error
+        try:
+            config = self.model.config
+
+            encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
+            attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
+            batch_size = len(prompts) * num_return_sequences
+            if latents is None:
+                latents = randn_tensor(
+                    (batch_size, config.max_code_length, config.latent_dim),
+                    generator=generator,
+                    device=device,
+                    dtype=encoder_hidden_states.dtype,
                 )
             else:
-                model_output = self.guided_denoise(
-                    latents,
-                    timestep,
-                    encoder_hidden_states,
-                    attention_mask,
-                    self_condition,
-                    guidance_scale,
-                    unconditional_states,
+                latents = latents.to(device=device, dtype=encoder_hidden_states.dtype)
+            unconditional_states = None  # drawn after the canvas, so guidance leaves the starting noise as it was
+            if guidance_scale > 1:
+                unconditional_states = randn_tensor(
+                    encoder_hidden_states.shape, generator=generator, device=device, dtype=encoder_hidden_states.dtype
                 )
-                step = self.scheduler.step(
-                    model_output,
-                    timestep,
-                    latents,
-                    eta=eta,
-                    generator=generator,
-                    code_embeddings=code_embeddings,
-                    pred_original_sample=self.decoder_rounded_estimate(
-                        model_output, timestep, latents, encoder_hidden_states, attention_mask, rounding
-                    ),
-                )
-                latents, estimate = step.prev_sample, step.pred_original_sample
-            if config.self_condition:
-                self_condition = estimate
-            if step_index in record_steps:
-                token_ids, lengths, _ = (
-                    self.score_tokens(committed.tokens, committed.log_probs)
-                    if commit_tokens
-                    else self.decode_canvas(estimate, encoder_hidden_states, attention_mask)
-                )
-                trajectory.append(
-                    {
-                        "step": step_index,
-                        "timestep": int(timestep),
-                        "code": self.ids_to_text(token_ids, lengths, max_length),
-                    }
-                )
-            if callback_on_step_end is not None:
-                callback_kwargs = {name: {"latents": latents}[name] for name in callback_on_step_end_tensor_inputs}
-                callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
-                latents = callback_outputs.pop("latents", latents)
+            code_embeddings = self.model.code_embedding_matrix() if rounding == "nearest" else None
 
-        if commit_tokens:
-            token_ids, lengths, scores = self.score_tokens(committed.tokens, committed.log_probs)
-        else:
-            token_ids, lengths, scores = self.decode_canvas(latents, encoder_hidden_states, attention_mask)
-        self.model.train(was_training)
+            trajectory = []
+            self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
+            committed = None  # the state of commit_tokens sampling
+            for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                if commit_tokens:
+                    latents, estimate, committed = self.commit_tokens_step(
+                        latents,
+                        committed,
+                        step_index,
+                        encoder_hidden_states,
+                        attention_mask,
+                        self_condition,
+                        generator,
+                        guidance_scale,
+                        unconditional_states,
+                    )
+                else:
+                    model_output = self.guided_denoise(
+                        latents,
+                        timestep,
+                        encoder_hidden_states,
+                        attention_mask,
+                        self_condition,
+                        guidance_scale,
+                        unconditional_states,
+                    )
+                    step = self.scheduler.step(
+                        model_output,
+                        timestep,
+                        latents,
+                        eta=eta,
+                        generator=generator,
+                        code_embeddings=code_embeddings,
+                        pred_original_sample=self.decoder_rounded_estimate(
+                            model_output, timestep, latents, encoder_hidden_states, attention_mask, rounding
+                        ),
+                    )
+                    latents, estimate = step.prev_sample, step.pred_original_sample
+                if config.self_condition:
+                    self_condition = estimate
+                if step_index in record_steps:
+                    token_ids, lengths, _ = (
+                        self.score_tokens(committed.tokens, committed.log_probs)
+                        if commit_tokens
+                        else self.decode_canvas(estimate, encoder_hidden_states, attention_mask)
+                    )
+                    trajectory.append(
+                        {
+                            "step": step_index,
+                            "timestep": int(timestep),
+                            "code": self.ids_to_text(token_ids, lengths, max_length),
+                        }
+                    )
+                if callback_on_step_end is not None:
+                    callback_kwargs = {name: {"latents": latents}[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
+                    latents = callback_outputs.pop("latents", latents)
+
+            if commit_tokens:
+                token_ids, lengths, scores = self.score_tokens(committed.tokens, committed.log_probs)
+            else:
+                token_ids, lengths, scores = self.decode_canvas(latents, encoder_hidden_states, attention_mask)
+        finally:
+            self.model.train(was_training)
 
         # Rank each prompt's candidates by score, best first.
         scores = scores.view(len(prompts), num_return_sequences)

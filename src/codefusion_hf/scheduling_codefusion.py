@@ -122,7 +122,9 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
                 f"got {num_inference_steps}."
             )
         if self.config.timestep_spacing == "trailing":
-            timesteps = np.floor(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_inference_steps)) - 1
+            # Integer arithmetic: the float stride of diffusers' `arange(T, 0, -T / n)` can yield n + 1 steps, the
+            # last one negative (T = 1200, n = 7 ends at t = -1, which indexes the noisiest alpha_bar).
+            timesteps = num_train_timesteps * np.arange(num_inference_steps, 0, -1) // num_inference_steps - 1
         elif self.config.timestep_spacing == "leading":
             timesteps = np.arange(num_inference_steps)[::-1] * (num_train_timesteps // num_inference_steps)
         else:

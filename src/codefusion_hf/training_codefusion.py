@@ -1,7 +1,6 @@
 """Training CodeFusion with the transformers `Trainer`: phase 1 (code-only pre-training) and phase 2 (fine-tuning)."""
 
 import io
-import keyword
 import os
 import re
 import time
@@ -168,6 +167,8 @@ def tokenize_dataset(
 ) -> Dataset:
     """Add `labels` (code ids, truncated to the canvas) and, when the rows have prompts, `input_ids` /
     `attention_mask` (the prompt, tokenized by `prompt_tokenizer`). Truncated code is counted and reported once."""
+    if "prompt" in dataset.column_names and prompt_tokenizer is None:
+        raise ValueError("The dataset has a 'prompt' column: pass prompt_tokenizer (the prompt encoder's tokenizer).")
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         labels = code_tokenizer(batch["code"], add_special_tokens=False)["input_ids"]
@@ -203,7 +204,7 @@ def mask_spans(code: str, language: str) -> list[tuple[int, int]]:
                 starts.append(starts[-1] + len(line))
             spans = []
             for token in tokenize.generate_tokens(io.StringIO(code).readline):
-                if token.type == tokenize.NAME or keyword.iskeyword(token.string):
+                if token.type == tokenize.NAME:  # identifiers and keywords alike
                     (row, col), (end_row, end_col) = token.start, token.end
                     spans.append((starts[row - 1] + col, starts[end_row - 1] + end_col))
             return spans
@@ -275,16 +276,28 @@ class CodeFusionPretrainingCollator(CodeFusionDataCollator):
         if self.prompt_tokenizer.mask_token is None:
             raise ValueError("prompt_tokenizer has no mask_token: CPD pre-training needs one to mask code.")
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.worker_seed = None
+
+    def draw_generator(self) -> torch.Generator:
+        """The generator of this process. A DataLoader worker holds a copy of the collator with the main process's
+        generator state, so every worker, and every epoch, would repeat the same masks and tasks: a worker reseeds
+        from its own seed (different per worker and per epoch) before its first batch."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and self.worker_seed != worker.seed:
+            self.generator.manual_seed(worker.seed)
+            self.worker_seed = worker.seed
+        return self.generator
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        generator = self.draw_generator()
         masked = [
-            mask_code(f["code"], self.language, self.mask_rate, self.prompt_tokenizer.mask_token, self.generator)
+            mask_code(f["code"], self.language, self.mask_rate, self.prompt_tokenizer.mask_token, generator)
             for f in features
         ]
         prompts = self.prompt_tokenizer(
             masked, padding=True, truncation=True, max_length=self.max_prompt_length, return_tensors="pt"
         )
-        unconditional = torch.rand(len(features), generator=self.generator) < self.unconditional_probability
+        unconditional = torch.rand(len(features), generator=generator) < self.unconditional_probability
         return {
             "input_ids": prompts["input_ids"],
             "attention_mask": prompts["attention_mask"],
