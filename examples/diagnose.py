@@ -75,14 +75,7 @@ def main():
     model, config = pipe.model, pipe.model.config
     torch.manual_seed(args.seed)
 
-    labels = pipe.tokenizer(
-        references,
-        add_special_tokens=False,
-        truncation=True,
-        max_length=config.max_code_length,
-        padding="max_length",
-        return_tensors="pt",
-    )["input_ids"]
+    labels = pipe.code_to_ids(references)
     code_positions = labels != config.pad_token_id
     states, mask = pipe.encode_prompt(prompts, model.device)
     shuffle = torch.roll(torch.arange(len(data)), 1)

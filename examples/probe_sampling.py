@@ -113,15 +113,7 @@ def main():
 
     def refine_start(retrieved: list[list[str]], timestep: int, generator: torch.Generator) -> dict:
         codes = [code for row in retrieved for code in (row + row[-1:] * k)[:k]]
-        ids = tokenizer(
-            codes,
-            add_special_tokens=False,
-            truncation=True,
-            max_length=config.max_code_length,
-            padding="max_length",
-            return_tensors="pt",
-        )["input_ids"]
-        clean = model.embed_code(ids)
+        clean = model.embed_code(pipe.code_to_ids(codes))
         noise = torch.randn(clean.shape, generator=generator)
         latents = pipe.scheduler.add_noise(clean, noise, torch.full((len(codes),), timestep))
         steps = args.refine_steps

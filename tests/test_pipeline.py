@@ -116,6 +116,16 @@ def test_callback_on_step_end(tiny_pipeline):
     assert not torch.allclose(zeroed.code, plain.code)
 
 
+def test_code_to_ids_fills_the_canvas(tiny_pipeline, code_tokenizer):
+    canvas = tiny_pipeline.model.config.max_code_length
+    ids = tiny_pipeline.code_to_ids(["ls -la", "df -h " * 40])
+    expected = code_tokenizer("ls -la", add_special_tokens=False)["input_ids"]
+    assert ids.shape == (2, canvas)
+    assert ids[0, : len(expected)].tolist() == expected
+    assert (ids[0, len(expected) :] == tiny_pipeline.model.config.pad_token_id).all()
+    assert (ids[1] != tiny_pipeline.model.config.pad_token_id).all()  # truncated to the canvas
+
+
 def test_model_mode_is_restored(tiny_pipeline):
     tiny_pipeline.model.train()
     tiny_pipeline("x", num_inference_steps=2)

@@ -436,6 +436,18 @@ class CodeFusionPipeline(DiffusionPipeline):
             estimate = self.model.embed_decoder_logits(logits, rounding).to(dtype)
         return latents, estimate, CommittedTokens(positions, tokens, token_log_probs)
 
+    def code_to_ids(self, code: list[str]) -> torch.LongTensor:
+        """Code strings as the canvas holds them, `(len(code), max_code_length)` token ids padded with pad (longer code
+        truncated): e.g. `self.model.embed_code(ids)`, noised with the scheduler, starts sampling from given code."""
+        return self.tokenizer(
+            code,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.model.config.max_code_length,
+            padding="max_length",
+            return_tensors="pt",
+        )["input_ids"]
+
     def ids_to_text(self, token_ids: torch.Tensor, lengths: torch.Tensor, max_length: int | None) -> list[str]:
         limit = max_length or token_ids.shape[1]
         return self.tokenizer.batch_decode(
