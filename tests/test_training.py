@@ -100,6 +100,19 @@ def test_pretraining_collator_draws_differ_across_dataloader_workers_and_epochs(
     assert len(draws) == 8 and len(set(draws)) == 8
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_emulated_cpu_bf16_is_warned_about(tmp_path, monkeypatch, native):
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    training_args(tmp_path, bf16=True)
+    assert len([m for m in messages if "bf16" in m]) == (0 if native else 1)
+    messages.clear()
+    training_args(tmp_path)  # fp32: nothing to warn about
+    assert not messages
+
+
 def test_finetune_compute_loss_trains_every_part(code_tokenizer, tmp_path):
     trainer = make_trainer("finetune", code_tokenizer, tmp_path)
     trainer.model.train()

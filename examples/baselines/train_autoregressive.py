@@ -61,6 +61,7 @@ from codefusion_hf.training_codefusion import (  # noqa: E402
     find_resume_checkpoint,
     load_code_dataset,
     tokenize_dataset,
+    warn_if_cpu_bf16_is_emulated,
 )
 
 PROMPT_TOKENIZER_FOLDER = "prompt_tokenizer"  # the same sub-folder a saved CodeFusionPipeline uses
@@ -142,6 +143,7 @@ class AutoregressiveTrainingArguments(Seq2SeqTrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         check_time_budget(self.max_train_minutes, self.lr_decay_minutes)
+        warn_if_cpu_bf16_is_emulated(self)
 
 
 def parse_args(
