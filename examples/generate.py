@@ -19,6 +19,9 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="Denoising steps.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounding", choices=ROUNDINGS, default=None, help="Default: the model's own.")
+    parser.add_argument(
+        "--commit_tokens", action="store_true", help="Commit the surest tokens step by step (best with --steps 10)."
+    )
     args = parser.parse_args()
     pipe = CodeFusionPipeline.from_pretrained(args.model)
     output = pipe(
@@ -27,6 +30,7 @@ def main():
         num_return_sequences=args.num_return_sequences,
         generator=torch.Generator().manual_seed(args.seed),
         rounding=args.rounding,
+        commit_tokens=args.commit_tokens,
     )
     for prompt, candidates, scores in zip(args.prompts, output.code, output.scores):
         print(f"\n{prompt}")

@@ -39,6 +39,12 @@ def test_generate_prints_ranked_candidates(saved_pipeline):
     assert [line.split("\t")[0] for line in lines] == ["1. ls -la", "2. ls -la"]
 
 
+def test_generate_with_commit_tokens(saved_pipeline):
+    result = run("generate", saved_pipeline, "list all files", "-k", "1", "--steps", "10", "--commit-tokens")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().split("\t")[0] == "1. ls -la"
+
+
 def test_generate_show_steps(saved_pipeline):
     result = run("generate", saved_pipeline, "list all files", "-k", "1", "--steps", "5", "--show-steps")
     assert result.returncode == 0, result.stderr
@@ -54,8 +60,11 @@ def test_evaluate_writes_files(saved_pipeline, tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["exact_match@1"] == 1.0 and metrics["num_prompts"] == len(PAIRS)
-    assert metrics["rounding"] == "decoder"
+    assert metrics["rounding"] == "decoder" and metrics["commit_tokens"] is False
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == len(PAIRS)
+    result = run("evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", "--commit-tokens")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["commit_tokens"] is True
 
 
 @pytest.mark.parametrize(

@@ -267,7 +267,8 @@ def test_eval_loss_is_deterministic(code_tokenizer, tmp_path, kind):
     assert trainer.evaluate()["eval_loss"] == first
 
 
-def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("commit_tokens", [False, True])
+def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch, commit_tokens):
     trainer = make_trainer(
         "finetune",
         code_tokenizer,
@@ -275,12 +276,14 @@ def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch):
         generation_eval_samples=4,
         generation_inference_steps=5,
         generation_rounding="decoder",
+        generation_commit_tokens=commit_tokens,
     )
     calls = []
     call = CodeFusionPipeline.__call__
     monkeypatch.setattr(CodeFusionPipeline, "__call__", lambda self, *a, **k: calls.append(k) or call(self, *a, **k))
     metrics = trainer.evaluate()
     assert calls and all(k["rounding"] == "decoder" and k["num_inference_steps"] == 5 for k in calls)
+    assert all(k["commit_tokens"] is commit_tokens for k in calls)
     assert {"eval_exact_match", "eval_non_empty_rate", "eval_distinct_rate"} <= metrics.keys()
     assert 0 <= metrics["eval_exact_match"] <= 1
 
@@ -452,6 +455,8 @@ def test_bad_training_arguments(tmp_path):
         training_args(tmp_path, prompt_dropout_probability=-0.1)
     with pytest.raises(ValueError, match="generation_rounding"):
         training_args(tmp_path, generation_rounding="argmax")
+    with pytest.raises(ValueError, match="generation_commit_tokens"):
+        training_args(tmp_path, generation_commit_tokens=True, generation_rounding="nearest")
     with pytest.raises(ValueError, match="timestep_bias_strategy must be one of"):
         training_args(tmp_path, timestep_bias_strategy="late")
     with pytest.raises(ValueError, match="timestep_bias_multiplier"):

@@ -94,6 +94,9 @@ class CodeFusionTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "The sampler's rounding for that generation: nearest, decoder or decoder_mean."},
     )
+    generation_commit_tokens: bool = field(
+        default=False, metadata={"help": "Sample that generation with the pipeline's commit_tokens (mask-predict)."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the CodeFusion collators need the raw code text."}
     )
@@ -117,6 +120,11 @@ class CodeFusionTrainingArguments(TrainingArguments):
         if self.generation_rounding is not None and self.generation_rounding not in ROUNDINGS:
             raise ValueError(
                 f"generation_rounding must be None or one of {ROUNDINGS}, got {self.generation_rounding!r}."
+            )
+        if self.generation_commit_tokens and self.generation_rounding not in (None, "decoder"):
+            raise ValueError(
+                f"generation_commit_tokens rounds with the decoder; it cannot be combined with "
+                f"generation_rounding={self.generation_rounding!r}."
             )
 
 
@@ -548,6 +556,7 @@ class CodeFusionTrainer(Trainer):
                 chunk["prompt"],
                 num_inference_steps=self.args.generation_inference_steps,
                 rounding=self.args.generation_rounding,
+                commit_tokens=self.args.generation_commit_tokens,
                 generator=generator,
             )
             predictions += [candidates[0] for candidates in output.code]
