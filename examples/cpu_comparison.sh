@@ -12,13 +12,16 @@
 # tokenizer from train_tokenizer.py; DATA_DIR: ../shared/data/excel_cf or ../shared/data/conala. The baseline
 # trains for PRETRAIN + FINETUNE minutes. PYTHON picks the interpreter (default python3).
 #
-# The recipe defaults to the best of the NL2Bash GPU sweeps (examples/nl2bash_gpu_sweep.sh), with the same knobs:
+# The recipe defaults to the best of the NL2Bash GPU sweeps (examples/nl2bash_gpu_sweep.sh); the knobs, as
+# environment variables:
 # CODEFUSION_OVERRIDES, CodeFusionConfig fields added to the canvas and x0 + self-conditioning (default unrolling 0.5);
 # CODEFUSION_FLAGS, training flags for both phases (default the timestep bias later x3); LR_DECAY, the share of the
 # last training phase (CodeFusion's phase 2, the baseline's whole run) over which the learning rate anneals to 0
 # (default 0.25); ROUNDINGS, CodeFusion's samplers (default "decoder commit", "commit" being commit_tokens in 10 steps);
-# SEED, the seed of both trainings and of every evaluation (default 0).
-# The 2026-11-26 runs in docs/results.md used LR_DECAY=0 ROUNDINGS="none decoder" CODEFUSION_OVERRIDES= CODEFUSION_FLAGS=.
+# SEED, the seed of both trainings and of every evaluation (default 0); BF16, bf16 autocast for both trainings
+# (default False: only CPUs with AVX512-BF16 or AMX run it natively, others emulate it many times slower than fp32).
+# The 2026-11-26 runs in docs/results.md used LR_DECAY=0 ROUNDINGS="none decoder" CODEFUSION_OVERRIDES= CODEFUSION_FLAGS=
+# BF16=True.
 set -uo pipefail
 python=${PYTHON:-python3}
 benchmark=$1 out=$2 encoder=$3 tokenizer=$4 data=$5 pretrain_minutes=${6:-15} finetune_minutes=${7:-30}
@@ -34,6 +37,7 @@ overrides="{\"normalize_code_embeddings\": true, \"max_code_length\": $canvas, \
 read -ra flags <<<"${CODEFUSION_FLAGS---timestep_bias_strategy later --timestep_bias_multiplier 3}"
 read -ra roundings <<<"${ROUNDINGS:-decoder commit}"
 seed=(--seed "${SEED:-0}")
+bf16=(--bf16 "${BF16:-False}")
 lr_decay() {  # --lr_decay_minutes for a phase of $1 minutes
   "$python" -c "import sys; share = float(sys.argv[2]); print(f'--lr_decay_minutes {share * float(sys.argv[1])}' if share else '')" \
     "$1" "${LR_DECAY:-0.25}"
@@ -45,7 +49,8 @@ codefusion() {
     "$python" examples/pretrain.py "examples/configs/${benchmark}_pretrain.json" --encoder_name_or_path "$encoder" \
       --tokenizer_name_or_path "$tokenizer" --config_overrides "$overrides" \
       --train_file "$data/pretrain_snippets.jsonl" --validation_file "$data/validation.jsonl" \
-      --output_dir "$out/codefusion/pretrain" --max_train_minutes "$pretrain_minutes" "${seed[@]}" "${flags[@]}" \
+      --output_dir "$out/codefusion/pretrain" --max_train_minutes "$pretrain_minutes" "${seed[@]}" "${bf16[@]}" \
+      "${flags[@]}" \
       >"$out/codefusion.log" 2>&1 ||
       return
   else
@@ -55,7 +60,7 @@ codefusion() {
   "$python" examples/finetune.py "examples/configs/${benchmark}_finetune.json" "${start[@]}" \
     --train_file "$data/train.jsonl" --validation_file "$data/validation.jsonl" \
     --output_dir "$out/codefusion/finetune" --max_train_minutes "$finetune_minutes" $(lr_decay "$finetune_minutes") \
-    "${seed[@]}" "${flags[@]}" >>"$out/codefusion.log" 2>&1 &&
+    "${seed[@]}" "${bf16[@]}" "${flags[@]}" >>"$out/codefusion.log" 2>&1 &&
     for rounding in "${roundings[@]}"; do
       sampler=(--rounding "$rounding")
       [[ $rounding == commit ]] && sampler=(--commit_tokens --num_inference_steps 10)
@@ -71,7 +76,7 @@ autoregressive() {
   local shared=(--language "$language" --max_code_length "$canvas" --train_file "$data/train.jsonl")
   "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${shared[@]}" \
     --encoder_name_or_path "$encoder" --tokenizer_name_or_path "$tokenizer" --validation_file "$data/validation.jsonl" \
-    --output_dir "$out/autoregressive" --max_train_minutes "$budget" $(lr_decay "$budget") "${seed[@]}" \
+    --output_dir "$out/autoregressive" --max_train_minutes "$budget" $(lr_decay "$budget") "${seed[@]}" "${bf16[@]}" \
     >"$out/autoregressive.log" 2>&1 &&
     for decoding in beam sample; do
       "$python" examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json "${shared[@]}" \

@@ -96,6 +96,8 @@ def test_trajectory_records_requested_steps(tiny_pipeline):
     assert all(len(entry["code"]) == 1 and len(entry["code"][0]) == 2 for entry in output.trajectory)
     assert len(tiny_pipeline("x", num_inference_steps=4, return_trajectory=True).trajectory) == 4
     assert tiny_pipeline("x", num_inference_steps=4).trajectory is None
+    numpy_steps = tiny_pipeline("x", num_inference_steps=4, return_trajectory=torch.tensor([1, 3]).numpy())
+    assert [entry["step"] for entry in numpy_steps.trajectory] == [1, 3]
 
 
 def test_overfit_trajectory_ends_at_the_answer(overfit_pipeline):
@@ -472,6 +474,7 @@ def test_timesteps_replace_num_inference_steps(code_tokenizer):
         ({"timesteps": [3, 7]}, "strictly decreasing"),
         ({"num_inference_steps": 3, "return_trajectory": [0, 3]}, r"return_trajectory .* from 0 to 2, got \[3\]"),
         ({"num_inference_steps": 3, "return_trajectory": [1.5]}, "return_trajectory"),
+        ({"num_inference_steps": 3, "return_trajectory": 2}, "return_trajectory must be True, False or a list"),
     ],
 )
 def test_bad_latents_or_timesteps(tiny_pipeline, kwargs, message):

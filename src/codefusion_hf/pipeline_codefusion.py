@@ -2,6 +2,7 @@
 
 import json
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -538,7 +539,14 @@ class CodeFusionPipeline(DiffusionPipeline):
         else:
             self.scheduler.set_timesteps(device=device, timesteps=timesteps)
             num_inference_steps = self.scheduler.num_inference_steps
-        record_steps = set(range(num_inference_steps)) if return_trajectory is True else set(return_trajectory or ())
+        if return_trajectory is True or return_trajectory is False:
+            record_steps = set(range(num_inference_steps)) if return_trajectory else set()
+        elif isinstance(return_trajectory, Iterable) and not isinstance(return_trajectory, str):
+            record_steps = set(return_trajectory)
+        else:
+            raise ValueError(
+                f"return_trajectory must be True, False or a list of step indices, got {return_trajectory!r}."
+            )
         unknown_steps = [i for i in record_steps if not is_integer(i) or not 0 <= i < num_inference_steps]
         if unknown_steps:
             raise ValueError(
@@ -663,8 +671,8 @@ class CodeFusionPipeline(DiffusionPipeline):
 
 
 def is_integer(value: Any) -> bool:
-    """An int that is not a bool (`True` would otherwise pass as 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (a Python or NumPy int) that is not a bool (`True` would otherwise pass as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -> dict[str, Any]:

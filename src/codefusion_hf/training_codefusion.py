@@ -2,6 +2,7 @@
 
 import io
 import os
+import platform
 import re
 import time
 import tokenize
@@ -322,9 +323,10 @@ def warn_if_cpu_bf16_is_emulated(args: TrainingArguments) -> None:
     """bf16 autocast on a CPU without AVX512-BF16 or AMX is emulated: on this project's 2-core AVX2 machine a bf16
     matrix product ran 47x slower than fp32 (0.88 against 41 GFLOP/s), so a time-limited run would train for a
     fraction of its steps without any error. Shared by the CodeFusion and autoregressive runs."""
-    on_cpu = args.use_cpu or not torch.cuda.is_available()
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if args.bf16 and on_cpu and not native:
+    if not args.bf16 or platform.machine().lower() not in ("x86_64", "amd64"):  # the check knows x86 CPUs only
+        return
+    on_cpu = args.use_cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    if on_cpu and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
         logger.warning(
             "bf16=True on a CPU without native bf16 (no AVX512-BF16 or AMX): PyTorch emulates it, and training runs "
             "many times slower than in fp32. Pass --bf16 False."
