@@ -252,15 +252,11 @@ class CodeFusionPipeline(DiffusionPipeline):
                 f"commit_tokens re-embeds the decoder's most likely tokens at every step (rounding='decoder'); it "
                 f"cannot be combined with rounding={rounding!r}."
             )
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:
+        if not is_finite_number(eta) or eta < 0:
             raise ValueError(f"eta must be a finite number >= 0 (0 is DDIM, 1 ancestral sampling), got {eta!r}.")
         if commit_tokens and eta != 0:
             raise ValueError(f"commit_tokens re-noises with fresh noise at every step; eta must stay 0, got {eta}.")
-        if (
-            isinstance(guidance_scale, bool)
-            or not isinstance(guidance_scale, (int, float))
-            or not (1 <= guidance_scale < math.inf)
-        ):
+        if not is_finite_number(guidance_scale) or guidance_scale < 1:
             raise ValueError(
                 f"guidance_scale must be a finite number >= 1 (1 turns guidance off), got {guidance_scale!r}."
             )
@@ -668,6 +664,11 @@ class CodeFusionPipeline(DiffusionPipeline):
         if not return_dict:
             return (code, ranked_scores, trajectory or None)
         return CodeFusionPipelineOutput(code=code, scores=ranked_scores, trajectory=trajectory or None)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A finite int or float that is not a bool (a float argument such as `eta` given as `True` is a mistake)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_integer(value: Any) -> bool:
