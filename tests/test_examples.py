@@ -1,12 +1,16 @@
-"""The example configs parse, and command-line flags override a config file."""
+"""The example scripts: configs parse, flags override a config file, and each script does what it says."""
 
 import importlib.util
+import os
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import PAIRS
+from transformers import AutoModel, BertConfig, BertModel
 
 ROOT = Path(__file__).resolve().parents[1]
 # Appended, not prepended: examples/evaluate.py must not shadow the `evaluate` package.
@@ -400,3 +404,77 @@ def test_probe_sampling_runs_every_probe(overfit_pipeline, tmp_path, monkeypatch
     monkeypatch.setattr(sys, "argv", argv + ["--probes", "refine"])
     with pytest.raises(ValueError, match="--refine_from"):
         probe_sampling.main()
+
+
+def test_offline_bundle_unpacks_and_restores_the_fp32_encoder(tmp_path, code_tokenizer):
+    """`offline_bundle.sh unpack` runs first on an offline GPU machine: it must write env.sh and the fp32 encoder."""
+    staged = tmp_path / "staged"
+    encoder = BertModel(
+        BertConfig(
+            vocab_size=len(code_tokenizer),
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+        )
+    )
+    encoder.half().save_pretrained(staged / "minilm-fp16")
+    code_tokenizer.save_pretrained(staged / "minilm-fp16")
+    code_tokenizer.save_pretrained(staged / "nl2bash-tokenizer")
+    (staged / "nl2bash").mkdir()
+    (staged / "nl2bash" / "train.jsonl").write_text('{"nl": "list files", "bash": "ls"}\n')
+    (staged / "site" / "bundled_marker").mkdir(parents=True)
+    (staged / "site" / "bundled_marker" / "__init__.py").write_text("VALUE = 7\n")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    with tarfile.open(bundle / "site-packages.tar.xz", "w:xz") as archive:
+        archive.add(staged / "site", arcname=".")
+    with tarfile.open(bundle / "models-and-data.tar.xz", "w:xz") as archive:
+        for name in ("minilm-fp16", "nl2bash-tokenizer", "nl2bash"):
+            archive.add(staged / name, arcname=name)
+
+    work = tmp_path / "work"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"PYTHON": sys.executable}
+    script = ROOT / "examples" / "offline_bundle.sh"
+    result = subprocess.run(
+        ["bash", str(script), "unpack", str(bundle), str(work)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transformers" in result.stdout and "diffusers" in result.stdout
+
+    check = (
+        "source {}/env.sh && {} -c 'import bundled_marker, importlib.util, os; "
+        'print(bundled_marker.VALUE, importlib.util.find_spec("codefusion_hf").origin, os.environ["ENCODER"], '
+        'os.environ["DATA"])\''
+    )
+    shown = subprocess.run(
+        ["bash", "-c", check.format(work, sys.executable)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    value, package, encoder_dir, data_dir = shown.stdout.split()
+    assert value == "7" and package.startswith(str(ROOT / "src"))
+    assert Path(data_dir, "train.jsonl").is_file()
+    restored = AutoModel.from_pretrained(encoder_dir)
+    assert restored.dtype == torch.float32
+    for name, weight in encoder.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], weight.float())
+
+
+def test_offline_bundle_rejects_an_unknown_mode(tmp_path):
+    result = subprocess.run(
+        ["bash", str(ROOT / "examples" / "offline_bundle.sh"), "build", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "use pack or unpack" in result.stderr
