@@ -32,6 +32,23 @@ def test_help(command):
     assert result.returncode == 0 and "usage: codefusion" in result.stdout
 
 
+# The package imports its classes on first use: the command's help and the metrics must not pay for torch.
+LIGHT_IMPORTS = """
+import contextlib, io, sys
+import codefusion_hf.metrics
+from codefusion_hf.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(["evaluate", "--help"])
+print(" ".join(name for name in ("torch", "diffusers", "transformers") if name in sys.modules))
+"""
+
+
+def test_help_and_metrics_do_not_import_torch():
+    result = subprocess.run([sys.executable, "-c", LIGHT_IMPORTS], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
 def test_generate_prints_ranked_candidates(saved_pipeline):
     result = run("generate", saved_pipeline, "list all files", "-k", "2", "--steps", "20", "--seed", "0")
     assert result.returncode == 0, result.stderr

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -113,6 +116,29 @@ def test_save_and_auto_model_load(tiny_model, tmp_path):
     assert {"modeling_codefusion.py", "configuration_codefusion.py", "scheduling_codefusion.py"} <= {
         f.name for f in tmp_path.iterdir()
     }
+
+
+def test_package_names_load_on_first_use():
+    import codefusion_hf
+    from codefusion_hf import modeling_codefusion
+
+    assert codefusion_hf.CodeFusionModel is modeling_codefusion.CodeFusionModel
+    assert all(getattr(codefusion_hf, name) for name in codefusion_hf.__all__)
+    assert set(codefusion_hf.__all__) <= set(dir(codefusion_hf))
+    with pytest.raises(AttributeError, match="no attribute 'CodeFusionModle'"):
+        codefusion_hf.CodeFusionModle
+
+
+def test_config_alone_registers_with_auto_config():
+    code = (
+        "import sys\n"
+        "from transformers import AutoConfig\n"
+        "from codefusion_hf import CodeFusionConfig\n"
+        "print(type(AutoConfig.for_model('codefusion')).__name__, 'codefusion_hf.modeling_codefusion' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["CodeFusionConfig", "False"]
 
 
 def test_presets():

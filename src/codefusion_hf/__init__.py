@@ -1,22 +1,51 @@
-"""CodeFusion (Singh et al., EMNLP 2023) as Hugging Face components."""
+"""CodeFusion (Singh et al., EMNLP 2023) as Hugging Face components.
 
-from .configuration_codefusion import CodeFusionConfig
-from .modelcard_codefusion import create_model_card
-from .modeling_codefusion import CodeFusionModel, CodeFusionModelOutput
-from .pipeline_codefusion import CodeFusionPipeline, CodeFusionPipelineOutput
-from .scheduling_codefusion import CodeFusionScheduler, CodeFusionSchedulerOutput
-from .tokenization_codefusion import train_code_tokenizer
+The names below are imported on first use (PEP 562), as transformers and diffusers import theirs, so that
+`codefusion --help` and the metrics (`codefusion_hf.metrics`, the shipped `evaluate` modules) do not load torch and
+diffusers. Importing `CodeFusionConfig` registers it with `AutoConfig`; importing `CodeFusionModel` (or anything that
+uses it, such as the pipeline) registers it with `AutoModel`.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CodeFusionConfig",
-    "CodeFusionModel",
-    "CodeFusionModelOutput",
-    "CodeFusionPipeline",
-    "CodeFusionPipelineOutput",
-    "CodeFusionScheduler",
-    "CodeFusionSchedulerOutput",
-    "create_model_card",
-    "train_code_tokenizer",
-]
+# Public name -> the module of this package that defines it.
+_EXPORTS = {
+    "CodeFusionConfig": "configuration_codefusion",
+    "CodeFusionModel": "modeling_codefusion",
+    "CodeFusionModelOutput": "modeling_codefusion",
+    "CodeFusionPipeline": "pipeline_codefusion",
+    "CodeFusionPipelineOutput": "pipeline_codefusion",
+    "CodeFusionScheduler": "scheduling_codefusion",
+    "CodeFusionSchedulerOutput": "scheduling_codefusion",
+    "create_model_card": "modelcard_codefusion",
+    "train_code_tokenizer": "tokenization_codefusion",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; `X as X` marks a re-export
+    from .configuration_codefusion import CodeFusionConfig as CodeFusionConfig
+    from .modelcard_codefusion import create_model_card as create_model_card
+    from .modeling_codefusion import CodeFusionModel as CodeFusionModel
+    from .modeling_codefusion import CodeFusionModelOutput as CodeFusionModelOutput
+    from .pipeline_codefusion import CodeFusionPipeline as CodeFusionPipeline
+    from .pipeline_codefusion import CodeFusionPipelineOutput as CodeFusionPipelineOutput
+    from .scheduling_codefusion import CodeFusionScheduler as CodeFusionScheduler
+    from .scheduling_codefusion import CodeFusionSchedulerOutput as CodeFusionSchedulerOutput
+    from .tokenization_codefusion import train_code_tokenizer as train_code_tokenizer

@@ -126,10 +126,10 @@ def push(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    args = build_parser().parse_args(argv)
     # Loading a small pipeline takes a second: its component and weight bars are noise on a terminal.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()

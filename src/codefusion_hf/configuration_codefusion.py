@@ -209,4 +209,7 @@ class CodeFusionConfig(PreTrainedConfig):
         return cls(encoder_config=encoder_config, **fields)
 
 
+CodeFusionConfig.register_for_auto_class()
+AutoConfig.register("codefusion", CodeFusionConfig, exist_ok=True)
+
 __all__ = ["CodeFusionConfig"]

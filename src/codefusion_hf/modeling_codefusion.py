@@ -432,9 +432,7 @@ def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if attention_mask is None else attention_mask == 0
 
 
-CodeFusionConfig.register_for_auto_class()
 CodeFusionModel.register_for_auto_class("AutoModel")
-AutoConfig.register("codefusion", CodeFusionConfig, exist_ok=True)
 AutoModel.register(CodeFusionConfig, CodeFusionModel, exist_ok=True)
 
 __all__ = ["CodeFusionModel", "CodeFusionModelOutput", "CodeFusionPreTrainedModel"]
