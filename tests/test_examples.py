@@ -1,6 +1,7 @@
 """The example scripts: configs parse, flags override a config file, and each script does what it says."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -433,12 +434,11 @@ def test_offline_bundle_unpacks_and_restores_the_fp32_encoder(tmp_path, code_tok
         for name in ("minilm-fp16", "nl2bash-tokenizer", "nl2bash"):
             archive.add(staged / name, arcname=name)
 
-    work = tmp_path / "work"
+    work = tmp_path / "work dir"  # a space, and a run from outside the repository: env.sh must still be right
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"PYTHON": sys.executable}
-    script = ROOT / "examples" / "offline_bundle.sh"
     result = subprocess.run(
-        ["bash", str(script), "unpack", str(bundle), str(work)],
-        cwd=ROOT,
+        ["bash", str(ROOT / "examples" / "offline_bundle.sh"), "unpack", "bundle", "work dir"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -447,22 +447,22 @@ def test_offline_bundle_unpacks_and_restores_the_fp32_encoder(tmp_path, code_tok
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers" in result.stdout and "diffusers" in result.stdout
 
-    check = (
-        "source {}/env.sh && {} -c 'import bundled_marker, importlib.util, os; "
-        'print(bundled_marker.VALUE, importlib.util.find_spec("codefusion_hf").origin, os.environ["ENCODER"], '
-        'os.environ["DATA"])\''
+    show = (
+        "import bundled_marker, json, os; print(json.dumps([bundled_marker.VALUE, os.environ['PYTHONPATH'], "
+        "os.environ['ENCODER'], os.environ['DATA']]))"
     )
     shown = subprocess.run(
-        ["bash", "-c", check.format(work, sys.executable)],
-        cwd=ROOT,
+        ["bash", "-c", 'source "$1/env.sh" && "$2" -c "$3"', "-", str(work), sys.executable, show],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert shown.returncode == 0, shown.stderr[-3000:]
-    value, package, encoder_dir, data_dir = shown.stdout.split()
-    assert value == "7" and package.startswith(str(ROOT / "src"))
+    value, python_path, encoder_dir, data_dir = json.loads(shown.stdout)
+    assert value == 7
+    assert python_path.split(os.pathsep) == [str(work / "site"), str(ROOT / "src")]
     assert Path(data_dir, "train.jsonl").is_file()
     restored = AutoModel.from_pretrained(encoder_dir)
     assert restored.dtype == torch.float32
