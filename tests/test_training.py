@@ -194,27 +194,27 @@ def test_pretrain_tasks_reach_the_model(code_tokenizer, tmp_path, monkeypatch):
     batch["unconditional"] = torch.tensor([True, False, True, False])
     mask_id = code_tokenizer.mask_token_id
     assert (batch["input_ids"] == mask_id).any(), "CPD input must contain masked identifiers"
-    encoded, seen = {}, {}
-    encode, forward = model.encode, model.forward
+    encoded, seen = {}, []
+    encode, denoise = model.encode, model.denoise
 
     def recording_encode(input_ids, attention_mask):
         encoded["ids"], encoded["states"] = input_ids, encode(input_ids, attention_mask)
         return encoded["states"]
 
-    def recording_forward(**kwargs):
-        seen.update(kwargs)
-        return forward(**kwargs)
+    def recording_denoise(*args):
+        seen.append(args)
+        return denoise(*args)
 
     monkeypatch.setattr(model, "encode", recording_encode)
-    monkeypatch.setattr(model, "forward", recording_forward)
+    monkeypatch.setattr(model, "denoise", recording_denoise)
     trainer.compute_loss(model, batch)
     assert torch.equal(encoded["ids"], batch["input_ids"])  # the masked snippet went through the encoder
-    states = seen["encoder_hidden_states"]
+    _, _, states, attention_mask, *_ = seen[0]  # what the denoiser reads as the prompt
     cpd, noise = ~batch["unconditional"], batch["unconditional"]
     torch.testing.assert_close(states[cpd], encoded["states"][cpd])
     assert not torch.allclose(states[noise], encoded["states"][noise])  # replaced by fresh Gaussian noise
     assert abs(states[noise].std().item() - 1) < 0.3
-    assert (seen["attention_mask"][noise] == 1).all()
+    assert (attention_mask[noise] == 1).all()
 
 
 def test_prompt_dropout_replaces_prompts_by_noise_in_finetuning(code_tokenizer, tmp_path, monkeypatch):
@@ -224,8 +224,8 @@ def test_prompt_dropout_replaces_prompts_by_noise_in_finetuning(code_tokenizer, 
     trainer = make_trainer("finetune", code_tokenizer, tmp_path, prompt_dropout_probability=0.5)
     model = trainer.model
     seen, encoded = [], []
-    forward, encode = model.forward, model.encode
-    monkeypatch.setattr(model, "forward", lambda **kwargs: seen.append(kwargs) or forward(**kwargs))
+    denoise, encode = model.denoise, model.encode
+    monkeypatch.setattr(model, "denoise", lambda *args: seen.append(args) or denoise(*args))
     monkeypatch.setattr(model, "encode", lambda *args: encoded.append(encode(*args)) or encoded[-1])
     batch = first_batch(trainer)
     batch = {k: v.repeat(8, *[1] * (v.ndim - 1)) for k, v in batch.items()}  # 32 rows: both kinds appear
@@ -233,15 +233,16 @@ def test_prompt_dropout_replaces_prompts_by_noise_in_finetuning(code_tokenizer, 
     torch.manual_seed(0)
     trainer.compute_loss(model, batch).backward()
     assert all(p.grad is not None for p in model.encoder.parameters())
-    states, mask = seen[0]["encoder_hidden_states"], seen[0]["attention_mask"]
+    _, _, states, mask, *_ = seen[0]  # what the denoiser reads as the prompt
     kept = (states == encoded[0]).flatten(1).all(dim=1)
     assert 0 < kept.sum() < len(kept)
     assert torch.equal(mask[kept], batch["attention_mask"][kept]) and (mask[~kept] == 1).all()
     assert abs(states[~kept].std().item() - 1) < 0.1  # fresh N(0, 1) noise, not a scaled prompt
     model.eval()
     seen.clear()
+    encoded.clear()
     trainer.compute_loss(model, batch)
-    assert "encoder_hidden_states" not in seen[0]
+    assert torch.equal(seen[0][2], encoded[0])  # every prompt kept
 
 
 @pytest.mark.parametrize("kind", ["finetune", "pretrain"])
@@ -561,3 +562,62 @@ def test_load_code_dataset_max_samples(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "code": f"c{i}"} for i in range(5)])
     assert load_code_dataset(path, max_samples=2)["code"] == ["c0", "c1"]
     assert len(load_code_dataset(path, max_samples=50)) == 5
+
+
+# Each rank: both phases' trainers with FSDP2 applied by hand (accelerate enables FSDP only on GPUs), one training
+# and one evaluation loss, phase 2's generation metrics, then save_pipeline; rank 0 checks the saved weights.
+FSDP_STEPS = """
+import json, os, pathlib, sys
+import torch, torch.distributed as dist
+sys.path.insert(0, os.environ["TESTS"])
+dist.init_process_group("gloo")
+from torch.distributed.fsdp import fully_shard
+from transformers.models.t5.modeling_t5 import T5Block
+from conftest import PAIRS
+from codefusion_hf import CodeFusionPipeline, train_code_tokenizer
+from codefusion_hf.modeling_codefusion import CodeFusionLayer
+from test_training import first_batch, make_trainer
+
+out = pathlib.Path(os.environ["OUT"])
+tokenizer = train_code_tokenizer([text for pair in PAIRS for text in pair] * 5, vocab_size=300, min_frequency=1)
+report = {}
+for kind in ("pretrain", "finetune"):
+    extra = {"prompt_dropout_probability": 0.5, "generation_eval_samples": 2} if kind == "finetune" else {}
+    trainer = make_trainer(kind, tokenizer, out / kind, **extra)
+    model = trainer.model
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for module in model.modules():
+        if isinstance(module, (CodeFusionLayer, T5Block)):
+            fully_shard(module)
+    fully_shard(model)
+    batch = first_batch(trainer)
+    model.train()
+    trainer.compute_loss(model, batch).backward()
+    model.eval()
+    report[kind] = {"eval_loss": trainer.compute_loss(model, batch).item()}
+    if kind == "finetune":
+        report[kind]["generation"] = trainer.generation_metrics()
+    trainer.save_pipeline(str(out / kind / "pipeline"))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        saved = CodeFusionPipeline.from_pretrained(out / kind / "pipeline").model.state_dict()
+        report[kind]["saved_as_before"] = all(torch.equal(saved[name], weights[name]) for name in saved)
+(out / f"rank{dist.get_rank()}.json").write_text(json.dumps(report))
+dist.destroy_process_group()
+"""
+
+
+def test_both_phases_under_fsdp2(tmp_path):
+    """Under FSDP2 the parameters are sharded outside the model's forward: the prompt encoding (phase 1's
+    unconditional rows, prompt dropout) must happen inside it, and generation and saving must gather them."""
+    (tmp_path / "fsdp_steps.py").write_text(FSDP_STEPS)
+    env = os.environ | {"TESTS": str(ROOT / "tests"), "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "fsdp_steps.py")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for report in reports:
+        assert all(math.isfinite(report[kind]["eval_loss"]) for kind in ("pretrain", "finetune"))
+        assert {"exact_match", "template_match", "non_empty_rate"} <= report["finetune"]["generation"].keys()
+    assert reports[0]["finetune"]["generation"] == reports[1]["finetune"]["generation"]  # the same generation
+    assert reports[0]["pretrain"]["saved_as_before"] and reports[0]["finetune"]["saved_as_before"]

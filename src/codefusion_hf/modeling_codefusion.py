@@ -277,6 +277,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         encoder_hidden_states: torch.Tensor | None = None,
         timesteps: torch.LongTensor | None = None,
         noise: torch.Tensor | None = None,
+        unconditional: torch.BoolTensor | None = None,
+        prompt_noise: torch.Tensor | None = None,
     ) -> CodeFusionModelOutput:
         r"""
         One training step of the diffusion objective.
@@ -286,10 +288,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             labels: Code token ids, at most `max_code_length` long. Shorter rows are padded with `pad_token_id` to
                 the full canvas: the model learns to emit pad after the code. Positions set to -100 are embedded
                 as pad and excluded from every loss term.
-            encoder_hidden_states: Encoded prompt, instead of `input_ids` (e.g. Gaussian noise for unconditional
-                pre-training).
+            encoder_hidden_states: Encoded prompt, instead of `input_ids`.
             timesteps: `(batch_size,)` diffusion steps; drawn uniformly from [0, T) when not given.
             noise: Gaussian noise shaped like the canvas; drawn when not given.
+            unconditional: `(batch_size,)` booleans: these rows' prompt encoding is replaced by `prompt_noise` over
+                an unmasked prompt (phase 1's unconditional generation; prompt dropout for classifier-free
+                guidance). Done here rather than by the trainer so that the encoder runs inside this forward, where
+                FSDP gathers its sharded parameters.
+            prompt_noise: Gaussian noise shaped like the prompt encoding; drawn when not given.
         """
         if labels is None:
             raise ValueError("labels (the code token ids) are required to compute the CodeFusion loss.")
@@ -302,6 +308,13 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             if input_ids is None:
                 raise ValueError("Pass either input_ids (the prompt) or encoder_hidden_states.")
             encoder_hidden_states = self.encode(input_ids, attention_mask)
+        if unconditional is not None:
+            if prompt_noise is None:
+                prompt_noise = torch.randn_like(encoder_hidden_states)
+            rows = unconditional.to(encoder_hidden_states.device)
+            encoder_hidden_states = torch.where(rows[:, None, None], prompt_noise, encoder_hidden_states)
+            if attention_mask is not None:
+                attention_mask = attention_mask.masked_fill(rows[:, None], 1)
 
         labels = F.pad(labels, (0, self.config.max_code_length - labels.shape[1]), value=self.config.pad_token_id)
         supervised = labels != -100

@@ -15,6 +15,8 @@ import bashlex
 import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset, load_dataset
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -437,6 +439,7 @@ class CodeFusionTrainer(Trainer):
 
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(not args.freeze_encoder)
+        model.encoder_proj.requires_grad_(True)
 
     def eval_generator(self) -> torch.Generator:
         """The random draws of an evaluation, re-seeded by every `evaluate` call: the same timesteps and noise at every
@@ -462,25 +465,17 @@ class CodeFusionTrainer(Trainer):
                 inputs["timesteps"] = torch.multinomial(
                     self._timestep_weights, inputs["labels"].shape[0], replacement=True
                 ).to(inputs["labels"].device)
-            if self.args.prompt_dropout_probability > 0 and "encoder_hidden_states" not in inputs:
-                inputs = self.drop_prompts(model, inputs)
+            if self.args.prompt_dropout_probability > 0 and "unconditional" not in inputs:
+                inputs = dict(inputs)  # the model replaces these rows' prompt encoding with Gaussian noise
+                inputs["unconditional"] = (
+                    torch.rand(inputs["labels"].shape[0]) < self.args.prompt_dropout_probability
+                ).to(inputs["labels"].device)
         outputs = model(**inputs)
         mode = "train" if model.training else "eval"
         for name in LOSS_TERMS:
             self._loss_term_sums[mode][name] += getattr(outputs, name).item()
         self._loss_term_counts[mode] += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-    def drop_prompts(self, model, inputs: dict) -> dict:
-        """Phase 2 training inputs with the prompt encoding of a random `args.prompt_dropout_probability` share of
-        rows replaced by Gaussian noise over an unmasked prompt: phase 1's unconditional task, the unconditional
-        model that classifier-free guidance contrasts with."""
-        inputs = dict(inputs)
-        input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-        states = self.accelerator.unwrap_model(model).encode(input_ids, attention_mask)
-        dropped = torch.rand(len(states), device=states.device) < self.args.prompt_dropout_probability
-        states, attention_mask = noise_prompts(states, attention_mask, dropped, torch.randn_like(states))
-        return inputs | {"encoder_hidden_states": states, "attention_mask": attention_mask}
 
     def timestep_weights(self, num_train_timesteps: int) -> torch.Tensor:
         """Relative probability of drawing each training timestep under `args.timestep_bias_*`."""
@@ -526,9 +521,10 @@ class CodeFusionTrainer(Trainer):
             metrics.update(extra)
         return metrics
 
-    def make_pipeline(self) -> CodeFusionPipeline:
-        """A pipeline around the model being trained; the x0 clip is set to 3x the current code embedding spread."""
-        model = self.accelerator.unwrap_model(self.model)
+    def make_pipeline(self, model: CodeFusionModel | None = None) -> CodeFusionPipeline:
+        """A pipeline around `model` (default: the model being trained); the x0 clip is set to 3x the current code
+        embedding spread."""
+        model = model if model is not None else self.accelerator.unwrap_model(self.model)
         config = model.config
         scheduler = CodeFusionScheduler(
             num_train_timesteps=config.num_train_timesteps,
@@ -549,7 +545,12 @@ class CodeFusionTrainer(Trainer):
         rows = self.generation_eval_dataset.select(
             range(min(self.args.generation_eval_samples, len(self.generation_eval_dataset)))
         )
-        pipe = self.make_pipeline()
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, FSDPModule):
+            # The pipeline calls the model's stages, not its forward: gather the root's sharded parameters (every
+            # process runs this same generation, so the collectives match) and let the wrapped layers gather theirs.
+            model.unshard()
+        pipe = self.make_pipeline(model)
         generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
         predictions = []
         for start in range(0, len(rows), batch_size):
@@ -562,6 +563,8 @@ class CodeFusionTrainer(Trainer):
                 generator=generator,
             )
             predictions += [candidates[0] for candidates in output.code]
+        if isinstance(model, FSDPModule):
+            model.reshard()
         references = rows["code"]
         metrics = {"exact_match": sum(map(exact_match, predictions, references)) / len(rows)}
         if self.args.language == "bash":
@@ -577,7 +580,15 @@ class CodeFusionTrainer(Trainer):
         """Save a ready-to-use `CodeFusionPipeline` (model, scheduler, tokenizers) to `output_dir`, with a model card
         that records what the trainer knows: the phase, data size and budget, the language and, as `base_model`, the
         encoder's Hub id when it came from the Hub. `training_data` (a file or dataset id) joins the training summary;
-        `model_card` adds or overrides `create_model_card` fields (e.g. `base_model`, `datasets`)."""
+        `model_card` adds or overrides `create_model_card` fields (e.g. `base_model`, `datasets`). Call it on every
+        process: under FSDP the parameters are gathered from all of them."""
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, FSDPModule):
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # the full weights on rank 0 only
+            state_dict = get_model_state_dict(model, options=options)
+            if self.is_world_process_zero():
+                model = CodeFusionModel(model.config)
+                model.load_state_dict(state_dict)
         if not self.is_world_process_zero():
             return
         args, state = self.args, self.state
@@ -601,13 +612,13 @@ class CodeFusionTrainer(Trainer):
             summary["training time"] = f"{finished[-1]['train_runtime'] / 60:.1f} minutes on {args.device.type}"
             if "train_loss" in finished[-1]:
                 summary["mean training loss"] = f"{finished[-1]['train_loss']:.4f}"
-        encoder = self.accelerator.unwrap_model(self.model).config.encoder_config
+        encoder = model.config.encoder_config
         card = {
             "training_summary": summary,
             "language": args.language,
             "base_model": hub_model_id(getattr(encoder, "_name_or_path", None)),
         }
-        self.make_pipeline().save_pretrained(output_dir or args.output_dir, model_card=card | model_card)
+        self.make_pipeline(model).save_pretrained(output_dir or args.output_dir, model_card=card | model_card)
 
 
 class CodeFusionPretrainer(CodeFusionTrainer):
@@ -620,6 +631,7 @@ class CodeFusionPretrainer(CodeFusionTrainer):
 
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(False)
+        model.encoder_proj.requires_grad_(False)
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         """Evaluation batches from a fresh copy of the pre-training collator (same seed): every evaluation draws the
@@ -634,27 +646,12 @@ class CodeFusionPretrainer(CodeFusionTrainer):
             self.data_collator = collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        unconditional = inputs.pop("unconditional")
-        input_ids, attention_mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-        with torch.no_grad():  # the encoder is frozen in this phase
-            states = self.accelerator.unwrap_model(model).encode(input_ids, attention_mask)
-        noise_rows = unconditional.to(states.device)
-        if model.training:
-            noise_states = torch.randn_like(states)
-        else:
-            noise_states = torch.randn(states.shape, generator=self.eval_generator()).to(states)
-        states, attention_mask = noise_prompts(states, attention_mask, noise_rows, noise_states)
-        inputs |= {"encoder_hidden_states": states, "attention_mask": attention_mask}
+        inputs = dict(inputs)  # its `unconditional` rows get Gaussian noise as their prompt encoding in the model
+        if not model.training:
+            input_ids = inputs["input_ids"]
+            shape = (*input_ids.shape, self.accelerator.unwrap_model(model).config.hidden_size)
+            inputs["prompt_noise"] = torch.randn(shape, generator=self.eval_generator()).to(input_ids.device)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-
-def noise_prompts(
-    states: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, noise: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs of the unconditional task: the prompt encoding of the `rows` (a boolean mask) replaced by `noise`, over
-    an unmasked prompt."""
-    return torch.where(rows[:, None, None], noise, states), attention_mask.masked_fill(rows[:, None], 1)
 
 
 def find_resume_checkpoint(args: CodeFusionTrainingArguments) -> str | None:
