@@ -170,19 +170,27 @@ def test_gradient_accumulation_equals_a_larger_batch(code_tokenizer, tmp_path):
         torch.testing.assert_close(accumulated, one_batch, rtol=1e-4, atol=1e-6)
 
 
+# A denoiser wider than the tiny encoder (32): the encoder's states go through a trained projection, encoder_proj.
+WIDER = {"hidden_size": 64}
+
+
 def test_freeze_encoder_in_finetuning(code_tokenizer, tmp_path):
-    trainer = make_trainer("finetune", code_tokenizer, tmp_path, freeze_encoder=True)
-    assert not any(p.requires_grad for p in trainer.model.encoder.parameters())
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, config_overrides=WIDER, freeze_encoder=True)
+    model = trainer.model
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    model.train()
+    trainer.compute_loss(model, first_batch(trainer)).backward()
+    assert all(p.grad is not None for p in model.encoder_proj.parameters())  # the projection still learns
 
 
 def test_pretrain_compute_loss_freezes_the_encoder(code_tokenizer, tmp_path):
-    trainer = make_trainer("pretrain", code_tokenizer, tmp_path)
+    trainer = make_trainer("pretrain", code_tokenizer, tmp_path, config_overrides=WIDER)
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, first_batch(trainer))
     assert torch.isfinite(loss)
     loss.backward()
     model = trainer.model
-    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(p.grad is None for module in (model.encoder, model.encoder_proj) for p in module.parameters())
     trained = [model.code_embedding, model.denoiser, model.decoder, model.lm_head]
     assert all(p.grad is not None for module in trained for p in module.parameters())
 

@@ -311,6 +311,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         if unconditional is not None:
             if prompt_noise is None:
                 prompt_noise = torch.randn_like(encoder_hidden_states)
+            prompt_noise = prompt_noise.to(encoder_hidden_states)
             rows = unconditional.to(encoder_hidden_states.device)
             encoder_hidden_states = torch.where(rows[:, None, None], prompt_noise, encoder_hidden_states)
             if attention_mask is not None:

@@ -550,21 +550,23 @@ class CodeFusionTrainer(Trainer):
             # The pipeline calls the model's stages, not its forward: gather the root's sharded parameters (every
             # process runs this same generation, so the collectives match) and let the wrapped layers gather theirs.
             model.unshard()
-        pipe = self.make_pipeline(model)
-        generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
-        predictions = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            output = pipe(
-                chunk["prompt"],
-                num_inference_steps=self.args.generation_inference_steps,
-                rounding=self.args.generation_rounding,
-                commit_tokens=self.args.generation_commit_tokens,
-                generator=generator,
-            )
-            predictions += [candidates[0] for candidates in output.code]
-        if isinstance(model, FSDPModule):
-            model.reshard()
+        try:
+            pipe = self.make_pipeline(model)
+            generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
+            predictions = []
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                output = pipe(
+                    chunk["prompt"],
+                    num_inference_steps=self.args.generation_inference_steps,
+                    rounding=self.args.generation_rounding,
+                    commit_tokens=self.args.generation_commit_tokens,
+                    generator=generator,
+                )
+                predictions += [candidates[0] for candidates in output.code]
+        finally:
+            if isinstance(model, FSDPModule):
+                model.reshard()
         references = rows["code"]
         metrics = {"exact_match": sum(map(exact_match, predictions, references)) / len(rows)}
         if self.args.language == "bash":
