@@ -436,14 +436,11 @@ def test_offline_bundle_unpacks_and_restores_the_fp32_encoder(tmp_path, code_tok
 
     work = tmp_path / "work dir"  # a space, and a run from outside the repository: env.sh must still be right
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"PYTHON": sys.executable}
-    result = subprocess.run(
-        ["bash", str(ROOT / "examples" / "offline_bundle.sh"), "unpack", "bundle", "work dir"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+
+    def bash(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+    result = bash(str(ROOT / "examples" / "offline_bundle.sh"), "unpack", "bundle", "work dir")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers" in result.stdout and "diffusers" in result.stdout
 
@@ -451,14 +448,7 @@ def test_offline_bundle_unpacks_and_restores_the_fp32_encoder(tmp_path, code_tok
         "import bundled_marker, json, os; print(json.dumps([bundled_marker.VALUE, os.environ['PYTHONPATH'], "
         "os.environ['ENCODER'], os.environ['DATA']]))"
     )
-    shown = subprocess.run(
-        ["bash", "-c", 'source "$1/env.sh" && "$2" -c "$3"', "-", str(work), sys.executable, show],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    shown = bash("-c", 'source "$1/env.sh" && "$2" -c "$3"', "-", str(work), sys.executable, show)
     assert shown.returncode == 0, shown.stderr[-3000:]
     value, python_path, encoder_dir, data_dir = json.loads(shown.stdout)
     assert value == 7

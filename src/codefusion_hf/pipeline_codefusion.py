@@ -535,7 +535,7 @@ class CodeFusionPipeline(DiffusionPipeline):
         else:
             self.scheduler.set_timesteps(device=device, timesteps=timesteps)
             num_inference_steps = self.scheduler.num_inference_steps
-        if return_trajectory is True or return_trajectory is False:
+        if isinstance(return_trajectory, bool):
             record_steps = set(range(num_inference_steps)) if return_trajectory else set()
         elif isinstance(return_trajectory, Iterable) and not isinstance(return_trajectory, str):
             record_steps = set(return_trajectory)

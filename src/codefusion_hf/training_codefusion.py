@@ -521,10 +521,9 @@ class CodeFusionTrainer(Trainer):
             metrics.update(extra)
         return metrics
 
-    def make_pipeline(self, model: CodeFusionModel | None = None) -> CodeFusionPipeline:
-        """A pipeline around `model` (default: the model being trained); the x0 clip is set to 3x the current code
-        embedding spread."""
-        model = model if model is not None else self.accelerator.unwrap_model(self.model)
+    def make_pipeline(self, model: CodeFusionModel) -> CodeFusionPipeline:
+        """A pipeline around `model` (the unwrapped model being trained, or its gathered copy); the x0 clip is set to
+        3x the current code embedding spread."""
         config = model.config
         scheduler = CodeFusionScheduler(
             num_train_timesteps=config.num_train_timesteps,
