@@ -18,6 +18,8 @@ _EXPORTS = {
     "CodeFusionModelOutput": "modeling_codefusion",
     "CodeFusionPipeline": "pipeline_codefusion",
     "CodeFusionPipelineOutput": "pipeline_codefusion",
+    "CodeFusionCommitScheduler": "scheduling_codefusion_commit",
+    "CodeFusionCommitSchedulerOutput": "scheduling_codefusion_commit",
     "CodeFusionScheduler": "scheduling_codefusion",
     "CodeFusionSchedulerOutput": "scheduling_codefusion",
     "create_model_card": "modelcard_codefusion",
@@ -47,5 +49,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; `X as X` marks a re-export
     from .pipeline_codefusion import CodeFusionPipeline as CodeFusionPipeline
     from .pipeline_codefusion import CodeFusionPipelineOutput as CodeFusionPipelineOutput
     from .scheduling_codefusion import CodeFusionScheduler as CodeFusionScheduler
+    from .scheduling_codefusion_commit import CodeFusionCommitScheduler as CodeFusionCommitScheduler
+    from .scheduling_codefusion_commit import CodeFusionCommitSchedulerOutput as CodeFusionCommitSchedulerOutput
     from .scheduling_codefusion import CodeFusionSchedulerOutput as CodeFusionSchedulerOutput
     from .tokenization_codefusion import train_code_tokenizer as train_code_tokenizer

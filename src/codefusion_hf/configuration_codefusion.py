@@ -6,10 +6,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .constants import DECODER_ROUNDINGS
 from .scheduling_codefusion import NOISE_SCHEDULES, PREDICTION_TYPES
-
-# How an x0 estimate can be pulled onto code tokens through the decoder (see `CodeFusionModel.round_with_decoder`).
-DECODER_ROUNDINGS = ("decoder", "decoder_mean")
 
 # Each preset is a set of `CodeFusionConfig` fields; "encoder_config" holds the encoder's own fields.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -100,9 +98,10 @@ class CodeFusionConfig(PreTrainedConfig):
         self_condition_probability (`float`): In training, the share of rows that get a self-conditioning estimate
             (made by a gradient-free first pass); the others get zeros, as the first sampling step does. Evaluation
             gives every row the estimate, so its losses do not depend on a random draw.
-        self_condition_rounding (`str`, *optional*): Round that training estimate through the decoder, `"decoder"`
-            (its most likely tokens) or `"decoder_mean"`, so the denoiser learns to correct the crisp drafts a
-            sampler with the same `rounding` hands it. Not in the paper; `None` (no rounding) by default.
+        self_condition_rounding (`str`): Round that training estimate through the decoder, `"decoder"` (its most
+            likely tokens) or `"decoder_mean"`, so the denoiser learns to correct the crisp drafts a sampler with the
+            same `rounding` hands it; also the pipeline's default `rounding`. Not in the paper; `"none"` by default
+            (`None`, as configs saved by earlier versions say, is read as `"none"`).
         unroll_probability (`float`): In training, the share of rows whose noisy canvas is made as the sampler
             makes it: one DDIM step down to the row's timestep from the model's own decoder-rounded x0 estimate at a
             random higher noise level, instead of from the reference (SUNDAE's unrolled denoising, Savinov et al.,
@@ -146,7 +145,7 @@ class CodeFusionConfig(PreTrainedConfig):
     prediction_type: str = "epsilon"
     self_condition: bool = False
     self_condition_probability: float = 0.5
-    self_condition_rounding: str | None = None
+    self_condition_rounding: str | None = "none"
     unroll_probability: float = 0.0
     commit_probability: float = 0.0
     noise_loss_weight: float = 1.0
@@ -168,10 +167,12 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"unroll_probability must be in [0, 1], got {self.unroll_probability}.")
         if not 0 <= self.commit_probability <= 1:
             raise ValueError(f"commit_probability must be in [0, 1], got {self.commit_probability}.")
-        if self.self_condition_rounding is not None:
+        if self.self_condition_rounding is None:
+            self.self_condition_rounding = "none"
+        if self.self_condition_rounding != "none":
             if self.self_condition_rounding not in DECODER_ROUNDINGS:
                 raise ValueError(
-                    f"self_condition_rounding must be None or one of {DECODER_ROUNDINGS}, got "
+                    f"self_condition_rounding must be 'none' or one of {DECODER_ROUNDINGS}, got "
                     f"{self.self_condition_rounding!r}."
                 )
             if not self.self_condition:

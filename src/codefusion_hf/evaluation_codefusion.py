@@ -11,16 +11,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from .constants import LANGUAGES, SYNTAX_LANGUAGES
 from .metrics import bleu, codebleu, distinct_n, is_valid_syntax, top_k_accuracy
 from .pipeline_codefusion import CodeFusionPipeline
+from .scheduling_codefusion_commit import CodeFusionCommitScheduler
 
 logger = logging.get_logger(__name__)
 
-# Top-k metrics of each language; every language gets exact match. "other" is any language without a syntax check.
+# Top-k metrics of each language; every language gets exact match.
 LANGUAGE_METRICS = {"bash": ["exact_match", "template_match"]}
-SYNTAX_LANGUAGES = ("python", "bash", "excel")
-LANGUAGES = (*SYNTAX_LANGUAGES, "other")
-LANGUAGE_HELP = "python, bash, excel or other; bash adds template match to exact match."
 
 
 def check_language(language: str) -> None:
@@ -49,12 +48,17 @@ def evaluate_pipeline(
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
     seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
     `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
-    samples as mask-predict does and `guidance_scale` applies classifier-free guidance (see the pipeline)."""
+    samples with [`CodeFusionCommitScheduler`] (mask-predict) instead of the pipeline's scheduler, and
+    `guidance_scale` applies classifier-free guidance (see the pipeline)."""
     if len(prompts) != len(references):
         raise ValueError(f"prompts ({len(prompts)}) and references ({len(references)}) differ in length.")
     if not prompts:
         raise ValueError("prompts is empty: nothing to evaluate.")
     check_language(language)  # before generating, which takes the time
+    if commit_tokens:  # a pipeline of the same components: the caller's keeps its scheduler
+        pipe = type(pipe)(
+            **pipe.components | {"scheduler": CodeFusionCommitScheduler.from_config(pipe.scheduler.config)}
+        )
     pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per denoising loop
     generator = torch.Generator().manual_seed(seed)
 
@@ -66,7 +70,6 @@ def evaluate_pipeline(
             num_return_sequences=num_return_sequences,
             generator=generator,
             rounding=rounding,
-            commit_tokens=commit_tokens,
             guidance_scale=guidance_scale,
         )
         return output.code, output.scores
@@ -76,7 +79,7 @@ def evaluate_pipeline(
         "num_return_sequences": num_return_sequences,
         "num_inference_steps": len(timesteps) if timesteps else num_inference_steps,
         "timesteps": timesteps,
-        "rounding": pipe.resolve_rounding(rounding, commit_tokens),
+        "rounding": pipe.resolve_rounding(rounding),
         "commit_tokens": commit_tokens,
         "guidance_scale": guidance_scale,
         "seconds_per_prompt": seconds / len(prompts),
@@ -162,7 +165,7 @@ def evaluate_file(
     language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
     guidance_scale) on
     `device` (default: CUDA when available), write the results to `output_dir`, return metrics."""
-    from .training_codefusion import load_code_dataset
+    from .data_codefusion import load_code_dataset
 
     data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column, max_samples=max_samples)
     prompts, references = list(data["prompt"]), list(data["code"])

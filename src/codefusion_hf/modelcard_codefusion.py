@@ -1,5 +1,5 @@
 """Model cards (the README.md of a saved or pushed pipeline): Hub metadata, a usage snippet that runs, how candidates
-are ranked, the training run and, from an `examples/evaluate.py` metrics.json, the evaluation results."""
+are ranked, the training run and, from an `codefusion evaluate` metrics.json, the evaluation results."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 if TYPE_CHECKING:
-    from .pipeline_codefusion import CodeFusionPipeline
+    from diffusers import DiffusionPipeline
 
 # Not "diffusers": for a repo with that library name the Hub shows `DiffusionPipeline.from_pretrained(repo_id)` as
 # the way to load it, which fails for this custom pipeline class; without a library name it infers "diffusers" from
@@ -36,12 +36,12 @@ EXAMPLE_PROMPTS = {
     "python": "sort a list of numbers in descending order",
 }
 SPLITS = ("train", "validation", "valid", "dev", "test")
-# "exact_match@1", "bleu@1": the top-k metrics of an evaluate.py metrics.json.
+# "exact_match@1", "bleu@1": the top-k metrics of a `codefusion evaluate` metrics.json.
 TOP_K_METRIC = re.compile(r"(?P<name>[a-z_]+)@(?P<k>\d+)")
 
 
 def create_model_card(
-    pipe: "CodeFusionPipeline",
+    pipe: "DiffusionPipeline",
     *,
     repo_id: str = "your-username/codefusion-model",
     base_model: str | None = None,
@@ -62,7 +62,7 @@ def create_model_card(
         base_model: Hub id of the model it started from (a pretrained encoder, a phase-1 checkpoint).
         datasets: Hub ids of the training data.
         training_summary: Training data and budget: free text, or a dict shown as a list.
-        eval_results_file: A metrics.json of `examples/evaluate.py`; its top-k metrics go to the `model-index`.
+        eval_results_file: A metrics.json of `codefusion evaluate`; its top-k metrics go to the `model-index`.
         eval_dataset, eval_split: Name and split of the evaluation data; by default read off the metrics'
             `test_file` (`.../nl2bash/validation.jsonl` is split "validation" of "nl2bash").
         language: Programming language of the code (a tag), e.g. "bash".
@@ -97,7 +97,7 @@ def create_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
-def model_section(pipe: "CodeFusionPipeline", repo_id: str, base_model: str | None, language: str | None) -> str:
+def model_section(pipe: "DiffusionPipeline", repo_id: str, base_model: str | None, language: str | None) -> str:
     model, config = pipe.model, pipe.model.config
     encoder = config.encoder_config
     encoder_layers = getattr(encoder, "num_layers", None) or getattr(encoder, "num_hidden_layers", "?")
@@ -141,7 +141,7 @@ It runs with the `codefusion-hf` package (a `transformers` model, a `diffusers` 
 """
 
 
-def usage_section(pipe: "CodeFusionPipeline", repo_id: str, prompt: str) -> str:
+def usage_section(pipe: "DiffusionPipeline", repo_id: str, prompt: str) -> str:
     steps = min(20, pipe.scheduler.config.num_train_timesteps)
     return f"""
 ## Usage
@@ -209,7 +209,7 @@ def training_section(summary: str | dict[str, Any] | None, datasets: list[str] |
 def read_eval_results(
     path: str | os.PathLike, dataset: str | None = None, split: str | None = None
 ) -> tuple[list[EvalResult], str]:
-    """The `model-index` entries and the markdown section of an `examples/evaluate.py` metrics.json. A file that is
+    """The `model-index` entries and the markdown section of an `codefusion evaluate` metrics.json. A file that is
     missing, not JSON, or without top-k metrics is a `ValueError` naming it: a card must not claim results silently
     dropped."""
     try:
@@ -228,7 +228,7 @@ def read_eval_results(
     if not top_k:
         raise ValueError(
             f"eval_results_file {path} has no top-k metrics such as 'exact_match@1': is it the metrics.json of "
-            "examples/evaluate.py?"
+            "codefusion evaluate?"
         )
     test_file = metrics.get("test_file")
     if dataset is None and not test_file:
@@ -267,7 +267,7 @@ def read_eval_results(
         [
             "## Evaluation",
             "",
-            f"On `{dataset}` ({', '.join(setting)}), measured by `examples/evaluate.py`. A metric@k counts a prompt",
+            f"On `{dataset}` ({', '.join(setting)}), measured by `codefusion evaluate`. A metric@k counts a prompt",
             "as solved when any of its k best-ranked candidates is; exact and template match are fractions of the",
             "prompts, BLEU is on a 0-100 scale.",
             "",

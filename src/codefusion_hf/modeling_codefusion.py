@@ -11,7 +11,8 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from .configuration_codefusion import DECODER_ROUNDINGS, CodeFusionConfig
+from .configuration_codefusion import CodeFusionConfig
+from .constants import ROUNDINGS
 from .scheduling_codefusion import CodeFusionScheduler
 
 
@@ -247,27 +248,39 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         hidden_states = self.decoder(latents, encoder_hidden_states, _padding_mask(encoder_attention_mask))
         return self.lm_head(hidden_states)
 
-    def round_with_decoder(
+    def round_estimate(
         self,
-        latents: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        estimate: torch.Tensor,
+        rounding: str,
+        encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        rounding: str = "decoder",
+        *,
+        logits: torch.Tensor | None = None,
+        code_embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Replace an x0 estimate by code embeddings read through the decoder: of its most likely tokens
-        (`rounding="decoder"`) or averaged under its token distribution (`"decoder_mean"`). Keeps a canvas made of
-        token embeddings, as in training."""
-        if rounding not in DECODER_ROUNDINGS:
-            raise ValueError(f"rounding must be one of {DECODER_ROUNDINGS}, got {rounding!r}.")
-        logits = self.decode(latents, encoder_hidden_states, encoder_attention_mask)
-        return self.embed_decoder_logits(logits, rounding).to(latents.dtype)
+        """Pull an x0 estimate onto code tokens, so that the canvas stays made of token embeddings, all the denoiser
+        saw in training. `rounding` is one of `ROUNDINGS`: `"none"` (the estimate as it is, the paper), `"nearest"`
+        (each position's nearest code embedding, Diffusion-LM's clamping), `"decoder"` (the embeddings of the
+        decoder's most likely tokens) or `"decoder_mean"` (the embeddings averaged under the decoder's token
+        distribution, CDCD's score interpolation).
 
-    def embed_decoder_logits(self, logits: torch.Tensor, rounding: str = "decoder") -> torch.Tensor:
-        """The code embeddings `round_with_decoder` makes from decoder logits it already has: of the most likely
-        tokens (`"decoder"`) or averaged under the token distribution (`"decoder_mean"`)."""
+        The decoder roundings read the decoder's `logits` of `estimate` when given (no second decoder pass), else run
+        the decoder on the prompt states; `"nearest"` uses `code_embeddings` (the `code_embedding_matrix()`) when the
+        caller has it."""
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
+        if rounding == "none":
+            return estimate
+        if rounding == "nearest":
+            if code_embeddings is None:
+                code_embeddings = self.code_embedding_matrix()
+            distances = torch.cdist(estimate, code_embeddings.to(estimate.dtype).unsqueeze(0))
+            return code_embeddings[distances.argmin(dim=-1)].to(estimate.dtype)
+        if logits is None:
+            logits = self.decode(estimate, encoder_hidden_states, encoder_attention_mask)
         if rounding == "decoder":
-            return self.embed_code(logits.argmax(dim=-1))
-        return logits.float().softmax(dim=-1) @ self.code_embedding_matrix().float()
+            return self.embed_code(logits.argmax(dim=-1)).to(estimate.dtype)
+        return (logits.float().softmax(dim=-1) @ self.code_embedding_matrix().float()).to(estimate.dtype)
 
     def forward(
         self,
@@ -346,10 +359,9 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             # A gradient-free first pass gives the estimate a sampler would carry over from its previous step.
             with torch.no_grad():
                 estimate = self._clipped_estimate(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
-                if self.config.self_condition_rounding is not None:
-                    estimate = self.round_with_decoder(
-                        estimate, encoder_hidden_states, attention_mask, self.config.self_condition_rounding
-                    )
+                estimate = self.round_estimate(
+                    estimate, self.config.self_condition_rounding, encoder_hidden_states, attention_mask
+                )
             self_condition = estimate
             if self.training:  # evaluation conditions every row, so its losses do not depend on a random draw
                 keep = torch.rand(labels.shape[0], 1, 1, device=labels.device) < self.config.self_condition_probability
@@ -415,7 +427,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         start = self.noise_scheduler.add_noise(clean_latents, torch.randn_like(clean_latents), higher)
         estimate = self._clipped_estimate(start, higher, encoder_hidden_states, attention_mask)
         # In the canvas's dtype: under autocast the passes run in half precision, the DDIM step should not.
-        draft = self.round_with_decoder(estimate, encoder_hidden_states, attention_mask).to(noisy_latents.dtype)
+        draft = self.round_estimate(estimate, "decoder", encoder_hidden_states, attention_mask).to(noisy_latents.dtype)
         stepped = self.noise_scheduler.add_noise(
             draft, self.noise_scheduler.predict_noise(draft, higher, start), timesteps
         )

@@ -45,9 +45,9 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
     The x0 estimate is clipped to `[-clip_sample_range, clip_sample_range]`, not the image schedulers' [-1, 1]: token
     embeddings live on their own scale, and the clip should be a few times their spread (the default 3.0 suits the
     unit-scale initial embeddings). Without any clip, an epsilon-predicting model's x0 estimate at high noise is its
-    noise error magnified many times, and samples collapse. The x0 estimate can also be snapped to the nearest code
-    embedding (Diffusion-LM's clamping trick, see `step`). The noise is recomputed from the corrected x0 so the
-    update stays consistent.
+    noise error magnified many times, and samples collapse. `step` can also move towards a rounded x0 estimate
+    (`pred_original_sample`, see `CodeFusionModel.round_estimate`); the noise is then recomputed from it so the update
+    stays consistent.
 
     Args:
         num_train_timesteps (`int`, defaults to 1200): Diffusion steps T the model was trained with (paper: 1200).
@@ -168,6 +168,27 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             return pred_original_sample
         return pred_original_sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
 
+    def step_index(self, timestep: int | torch.Tensor) -> int:
+        """The position of `timestep` in `self.timesteps`: steps are looked up by timestep, as they are called."""
+        if self.num_inference_steps is None:
+            raise ValueError("Call `set_timesteps(num_inference_steps)` before `step`.")
+        position = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero()
+        if len(position) == 0:
+            raise ValueError(
+                f"timestep {int(timestep)} is not one of the scheduler's timesteps {self.timesteps.tolist()}."
+            )
+        return int(position[0, 0])
+
+    def next_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor | None:
+        """The timestep after `timestep` in `self.timesteps`; None after the last one (the step then lands on x0)."""
+        position = self.step_index(timestep) + 1
+        return self.timesteps[position] if position < len(self.timesteps) else None
+
+    def denoiser_timesteps(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The timesteps the denoiser reads for `sample` at `timestep`: the same for every row and position here; a
+        committing sampler gives its committed positions t = 0."""
+        return timestep
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -177,7 +198,6 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         return_dict: bool = True,
         *,
         eta: float = 0.0,
-        code_embeddings: torch.Tensor | None = None,
         pred_original_sample: torch.Tensor | None = None,
     ) -> CodeFusionSchedulerOutput | tuple:
         """
@@ -190,23 +210,13 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             generator: Random generator(s) for the noise of stochastic steps.
             return_dict: Return a [`CodeFusionSchedulerOutput`] rather than a tuple.
             eta: 0 for deterministic DDIM, 1 for DDPM ancestral sampling, in between for a mix.
-            code_embeddings: `(vocab_size, latent_dim)` embedding matrix. When given, each position of the x0
-                estimate is snapped to its nearest code embedding (Diffusion-LM's clamping trick).
-            pred_original_sample: An x0 estimate to step towards instead of the one read from `model_output`, e.g.
-                the decoder's tokens re-embedded (see the pipeline's `rounding`).
+            pred_original_sample: An x0 estimate to step towards instead of the clipped one read from
+                `model_output`: the estimate rounded onto code tokens (see `CodeFusionModel.round_estimate`).
         """
-        if self.num_inference_steps is None:
-            raise ValueError("Call `set_timesteps(num_inference_steps)` before `step`.")
         if eta < 0:
             raise ValueError(f"eta must be non-negative, got {eta}.")
         timestep = torch.as_tensor(timestep, device=self.timesteps.device)
-        position = (self.timesteps == timestep).nonzero()
-        if len(position) == 0:
-            raise ValueError(
-                f"timestep {int(timestep)} is not one of the scheduler's timesteps {self.timesteps.tolist()}."
-            )
-        position = int(position[0, 0])
-        prev_timestep = self.timesteps[position + 1] if position + 1 < len(self.timesteps) else None
+        prev_timestep = self.next_timestep(timestep)
 
         # Python ints index the schedule: it stays on the CPU while the timesteps may live on the GPU.
         alpha_bar = self.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)
@@ -220,9 +230,6 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             pred_original_sample = self.clip_original_sample(
                 self.predict_original_sample(model_output, timestep, sample)
             )
-        if code_embeddings is not None:
-            distances = torch.cdist(pred_original_sample, code_embeddings.to(pred_original_sample.dtype).unsqueeze(0))
-            pred_original_sample = code_embeddings[distances.argmin(dim=-1)].to(sample.dtype)
         pred_epsilon = self.predict_noise(pred_original_sample, timestep, sample)
 
         variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)

@@ -1,0 +1,13 @@
+"""Names shared by the library and the `codefusion` command, in a module without heavy imports so that
+`codefusion --help` lists the choices without loading torch."""
+
+# How a sampler pulls each step's x0 estimate onto code tokens (see `CodeFusionModel.round_estimate`): not at all,
+# to the nearest code embedding, or through the decoder (its most likely tokens, or the embeddings averaged under
+# its token distribution).
+ROUNDINGS = ("none", "nearest", "decoder", "decoder_mean")
+DECODER_ROUNDINGS = ("decoder", "decoder_mean")
+
+# Languages the evaluation scores; "other" is any language without a syntax check (exact match and BLEU only).
+SYNTAX_LANGUAGES = ("python", "bash", "excel")
+LANGUAGES = (*SYNTAX_LANGUAGES, "other")
+LANGUAGE_HELP = "python, bash, excel or other; bash adds template match to exact match."

@@ -1,0 +1,214 @@
+"""Training data for CodeFusion: loading (prompt, code) files, tokenizing them onto the canvas, CPD masking of
+identifiers and keywords, and the collators of both training phases."""
+
+import io
+import os
+import re
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bashlex
+import torch
+from datasets import Dataset, load_dataset
+from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_code_dataset(
+    data: str,
+    split: str = "train",
+    prompt_column: str | None = "prompt",
+    code_column: str = "code",
+    max_samples: int | None = None,
+) -> Dataset:
+    """Load (prompt, code) rows, or code-only rows with `prompt_column=None`, from a local JSON Lines / CSV / Parquet
+    file or a Hub dataset id. Columns are renamed to `prompt` / `code`; rows whose values are not non-empty strings
+    are dropped and counted. `max_samples` keeps only the first N usable rows."""
+    suffix = Path(data).suffix.lower()
+    if os.path.isfile(data):
+        if suffix not in DATA_FORMATS:
+            raise ValueError(f"{data}: unsupported file type {suffix!r}; use one of {sorted(DATA_FORMATS)}.")
+        dataset = load_dataset(DATA_FORMATS[suffix], data_files=data, split="train")
+    elif suffix in DATA_FORMATS:
+        raise ValueError(f"Data file {data} does not exist.")
+    else:
+        dataset = load_dataset(data, split=split)
+
+    columns = {code_column: "code"} | ({prompt_column: "prompt"} if prompt_column else {})
+    for column in columns:
+        if column not in dataset.column_names:
+            raise ValueError(f"{data} has no column {column!r}; its columns are {dataset.column_names}.")
+    dataset = dataset.select_columns(list(columns)).rename_columns({k: v for k, v in columns.items() if k != v})
+    total = len(dataset)
+    dataset = dataset.filter(lambda row: all(isinstance(row[c], str) and row[c].strip() for c in columns.values()))
+    if len(dataset) < total:
+        logger.warning(
+            f"{data}: skipped {total - len(dataset)} of {total} rows whose prompt or code is not a non-empty string."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"{data} has no usable rows (need non-empty strings in {list(columns)}).")
+    return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
+
+
+def tokenize_dataset(
+    dataset: Dataset,
+    code_tokenizer: PreTrainedTokenizerBase,
+    max_code_length: int,
+    prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+    max_prompt_length: int | None = None,
+) -> Dataset:
+    """Add `labels` (code ids, truncated to the canvas) and, when the rows have prompts, `input_ids` /
+    `attention_mask` (the prompt, tokenized by `prompt_tokenizer`). Truncated code is counted and reported once."""
+    if "prompt" in dataset.column_names and prompt_tokenizer is None:
+        raise ValueError("The dataset has a 'prompt' column: pass prompt_tokenizer (the prompt encoder's tokenizer).")
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        labels = code_tokenizer(batch["code"], add_special_tokens=False)["input_ids"]
+        features = {
+            "labels": [ids[:max_code_length] for ids in labels],
+            "code_truncated": [len(ids) > max_code_length for ids in labels],
+        }
+        if "prompt" in batch:
+            prompts = prompt_tokenizer(batch["prompt"], truncation=True, max_length=max_prompt_length)
+            features |= {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]}
+        return features
+
+    dataset = dataset.map(tokenize, batched=True, desc="Tokenizing")
+    truncated = sum(dataset["code_truncated"])
+    if truncated:
+        logger.warning(
+            f"{truncated} of {len(dataset)} code snippets are longer than the {max_code_length}-token canvas and were "
+            "truncated (raise max_code_length to keep them whole)."
+        )
+    return dataset.remove_columns("code_truncated")
+
+
+def mask_spans(code: str, language: str) -> list[tuple[int, int]]:
+    """Character spans of the identifiers and built-in keywords of `code`, the units CPD pre-training masks.
+
+    Python: NAME tokens of `tokenize` (identifiers and keywords). Bash: the words `bashlex` finds (utilities, flags,
+    arguments). Other languages, or code that does not parse: identifier-like words."""
+    if language == "python":
+        try:
+            lines = code.splitlines(keepends=True)
+            starts = [0]
+            for line in lines:
+                starts.append(starts[-1] + len(line))
+            spans = []
+            for token in tokenize.generate_tokens(io.StringIO(code).readline):
+                if token.type == tokenize.NAME:  # identifiers and keywords alike
+                    (row, col), (end_row, end_col) = token.start, token.end
+                    spans.append((starts[row - 1] + col, starts[end_row - 1] + end_col))
+            return spans
+        except (tokenize.TokenError, IndentationError, SyntaxError):
+            pass
+    elif language == "bash":
+        try:
+            spans = []
+
+            class WordVisitor(bashlex.ast.nodevisitor):
+                def visitword(self, node, word):
+                    spans.append(tuple(node.pos))
+
+            for tree in bashlex.parse(code):
+                WordVisitor().visit(tree)
+            return sorted(set(spans))
+        except Exception:  # bashlex raises many error types on unsupported syntax
+            pass
+    return [match.span() for match in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*", code)]
+
+
+def mask_code(code: str, language: str, mask_rate: float, mask_token: str, generator: torch.Generator) -> str:
+    """Replace each identifier/keyword span of `code` by `mask_token` with probability `mask_rate`."""
+    pieces, last = [], 0
+    for start, end in mask_spans(code, language):
+        if start < last:  # nested spans (e.g. a word inside a substitution): keep the outer decision
+            continue
+        if torch.rand((), generator=generator).item() < mask_rate:
+            pieces += [code[last:start], mask_token]
+            last = end
+    return "".join(pieces) + code[last:]
+
+
+@dataclass
+class CodeFusionDataCollator:
+    """Pads prompts with the prompt tokenizer and code with `<pad>` (the model pads code to the full canvas)."""
+
+    prompt_tokenizer: PreTrainedTokenizerBase
+    pad_token_id: int
+
+    def pad_labels(self, features: list[dict[str, Any]]) -> torch.Tensor:
+        longest = max(len(f["labels"]) for f in features)
+        return torch.tensor([f["labels"] + [self.pad_token_id] * (longest - len(f["labels"])) for f in features])
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = self.prompt_tokenizer.pad(
+            [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features],
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": prompts["input_ids"],
+            "attention_mask": prompts["attention_mask"],
+            "labels": self.pad_labels(features),
+        }
+
+
+@dataclass
+class CodeFusionPretrainingCollator(CodeFusionDataCollator):
+    """Phase 1 batches: every row gets a task, unconditional generation (`unconditional=True`) or CPD, whose encoder
+    input is the snippet with identifiers and keywords masked (fresh masks every time a row is drawn)."""
+
+    language: str = "bash"
+    mask_rate: float = 0.3
+    unconditional_probability: float = 0.5
+    max_prompt_length: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.prompt_tokenizer.mask_token is None:
+            raise ValueError("prompt_tokenizer has no mask_token: CPD pre-training needs one to mask code.")
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.worker_seed = None
+
+    def draw_generator(self) -> torch.Generator:
+        """The generator of this process. A DataLoader worker holds a copy of the collator with the main process's
+        generator state, so every worker, and every epoch, would repeat the same masks and tasks: a worker reseeds
+        from its own seed (different per worker and per epoch) before its first batch."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and self.worker_seed != worker.seed:
+            self.generator.manual_seed(worker.seed)
+            self.worker_seed = worker.seed
+        return self.generator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        generator = self.draw_generator()
+        masked = [
+            mask_code(f["code"], self.language, self.mask_rate, self.prompt_tokenizer.mask_token, generator)
+            for f in features
+        ]
+        prompts = self.prompt_tokenizer(
+            masked, padding=True, truncation=True, max_length=self.max_prompt_length, return_tensors="pt"
+        )
+        unconditional = torch.rand(len(features), generator=generator) < self.unconditional_probability
+        return {
+            "input_ids": prompts["input_ids"],
+            "attention_mask": prompts["attention_mask"],
+            "labels": self.pad_labels(features),
+            "unconditional": unconditional,
+        }
+
+
+__all__ = [
+    "CodeFusionDataCollator",
+    "CodeFusionPretrainingCollator",
+    "load_code_dataset",
+    "mask_code",
+    "mask_spans",
+    "tokenize_dataset",
+]

@@ -1,0 +1,211 @@
+"""Saving, loading and pushing CodeFusion pipelines: file checks that name the broken file, model cards written with
+every save and push, and uploads of a saved folder as it is."""
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2  # huggingface_hub's HTTP client: its transport errors mean the Hub endpoint could not be reached
+from diffusers.utils import logging
+from huggingface_hub import CommitInfo, constants, create_repo, hf_hub_download, snapshot_download, upload_folder
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+from safetensors import safe_open
+
+from .modelcard_codefusion import create_model_card, save_model_card
+
+logger = logging.get_logger(__name__)
+
+PIPELINE_CLASS_NAME = "CodeFusionPipeline"
+# Files each saved component cannot load without; checked before loading so errors name the file.
+REQUIRED_FILES = {
+    "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
+    "scheduler": ("scheduler_config.json",),
+    "tokenizer": ("tokenizer_config.json", "tokenizer.json"),
+    "prompt_tokenizer": ("tokenizer_config.json", "tokenizer.json"),
+}
+
+
+class CodeFusionPipelineHubMixin:
+    """`from_pretrained`, `save_pretrained` and `push_to_hub` of [`CodeFusionPipeline`] (mixed in before diffusers'
+    `DiffusionPipeline`): Hub repo ids resolved by download, folders checked file by file, a model card with every
+    save and push."""
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs
+    ) -> "CodeFusionPipelineHubMixin":
+        """Load from a local folder or a Hub repo id (`revision=`, `token=`, `cache_dir=` are passed to the download).
+
+        A repo id is downloaded with `huggingface_hub.snapshot_download` first: diffusers cannot resolve a custom
+        pipeline class by repo id. Missing or unreadable files raise an `OSError` naming the file (and the repo id
+        and revision, for a download: the snapshot folder alone does not say which repo it came from).
+        """
+        path = str(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            check_pipeline_folder(path, cls.__name__)
+            return super().from_pretrained(path, **kwargs)
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise OSError(f"{path} is not a folder, nor a Hub repo id (which looks like 'user/name').")
+        download_kwargs = {key: kwargs.pop(key) for key in ("revision", "token", "cache_dir") if key in kwargs}
+        try:
+            folder = snapshot_download(path, **download_kwargs)
+        except LocalEntryNotFoundError as error:  # offline, or the Hub unreachable, and not in the cache
+            raise OSError(f"{path} is not a local folder, and as a Hub repo id it could not be downloaded: {error}")
+        try:
+            check_pipeline_folder(folder, cls.__name__)
+        except OSError as error:
+            revision = download_kwargs.get("revision") or "main"
+            raise OSError(
+                f"Hub repo {path!r} (revision {revision!r}) is not a usable CodeFusion pipeline: {error}"
+            ) from None
+        return super().from_pretrained(folder, **kwargs)
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        model_card: bool | dict[str, Any] = True,
+        push_to_hub: bool = False,
+        **kwargs,
+    ) -> None:
+        """Save the pipeline and a model card, README.md, whose usage snippet loads `save_directory`.
+
+        Args:
+            model_card: `True` for a card made from the pipeline alone; a dict of
+                [`~codefusion_hf.modelcard_codefusion.create_model_card`] fields (`base_model`, `datasets`,
+                `training_summary`, `eval_results_file`, `language`, `repo_id`, ...) to add what it cannot know;
+                `False` for none. A README.md already in the folder that a person wrote (no "generated" note) is
+                kept; generated ones are replaced, so the card follows the weights.
+            push_to_hub: Push through [`push_to_hub`] afterwards (`repo_id`, `commit_message`, `private`, `token`
+                and `create_pr` go there); diffusers' own push would replace the card with its generic one.
+            kwargs: Passed to diffusers' `save_pretrained` (`safe_serialization`, `variant`, ...).
+        """
+        push_names = ("repo_id", "commit_message", "private", "token", "create_pr")
+        push_kwargs = {name: kwargs.pop(name) for name in push_names if name in kwargs}
+        # Built first: bad card input (a missing eval file) fails before anything is written.
+        card = None if model_card is False else create_model_card(self, **card_fields(model_card, save_directory))
+        super().save_pretrained(save_directory, **kwargs)
+        if card is not None and not save_model_card(card, save_directory):
+            logger.warning(f"Kept the README.md in {save_directory} (or the repo's): a person wrote it.")
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            save_kwargs = {name: kwargs[name] for name in ("safe_serialization", "variant") if name in kwargs}
+            self.push_to_hub(repo_id, model_card=model_card, **push_kwargs, **save_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        subfolder: str | None = None,
+        *,
+        model_card: bool | dict[str, Any] = True,
+    ) -> CommitInfo:
+        """Upload the pipeline with its model card (see [`save_pretrained`]), whose snippet loads `repo_id`.
+
+        As with diffusers, a README.md already in the repo that a person wrote is kept; a generated one is replaced.
+        """
+        with reaching_the_hub(repo_id), tempfile.TemporaryDirectory() as folder:
+            repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+            if subfolder:
+                model_card = False  # as diffusers: a pipeline pushed into a subfolder is not the repo's model
+            if model_card is not False:
+                model_card = card_fields(model_card, repo_id)
+                try:  # the repo's current card: save_pretrained keeps it if a person wrote it
+                    readme = hf_hub_download(repo_id, "README.md", token=token)
+                    shutil.copyfile(readme, os.path.join(folder, "README.md"))
+                except EntryNotFoundError:
+                    pass
+            self.save_pretrained(folder, model_card=model_card, safe_serialization=safe_serialization, variant=variant)
+            return self._upload_folder(
+                folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr, subfolder=subfolder
+            )
+
+
+def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -> dict[str, Any]:
+    """The `create_model_card` fields of a `model_card=` argument; the snippet loads `repo_id` unless it says."""
+    if model_card is True:
+        return {"repo_id": str(repo_id)}
+    if isinstance(model_card, dict):
+        return {"repo_id": str(repo_id)} | model_card
+    raise ValueError(f"model_card must be True, False or a dict of model card fields, got {model_card!r}.")
+
+
+def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME) -> None:
+    """Fail early, naming the file, when a saved pipeline is not a CodeFusion pipeline or a component is missing
+    or unreadable (diffusers' own errors do not say which file broke)."""
+    index_file = os.path.join(path, "model_index.json")
+    try:
+        with open(index_file) as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise OSError(f"{index_file} is missing: {path} is not a saved diffusers pipeline.") from None
+    except json.JSONDecodeError as error:
+        raise OSError(f"{index_file} is not valid JSON ({error}).") from None
+    if index.get("_class_name") != class_name:
+        raise OSError(f"{path} holds a {index.get('_class_name')!r} pipeline, not a {class_name}.")
+    for component, required in REQUIRED_FILES.items():
+        if index.get(component, [None, None])[0] is None:
+            continue  # an optional component saved as absent
+        for alternatives in required:
+            names = (alternatives,) if isinstance(alternatives, str) else alternatives
+            files = [os.path.join(path, component, name) for name in names]
+            existing = next((f for f in files if os.path.isfile(f)), None)
+            if existing is None:
+                raise OSError(f"{files[0]} is missing: the {component!r} component cannot be loaded.")
+            check_readable(existing)
+
+
+def upload_pipeline_folder(
+    folder: str,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload CodeFusion pipeline",
+) -> CommitInfo:
+    """Upload a saved pipeline folder as it is, model card included (`push_to_hub` would re-save the pipeline and
+    rebuild a card from the pipeline alone, losing what the saver knew). Trainer checkpoints are left out."""
+    check_pipeline_folder(folder)
+    with reaching_the_hub(repo_id):
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        return upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            token=token,
+            commit_message=commit_message,
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
+        )
+
+
+@contextmanager
+def reaching_the_hub(repo_id: str) -> Iterator[None]:
+    """A push that cannot reach the Hub (no network, a wrong `HF_ENDPOINT`) fails with an `OSError` naming the
+    endpoint, instead of the HTTP client's bare "Connection refused"."""
+    try:
+        yield
+    except httpx2.TransportError as error:
+        raise OSError(f"cannot reach the Hub at {constants.ENDPOINT} to push {repo_id} ({error}).") from None
+
+
+def check_readable(path: str) -> None:
+    """Raise an `OSError` naming `path` when a JSON or safetensors file does not parse."""
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, framework="pt"):
+                pass
+        else:
+            with open(path) as f:
+                json.load(f)
+    except Exception as error:  # any parse failure means a corrupted file
+        raise OSError(f"{path} is corrupted: {error}") from None
+
+
+__all__ = ["CodeFusionPipelineHubMixin", "check_pipeline_folder", "check_readable", "upload_pipeline_folder"]

@@ -1,0 +1,147 @@
+"""Committing sampler for embedding diffusion: mask-predict's schedule (Ghazvininejad et al., 2019) on the continuous
+code canvas."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .scheduling_codefusion import CodeFusionScheduler
+
+
+@dataclass
+class CodeFusionCommitSchedulerOutput(BaseOutput):
+    """
+    Args:
+        prev_sample (`torch.Tensor` of shape `(batch_size, canvas_length, latent_dim)`):
+            The next canvas: committed tokens' embeddings at t = 0, elsewhere the decoder's tokens re-noised to the
+            next timestep.
+        pred_original_sample (`torch.Tensor` of the same shape):
+            The x0 estimate of this step, what a self-conditioned denoiser reads at the next step.
+        token_ids (`torch.LongTensor` of shape `(batch_size, canvas_length)`):
+            The current token at every position: the committed ones, and this step's decoder tokens elsewhere.
+        token_log_probs (`torch.Tensor` of the same shape):
+            The decoder's log-probability of each of those tokens, from the step that chose it.
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+    token_ids: torch.LongTensor
+    token_log_probs: torch.Tensor
+
+
+class CodeFusionCommitScheduler(CodeFusionScheduler):
+    """
+    Commits the decoder's most confident tokens step by step, as mask-predict does. After step `i` of `n`, the
+    `ceil(canvas_length * (i + 1) / n)` positions with the highest log-probabilities are committed (positions
+    committed earlier may be released) and kept as clean token embeddings at t = 0; the other positions get the
+    decoder's tokens re-noised with fresh noise to the next timestep. After the last step every position is
+    committed, and the pipeline's text comes from the committed tokens. Not in the paper; models trained with
+    `config.commit_probability` have seen partly committed canvases.
+
+    Same schedule and configuration as [`CodeFusionScheduler`], so either loads the other's config:
+    `pipe.scheduler = CodeFusionCommitScheduler.from_config(pipe.scheduler.config)`. Its `step` reads the decoder's
+    `logits` of the step's x0 estimate and the `code_embeddings` matrix; it has no `eta` (every step draws fresh
+    noise). The committed state is reset by `set_timesteps`.
+    """
+
+    # The committed state of the running sampling: which positions are committed, and the latest token and its
+    # log-probability at every position. None until the first step after `set_timesteps`.
+    committed_positions: torch.BoolTensor | None = None
+    committed_tokens: torch.LongTensor | None = None
+    committed_log_probs: torch.Tensor | None = None
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """As [`CodeFusionScheduler.set_timesteps`]; also starts a new sampling with nothing committed."""
+        super().set_timesteps(num_inference_steps, device, timesteps)
+        self.committed_positions = self.committed_tokens = self.committed_log_probs = None
+
+    def commit_count(self, step_index: int, canvas_length: int) -> int:
+        """How many positions are committed after step `step_index`: mask-predict's linear schedule, all of them
+        after the last step."""
+        return math.ceil(canvas_length * (step_index + 1) / len(self.timesteps))
+
+    def denoiser_timesteps(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, canvas_length)` timesteps: `timestep` at every position, 0 at the committed ones."""
+        batch_size, canvas_length = sample.shape[:2]
+        timesteps = torch.full((batch_size, canvas_length), int(timestep), device=sample.device)
+        if self.committed_positions is None:
+            return timesteps
+        return timesteps.masked_fill(self.committed_positions, 0)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+        *,
+        logits: torch.Tensor,
+        code_embeddings: torch.Tensor,
+        pred_original_sample: torch.Tensor | None = None,
+    ) -> CodeFusionCommitSchedulerOutput | tuple:
+        """
+        One committing step from the canvas `sample` at `timestep` (one of `self.timesteps`).
+
+        Args:
+            model_output: The denoiser's output for `sample` at `denoiser_timesteps(timestep, sample)`.
+            timestep: The current timestep.
+            sample: The canvas, `(batch_size, canvas_length, latent_dim)`.
+            generator: Random generator(s) for the re-noising.
+            return_dict: Return a [`CodeFusionCommitSchedulerOutput`] rather than a tuple.
+            logits: The decoder's `(batch_size, canvas_length, vocab_size)` logits of this step's x0 estimate.
+            code_embeddings: `(vocab_size, latent_dim)` code embeddings, to re-embed tokens.
+            pred_original_sample: This step's x0 estimate as the sampler hands it on (rounded or not); the clipped
+                estimate read from `model_output` when not given.
+        """
+        step_index = self.step_index(timestep)
+        batch_size, canvas_length = sample.shape[:2]
+        device, dtype = sample.device, sample.dtype
+        if pred_original_sample is None:
+            model_timesteps = self.denoiser_timesteps(timestep, sample)
+            pred_original_sample = self.clip_original_sample(
+                self.predict_original_sample(model_output, model_timesteps, sample)
+            )
+        if self.committed_positions is None:
+            self.committed_positions = torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device)
+            self.committed_tokens = torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device)
+            self.committed_log_probs = torch.zeros(batch_size, canvas_length, device=device)
+        step_log_probs, step_tokens = logits.float().log_softmax(dim=-1).max(dim=-1)
+        tokens = torch.where(self.committed_positions, self.committed_tokens, step_tokens)
+        token_log_probs = torch.where(self.committed_positions, self.committed_log_probs, step_log_probs)
+        count = self.commit_count(step_index, canvas_length)
+        positions = torch.zeros_like(self.committed_positions).scatter(
+            1, token_log_probs.topk(count, dim=1).indices, True
+        )
+
+        def noised(token_ids: torch.Tensor, noised_timestep: int) -> torch.Tensor:
+            noise = randn_tensor(sample.shape, generator=generator, device=device, dtype=dtype)
+            timesteps = torch.full((batch_size,), noised_timestep, device=device)
+            return self.add_noise(code_embeddings[token_ids].to(dtype), noise, timesteps)
+
+        prev_sample = noised(tokens, 0)
+        next_timestep = self.next_timestep(timestep)
+        if next_timestep is not None:
+            renoised = noised(step_tokens, int(next_timestep))
+            prev_sample = torch.where(positions[..., None], prev_sample, renoised)
+        self.committed_positions, self.committed_tokens, self.committed_log_probs = positions, tokens, token_log_probs
+
+        if not return_dict:
+            return (prev_sample, pred_original_sample, tokens, token_log_probs)
+        return CodeFusionCommitSchedulerOutput(
+            prev_sample=prev_sample,
+            pred_original_sample=pred_original_sample,
+            token_ids=tokens,
+            token_log_probs=token_log_probs,
+        )
+
+
+__all__ = ["CodeFusionCommitScheduler", "CodeFusionCommitSchedulerOutput"]
