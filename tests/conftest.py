@@ -1,5 +1,6 @@
 """Shared fixtures: offline Hub settings, a tiny code tokenizer and tiny CodeFusion models."""
 
+import json
 import os
 import tempfile
 
@@ -38,6 +39,11 @@ def code_tokenizer():
     return train_code_tokenizer(corpus, vocab_size=300, min_frequency=1)
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
 def tiny_config(tokenizer, **overrides) -> CodeFusionConfig:
     return CodeFusionConfig.from_preset("tiny", vocab_size=len(tokenizer), dropout=0.0, **overrides)
 
@@ -48,16 +54,20 @@ def tiny_model(code_tokenizer):
     return CodeFusionModel(tiny_config(code_tokenizer))
 
 
-def make_pipeline(model, tokenizer) -> CodeFusionPipeline:
-    config = model.config
-    scheduler = CodeFusionScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        noise_schedule=config.noise_schedule,
-        prediction_type=config.prediction_type,
-    )
+def make_pipeline(model, tokenizer, scheduler_class=CodeFusionScheduler) -> CodeFusionPipeline:
+    """A pipeline sampling with the model's training schedule."""
+    scheduler = scheduler_class.from_config(model.noise_scheduler.config)
     pipe = CodeFusionPipeline(model=model, scheduler=scheduler, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def with_scheduler(pipe: CodeFusionPipeline, scheduler_class) -> CodeFusionPipeline:
+    """A pipeline of the same components (the same model object) sampling with `scheduler_class`, on the same
+    schedule: how a user swaps the committing sampler in."""
+    swapped = CodeFusionPipeline(**pipe.components | {"scheduler": scheduler_class.from_config(pipe.scheduler.config)})
+    swapped.set_progress_bar_config(disable=True)
+    return swapped
 
 
 @pytest.fixture

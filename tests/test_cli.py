@@ -122,7 +122,9 @@ def test_push_to_an_unreachable_hub(saved_pipeline):
     assert {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()} == before
 
 
-def test_rounding_choices_match_the_pipeline():
-    from codefusion_hf import cli, pipeline_codefusion
+def test_rounding_choices_are_the_libraries():
+    from codefusion_hf import cli, constants
 
-    assert cli.ROUNDINGS == pipeline_codefusion.ROUNDINGS
+    (generate,) = [a for a in cli.build_parser()._actions if a.dest == "command"]
+    (rounding,) = [a for a in generate.choices["generate"]._actions if a.dest == "rounding"]
+    assert tuple(rounding.choices) == constants.ROUNDINGS

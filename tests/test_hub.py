@@ -459,7 +459,7 @@ def test_pushing_to_an_unreachable_hub_names_it(tiny_pipeline, tmp_path):
         """
         import sys
         from codefusion_hf import CodeFusionPipeline
-        from codefusion_hf.pipeline_codefusion import upload_pipeline_folder
+        from codefusion_hf.hub_codefusion import upload_pipeline_folder
 
         for push in (
             lambda: CodeFusionPipeline.from_pretrained(sys.argv[1]).push_to_hub("user/x", token="hf_x"),

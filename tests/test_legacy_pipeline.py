@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import with_scheduler
 
 from codefusion_hf import CodeFusionCommitScheduler, CodeFusionPipeline, CodeFusionScheduler
 
@@ -32,10 +33,7 @@ def test_legacy_pipeline_reproduces_its_candidates(legacy_pipeline, name):
     kwargs = dict(expected["kwargs"])
     pipe = legacy_pipeline
     if kwargs.pop("commit_tokens", False):  # the committing sampler, then a pipeline argument, is a scheduler now
-        pipe = CodeFusionPipeline(
-            **pipe.components | {"scheduler": CodeFusionCommitScheduler.from_config(pipe.scheduler.config)}
-        )
-        pipe.set_progress_bar_config(disable=True)
+        pipe = with_scheduler(pipe, CodeFusionCommitScheduler)
     output = pipe(
         EXPECTED["prompts"],
         num_inference_steps=EXPECTED["num_inference_steps"],

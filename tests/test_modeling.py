@@ -307,7 +307,7 @@ def test_unrolled_canvas_is_a_ddim_step_from_the_models_own_draft(code_tokenizer
     start, higher, states, mask = unroll_args
     assert higher[0] > 3 and higher[1] == last
     estimate = scheduler.clip_original_sample(scheduler.predict_original_sample(denoise(*unroll_args), higher, start))
-    draft = model.round_with_decoder(estimate, states, mask)
+    draft = model.round_estimate(estimate, "decoder", states, mask)
     stepped = scheduler.add_noise(draft, scheduler.predict_noise(draft, higher, start), timesteps)
     length = labels.shape[1]
     reference = scheduler.add_noise(model.embed_code(labels), noise[:, :length], timesteps)
@@ -414,11 +414,39 @@ def test_per_position_timesteps_condition_each_position(tiny_model):
     assert not torch.allclose(tiny_model.denoise(latents, mixed, states), row)
 
 
-def test_round_with_decoder_rejects_unknown_rounding(tiny_model):
+def test_round_estimate_rejects_unknown_rounding(tiny_model):
     latents = torch.zeros(1, tiny_model.config.max_code_length, tiny_model.config.latent_dim)
     states = torch.zeros(1, 3, tiny_model.config.hidden_size)
     with pytest.raises(ValueError, match="rounding must be one of"):
-        tiny_model.round_with_decoder(latents, states, rounding="nearest")
+        tiny_model.round_estimate(latents, "argmax", states)
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        tiny_model.round_estimate(latents, None, states)
+
+
+def test_round_estimate_of_every_rounding(tiny_model):
+    """ "none" keeps the estimate; "nearest" snaps each position to its nearest code embedding; "decoder" embeds the
+    decoder's most likely tokens and "decoder_mean" averages the embeddings under its distribution, from the given
+    logits (no second decoder pass) or from a decoder pass of their own."""
+    config = tiny_model.config
+    estimate = torch.randn(2, config.max_code_length, config.latent_dim, generator=torch.Generator().manual_seed(0))
+    states, mask = torch.randn(2, 3, config.hidden_size), torch.tensor([[1, 1, 1], [1, 1, 0]])
+    embeddings = tiny_model.code_embedding_matrix()
+    assert tiny_model.round_estimate(estimate, "none") is estimate
+    snapped = tiny_model.round_estimate(estimate, "nearest")
+    nearest = torch.cdist(estimate, embeddings[None]).argmin(dim=-1)
+    torch.testing.assert_close(snapped, embeddings[nearest])
+    torch.testing.assert_close(tiny_model.round_estimate(estimate, "nearest", code_embeddings=embeddings), snapped)
+    logits = tiny_model.decode(estimate, states, mask)
+    torch.testing.assert_close(
+        tiny_model.round_estimate(estimate, "decoder", states, mask), embeddings[logits.argmax(-1)]
+    )
+    torch.testing.assert_close(
+        tiny_model.round_estimate(estimate, "decoder_mean", states, mask), logits.softmax(-1) @ embeddings
+    )
+    other_logits = torch.randn_like(logits)
+    torch.testing.assert_close(
+        tiny_model.round_estimate(estimate, "decoder", logits=other_logits), embeddings[other_logits.argmax(-1)]
+    )
 
 
 def test_self_condition_needs_a_self_conditioned_model(tiny_model):

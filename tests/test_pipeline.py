@@ -7,27 +7,34 @@ import textwrap
 
 import pytest
 import torch
-from conftest import PAIRS, make_pipeline, tiny_config
+from conftest import PAIRS, make_pipeline, tiny_config, with_scheduler
 from transformers import AutoModel, AutoTokenizer
 
-from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler, pipeline_codefusion
+from codefusion_hf import (
+    CodeFusionCommitScheduler,
+    CodeFusionModel,
+    CodeFusionPipeline,
+    CodeFusionScheduler,
+    pipeline_codefusion,
+)
+
+SCHEDULERS = [CodeFusionScheduler, CodeFusionCommitScheduler]
 
 
 def seeded(pipe, prompts, seed=0, **kwargs):
     return pipe(prompts, num_inference_steps=5, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-@pytest.mark.parametrize("commit_tokens", [False, True])
-def test_overfit_model_regenerates_its_training_pairs(overfit_pipeline, commit_tokens):
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS)
+def test_overfit_model_regenerates_its_training_pairs(overfit_pipeline, scheduler_class):
     """Model, scheduler and pipeline agree: a memorised pair comes back exactly, from any starting noise, with the
-    paper's sampler and with commit_tokens."""
+    paper's sampler and with the committing one."""
     prompts = [prompt for prompt, _ in PAIRS]
-    output = overfit_pipeline(
+    output = with_scheduler(overfit_pipeline, scheduler_class)(
         prompts,
         num_inference_steps=20,
         num_return_sequences=3,
         generator=torch.Generator().manual_seed(0),
-        commit_tokens=commit_tokens,
     )
     assert output.code == [[code] * 3 for _, code in PAIRS]
     assert all(-1.0 < score <= 0 for scores in output.scores for score in scores)
@@ -217,8 +224,6 @@ def make_code_tokenizer():
         ({"max_length": 2.5}, "max_length"),
         ({"output_type": "np"}, "output_type"),
         ({"rounding": "argmax"}, "rounding"),
-        ({"commit_tokens": True, "rounding": "nearest"}, "commit_tokens"),
-        ({"commit_tokens": True, "eta": 1.0}, "commit_tokens"),
         ({"eta": -0.5}, "eta"),
         ({"eta": float("nan")}, "eta"),
         ({"guidance_scale": 0.5}, "guidance_scale"),
@@ -232,6 +237,14 @@ def test_bad_call_arguments(tiny_pipeline, kwargs, name):
     kwargs = {"prompt": "list all files", **kwargs}
     with pytest.raises(ValueError, match=name):
         tiny_pipeline(**kwargs)
+
+
+def test_eta_needs_a_scheduler_with_stochastic_steps(tiny_pipeline):
+    """The committing scheduler draws fresh noise at every step: an eta for it is a mistake, not ignored."""
+    pipe = with_scheduler(tiny_pipeline, CodeFusionCommitScheduler)
+    with pytest.raises(ValueError, match="eta=1.0 .*CodeFusionCommitScheduler"):
+        seeded(pipe, "list all files", eta=1.0)
+    assert seeded(pipe, "list all files", eta=0).code == seeded(pipe, "list all files").code
 
 
 def test_long_prompt_is_truncated_with_a_warning(tiny_pipeline, monkeypatch):
@@ -318,46 +331,39 @@ def test_self_conditioned_sampling_passes_the_previous_estimate(code_tokenizer, 
 
 @pytest.mark.parametrize("rounding", ["nearest", "decoder", "decoder_mean"])
 def test_rounding_replaces_each_estimate(tiny_pipeline, monkeypatch, rounding):
-    """ "nearest" snaps each estimate to code embeddings in the scheduler; the decoder roundings hand the scheduler
-    exactly what `round_with_decoder` (tested in test_modeling) returns."""
+    """Every step hands the scheduler exactly what `round_estimate` (tested in test_modeling) returns for the clipped
+    estimate; "nearest" makes every position one token's embedding, and the last step lands on the estimate."""
     estimates, rounded = [], []
-    step, round_with_decoder = tiny_pipeline.scheduler.step, tiny_pipeline.model.round_with_decoder
+    step, round_estimate = tiny_pipeline.scheduler.step, tiny_pipeline.model.round_estimate
     monkeypatch.setattr(
         tiny_pipeline.scheduler, "step", lambda *a, **k: estimates.append(step(*a, **k)) or estimates[-1]
     )
     monkeypatch.setattr(
         tiny_pipeline.model,
-        "round_with_decoder",
-        lambda *a, **k: rounded.append((a[3], round_with_decoder(*a, **k))) or rounded[-1][1],
+        "round_estimate",
+        lambda *a, **k: rounded.append((a[1], round_estimate(*a, **k))) or rounded[-1][1],
     )
     latents = seeded(tiny_pipeline, "list all files", rounding=rounding, output_type="latent").code[0, 0]
-    assert len(estimates) == 5
+    assert len(estimates) == 5 and len(rounded) == 5 and all(name == rounding for name, _ in rounded)
+    assert all(output.pred_original_sample is value for output, (_, value) in zip(estimates, rounded))
     if rounding == "nearest":
         embeddings = tiny_pipeline.model.code_embedding_matrix()
         for output in estimates:  # every position is exactly one token's embedding
             assert (output.pred_original_sample[0][:, None, :] == embeddings[None]).all(dim=-1).any(dim=-1).all()
-    else:
-        assert len(rounded) == 5 and all(name == rounding for name, _ in rounded)
-        assert all(output.pred_original_sample is value for output, (_, value) in zip(estimates, rounded))
     torch.testing.assert_close(latents, estimates[-1].pred_original_sample[0])  # the last step lands on it
 
 
-def test_commit_tokens_commits_a_growing_share_of_positions(tiny_pipeline, monkeypatch):
-    """commit_tokens: at step n of N the denoiser reads ceil(canvas * n / N) committed positions at t = 0 and the
-    others at the step's timestep; every position is committed after the last step, and the output is those
+def test_commit_scheduler_commits_a_growing_share_of_positions(tiny_pipeline, monkeypatch):
+    """CodeFusionCommitScheduler: at step n of N the denoiser reads ceil(canvas * n / N) committed positions at t = 0
+    and the others at the step's timestep; every position is committed after the last step, and the output is those
     tokens, ranked by their mean log-probability (which the last trajectory entry shows as well)."""
-    canvas_length = tiny_pipeline.model.config.max_code_length
+    pipe = with_scheduler(tiny_pipeline, CodeFusionCommitScheduler)
+    canvas_length = pipe.model.config.max_code_length
     seen = []
-    denoise = tiny_pipeline.model.denoise
-    monkeypatch.setattr(tiny_pipeline.model, "denoise", lambda *a: seen.append(a[1]) or denoise(*a))
-    output = seeded(
-        tiny_pipeline,
-        ["list all files", "count lines"],
-        num_return_sequences=3,
-        commit_tokens=True,
-        return_trajectory=True,
-    )
-    timesteps = tiny_pipeline.scheduler.timesteps
+    denoise = pipe.model.denoise
+    monkeypatch.setattr(pipe.model, "denoise", lambda *a: seen.append(a[1]) or denoise(*a))
+    output = seeded(pipe, ["list all files", "count lines"], num_return_sequences=3, return_trajectory=True)
+    timesteps = pipe.scheduler.timesteps
     assert len(seen) == 5
     for step_index, position_timesteps in enumerate(seen):
         assert position_timesteps.shape == (6, canvas_length)
@@ -367,10 +373,10 @@ def test_commit_tokens_commits_a_growing_share_of_positions(tiny_pipeline, monke
     for scores in output.scores:
         assert scores == sorted(scores, reverse=True)
     assert output.trajectory[-1]["code"] == output.code
-    latents = seeded(tiny_pipeline, "list all files", commit_tokens=True, output_type="latent").code[0, 0]
-    token_ids = seeded(tiny_pipeline, "list all files", commit_tokens=True, output_type="pt").code[0, 0]
+    latents = seeded(pipe, "list all files", output_type="latent").code[0, 0]
+    token_ids = seeded(pipe, "list all files", output_type="pt").code[0, 0]
     # The final canvas is the committed tokens' embeddings at t = 0 (almost clean): nearest embedding is each token.
-    embeddings = tiny_pipeline.model.code_embedding_matrix()
+    embeddings = pipe.model.code_embedding_matrix()
     assert torch.equal(torch.cdist(latents, embeddings).argmin(dim=-1), token_ids)
 
 
@@ -393,41 +399,43 @@ def test_guided_denoise_is_the_guidance_formula(code_tokenizer):
         assert torch.equal(pipe.guided_denoise(latents, timesteps, states, mask, self_condition), conditional)
 
 
-@pytest.mark.parametrize("commit_tokens", [False, True])
-def test_guidance_scale_guides_every_step(tiny_pipeline, monkeypatch, commit_tokens):
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS)
+def test_guidance_scale_guides_every_step(tiny_pipeline, monkeypatch, scheduler_class):
     """With guidance_scale > 1 every step guides with the same unconditional states, drawn after the starting
     canvas (which stays as it was); guidance_scale=1 is the unguided call itself."""
+    pipe = with_scheduler(tiny_pipeline, scheduler_class)
     calls = []
-    guided_denoise = tiny_pipeline.guided_denoise
-    monkeypatch.setattr(tiny_pipeline, "guided_denoise", lambda *a: calls.append(a) or guided_denoise(*a))
+    guided_denoise = pipe.guided_denoise
+    monkeypatch.setattr(pipe, "guided_denoise", lambda *a: calls.append(a) or guided_denoise(*a))
     prompts = ["list all files", "count lines"]
-    unguided = seeded(tiny_pipeline, prompts, num_return_sequences=2, commit_tokens=commit_tokens)
+    unguided = seeded(pipe, prompts, num_return_sequences=2)
     assert len(calls) == 5 and all(call[5] == 1.0 and call[6] is None for call in calls)
     start = calls[0][0]
     calls.clear()
-    guided = seeded(tiny_pipeline, prompts, num_return_sequences=2, commit_tokens=commit_tokens, guidance_scale=4.0)
+    guided = seeded(pipe, prompts, num_return_sequences=2, guidance_scale=4.0)
     assert len(calls) == 5 and all(call[5] == 4.0 for call in calls)
     assert torch.equal(calls[0][0], start)
     unconditional_states = calls[0][6]
     assert unconditional_states.shape == calls[0][2].shape and not torch.equal(unconditional_states, calls[0][2])
     assert all(call[6] is unconditional_states for call in calls)
     assert guided.code != unguided.code or guided.scores != unguided.scores
-    same = seeded(tiny_pipeline, prompts, num_return_sequences=2, commit_tokens=commit_tokens, guidance_scale=1)
+    same = seeded(pipe, prompts, num_return_sequences=2, guidance_scale=1)
     assert same.code == unguided.code and same.scores == unguided.scores
 
 
-def test_rounding_defaults_to_the_models_own(code_tokenizer, monkeypatch):
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS)
+def test_rounding_defaults_to_the_models_own(code_tokenizer, monkeypatch, scheduler_class):
+    """rounding=None is the model's `self_condition_rounding`, "none" is no rounding: with either scheduler (the
+    committing one reads the decoder's tokens whatever the rounding, which shapes the self-conditioning estimate)."""
     config = tiny_config(code_tokenizer, self_condition=True, self_condition_rounding="decoder")
-    pipe = make_pipeline(CodeFusionModel(config), code_tokenizer)
+    pipe = make_pipeline(CodeFusionModel(config), code_tokenizer, scheduler_class)
     calls = []
-    round_with_decoder = pipe.model.round_with_decoder
-    monkeypatch.setattr(
-        pipe.model, "round_with_decoder", lambda *a, **k: calls.append(1) or round_with_decoder(*a, **k)
-    )
+    round_estimate = pipe.model.round_estimate
+    monkeypatch.setattr(pipe.model, "round_estimate", lambda *a, **k: calls.append(a[1]) or round_estimate(*a, **k))
     seeded(pipe, "list all files")
-    assert len(calls) == 5
     seeded(pipe, "list all files", rounding="none")
-    assert len(calls) == 5
+    assert calls == ["decoder"] * 5 + ["none"] * 5
+    assert pipe.resolve_rounding(None) == "decoder" and pipe.resolve_rounding("nearest") == "nearest"
 
 
 def test_given_latents_and_timesteps(tiny_pipeline, monkeypatch):

@@ -8,22 +8,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PAIRS, tiny_config
+from conftest import PAIRS, tiny_config, write_jsonl
 from datasets import Dataset
 from transformers import TrainerCallback
 
 from codefusion_hf import CodeFusionModel, CodeFusionPipeline, training_codefusion
+from codefusion_hf.data_codefusion import CodeFusionDataCollator, CodeFusionPretrainingCollator, tokenize_dataset
+from codefusion_hf.scheduling_codefusion import CodeFusionScheduler
+from codefusion_hf.scheduling_codefusion_commit import CodeFusionCommitScheduler
 from codefusion_hf.training_codefusion import (
-    CodeFusionDataCollator,
     CodeFusionPretrainer,
-    CodeFusionPretrainingCollator,
     CodeFusionTrainer,
     CodeFusionTrainingArguments,
     find_resume_checkpoint,
-    load_code_dataset,
-    mask_code,
-    mask_spans,
-    tokenize_dataset,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,19 +82,6 @@ def make_trainer(kind, tokenizer, tmp_path, config_overrides=None, **kwargs):
 
 def first_batch(trainer):
     return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-
-
-def test_pretraining_collator_draws_differ_across_dataloader_workers_and_epochs(code_tokenizer):
-    """Each worker gets a copy of the collator: without reseeding, its batches and epochs repeat the same draws."""
-    data = code_dataset(code_tokenizer, repeat=8).to_list()
-    collator = CodeFusionPretrainingCollator(code_tokenizer, code_tokenizer.pad_token_id, mask_rate=0.5)
-    loader = torch.utils.data.DataLoader(data, batch_size=len(data) // 4, num_workers=2, collate_fn=collator)
-    draws = [
-        (tuple(b["unconditional"].tolist()), tuple(b["input_ids"].flatten().tolist()))
-        for _ in range(2)
-        for b in loader
-    ]
-    assert len(draws) == 8 and len(set(draws)) == 8
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -289,10 +273,13 @@ def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch, co
     )
     calls = []
     call = CodeFusionPipeline.__call__
-    monkeypatch.setattr(CodeFusionPipeline, "__call__", lambda self, *a, **k: calls.append(k) or call(self, *a, **k))
+    monkeypatch.setattr(
+        CodeFusionPipeline, "__call__", lambda self, *a, **k: calls.append((self, k)) or call(self, *a, **k)
+    )
     metrics = trainer.evaluate()
-    assert calls and all(k["rounding"] == "decoder" and k["num_inference_steps"] == 5 for k in calls)
-    assert all(k["commit_tokens"] is commit_tokens for k in calls)
+    assert calls and all(k["rounding"] == "decoder" and k["num_inference_steps"] == 5 for _, k in calls)
+    scheduler_class = CodeFusionCommitScheduler if commit_tokens else CodeFusionScheduler
+    assert all(type(pipe.scheduler) is scheduler_class for pipe, _ in calls)
     assert {"eval_exact_match", "eval_non_empty_rate", "eval_distinct_rate"} <= metrics.keys()
     assert 0 <= metrics["eval_exact_match"] <= 1
 
@@ -383,80 +370,6 @@ def test_non_finite_loss_stops_training(code_tokenizer, tmp_path):
     assert not (tmp_path / "out" / "checkpoint-1").exists()
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(path)
-
-
-def test_load_code_dataset_checks_columns_and_rows(tmp_path, monkeypatch):
-    from codefusion_hf import training_codefusion
-
-    path = write_jsonl(tmp_path / "d.jsonl", [{"nl": "a", "cmd": "ls"}])
-    with pytest.raises(ValueError, match=r"no column 'code'.*\['nl', 'cmd'\]"):
-        load_code_dataset(path)
-    with pytest.raises(ValueError, match=r"no column 'prompt'.*\['nl', 'cmd'\]"):
-        load_code_dataset(path, code_column="cmd")
-    assert load_code_dataset(path, prompt_column="nl", code_column="cmd")[0] == {"prompt": "a", "code": "ls"}
-
-    messages = []
-    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
-    rows = [{"prompt": "a", "code": "ls"}, {"prompt": None, "code": "x"}, {"prompt": "c", "code": " "}]
-    data = load_code_dataset(write_jsonl(tmp_path / "mixed.jsonl", rows))
-    assert data["code"] == ["ls"] and "skipped 2 of 3" in messages[0]
-    numbers = tmp_path / "numbers.csv"
-    numbers.write_text("prompt,code\none,1\ntwo,2\n")
-    with pytest.raises(ValueError, match="no usable rows"):
-        load_code_dataset(str(numbers))  # a numeric code column: every row skipped, then a clear error
-
-    with pytest.raises(ValueError, match="no usable rows"):
-        load_code_dataset(write_jsonl(tmp_path / "empty_rows.jsonl", [{"prompt": "", "code": "ls"}]))
-    with pytest.raises(ValueError, match="does not exist"):
-        load_code_dataset(str(tmp_path / "missing.jsonl"))
-    (tmp_path / "data.txt").write_text("x")
-    with pytest.raises(ValueError, match="unsupported file type"):
-        load_code_dataset(str(tmp_path / "data.txt"))
-    csv = tmp_path / "d.csv"
-    csv.write_text("prompt,code\nlist,ls\n")
-    assert load_code_dataset(str(csv))["code"] == ["ls"]
-
-
-def test_prompts_without_a_prompt_tokenizer_are_rejected(code_tokenizer):
-    data = Dataset.from_dict({"prompt": ["list files"], "code": ["ls"]})
-    with pytest.raises(ValueError, match="prompt_tokenizer"):
-        tokenize_dataset(data, code_tokenizer, 16)
-    assert "input_ids" not in tokenize_dataset(data.remove_columns("prompt"), code_tokenizer, 16).column_names
-
-
-def test_long_code_is_truncated_and_counted_once(code_tokenizer, monkeypatch):
-    from codefusion_hf import training_codefusion
-
-    messages = []
-    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
-    data = Dataset.from_dict({"code": ["ls -la " * 20, "df -h"]})
-    tokenized = tokenize_dataset(data, code_tokenizer, 8)
-    assert [len(ids) for ids in tokenized["labels"]] == [8, len(code_tokenizer("df -h")["input_ids"])]
-    assert len(messages) == 1 and messages[0].startswith("1 of 2")
-
-
-@pytest.mark.parametrize(
-    "language, code, units",
-    [
-        ("python", "for x in range(n):\n    y = x + 1", ["for", "x", "in", "range", "n", "y", "x"]),
-        ("bash", "find . -name '*.py' | xargs wc -l", ["find", ".", "-name", "'*.py'", "xargs", "wc", "-l"]),
-        ("excel", "AND(GreaterThan(25),LessThan(50))", ["AND", "GreaterThan", "LessThan"]),
-        ("python", "def broken(:", ["def", "broken"]),
-    ],
-)
-def test_mask_spans(language, code, units):
-    assert [code[start:end] for start, end in mask_spans(code, language)] == units
-
-
-def test_mask_code_rates():
-    generator = torch.Generator().manual_seed(0)
-    assert mask_code("ls -la | wc -l", "bash", 1.0, "<mask>", generator) == "<mask> <mask> | <mask> <mask>"
-    assert mask_code("ls -la | wc -l", "bash", 0.0, "<mask>", generator) == "ls -la | wc -l"
-
-
 def test_bad_training_arguments(tmp_path):
     with pytest.raises(ValueError, match="cpd_mask_rate"):
         training_args(tmp_path, cpd_mask_rate=1.5)
@@ -464,8 +377,6 @@ def test_bad_training_arguments(tmp_path):
         training_args(tmp_path, prompt_dropout_probability=-0.1)
     with pytest.raises(ValueError, match="generation_rounding"):
         training_args(tmp_path, generation_rounding="argmax")
-    with pytest.raises(ValueError, match="generation_commit_tokens"):
-        training_args(tmp_path, generation_commit_tokens=True, generation_rounding="nearest")
     with pytest.raises(ValueError, match="timestep_bias_strategy must be one of"):
         training_args(tmp_path, timestep_bias_strategy="late")
     with pytest.raises(ValueError, match="timestep_bias_multiplier"):
@@ -510,7 +421,7 @@ def test_biased_timesteps_reach_the_model(kind, code_tokenizer, tmp_path, monkey
 
 HASH_WEIGHTS = """
 import hashlib, os, sys
-sys.path.insert(0, os.path.join(os.environ["REPO"], "examples"))
+sys.path.insert(0, os.path.join(os.environ["REPO"], "examples", "text_to_code"))
 import finetune
 trainer = finetune.main()
 digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in trainer.model.parameters())).hexdigest()
@@ -564,12 +475,6 @@ def test_two_process_finetune(code_tokenizer, tmp_path):
     ranks = [(tmp_path / f"rank{i}.txt").read_text().split() for i in range(2)]
     assert ranks[0] == ranks[1] and ranks[0][:2] == ["2", "3"]  # world size 2, 3 steps, same weights
     assert (tmp_path / "out" / "model_index.json").is_file()
-
-
-def test_load_code_dataset_max_samples(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "code": f"c{i}"} for i in range(5)])
-    assert load_code_dataset(path, max_samples=2)["code"] == ["c0", "c1"]
-    assert len(load_code_dataset(path, max_samples=50)) == 5
 
 
 # Each rank: both phases' trainers with FSDP2 applied by hand (accelerate enables FSDP only on GPUs), one training

@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; `X as X` marks a re-export
     from .pipeline_codefusion import CodeFusionPipeline as CodeFusionPipeline
     from .pipeline_codefusion import CodeFusionPipelineOutput as CodeFusionPipelineOutput
     from .scheduling_codefusion import CodeFusionScheduler as CodeFusionScheduler
+    from .scheduling_codefusion import CodeFusionSchedulerOutput as CodeFusionSchedulerOutput
     from .scheduling_codefusion_commit import CodeFusionCommitScheduler as CodeFusionCommitScheduler
     from .scheduling_codefusion_commit import CodeFusionCommitSchedulerOutput as CodeFusionCommitSchedulerOutput
-    from .scheduling_codefusion import CodeFusionSchedulerOutput as CodeFusionSchedulerOutput
     from .tokenization_codefusion import train_code_tokenizer as train_code_tokenizer

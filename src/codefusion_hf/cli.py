@@ -6,6 +6,8 @@ import sys
 
 from huggingface_hub.errors import HfHubHTTPError
 
+from .constants import LANGUAGE_HELP, ROUNDINGS
+
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
 USER_ERRORS = (ValueError, OSError, HfHubHTTPError)
 
@@ -17,12 +19,10 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-# The pipeline's rounding choices; listed here so that `codefusion --help` does not import torch.
-ROUNDINGS = ("none", "nearest", "decoder", "decoder_mean")
 ROUNDING_HELP = "How each step's x0 estimate is rounded onto code tokens (default: the model's own)."
 COMMIT_TOKENS_HELP = (
-    "Commit the decoder's surest tokens step by step and re-noise the rest (mask-predict style; measured best on "
-    "NL2Bash with --steps 10). Not in the paper."
+    "Sample with CodeFusionCommitScheduler: commit the decoder's surest tokens step by step and re-noise the rest "
+    "(mask-predict style; measured best on NL2Bash with --steps 10). Not in the paper."
 )
 
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="Print ranked code candidates for a prompt.")
     generate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
-    generate.add_argument("prompt", help="What the code should do.")
+    generate.add_argument("prompts", nargs="+", metavar="prompt", help="What the code should do (one or more).")
     generate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5, help="Candidates (default 5).")
     generate.add_argument("--steps", type=positive_int, default=50, help="Denoising steps (default 50).")
     generate.add_argument("--seed", type=int, default=0, help="Seed of the starting noise (default 0).")
@@ -51,18 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
     evaluate.add_argument("test_file", help="JSON Lines / CSV / Parquet file with prompt and code columns.")
     evaluate.add_argument("--output-dir", required=True, help="Where predictions.jsonl and metrics.json go.")
-    # evaluation_codefusion.LANGUAGE_HELP, repeated so that `codefusion --help` does not import torch.
-    evaluate.add_argument(
-        "--language", default="bash", help="python, bash, excel or other; bash adds template match to exact match."
-    )
+    evaluate.add_argument("--language", default="bash", help=LANGUAGE_HELP)
+    evaluate.add_argument("--prompt-column", default="prompt", help="Column holding the prompt (default prompt).")
+    evaluate.add_argument("--code-column", default="code", help="Column holding the reference (default code).")
     evaluate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5)
     evaluate.add_argument("--steps", type=positive_int, default=20)
+    evaluate.add_argument(
+        "--timesteps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Custom strictly decreasing timesteps, instead of --steps evenly placed ones.",
+    )
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--max-samples", type=positive_int, default=None)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available).")
     evaluate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
     evaluate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
+    evaluate.add_argument(
+        "--guidance-scale", type=float, default=1.0, help="Classifier-free guidance (not in the paper); 1 is off."
+    )
 
     push = commands.add_parser("push", help="Upload a saved pipeline folder to the Hub.")
     push.add_argument("model", help="Saved pipeline folder.")
@@ -76,26 +85,32 @@ def generate(args: argparse.Namespace) -> None:
     import torch
 
     from .pipeline_codefusion import CodeFusionPipeline
+    from .scheduling_codefusion_commit import CodeFusionCommitScheduler
 
-    if not args.prompt.strip():
-        raise ValueError("the prompt is empty: describe the code to generate.")
+    for prompt in args.prompts:
+        if not prompt.strip():
+            raise ValueError("a prompt is empty: describe the code to generate.")
     pipe = CodeFusionPipeline.from_pretrained(args.model)
+    if args.commit_tokens:
+        pipe.scheduler = CodeFusionCommitScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     output = pipe(
-        args.prompt,
+        args.prompts,
         num_inference_steps=args.steps,
         num_return_sequences=args.num_return_sequences,
         generator=torch.Generator().manual_seed(args.seed),
         return_trajectory=args.show_steps,
         rounding=args.rounding,
-        commit_tokens=args.commit_tokens,
     )
-    if args.show_steps:
-        for entry in output.trajectory:
-            print(f"step {entry['step'] + 1:>4} (t={entry['timestep']:>4}): {entry['code'][0][0]!r}")
-        print()
-    for rank, (code, score) in enumerate(zip(output.code[0], output.scores[0]), start=1):
-        print(f"{rank}. {code}\t(score {score:.3f})")
+    for index, prompt in enumerate(args.prompts):
+        if len(args.prompts) > 1:
+            print(f"{'' if index == 0 else chr(10)}{prompt}")
+        if args.show_steps:
+            for entry in output.trajectory:
+                print(f"step {entry['step'] + 1:>4} (t={entry['timestep']:>4}): {entry['code'][index][0]!r}")
+            print()
+        for rank, (code, score) in enumerate(zip(output.code[index], output.scores[index]), start=1):
+            print(f"{rank}. {code}\t(score {score:.3f})")
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -105,21 +120,25 @@ def evaluate(args: argparse.Namespace) -> None:
         args.model,
         args.test_file,
         args.output_dir,
+        prompt_column=args.prompt_column,
+        code_column=args.code_column,
         max_samples=args.max_samples,
         language=args.language,
         num_return_sequences=args.num_return_sequences,
         num_inference_steps=args.steps,
+        timesteps=args.timesteps,
         batch_size=args.batch_size,
         seed=args.seed,
         rounding=args.rounding,
         commit_tokens=args.commit_tokens,
+        guidance_scale=args.guidance_scale,
         device=args.device,
     )
     print(json.dumps(metrics, indent=2))
 
 
 def push(args: argparse.Namespace) -> None:
-    from .pipeline_codefusion import upload_pipeline_folder
+    from .hub_codefusion import upload_pipeline_folder
 
     commit = upload_pipeline_folder(args.model, args.repo_id, token=args.token, private=args.private)
     print(f"Pushed {args.model} to {commit.repo_url}")
