@@ -199,12 +199,15 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def read_tokens(
-        self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder's most likely token at every position of a canvas and its log-probability."""
-        log_probs = self.model.decode(latents, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
+        self, step: BaseOutput, canvas: torch.Tensor, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tokens of a step (see `score_tokens`): those a committing scheduler holds, else the decoder's most
+        likely token at every position of `canvas` and its log-probability."""
+        if getattr(step, "token_ids", None) is not None:
+            return self.score_tokens(step.token_ids, step.token_log_probs)
+        log_probs = self.model.decode(canvas, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
         token_log_probs, token_ids = log_probs.max(dim=-1)
-        return token_ids, token_log_probs
+        return self.score_tokens(token_ids, token_log_probs)
 
     def score_tokens(
         self, token_ids: torch.Tensor, token_log_probs: torch.Tensor
@@ -409,12 +412,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 if self.model.config.self_condition:
                     self_condition = step.pred_original_sample
                 if step_index in record_steps:
-                    token_ids, token_log_probs = (
-                        (step.token_ids, step.token_log_probs)
-                        if reads_tokens
-                        else self.read_tokens(step.pred_original_sample, encoder_hidden_states, attention_mask)
+                    token_ids, lengths, _ = self.read_tokens(
+                        step, step.pred_original_sample, encoder_hidden_states, attention_mask
                     )
-                    token_ids, lengths, _ = self.score_tokens(token_ids, token_log_probs)
                     trajectory.append(
                         {
                             "step": step_index,
@@ -428,12 +428,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     latents = callback_outputs.pop("latents", latents)
 
             # A committing scheduler's text is its committed tokens (a callback changes only the canvas it reads).
-            token_ids, token_log_probs = (
-                (step.token_ids, step.token_log_probs)
-                if reads_tokens
-                else self.read_tokens(latents, encoder_hidden_states, attention_mask)
-            )
-            token_ids, lengths, scores = self.score_tokens(token_ids, token_log_probs)
+            token_ids, lengths, scores = self.read_tokens(step, latents, encoder_hidden_states, attention_mask)
         finally:
             self.model.train(was_training)
 
