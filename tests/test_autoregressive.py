@@ -1,4 +1,5 @@
-"""The autoregressive baseline script: trains, saves, resumes, and writes k ranked candidates per prompt."""
+"""The autoregressive baseline (research/baselines/train_autoregressive.py): trains, saves, resumes, and writes k
+ranked candidates per prompt."""
 
 import json
 import sys
@@ -9,9 +10,9 @@ import torch
 from conftest import PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT / "examples" / "baselines"))
+sys.path.append(str(ROOT))  # the baseline runs as a module of the repository root (it imports from examples/)
 
-import train_autoregressive  # noqa: E402
+from research.baselines import train_autoregressive  # noqa: E402
 
 TINY_T5 = {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
 K = 3
@@ -31,7 +32,7 @@ def check_ranked(rows: list[dict]) -> None:
 
 
 def test_config_parses_and_flags_override():
-    config = ROOT / "examples" / "configs" / "nl2bash_autoregressive.json"
+    config = ROOT / "research" / "configs" / "nl2bash_autoregressive.json"
     model_args, data_args, eval_args, training_args = train_autoregressive.parse_args(
         [str(config), "--max_steps", "7"]
     )

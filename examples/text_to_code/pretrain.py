@@ -1,19 +1,15 @@
 """Phase 1: pre-training CodeFusion on code snippets alone (unconditional generation + CPD), encoder frozen.
 
-    python examples/pretrain.py examples/configs/nl2bash_pretrain.json
+    python examples/text_to_code/pretrain.py examples/text_to_code/configs/nl2bash_pretrain.json
 
 Resumes from the last checkpoint in --output_dir; saves a CodeFusionPipeline there at the end, which
 finetune.py continues from with --model_name_or_path.
 """
 
-from common import model_card_fields, setup, train_and_save
+from training_setup import model_card_fields, setup, train_and_save
 
-from codefusion_hf.training_codefusion import (
-    CodeFusionPretrainer,
-    CodeFusionPretrainingCollator,
-    load_code_dataset,
-    tokenize_dataset,
-)
+from codefusion_hf.data_codefusion import CodeFusionPretrainingCollator, load_code_dataset, tokenize_dataset
+from codefusion_hf.training_codefusion import CodeFusionPretrainer
 
 
 def main():

@@ -1,7 +1,7 @@
 """Train the byte-level BPE code tokenizer on the code column of one or more data files.
 
-    python examples/train_tokenizer.py --train_files ../shared/data/nl2bash/pretrain_snippets.jsonl \
-        ../shared/data/nl2bash/train.jsonl --vocab_size 8000 --output_dir runs/nl2bash-tokenizer
+    python examples/text_to_code/train_tokenizer.py --train_files ../shared/data/nl2bash/pretrain_snippets.jsonl \
+        data/nl2bash/train.jsonl --vocab_size 8000 --output_dir runs/nl2bash-tokenizer
 """
 
 from dataclasses import dataclass, field
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from codefusion_hf import train_code_tokenizer
-from codefusion_hf.training_codefusion import load_code_dataset
+from codefusion_hf.data_codefusion import load_code_dataset
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Find which stage of a trained CodeFusion pipeline fails: the decoder, denoising at each noise level, the
 conditioning on the prompt, or sampling from pure noise. Writes a JSON report.
 
-    python examples/diagnose.py --model runs/nl2bash-finetune --test_file ../shared/data/nl2bash/validation.jsonl \
+    python research/diagnose.py --model runs/nl2bash-finetune --test_file data/nl2bash/validation.jsonl \
         --max_samples 128 --output runs/eval/nl2bash-diagnosis.json
 
 Token accuracy is measured on code tokens only (pad positions excluded) unless said otherwise.
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from transformers import HfArgumentParser
 
 from codefusion_hf import CodeFusionPipeline
+from codefusion_hf.constants import ROUNDINGS
+from codefusion_hf.data_codefusion import load_code_dataset
 from codefusion_hf.metrics import exact_match
-from codefusion_hf.pipeline_codefusion import ROUNDINGS
-from codefusion_hf.training_codefusion import load_code_dataset
 
 
 @dataclass

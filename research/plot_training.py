@@ -1,6 +1,6 @@
 """Plot loss terms and generation metrics from one or more `trainer_state.json` files (e.g. phase 1 and phase 2).
 
-    python examples/plot_training.py --states runs/nl2bash-pretrain/trainer_state.json \
+    python research/plot_training.py --states runs/nl2bash-pretrain/trainer_state.json \
         runs/nl2bash-finetune/trainer_state.json --labels "phase 1" "phase 2" --output docs/images/nl2bash_training.png
 """
 

@@ -1,8 +1,8 @@
 """Inference-time probes of a trained pipeline: would the right code length, classifier-free guidance, or starting
 from retrieved code make its candidates better? Each probe changes only how the pipeline samples; writes JSON.
 
-    python examples/probe_sampling.py --model runs/nl2bash-finetune \
-        --test_file ../shared/data/nl2bash/validation.jsonl --max_samples 256 --output runs/eval/probes.json \
+    python research/probe_sampling.py --model runs/nl2bash-finetune \
+        --test_file data/nl2bash/validation.jsonl --max_samples 256 --output runs/eval/probes.json \
         --probes base oracle_length guidance refine --refine_from runs/retrieval/nl2bash-validation/predictions.jsonl
 
 - base: the pipeline as it is (k candidates, `--num_inference_steps` DDIM steps, `--rounding`).
@@ -12,11 +12,11 @@ from retrieved code make its candidates better? Each probe changes only how the 
 - guidance: the pipeline's classifier-free guidance (`guidance_scale=--guidance_scale`), whose unconditional pass
   reads Gaussian noise as the prompt states (phase 1's unconditional task; phase 2 trains it only with
   `--prompt_dropout_probability`).
-- commit: the pipeline's `commit_tokens` sampling (mask-predict's schedule on the continuous canvas).
+- commit: the pipeline with `CodeFusionCommitScheduler` (mask-predict's schedule on the continuous canvas).
 - renoise: the same sampler without committing anything before the last step: each step re-noises the decoder's
   tokens with fresh noise to the next timestep. Separates what committing adds from what re-noising does.
 - refine: start each candidate from one of the k retrieved snippets of `--refine_from` (predictions.jsonl of
-  examples/baselines/retrieval.py, same rows in the same order), noised to step `--refine_timestep`, and denoise it
+  research/baselines/retrieval.py, same rows in the same order), noised to step `--refine_timestep`, and denoise it
   with the prompt in `--refine_steps` steps (SDEdit). Candidates are ranked by the pipeline's score.
 """
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
-from codefusion_hf import CodeFusionPipeline
+from codefusion_hf import CodeFusionCommitScheduler, CodeFusionPipeline
+from codefusion_hf.constants import ROUNDINGS
+from codefusion_hf.data_codefusion import load_code_dataset
 from codefusion_hf.evaluation_codefusion import score_candidates
-from codefusion_hf.pipeline_codefusion import ROUNDINGS
-from codefusion_hf.training_codefusion import load_code_dataset
 
 PROBES = ("base", "oracle_length", "guidance", "commit", "renoise", "refine")
 
@@ -64,7 +64,7 @@ def force_length(logits: torch.Tensor, lengths: torch.Tensor, pad_token_id: int)
 def main():
     (args,) = HfArgumentParser(ProbeArguments).parse_args_into_dataclasses()
     if "refine" in args.probes and args.refine_from is None:
-        raise ValueError("refine needs --refine_from: a predictions.jsonl of examples/baselines/retrieval.py.")
+        raise ValueError("refine needs --refine_from: a predictions.jsonl of research/baselines/retrieval.py.")
     pipe = CodeFusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     model, config, tokenizer, k = pipe.model, pipe.model.config, pipe.tokenizer, args.num_return_sequences
@@ -82,15 +82,20 @@ def main():
         return logits if lengths is None else force_length(logits, lengths, config.pad_token_id)
 
     model.decode = probed_decode
-    commit_count = pipe.commit_count
+    denoising_scheduler = pipe.scheduler
+    commit_scheduler = CodeFusionCommitScheduler.from_config(pipe.scheduler.config)
+    commit_count = commit_scheduler.commit_count
 
     def probed_commit_count(step_index: int, canvas_length: int) -> int:
-        last = step_index + 1 == len(pipe.scheduler.timesteps)
+        last = step_index + 1 == len(commit_scheduler.timesteps)
         return commit_count(step_index, canvas_length) if state["commit"] or last else 0
 
-    pipe.commit_count = probed_commit_count
+    commit_scheduler.commit_count = probed_commit_count
 
     def sample(name: str, **probe) -> list[list[str]]:
+        committing = name in ("commit", "renoise")
+        pipe.scheduler = commit_scheduler if committing else denoising_scheduler
+        state["commit"] = name == "commit"
         candidates = []
         for start in range(0, len(prompts), args.batch_size):
             batch = slice(start, start + args.batch_size)
@@ -103,9 +108,8 @@ def main():
             kwargs |= {"num_return_sequences": k, "generator": generator, "rounding": args.rounding}
             if name == "guidance":
                 kwargs["guidance_scale"] = args.guidance_scale
-            if name in ("commit", "renoise"):
-                kwargs |= {"commit_tokens": True, "rounding": "decoder"}
-                state["commit"] = name == "commit"
+            if committing:
+                kwargs["rounding"] = "decoder"
             output = pipe(prompts[batch], **kwargs)
             candidates += output.code
         state["lengths"] = None

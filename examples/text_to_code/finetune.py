@@ -1,20 +1,16 @@
 """Phase 2: supervised fine-tuning of CodeFusion on (prompt, code) pairs.
 
-    python examples/finetune.py examples/configs/nl2bash_finetune.json
-    accelerate launch --config_file examples/accelerate/ddp.yaml examples/finetune.py \
-        examples/configs/nl2bash_finetune.json
+    python examples/text_to_code/finetune.py examples/text_to_code/configs/nl2bash_finetune.json
+    accelerate launch --config_file examples/text_to_code/accelerate/ddp.yaml examples/text_to_code/finetune.py \
+        examples/text_to_code/configs/nl2bash_finetune.json
 
 Resumes from the last checkpoint in --output_dir; saves a CodeFusionPipeline there at the end.
 """
 
-from common import model_card_fields, setup, train_and_save
+from training_setup import model_card_fields, setup, train_and_save
 
-from codefusion_hf.training_codefusion import (
-    CodeFusionDataCollator,
-    CodeFusionTrainer,
-    load_code_dataset,
-    tokenize_dataset,
-)
+from codefusion_hf.data_codefusion import CodeFusionDataCollator, load_code_dataset, tokenize_dataset
+from codefusion_hf.training_codefusion import CodeFusionTrainer
 
 
 def main():

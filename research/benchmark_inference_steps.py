@@ -1,10 +1,10 @@
 """Accuracy and time of a saved CodeFusion pipeline against the number of denoising steps: one `evaluate_pipeline`
 run (k ranked candidates per prompt, the same seed) for each step count, written to one JSON file.
 
-    python examples/benchmark_inference_steps.py --model runs/nl2bash-finetune \
-        --test_file ../shared/data/nl2bash/validation.jsonl --max_samples 100 --output steps.json
+    python research/benchmark_inference_steps.py --model runs/nl2bash-finetune \
+        --test_file data/nl2bash/validation.jsonl --max_samples 100 --output steps.json
 
-Plot it with `examples/plot_results.py --steps steps.json`.
+Plot it with `python research/plot_results.py --steps steps.json`.
 """
 
 import json
@@ -14,9 +14,9 @@ import torch
 from transformers import HfArgumentParser
 
 from codefusion_hf import CodeFusionPipeline
+from codefusion_hf.constants import ROUNDINGS
+from codefusion_hf.data_codefusion import load_code_dataset
 from codefusion_hf.evaluation_codefusion import evaluate_pipeline
-from codefusion_hf.pipeline_codefusion import ROUNDINGS
-from codefusion_hf.training_codefusion import load_code_dataset
 
 
 @dataclass

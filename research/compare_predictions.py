@@ -1,9 +1,9 @@
-"""Paired comparison of two evaluations of the same prompts (predictions.jsonl files written by evaluate.py or a
-baseline script): the prompts each one solves at k, the prompts only one of them solves, and the exact two-sided
+"""Paired comparison of two evaluations of the same prompts (predictions.jsonl files written by `codefusion evaluate`
+or a baseline script): the prompts each one solves at k, the prompts only one of them solves, and the exact two-sided
 sign test on those (scipy's binomial test). With one seed per model, this says whether a difference in top-k
 accuracy is larger than the luck of which prompts happen to flip.
 
-    python examples/compare_predictions.py --baseline runs/a/predictions.jsonl --candidate runs/b/predictions.jsonl \
+    python research/compare_predictions.py --baseline runs/a/predictions.jsonl --candidate runs/b/predictions.jsonl \
         --language bash --ks 1 5 --output runs/a_vs_b.json
 """
 
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from scipy.stats import binomtest
 from transformers import HfArgumentParser
 
-from codefusion_hf.evaluation_codefusion import LANGUAGE_HELP, LANGUAGE_METRICS, check_language
+from codefusion_hf.constants import LANGUAGE_HELP
+from codefusion_hf.evaluation_codefusion import LANGUAGE_METRICS, check_language
 from codefusion_hf.metrics import solved_at_k
 
 

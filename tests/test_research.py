@@ -1,0 +1,274 @@
+"""The research tools (research/): each answers its question on a tiny pipeline or on hand-made evaluations, the
+offline GPU bundle unpacks, and the shell scripts find the files they run."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PAIRS
+from transformers import AutoModel, BertConfig, BertModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # the tools as modules of the repository root: `from research import diagnose`
+
+
+def test_compare_predictions_counts_discordant_prompts(tmp_path, monkeypatch, capsys):
+    """research/compare_predictions.py: prompts solved by one model only, and the exact sign test on them (5 against
+    0 discordant prompts: two-sided p = 2 / 2**5)."""
+    from codefusion_hf.evaluation_codefusion import write_evaluation
+    from research import compare_predictions
+
+    references = ["ls -l", "df -h", "wc -l a", "pwd", "whoami", "date", "uptime"]
+    prompts = [f"p{i}" for i in range(7)]
+    baseline = [["ls -l"], ["du"], ["wc"], ["ls"], ["id"], ["cal"], ["uptime"]]
+    candidate = [["ls -l"], ["df -h"], ["wc -l b"], ["pwd"], ["whoami"], ["date"], ["uptime"]]
+    for name, candidates in (("a", baseline), ("b", candidate)):
+        write_evaluation(str(tmp_path / name), prompts, references, candidates, [[0.0]] * 7, {})
+    out = tmp_path / "comparison.json"
+    argv = ["x", "--baseline", str(tmp_path / "a" / "predictions.jsonl"), "--ks", "1"]
+    monkeypatch.setattr(
+        sys, "argv", argv + ["--candidate", str(tmp_path / "b" / "predictions.jsonl"), "--output", str(out)]
+    )
+    compare_predictions.main()
+    (result,) = json.loads(out.read_text())["comparisons"]
+    assert result["metric"] == "template_match@1" and result["prompts"] == 7
+    assert (result["baseline_solved"], result["candidate_solved"]) == (2, 7)
+    assert (result["only_baseline"], result["only_candidate"]) == (0, 5)
+    assert result["p_value"] == pytest.approx(2 / 2**5)
+    with pytest.raises(ValueError, match="same prompts"):
+        compare_predictions.compare(
+            compare_predictions.read_predictions(str(tmp_path / "a" / "predictions.jsonl")),
+            compare_predictions.read_predictions(str(tmp_path / "b" / "predictions.jsonl"))[::-1],
+            "template_match",
+            1,
+        )
+
+
+def test_rescore_recomputes_metrics_and_keeps_the_run(tmp_path, monkeypatch, capsys):
+    """research/rescore.py: metrics come from the saved candidates under the current rules; run facts stay."""
+    from codefusion_hf.evaluation_codefusion import write_evaluation
+    from research import rescore as rescore_script
+
+    references = ["find . -mtime -7", "ls -l"]
+    candidates = [["find /tmp -mtime -30", "ls"], ["ls -a", "ls -l"]]
+    stale = {f"{name}@1": 0.0 for name in ("exact_match", "template_match", "bleu", "syntax_valid")}
+    stale |= {"machine": "the GPU that generated", "seconds_per_prompt": 0.5}
+    write_evaluation(str(tmp_path / "eval"), ["p1", "p2"], references, candidates, [[0, -1], [0, -1]], stale)
+    monkeypatch.setattr(sys, "argv", ["x", "--evaluations", str(tmp_path / "eval")])
+    rescore_script.main()
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["template_match@1"] == 0.5 and metrics["exact_match@1"] == 0.0 and metrics["num_prompts"] == 2
+    assert metrics["machine"] == "the GPU that generated" and metrics["seconds_per_prompt"] == 0.5
+    assert str(tmp_path / "eval") in capsys.readouterr().out
+    with pytest.raises(ValueError, match="predictions.jsonl is missing"):
+        rescore_script.rescore(str(tmp_path), "bash")
+    with pytest.raises(ValueError, match="give the --language the folder was evaluated with"):
+        rescore_script.rescore(str(tmp_path / "eval"), "python")  # would drop template match
+
+
+def test_benchmark_inference_steps(tiny_pipeline, tmp_path, monkeypatch):
+    from research import benchmark_inference_steps
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in [("list files", "ls"), ("a", "b")])
+    )
+    output = tmp_path / "steps.json"
+    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv + ["--steps", "1", "3", "--num_return_sequences", "2", "--device", "cpu"])
+    benchmark_inference_steps.main()
+    runs = json.loads(output.read_text())["runs"]
+    assert [run["num_inference_steps"] for run in runs] == [1, 3]
+    assert all(run["num_prompts"] == 2 and "template_match@1" in run and run["seconds_per_prompt"] > 0 for run in runs)
+    assert not any(run["commit_tokens"] for run in runs)
+    monkeypatch.setattr(sys, "argv", argv + ["--steps", "2", "--num_return_sequences", "2", "--commit_tokens"])
+    benchmark_inference_steps.main()
+    (run,) = json.loads(output.read_text())["runs"]
+    assert run["commit_tokens"] and run["num_inference_steps"] == 2 and run["num_prompts"] == 2
+
+
+def test_results_table_and_plot(tmp_path):
+    from research import plot_results
+
+    results = {
+        "AR": {"exact_match@1": 0.1, "exact_match@3": 0.2, "template_match@1": 0.25, "bleu@1": 26.53},
+        "CF": {"exact_match@1": 0.0, "exact_match@3": 0.05, "seconds_per_prompt": 0.0125},
+    }
+    lines = plot_results.markdown_table(results).splitlines()
+    assert lines[0].startswith("| model | template@1 | exact@1 | exact@3 | BLEU@1 |")
+    assert lines[2].startswith("| AR | 25.0 | 10.0 | 20.0 | 26.5 |")
+    assert lines[3].startswith("| CF | – | 0.0 | 5.0 | – |") and lines[3].endswith("| 0.0125 |")
+    assert lines[0].endswith("| BLEU@1 | s/prompt |")  # columns no model has are left out
+    plot_results.plot_top_k(results, str(tmp_path / "topk.png"))
+    assert (tmp_path / "topk.png").stat().st_size > 1000
+
+
+def test_steps_plot(tmp_path):
+    """Rates are plotted in percent, BLEU in its own points; metrics a run lacks are left out."""
+    from research import plot_results
+
+    runs = [
+        {"num_inference_steps": n, "template_match@1": 0.01 * n, "bleu@1": 2.5, "seconds_per_prompt": 0.1 * n}
+        for n in (5, 10)
+    ]
+    (tmp_path / "steps.json").write_text(json.dumps({"runs": runs}))
+    figure = plot_results.plot_steps(str(tmp_path / "steps.json"), str(tmp_path / "steps.png"))
+    lines = {line.get_label(): list(line.get_ydata()) for line in figure.axes[0].lines}
+    assert lines == {"template_match@1": [5.0, 10.0], "bleu@1": [2.5, 2.5]}
+    assert list(figure.axes[1].lines[0].get_ydata()) == [0.5, 1.0]
+    assert (tmp_path / "steps.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("rounding", [None, "decoder"])
+def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch, rounding):
+    from research import diagnose
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in [("list files", "ls -l"), ("a", "b")])
+    )
+    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(tmp_path / "r.json")]
+    flags = ["--timesteps", "0", "99", "--refine_from", "50", "--refine_steps", "1", "3", "--num_inference_steps", "4"]
+    monkeypatch.setattr(sys, "argv", argv + flags + (["--rounding", rounding] if rounding else []))
+    roundings = []  # the rounding of every x0 estimate the sampler pulls onto tokens
+    round_estimate = type(tiny_pipeline.model).round_estimate
+    monkeypatch.setattr(
+        type(tiny_pipeline.model),
+        "round_estimate",
+        lambda self, estimate, rounding, *a, **k: (
+            roundings.append(rounding) or round_estimate(self, estimate, rounding, *a, **k)
+        ),
+    )
+    diagnose.main()
+    report = json.loads((tmp_path / "r.json").read_text())
+    for key in (
+        "decoder_token_accuracy",
+        "denoise@99, shuffled prompts_token_accuracy",
+        "refine@50/1 steps, eta 0_token_accuracy",
+        "refine@50/3 steps, eta 1_token_accuracy",
+        "sampling_token_accuracy",
+        "sampling_nearest_embedding_token_accuracy",
+        "sampling_clamped_token_accuracy",
+    ):
+        assert 0 <= report[key] <= 1, key
+    assert report["num_rows"] == 2 and report["rounding"] == (rounding or "none")
+    # Refinement and sampling round with the decoder when asked, and only then (the clamped run rounds to "nearest").
+    assert ("decoder" in roundings) == (rounding is not None)
+
+
+def test_force_length():
+    from research.probe_sampling import force_length
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    logits[..., 1] = 100.0  # pad is the favourite everywhere
+    tokens = force_length(logits, torch.tensor([2, 5]), pad_token_id=1).argmax(dim=-1)
+    assert (tokens[0, 2:] == 1).all() and (tokens[0, :2] != 1).all() and (tokens[1] != 1).all()
+
+
+def test_probe_sampling_runs_every_probe(overfit_pipeline, tmp_path, monkeypatch):
+    """On memorised pairs: every probe keeps them (the right length, retrieved references refined from t=50)."""
+    from research import probe_sampling
+
+    overfit_pipeline.save_pretrained(tmp_path / "pipe")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    retrieved = tmp_path / "predictions.jsonl"  # as retrieval.py writes it, here with the right code first
+    retrieved.write_text("".join(json.dumps({"prompt": p, "candidates": [c, "ls"]}) + "\n" for p, c in PAIRS))
+    argv = ["x", "--model", str(tmp_path / "pipe"), "--test_file", str(data), "--output", str(tmp_path / "p.json")]
+    flags = ["--probes", "base", "oracle_length", "guidance", "commit", "renoise", "refine"]
+    flags += ["--refine_from", str(retrieved)]
+    flags += ["--refine_timestep", "50", "--refine_steps", "5", "--num_return_sequences", "2"]
+    monkeypatch.setattr(sys, "argv", argv + flags)
+    probe_sampling.main()
+    report = json.loads((tmp_path / "p.json").read_text())
+    for name in ("base", "oracle_length", "commit", "renoise", "retrieval", "refine@50"):
+        assert report[name]["exact_match@1"] == 1.0, name
+    assert 0 <= report["guidance"]["template_match@1"] <= 1 and report["guidance"]["num_prompts"] == len(PAIRS)
+    assert report["arguments"]["guidance_scale"] == 2.0
+    monkeypatch.setattr(sys, "argv", argv + ["--probes", "refine"])
+    with pytest.raises(ValueError, match="--refine_from"):
+        probe_sampling.main()
+
+
+def test_offline_bundle_unpacks_and_restores_the_fp32_encoder(tmp_path, code_tokenizer):
+    """`offline_bundle.sh unpack` runs first on an offline GPU machine: it must write env.sh and the fp32 encoder."""
+    staged = tmp_path / "staged"
+    encoder = BertModel(
+        BertConfig(
+            vocab_size=len(code_tokenizer),
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+        )
+    )
+    encoder.half().save_pretrained(staged / "minilm-fp16")
+    code_tokenizer.save_pretrained(staged / "minilm-fp16")
+    code_tokenizer.save_pretrained(staged / "nl2bash-tokenizer")
+    (staged / "nl2bash").mkdir()
+    (staged / "nl2bash" / "train.jsonl").write_text('{"nl": "list files", "bash": "ls"}\n')
+    (staged / "site" / "bundled_marker").mkdir(parents=True)
+    (staged / "site" / "bundled_marker" / "__init__.py").write_text("VALUE = 7\n")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    with tarfile.open(bundle / "site-packages.tar.xz", "w:xz") as archive:
+        archive.add(staged / "site", arcname=".")
+    with tarfile.open(bundle / "models-and-data.tar.xz", "w:xz") as archive:
+        for name in ("minilm-fp16", "nl2bash-tokenizer", "nl2bash"):
+            archive.add(staged / name, arcname=name)
+
+    work = tmp_path / "work dir"  # a space, and a run from outside the repository: env.sh must still be right
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"PYTHON": sys.executable}
+
+    def bash(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+    result = bash(str(ROOT / "research" / "offline_bundle.sh"), "unpack", "bundle", "work dir")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "transformers" in result.stdout and "diffusers" in result.stdout
+
+    show = (
+        "import bundled_marker, json, os; print(json.dumps([bundled_marker.VALUE, os.environ['PYTHONPATH'], "
+        "os.environ['ENCODER'], os.environ['DATA']]))"
+    )
+    shown = bash("-c", 'source "$1/env.sh" && "$2" -c "$3"', "-", str(work), sys.executable, show)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    value, python_path, encoder_dir, data_dir = json.loads(shown.stdout)
+    assert value == 7
+    assert python_path.split(os.pathsep) == [str(work / "site"), str(ROOT / "src")]
+    assert Path(data_dir, "train.jsonl").is_file()
+    restored = AutoModel.from_pretrained(encoder_dir)
+    assert restored.dtype == torch.float32
+    for name, weight in encoder.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], weight.float())
+
+
+def test_offline_bundle_rejects_an_unknown_mode(tmp_path):
+    result = subprocess.run(
+        ["bash", str(ROOT / "research" / "offline_bundle.sh"), "build", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "use pack or unpack" in result.stderr
+
+
+# A repository path a shell script names, from the root or from `$root`: a script, a config, a data or docs file
+# (`${...}` ends it; `$data/train.jsonl` is a variable's folder, not the repository's data/).
+REPOSITORY_PATH = re.compile(r"(?:(?<=\$root/)|(?<![\w./$-]))(?:examples|research|docs|data)/[\w./-]*\w")
+SHELL_SCRIPTS = sorted(ROOT.glob("research/*.sh")) + sorted(ROOT.glob("examples/*/*.sh"))
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=[script.name for script in SHELL_SCRIPTS])
+def test_shell_scripts_name_files_that_exist(script):
+    """The scripts find each other by their place in the repository: a move must update them."""
+    missing = sorted({path for path in REPOSITORY_PATH.findall(script.read_text()) if not (ROOT / path).exists()})
+    assert not missing, f"{script.relative_to(ROOT)} names {missing}"
