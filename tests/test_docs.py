@@ -1,14 +1,14 @@
 """The documentation site builds, and the code in it works.
 
-Rules for code blocks in docs/**/*.md (docs/training.md included); a block is ```python, ```bash or ```text (formulas,
-not run), any other fence is an error:
+Rules for code blocks in docs/**/*.md; a block is ```python, ```bash or ```text (formulas, not run), any other fence is
+an error:
 - Every ```python block runs as written, in its own subprocess: cwd a temporary folder, HF_HUB_OFFLINE=1, a fresh
   HF_HOME. Write each one self-contained and quick (a tokenizer from `train_code_tokenizer`, a `tiny` preset model,
   a few training steps at most). A block right after the line `<!-- docs-test: hub -->` runs instead against the
   local Hub-compatible server of tests/hub_server.py (still no internet), as user `your-username`.
 - ```bash blocks are not run: their training and evaluation runs take minutes to hours. Instead, every
-  `examples/...` file they mention (scripts, shell scripts, configs, accelerate files) must exist, every
-  `codefusion` subcommand they use must exist, and every mentioned `examples/...py` script must answer `--help`
+  `examples/...` or `research/...` file they mention (scripts, shell scripts, configs, accelerate files) must exist,
+  every `codefusion` subcommand they use must exist, and every mentioned `.py` script there must answer `--help`
   with exit code 0 (once per distinct script, all in one subprocess that runs each as `__main__`, so the heavy
   imports are paid once). Every data file they name must exist: `data/...` in the repository, `../shared/data/...`
   beside it (checked where ../shared is present, as in CI).
@@ -17,6 +17,8 @@ not run), any other fence is an error:
   quickstart saves: it runs as written in a copy of the layout (a tiny random pipeline in `runs/quickstart`,
   ../shared beside it, the local Hub with a token for `your-username`).
 - `mkdocs build --strict` succeeds (the docs tools come with the `dev` extra, like pytest itself).
+The commands of research/NOTES.md (the dated history, outside the site) are checked the cheap way too: the files they
+name under examples/ and research/ exist, and so do their `codefusion` subcommands.
 """
 
 import argparse
@@ -38,7 +40,8 @@ BLOCK = re.compile(
     r"(?:^<!-- docs-test: (?P<marker>[\w-]+) -->\n)?^```(?P<language>\S*)\n(?P<code>.*?)^```", re.S | re.M
 )
 LANGUAGES = ("python", "bash", "text")
-EXAMPLE_PATH = re.compile(r"(?<![\w./-])examples/[\w./-]*\w")
+# The product's scripts and configs (examples/) and the research tools behind the benchmarks (research/).
+REPOSITORY_PATH = re.compile(r"(?<![\w./-])(?:examples|research)/[\w./-]*\w")
 DATA_PATH = re.compile(r"(?<![\w./-])(?:\.\./shared/)?data/[\w./-]*\.(?:jsonl|json|csv|parquet)\b")
 SHARED = ROOT.parent / "shared"
 CODEFUSION_COMMAND = re.compile(r"^\s*(?:\S*/)?codefusion\s+(?P<subcommand>[^\s-]\S*)", re.M)
@@ -58,7 +61,7 @@ def blocks(language: str) -> list[tuple[str, str | None, str]]:
 PYTHON_BLOCKS = blocks("python")
 BASH_BLOCKS = blocks("bash")
 BASH_TEXT = "\n".join(code for _, _, code in BASH_BLOCKS)
-SCRIPTS = sorted({path for path in EXAMPLE_PATH.findall(BASH_TEXT) if path.endswith(".py")})
+SCRIPTS = sorted({path for path in REPOSITORY_PATH.findall(BASH_TEXT) if path.endswith(".py")})
 
 
 def environment(home: Path, **extra: str) -> dict[str, str]:
@@ -76,8 +79,10 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
 
 
 def test_docs_have_code_to_check():
-    assert {page.name for page in DOCS} >= {"index.md", "concepts.md", "training-guide.md", "evaluation.md", "hub.md"}
+    pages = {"index.md", "concepts.md", "sampling.md", "training-guide.md", "evaluation.md", "benchmarks.md", "hub.md"}
+    assert {page.name for page in DOCS} >= pages
     assert len(PYTHON_BLOCKS) >= 5 and SCRIPTS
+    assert any(path.startswith("research/") for path in SCRIPTS)
 
 
 def test_code_blocks_have_known_languages():
@@ -131,7 +136,7 @@ def test_python_block_runs(block_id, marker, code, tmp_path, request):
 
 
 def test_bash_blocks_name_existing_files():
-    mentioned = sorted(set(EXAMPLE_PATH.findall(BASH_TEXT)))
+    mentioned = sorted(set(REPOSITORY_PATH.findall(BASH_TEXT)))
     assert mentioned
     missing = [path for path in mentioned if not (ROOT / path).is_file()]
     assert not missing, f"bash blocks in docs/ mention files that do not exist: {missing}"
@@ -152,6 +157,19 @@ def test_bash_blocks_use_existing_codefusion_subcommands():
     assert used <= set(subcommands.choices), (
         f"unknown codefusion subcommands: {sorted(used - set(subcommands.choices))}"
     )
+
+
+def test_research_notes_commands_name_existing_files_and_subcommands():
+    notes = (ROOT / "research" / "NOTES.md").read_text()
+    commands = "\n".join(m["code"] for m in BLOCK.finditer(notes) if m["language"] == "bash")
+    # `git show COMMIT:examples/...` reads a file where it was at that commit: not a path of today's tree.
+    mentioned = {m[0] for m in REPOSITORY_PATH.finditer(commands) if commands[m.start() - 1] != ":"}
+    assert any(path.startswith("research/") for path in mentioned)
+    missing = sorted(path for path in mentioned if not (ROOT / path).is_file())
+    assert not missing, f"research/NOTES.md's commands name files that do not exist: {missing}"
+    (subcommands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    unknown = set(CODEFUSION_COMMAND.findall(commands)) - set(subcommands.choices)
+    assert not unknown, f"research/NOTES.md uses unknown codefusion subcommands: {sorted(unknown)}"
 
 
 # Runs each script given on the command line as `python SCRIPT --help` would (as __main__, argv, its folder first on
