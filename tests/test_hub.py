@@ -482,8 +482,8 @@ def test_pushing_to_an_unreachable_hub_names_it(tiny_pipeline, tmp_path):
 
 
 def test_finetune_script_trains_on_a_hub_dataset_and_pushes(hub, api, tiny_pipeline, tmp_path):
-    """examples/finetune.py --dataset_name reads a dataset repo, and --push_to_hub uploads the trained pipeline
-    with a card that names the dataset, in a process of its own as a user would run it."""
+    """examples/text_to_code/finetune.py --dataset_name reads a dataset repo, and --push_to_hub uploads the trained
+    pipeline with a card that names the dataset, in a process of its own as a user would run it."""
     dataset_id, model_id = f"{USER}/bash-pairs", f"{USER}/cf-finetuned"
     api.create_repo(dataset_id, repo_type="dataset")
     rows = "".join(
@@ -499,7 +499,7 @@ def test_finetune_script_trains_on_a_hub_dataset_and_pushes(hub, api, tiny_pipel
     flags += ["--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "True", "--report_to", "none"]
     flags += ["--eval_strategy", "no", "--generation_eval_samples", "0", "--disable_tqdm", "True"]
     flags += ["--push_to_hub", "True", "--hub_model_id", model_id, "--hub_token", TOKEN]
-    script = Path(__file__).resolve().parents[1] / "examples" / "finetune.py"
+    script = Path(__file__).resolve().parents[1] / "examples" / "text_to_code" / "finetune.py"
     result = run_against_the_hub(hub, tmp_path, sys.executable, str(script), *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "phase2" / "trainer_state.json").read_text())["global_step"] == 2

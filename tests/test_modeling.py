@@ -246,7 +246,23 @@ def test_self_conditioning_first_pass_feeds_the_second(code_tokenizer, monkeypat
     model.config.self_condition_probability = 0.0
     calls.clear()
     fixed_forward(model, *batch(code_tokenizer))
-    assert calls[1][0][4].abs().sum() == 0
+    assert len(calls) == 1 and calls[0][0][4].abs().sum() == 0  # no row conditioned: no gradient-free pass
+
+
+def test_self_conditioning_pass_runs_on_the_conditioned_rows_only(code_tokenizer, monkeypatch):
+    """The gradient-free pass gets the rows that use its estimate and no others; the other rows read zeros."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, self_condition=True, self_condition_probability=0.5))
+    calls = []
+    denoise = model.denoise
+    monkeypatch.setattr(model, "denoise", lambda *a, **k: calls.append(a) or denoise(*a, **k))
+    input_ids, attention_mask, labels = (tensor.repeat(8, 1) for tensor in batch(code_tokenizer))
+    model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    (first, second) = calls
+    conditioned = second[4].abs().sum(dim=(1, 2)) > 0
+    assert 0 < conditioned.sum() < len(labels) and len(first[0]) == conditioned.sum()
+    torch.testing.assert_close(first[0], second[0][conditioned])
+    torch.testing.assert_close(first[2], second[2][conditioned])
 
 
 @pytest.mark.parametrize("rounding", ["decoder", "decoder_mean"])
@@ -305,10 +321,10 @@ def test_unrolled_canvas_is_a_ddim_step_from_the_models_own_draft(code_tokenizer
     (unroll_args, unroll_grad), (trained_args, trained_grad) = calls
     assert not unroll_grad and trained_grad
     start, higher, states, mask = unroll_args
-    assert higher[0] > 3 and higher[1] == last
+    assert higher.shape == (1,) and higher[0] > 3  # the gradient-free pass runs on the unrolled row only
     estimate = scheduler.clip_original_sample(scheduler.predict_original_sample(denoise(*unroll_args), higher, start))
     draft = model.round_estimate(estimate, "decoder", states, mask)
-    stepped = scheduler.add_noise(draft, scheduler.predict_noise(draft, higher, start), timesteps)
+    stepped = scheduler.add_noise(draft, scheduler.predict_noise(draft, higher, start), timesteps[:1])
     length = labels.shape[1]
     reference = scheduler.add_noise(model.embed_code(labels), noise[:, :length], timesteps)
     canvas = trained_args[0]
@@ -454,3 +470,26 @@ def test_self_condition_needs_a_self_conditioned_model(tiny_model):
     states = torch.zeros(1, 3, tiny_model.config.hidden_size)
     with pytest.raises(ValueError, match="self_condition"):
         tiny_model.denoise(latents, torch.tensor(5), states, self_condition=latents)
+
+
+def test_a_frozen_encoder_stays_in_eval_mode(tiny_model, code_tokenizer):
+    """model.train() leaves a frozen encoder in eval mode (no dropout): the same prompt always encodes the same."""
+    input_ids, attention_mask, _ = batch(code_tokenizer)
+    tiny_model.train()
+    assert tiny_model.encoder.training
+    assert not torch.equal(tiny_model.encode(input_ids, attention_mask), tiny_model.encode(input_ids, attention_mask))
+    tiny_model.encoder.requires_grad_(False)
+    tiny_model.train()
+    assert not tiny_model.encoder.training and tiny_model.denoiser.training and tiny_model.decoder.training
+    assert torch.equal(tiny_model.encode(input_ids, attention_mask), tiny_model.encode(input_ids, attention_mask))
+
+
+def test_canvas_length_pads_to_a_shorter_canvas(tiny_model, code_tokenizer):
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    output = tiny_model(
+        input_ids=input_ids, attention_mask=attention_mask, labels=labels, canvas_length=labels.shape[1] + 1
+    )
+    assert output.logits.shape[1] == labels.shape[1] + 1
+    for bad in (labels.shape[1] - 1, tiny_model.config.max_code_length + 1):
+        with pytest.raises(ValueError, match="canvas_length"):
+            tiny_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, canvas_length=bad)

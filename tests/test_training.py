@@ -84,6 +84,33 @@ def first_batch(trainer):
     return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
 
 
+def test_canvas_margin_trims_the_training_canvas(code_tokenizer, tmp_path, monkeypatch):
+    """canvas_margin: training batches denoise their longest code plus the margin, never more than the canvas;
+    evaluation keeps the full canvas, as sampling has it."""
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, canvas_margin=2)
+    model, shapes = trainer.model, []
+    denoise = model.denoise
+    monkeypatch.setattr(model, "denoise", lambda *a, **k: shapes.append(a[0].shape[1]) or denoise(*a, **k))
+    batch = first_batch(trainer)
+    model.train()
+    trainer.compute_loss(model, batch)
+    assert shapes == [min(batch["labels"].shape[1] + 2, model.config.max_code_length)]
+    model.eval()
+    trainer.compute_loss(model, batch)
+    assert shapes[-1] == model.config.max_code_length
+    with pytest.raises(ValueError, match="canvas_margin"):
+        training_args(tmp_path, canvas_margin=-1)
+
+
+def test_group_by_length_groups_by_code_length(code_tokenizer, tmp_path):
+    """train_sampling_strategy="group_by_length" batches code of similar length (not prompts: the canvas holds
+    the code)."""
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, train_sampling_strategy="group_by_length")
+    assert trainer.train_dataset["length"] == [len(labels) for labels in trainer.train_dataset["labels"]]
+    assert type(trainer._get_train_sampler()).__name__ == "LengthGroupedSampler"
+    trainer.train()
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_emulated_cpu_bf16_is_warned_about(tmp_path, monkeypatch, native):
     messages = []

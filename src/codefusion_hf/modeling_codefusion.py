@@ -197,6 +197,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         model.encoder = build_encoder(encoder_config, encoder_name_or_path, dtype=torch.float32)
         return model
 
+    def train(self, mode: bool = True) -> "CodeFusionModel":
+        """As `nn.Module.train`, but a frozen prompt encoder (no parameter requires a gradient) stays in eval mode:
+        it is a fixed function of the prompt, so its dropout would only add noise to what the denoiser reads."""
+        super().train(mode)
+        if mode and not any(parameter.requires_grad for parameter in self.encoder.parameters()):
+            self.encoder.eval()
+        return self
+
     def encode(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode the prompt once: `(batch_size, prompt_length, hidden_size)` states the denoiser and decoder read."""
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -292,6 +300,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         noise: torch.Tensor | None = None,
         unconditional: torch.BoolTensor | None = None,
         prompt_noise: torch.Tensor | None = None,
+        canvas_length: int | None = None,
     ) -> CodeFusionModelOutput:
         r"""
         One training step of the diffusion objective.
@@ -309,6 +318,9 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 guidance). Done here rather than by the trainer so that the encoder runs inside this forward, where
                 FSDP gathers its sharded parameters.
             prompt_noise: Gaussian noise shaped like the prompt encoding; drawn when not given.
+            canvas_length: Pad the labels to this many positions instead of the full canvas (`max_code_length`),
+                so that a batch of short code computes fewer pad positions; the model then learns pad only that far
+                past the code (see the trainer's `canvas_margin`).
         """
         if labels is None:
             raise ValueError("labels (the code token ids) are required to compute the CodeFusion loss.")
@@ -330,7 +342,13 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             if attention_mask is not None:
                 attention_mask = attention_mask.masked_fill(rows[:, None], 1)
 
-        labels = F.pad(labels, (0, self.config.max_code_length - labels.shape[1]), value=self.config.pad_token_id)
+        canvas_length = self.config.max_code_length if canvas_length is None else canvas_length
+        if not labels.shape[1] <= canvas_length <= self.config.max_code_length:
+            raise ValueError(
+                f"canvas_length={canvas_length} must lie between the labels' {labels.shape[1]} positions and "
+                f"max_code_length={self.config.max_code_length}."
+            )
+        labels = F.pad(labels, (0, canvas_length - labels.shape[1]), value=self.config.pad_token_id)
         supervised = labels != -100
         code_ids = labels.masked_fill(~supervised, self.config.pad_token_id)
         clean_latents = self.embed_code(code_ids)
@@ -356,16 +374,20 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             labels = labels.masked_fill(committed, -100)
         self_condition = None
         if self.config.self_condition:
-            # A gradient-free first pass gives the estimate a sampler would carry over from its previous step.
-            with torch.no_grad():
-                estimate = self._clipped_estimate(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
-                estimate = self.round_estimate(
-                    estimate, self.config.self_condition_rounding, encoder_hidden_states, attention_mask
-                )
-            self_condition = estimate
-            if self.training:  # evaluation conditions every row, so its losses do not depend on a random draw
-                keep = torch.rand(labels.shape[0], 1, 1, device=labels.device) < self.config.self_condition_probability
-                self_condition = estimate * keep
+            # Training conditions a random share of the rows and gives the others zeros, as a sampler's first step
+            # does; evaluation conditions every row, so its losses do not depend on a random draw.
+            rows = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+            if self.training:
+                rows = torch.rand(labels.shape[0], device=labels.device) < self.config.self_condition_probability
+            self_condition = torch.zeros_like(noisy_latents)
+            if rows.any():
+                # A gradient-free pass over those rows only gives the estimate a sampler carries over from its
+                # previous step.
+                with torch.no_grad():
+                    states, mask = encoder_hidden_states[rows], _rows(attention_mask, rows)
+                    estimate = self._clipped_estimate(noisy_latents[rows], timesteps[rows], states, mask)
+                    estimate = self.round_estimate(estimate, self.config.self_condition_rounding, states, mask)
+                self_condition[rows] = estimate.to(self_condition.dtype)
         model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition)
         denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
         logits = self.decode(denoised_latents, encoder_hidden_states, attention_mask)
@@ -422,16 +444,24 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         )
         if not unroll.any():
             return noisy_latents, unroll
-        higher = timesteps + 1 + (torch.rand(timesteps.shape, device=timesteps.device) * (last - timesteps)).long()
-        higher = higher.clamp(max=last)  # rows already at the last step are not unrolled; keep their index valid
-        start = self.noise_scheduler.add_noise(clean_latents, torch.randn_like(clean_latents), higher)
-        estimate = self._clipped_estimate(start, higher, encoder_hidden_states, attention_mask)
-        # In the canvas's dtype: under autocast the passes run in half precision, the DDIM step should not.
-        draft = self.round_estimate(estimate, "decoder", encoder_hidden_states, attention_mask).to(noisy_latents.dtype)
-        stepped = self.noise_scheduler.add_noise(
-            draft, self.noise_scheduler.predict_noise(draft, higher, start), timesteps
+        # The gradient-free passes run on the unrolled rows only.
+        states, mask = encoder_hidden_states[unroll], _rows(attention_mask, unroll)
+        rows_timesteps, clean_rows = timesteps[unroll], clean_latents[unroll]
+        higher = (
+            rows_timesteps
+            + 1
+            + (torch.rand(rows_timesteps.shape, device=timesteps.device) * (last - rows_timesteps)).long()
         )
-        return torch.where(unroll[:, None, None], stepped, noisy_latents), unroll
+        start = self.noise_scheduler.add_noise(clean_rows, torch.randn_like(clean_rows), higher)
+        estimate = self._clipped_estimate(start, higher, states, mask)
+        # In the canvas's dtype: under autocast the passes run in half precision, the DDIM step should not.
+        draft = self.round_estimate(estimate, "decoder", states, mask).to(noisy_latents.dtype)
+        stepped = self.noise_scheduler.add_noise(
+            draft, self.noise_scheduler.predict_noise(draft, higher, start), rows_timesteps
+        )
+        noisy_latents = noisy_latents.clone()
+        noisy_latents[unroll] = stepped
+        return noisy_latents, unroll
 
     def _commit(
         self, noisy_latents: torch.Tensor, clean_latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
@@ -451,6 +481,11 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         almost_clean = self.noise_scheduler.add_noise(clean_latents, noise, torch.zeros_like(timesteps))
         canvas = torch.where(committed[..., None], almost_clean, noisy_latents)
         return canvas, position_timesteps, committed
+
+
+def _rows(attention_mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask of some rows (no mask stays no mask)."""
+    return None if attention_mask is None else attention_mask[rows]
 
 
 def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -80,6 +80,17 @@ class CodeFusionTrainingArguments(TrainingArguments):
     timestep_bias_portion: float = field(
         default=0.25, metadata={"help": "Share of the T timesteps that are biased (the latest or earliest ones)."}
     )
+    canvas_margin: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train each batch on a canvas of its longest code plus this many positions (at most "
+            "max_code_length) instead of the full canvas: fewer pad positions are computed, but the model learns "
+            "pad only that far past the code, and micro-batches of gradient accumulation weigh positions unequally. "
+            "Evaluation losses keep the full canvas. None (default): the full canvas. Pair it with "
+            "--train_sampling_strategy group_by_length, which batches code of similar length (the trainer adds "
+            "the `length` column)."
+        },
+    )
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training (saving a checkpoint) after this many minutes of this run."}
     )
@@ -116,6 +127,8 @@ class CodeFusionTrainingArguments(TrainingArguments):
             )
         if self.timestep_bias_multiplier <= 0:
             raise ValueError(f"timestep_bias_multiplier must be positive, got {self.timestep_bias_multiplier}.")
+        if self.canvas_margin is not None and self.canvas_margin < 0:
+            raise ValueError(f"canvas_margin must be None or at least 0, got {self.canvas_margin}.")
         if not 0 < self.timestep_bias_portion <= 1:
             raise ValueError(f"timestep_bias_portion must be in (0, 1], got {self.timestep_bias_portion}.")
         if self.generation_rounding is not None and self.generation_rounding not in ROUNDINGS:
@@ -239,6 +252,15 @@ class CodeFusionTrainer(Trainer):
                 )
                 setattr(model.config, f"{name}_weight", weight)
         self.prepare_model(model, args)
+        train_dataset = kwargs.get("train_dataset")
+        if (
+            args.train_sampling_strategy == "group_by_length"
+            and isinstance(train_dataset, Dataset)
+            and args.length_column_name not in train_dataset.column_names
+        ):
+            # Trainer groups by the prompt's length otherwise; the canvas is the code.
+            lengths = [len(labels) for labels in train_dataset["labels"]]
+            kwargs["train_dataset"] = train_dataset.add_column(args.length_column_name, lengths)
         super().__init__(model=model, args=args, processing_class=code_tokenizer, **kwargs)
         self.code_tokenizer = code_tokenizer
         self.prompt_tokenizer = prompt_tokenizer
@@ -278,6 +300,10 @@ class CodeFusionTrainer(Trainer):
                 inputs["timesteps"] = torch.multinomial(
                     self._timestep_weights, inputs["labels"].shape[0], replacement=True
                 ).to(inputs["labels"].device)
+            if self.args.canvas_margin is not None:
+                inputs = dict(inputs)
+                max_code_length = self.accelerator.unwrap_model(model).config.max_code_length
+                inputs["canvas_length"] = min(inputs["labels"].shape[1] + self.args.canvas_margin, max_code_length)
             if self.args.prompt_dropout_probability > 0 and "unconditional" not in inputs:
                 inputs = dict(inputs)  # the model replaces these rows' prompt encoding with Gaussian noise
                 inputs["unconditional"] = (
