@@ -8,10 +8,11 @@ an error:
   local Hub-compatible server of tests/hub_server.py (still no internet), as user `your-username`.
 - ```bash blocks are not run: their training and evaluation runs take minutes to hours. Instead, every
   `examples/...` or `research/...` file they mention (scripts, shell scripts, configs, accelerate files) must exist,
-  every `codefusion` subcommand they use must exist, and every mentioned `.py` script there must answer `--help`
-  with exit code 0 (once per distinct script, all in one subprocess that runs each as `__main__`, so the heavy
-  imports are paid once). Every data file they name must exist: `data/...` in the repository, `../shared/data/...`
-  beside it (checked where ../shared is present, as in CI).
+  every `codefusion` subcommand they use must exist, and every mentioned `.py` script there, and every module they
+  run with `python -m examples...` / `python -m research...`, must answer `--help` with exit code 0 (once per
+  distinct script, all in one subprocess that runs each as `__main__` with the `sys.path` that `python SCRIPT` or
+  `python -m MODULE` gives it, so the heavy imports are paid once). Every data file they name must exist: `data/...`
+  in the repository, `../shared/data/...` beside it (checked where ../shared is present, as in CI).
 - A ```bash block right after the line `<!-- docs-test: run -->` is cheap and self-contained (`codefusion --help`):
   it runs as written, from the repository root. One after `<!-- docs-test: quickstart -->` uses the pipeline the
   quickstart saves: it runs as written in a copy of the layout (a tiny random pipeline in `runs/quickstart`,
@@ -61,6 +62,9 @@ def blocks(language: str) -> list[tuple[str, str | None, str]]:
 PYTHON_BLOCKS = blocks("python")
 BASH_BLOCKS = blocks("bash")
 BASH_TEXT = "\n".join(code for _, _, code in BASH_BLOCKS)
+# `python -m research.baselines.train_autoregressive`: a tool that imports another folder's module runs from the root.
+MODULE_COMMAND = re.compile(r"python -m ((?:examples|research)(?:\.\w+)+)")
+MODULES = sorted(set(MODULE_COMMAND.findall(BASH_TEXT)))
 SCRIPTS = sorted({path for path in REPOSITORY_PATH.findall(BASH_TEXT) if path.endswith(".py")})
 
 
@@ -136,7 +140,8 @@ def test_python_block_runs(block_id, marker, code, tmp_path, request):
 
 
 def test_bash_blocks_name_existing_files():
-    mentioned = sorted(set(REPOSITORY_PATH.findall(BASH_TEXT)))
+    modules = {module.replace(".", "/") + ".py" for module in MODULES}
+    mentioned = sorted(set(REPOSITORY_PATH.findall(BASH_TEXT)) | modules)
     assert mentioned
     missing = [path for path in mentioned if not (ROOT / path).is_file()]
     assert not missing, f"bash blocks in docs/ mention files that do not exist: {missing}"
@@ -172,28 +177,31 @@ def test_research_notes_commands_name_existing_files_and_subcommands():
     assert not unknown, f"research/NOTES.md uses unknown codefusion subcommands: {sorted(unknown)}"
 
 
-# Runs each script given on the command line as `python SCRIPT --help` would (as __main__, argv, its folder first on
-# sys.path) and prints {script: [exit code, output]} as JSON. One process for all scripts: they share their heavy
-# imports (torch, transformers, datasets), which take most of the time of each `--help`.
+# Runs each script (a path) or module (a dotted name) given on the command line as `python SCRIPT --help` or
+# `python -m MODULE --help` would: as __main__, with argv, and with the script's folder first on sys.path instead of
+# the current folder (for a module, the current folder first). Prints {target: [exit code, output]} as JSON. One
+# process for all: they share their heavy imports (torch, transformers, datasets), which take most of each `--help`.
 HELP_RUNNER = """
 import contextlib, io, json, os, runpy, sys, traceback
 results = {}
-for script in sys.argv[1:]:
-    sys.argv = [script, "--help"]
-    folder = os.path.dirname(os.path.abspath(script))
-    sys.path.insert(0, folder)
+outside = [path for path in sys.path if path not in ("", os.getcwd())]
+for target in sys.argv[1:]:
+    is_script = target.endswith(".py")
+    sys.argv = [target, "--help"]
+    sys.path[:] = [os.path.dirname(os.path.abspath(target)) if is_script else os.getcwd(), *outside]
     output = io.StringIO()
     try:
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            runpy.run_path(script, run_name="__main__")
+            if is_script:
+                runpy.run_path(target, run_name="__main__")
+            else:
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
         code = "finished without exiting: --help was not handled"
     except SystemExit as exit:
         code = exit.code or 0
     except BaseException:
         code = traceback.format_exc()
-    finally:
-        sys.path.remove(folder)
-    results[script] = [code, output.getvalue()]
+    results[target] = [code, output.getvalue()]
 print(json.dumps(results))
 """
 
@@ -201,7 +209,7 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def help_results(tmp_path_factory):
     result = subprocess.run(
-        [sys.executable, "-c", HELP_RUNNER, *SCRIPTS],
+        [sys.executable, "-c", HELP_RUNNER, *SCRIPTS, *MODULES],
         cwd=ROOT,
         env=environment(tmp_path_factory.mktemp("hf-home")),
         capture_output=True,
@@ -212,7 +220,7 @@ def help_results(tmp_path_factory):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS + MODULES)
 def test_mentioned_script_answers_help(script, help_results):
     code, output = help_results[script]
     assert code == 0, f"{script} --help did not exit with 0:\n{code}\n{output[-3000:]}"
