@@ -11,6 +11,7 @@ import torch
 from conftest import PAIRS, tiny_config, write_jsonl
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from codefusion_hf import CodeFusionModel, CodeFusionPipeline, training_codefusion
 from codefusion_hf.data_codefusion import CodeFusionDataCollator, CodeFusionPretrainingCollator, tokenize_dataset
@@ -343,6 +344,24 @@ def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1
     assert (tmp_path / "out" / "checkpoint-1" / "model.safetensors").is_file()
+
+
+def test_time_budget_progress_bar(code_tokenizer, tmp_path, monkeypatch):
+    """With max_train_minutes the training bar counts the time budget, not max_steps, and names the steps done."""
+    trainer = make_trainer(
+        "finetune", code_tokenizer, tmp_path, max_steps=3, max_train_minutes=2.0, disable_tqdm=False
+    )
+    callbacks = [type(c) for c in trainer.callback_handler.callbacks]
+    assert training_codefusion.TimeBudgetProgressCallback in callbacks and ProgressCallback not in callbacks
+    (bar,) = [
+        c for c in trainer.callback_handler.callbacks if isinstance(c, training_codefusion.TimeBudgetProgressCallback)
+    ]
+    monkeypatch.setattr(bar, "on_train_end", lambda *args, **kwargs: None)  # keep the bar to look at it
+    trainer.train()
+    assert bar.training_bar.total == 120 and bar.training_bar.unit == "s" and bar.current_step == 3
+    assert bar.training_bar.postfix == "step=3"
+    quiet = make_trainer("finetune", code_tokenizer, tmp_path, max_train_minutes=2.0, disable_tqdm=True)
+    assert not any(isinstance(c, ProgressCallback) for c in quiet.callback_handler.callbacks)
 
 
 def test_lr_decay_minutes_anneals_over_the_end_of_the_time_budget(code_tokenizer, tmp_path, monkeypatch):

@@ -13,7 +13,9 @@ from datasets import Dataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -214,6 +216,34 @@ class TimeLimitCallback(TrainerCallback):
             control.should_save = True
 
 
+class TimeBudgetProgressCallback(ProgressCallback):
+    """The training bar of a run with `max_train_minutes`: it counts the time budget in seconds, with the steps done
+    beside it. A run that stops on the clock never reaches `max_steps`, so a bar of steps would show e.g. 0/100000
+    and an estimate of days."""
+
+    def __init__(self, max_train_minutes: float):
+        super().__init__()
+        self.budget_seconds = max_train_minutes * 60
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(
+                total=round(self.budget_seconds),
+                unit="s",
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]",
+            )
+        self.current_step = 0
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            elapsed = min(round(time.monotonic() - self.start), self.training_bar.total)
+            self.training_bar.update(elapsed - self.training_bar.n)
+            self.training_bar.set_postfix(step=state.global_step)
+        self.current_step = state.global_step
+
+
 class CodeFusionTrainer(Trainer):
     """
     Phase 2, supervised fine-tuning on (prompt, code) pairs; every part of the model is trained (unless
@@ -271,6 +301,9 @@ class CodeFusionTrainer(Trainer):
         self._timestep_weights = self.timestep_weights(model.config.num_train_timesteps)  # drawn from every step
         if args.max_train_minutes is not None:
             self.add_callback(TimeLimitCallback(args.max_train_minutes, args.lr_decay_minutes))
+            if not args.disable_tqdm:
+                self.remove_callback(ProgressCallback)
+                self.add_callback(TimeBudgetProgressCallback(args.max_train_minutes))
 
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(not args.freeze_encoder)
