@@ -331,6 +331,17 @@ def test_save_and_resume(code_tokenizer, tmp_path):
     assert counter.steps == [5, 6]
 
 
+def test_resuming_with_another_learning_rate_says_what_it_does(code_tokenizer, tmp_path, monkeypatch):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    find_resume_checkpoint(training_args(tmp_path))
+    assert messages == []
+    find_resume_checkpoint(training_args(tmp_path, learning_rate=1e-4))
+    assert len(messages) == 1 and "continues that schedule, not learning_rate=0.0001" in messages[0]
+
+
 def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):
     trainer = make_trainer(
         "finetune",

@@ -543,7 +543,23 @@ def find_resume_checkpoint(args: CodeFusionTrainingArguments) -> str | None:
             check_readable(path)
         except OSError as error:
             raise ValueError(f"Checkpoint {checkpoint} is corrupted: {error}") from None
+    warn_if_resuming_another_learning_rate(checkpoint, args)
     return checkpoint
+
+
+def warn_if_resuming_another_learning_rate(checkpoint: str, args: TrainingArguments) -> None:
+    """Trainer restores a checkpoint's optimizer and schedule, so a resumed run keeps the learning rate it started
+    with: say so when the arguments now ask for another one, rather than let it pass in silence."""
+    path = os.path.join(checkpoint, "scheduler.pt")
+    if not os.path.isfile(path):
+        return
+    base_rates = torch.load(path, weights_only=True).get("base_lrs") or []
+    if any(rate != args.learning_rate for rate in base_rates):
+        logger.warning(
+            f"Resuming from {checkpoint}, whose learning-rate schedule starts from {base_rates[0]:g}: the run "
+            f"continues that schedule, not learning_rate={args.learning_rate:g}. To train with the new rate, start "
+            "from the checkpoint's model in a new output_dir (e.g. --model_name_or_path) instead of resuming."
+        )
 
 
 __all__ = [
