@@ -128,3 +128,43 @@ def test_rounding_choices_are_the_libraries():
     (generate,) = [a for a in cli.build_parser()._actions if a.dest == "command"]
     (rounding,) = [a for a in generate.choices["generate"]._actions if a.dest == "rounding"]
     assert tuple(rounding.choices) == constants.ROUNDINGS
+
+
+def test_generate_prints_each_prompt_with_its_ranked_candidates(saved_pipeline):
+    """Several prompts: each is printed, followed by its k ranked candidates; an unknown rounding is a usage error."""
+    args = ["generate", saved_pipeline, "list files", "count lines", "-k", "2", "--steps", "3"]
+    result = run(*args, "--rounding", "decoder")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for prompt in ("list files", "count lines"):
+        ranks = lines[lines.index(prompt) + 1 : lines.index(prompt) + 3]
+        assert [line.split(".")[0] for line in ranks] == ["1", "2"] and all("\t(score -" in line for line in ranks)
+    result = run(*args, "--rounding", "round")
+    assert result.returncode == 2 and "invalid choice: 'round'" in result.stderr
+
+
+def evaluate_pairs(saved_pipeline, tmp_path, *flags) -> dict:
+    """`codefusion evaluate` on the PAIRS; the metrics it wrote, after checking its predictions are in order."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    result = run("evaluate", saved_pipeline, str(data), "--output-dir", str(tmp_path / "out"), *flags)
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(row)["reference"] for row in rows] == [code for _, code in PAIRS]
+    return json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+
+def test_evaluate_with_custom_timesteps(saved_pipeline, tmp_path):
+    """A custom schedule is used, recorded, and still regenerates the memorised pairs."""
+    timesteps = ["99", "90", "80", "60", "40", "20", "0"]
+    metrics = evaluate_pairs(saved_pipeline, tmp_path, "-k", "1", "--timesteps", *timesteps)
+    assert metrics["timesteps"] == [int(t) for t in timesteps] and metrics["num_inference_steps"] == 7
+    assert metrics["exact_match@1"] == 1.0
+
+
+def test_evaluate_with_commit_tokens(saved_pipeline, tmp_path):
+    """--commit-tokens samples with the commit scheduler, records it, and regenerates the memorised pairs."""
+    metrics = evaluate_pairs(saved_pipeline, tmp_path, "-k", "2", "--commit-tokens", "--device", "cpu")
+    assert metrics["commit_tokens"] is True and metrics["scheduler"] == "CodeFusionCommitScheduler"
+    assert metrics["rounding"] == "none"  # the model's own: it only shapes a self-conditioning estimate here
+    assert metrics["exact_match@1"] == 1.0

@@ -80,6 +80,7 @@ def evaluate_pipeline(
         "num_inference_steps": len(timesteps) if timesteps else num_inference_steps,
         "timesteps": timesteps,
         "rounding": pipe.resolve_rounding(rounding),
+        "scheduler": type(pipe.scheduler).__name__,
         "commit_tokens": commit_tokens,
         "guidance_scale": guidance_scale,
         "seconds_per_prompt": seconds / len(prompts),
