@@ -353,6 +353,15 @@ def test_rounding_replaces_each_estimate(tiny_pipeline, monkeypatch, rounding):
     torch.testing.assert_close(latents, estimates[-1].pred_original_sample[0])  # the last step lands on it
 
 
+def test_a_pipeline_saved_with_the_commit_scheduler_loads_with_it(tiny_pipeline, tmp_path):
+    pipe = with_scheduler(tiny_pipeline, CodeFusionCommitScheduler)
+    pipe.save_pretrained(tmp_path / "committing", model_card=False)
+    loaded = CodeFusionPipeline.from_pretrained(tmp_path / "committing")
+    assert type(loaded.scheduler) is CodeFusionCommitScheduler
+    loaded.set_progress_bar_config(disable=True)
+    assert seeded(loaded, "list all files").code == seeded(pipe, "list all files").code
+
+
 def test_commit_scheduler_commits_a_growing_share_of_positions(tiny_pipeline, monkeypatch):
     """CodeFusionCommitScheduler: at step n of N the denoiser reads ceil(canvas * n / N) committed positions at t = 0
     and the others at the step's timestep; every position is committed after the last step, and the output is those

@@ -308,6 +308,8 @@ def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch, co
     assert calls and all(k["rounding"] == "decoder" and k["num_inference_steps"] == 5 for _, k in calls)
     scheduler_class = CodeFusionCommitScheduler if commit_tokens else CodeFusionScheduler
     assert all(type(pipe.scheduler) is scheduler_class for pipe, _ in calls)
+    trainer.save_pipeline(str(tmp_path / "saved"))  # saved with the default sampler, whichever generation used
+    assert type(CodeFusionPipeline.from_pretrained(tmp_path / "saved").scheduler) is CodeFusionScheduler
     assert {"eval_exact_match", "eval_non_empty_rate", "eval_distinct_rate"} <= metrics.keys()
     assert 0 <= metrics["eval_exact_match"] <= 1
 

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from diffusers import SchedulerMixin  # noqa: F401 (diffusers' loader looks a component's base class up in its module)
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 

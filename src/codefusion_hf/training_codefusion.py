@@ -393,11 +393,12 @@ class CodeFusionTrainer(Trainer):
             metrics.update(extra)
         return metrics
 
-    def make_pipeline(self, model: CodeFusionModel) -> CodeFusionPipeline:
-        """A pipeline around `model` (the unwrapped model being trained, or its gathered copy), sampling with the
-        model's training schedule (the committing scheduler with `args.generation_commit_tokens`); the x0 clip is set
-        to 3x the current code embedding spread."""
-        scheduler_class = CodeFusionCommitScheduler if self.args.generation_commit_tokens else CodeFusionScheduler
+    def make_pipeline(
+        self, model: CodeFusionModel, scheduler_class: type[CodeFusionScheduler] = CodeFusionScheduler
+    ) -> CodeFusionPipeline:
+        """A pipeline around `model` (the unwrapped model being trained, or its gathered copy) that samples with
+        `scheduler_class` on the model's training schedule; the x0 clip is set to 3x the current code embedding
+        spread."""
         scheduler = scheduler_class.from_config(
             model.noise_scheduler.config, clip_sample_range=3 * model.code_embedding_matrix().std().item()
         )
@@ -420,7 +421,8 @@ class CodeFusionTrainer(Trainer):
             # process runs this same generation, so the collectives match) and let the wrapped layers gather theirs.
             model.unshard()
         try:
-            pipe = self.make_pipeline(model)
+            scheduler_class = CodeFusionCommitScheduler if self.args.generation_commit_tokens else CodeFusionScheduler
+            pipe = self.make_pipeline(model, scheduler_class)
             generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
             predictions = []
             for start in range(0, len(rows), batch_size):
