@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -331,6 +332,21 @@ def test_save_and_resume(code_tokenizer, tmp_path):
     resumed.add_callback(counter)
     resumed.train(resume_from_checkpoint=find_resume_checkpoint(resumed.args))
     assert counter.steps == [5, 6]
+
+
+def test_a_run_resumes_from_its_folder_copied_elsewhere(code_tokenizer, tmp_path):
+    """Runs add up across machines: the output folder, moved anywhere, resumes with the same command pointed at it."""
+    first = tmp_path / "machine-a"
+    trainer = make_trainer("finetune", code_tokenizer, first, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer.train()
+    moved = tmp_path / "machine-b" / "elsewhere"
+    shutil.copytree(first / "out", moved / "out")
+    shutil.rmtree(first)
+    resumed = make_trainer("finetune", code_tokenizer, moved, max_steps=4, save_strategy="steps", save_steps=2)
+    counter = CountSteps()
+    resumed.add_callback(counter)
+    resumed.train(resume_from_checkpoint=find_resume_checkpoint(resumed.args))
+    assert counter.steps == [3, 4] and (moved / "out" / "checkpoint-4").is_dir()
 
 
 def test_resuming_with_another_learning_rate_says_what_it_does(code_tokenizer, tmp_path, monkeypatch):
