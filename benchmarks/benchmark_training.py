@@ -6,8 +6,9 @@ breakdown of the step, for a CodeFusion recipe or the autoregressive baseline of
 
 Run from the repository root. Each measurement runs the real training path: `CodeFusionTrainer` (or the baseline's
 `Seq2SeqTrainer`) with its collator, model and AdamW over NL2Bash training batches (data/nl2bash/train.jsonl), timed
-per optimizer step after `--warmup` steps. `--compare REV` checks REV out into a temporary git worktree and measures
-it and this checkout alternately, `--repeats` times each, in one run: the speed-up is the ratio of the medians.
+per optimizer step (from the end of the step before: loading and collating its batch included) after `--warmup`
+steps. `--compare REV` extracts REV (`git archive`) into a temporary folder and measures its code and this checkout's
+alternately, `--repeats` times each, in one run: the speed-up is the ratio of the medians.
 
 FLOPs per step are counted from the config and the shapes each pass really gets (hooks on the encoder, the
 denoiser and decoder stacks and the head): a linear layer of n_in x n_out on r rows is 2 r n_in n_out, an
@@ -53,6 +54,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's).")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the GPU runs use it).")
     parser.add_argument("--profile_steps", type=int, default=2, help="Steps under torch.profiler for the breakdown.")
+    parser.add_argument(
+        "--canvas_margin",
+        type=int,
+        default=None,
+        help="Training's canvas_margin (this checkout only, with --compare).",
+    )
+    parser.add_argument(
+        "--group_by_length",
+        action="store_true",
+        help="Batches of similar code length (this checkout only, with --compare).",
+    )
     parser.add_argument("--compare", default=None, help="A git revision to measure against, side by side.")
     parser.add_argument("--repeats", type=int, default=3, help="With --compare: measurements of each checkout.")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,10 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.warmup < 0 or args.profile_steps < 0:
         parser.error("--warmup and --profile_steps must be at least 0.")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device is available here.")
-    if not args.device.startswith(("cpu", "cuda")):
-        parser.error(f"--device must be cpu or cuda, got {args.device!r}.")
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda (the default GPU), got {args.device!r}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here.")
     if args.compare is not None and args.recipe == "autoregressive":
         parser.error("--compare measures CodeFusion recipes; the autoregressive baseline is the reference.")
     return args
@@ -113,7 +125,15 @@ class PassCounter:
             trained = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
             number = 1 + sum(p["part"] == name for p in self.passes)
             label = f"{name} pass {number} ({'trained' if trained else 'no grad'})"
-            self.passes.append({"part": name, "trained": trained, "flops": self.forward_flops(name, args, kwargs)})
+            canvas_tokens = args[0].shape[0] * args[0].shape[1] if name == "denoiser" else 0
+            self.passes.append(
+                {
+                    "part": name,
+                    "trained": trained,
+                    "flops": self.forward_flops(name, args, kwargs),
+                    "canvas_tokens": canvas_tokens,
+                }
+            )
             self.ranges.append(torch.profiler.record_function(label))
             self.ranges[-1].__enter__()
 
@@ -163,13 +183,16 @@ class PassCounter:
         return flops
 
     def step_flops(self) -> dict:
-        """FLOPs of the passes recorded since the last call, by part, with the 3x of trained passes."""
-        by_part = {}
+        """The passes recorded since the last call: FLOPs by part (3x for trained passes) and the canvas positions
+        of the trained denoiser pass (rows x canvas length, what the step learns from)."""
+        by_part, canvas_tokens = {}, 0
         for entry in self.passes:
             key = f"{entry['part']} ({'trained' if entry['trained'] else 'no grad'})"
             by_part[key] = by_part.get(key, 0) + entry["flops"] * (3 if entry["trained"] else 1)
+            if entry["part"] == "denoiser" and entry["trained"]:
+                canvas_tokens += entry["canvas_tokens"]
         self.passes = []
-        return by_part
+        return {"flops": by_part, "canvas_tokens": canvas_tokens}
 
 
 def codefusion_api() -> SimpleNamespace:
@@ -216,6 +239,10 @@ def build_codefusion(args: argparse.Namespace, output_dir: str):
         model, prompt_tokenizer, recipe = api.CodeFusionModel(config), tokenizer, {"learning_rate": 5e-4}
     config = model.config
     data = api.tokenize_dataset(rows, tokenizer, config.max_code_length, prompt_tokenizer, config.max_prompt_length)
+    if args.canvas_margin is not None:
+        recipe["canvas_margin"] = args.canvas_margin
+    if args.group_by_length:
+        recipe["train_sampling_strategy"] = "group_by_length"
     training_args = api.CodeFusionTrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=args.batch_size, **recipe, **common_arguments(args)
     )
@@ -293,24 +320,27 @@ def measure(args: argparse.Namespace) -> dict:
             trainer, canvas_length = build_codefusion(args, output_dir)
         model = trainer.model
         counter = PassCounter(model) if canvas_length is not None else None
-        record = {"step_seconds": [], "flops": [], "label_tokens": []}
+        record = {"step_seconds": [], "flops": []}
 
         class Timer(TrainerCallback):
-            def on_step_begin(self, training_args, state, control, **kwargs):
-                synchronize(args.device)
-                self.start = time.perf_counter()
-                if counter is not None:
-                    counter.step_flops()  # drop the passes of the step before
+            """A step's time runs from the end of the step before, so it includes loading and collating its batch
+            (Trainer fetches the batch before `on_step_begin`)."""
+
+            def on_train_begin(self, training_args, state, control, **kwargs):
+                self.last = time.perf_counter()
 
             def on_step_end(self, training_args, state, control, **kwargs):
                 synchronize(args.device)
+                now = time.perf_counter()
+                passes = counter.step_flops() if counter is not None else {}
                 if args.warmup < state.global_step <= args.warmup + args.steps:
-                    record["step_seconds"].append(time.perf_counter() - self.start)
-                    if counter is not None:
-                        record["flops"].append(counter.step_flops())
+                    record["step_seconds"].append(now - self.last)
+                    record["flops"].append(passes)
+                self.last = now
                 if state.global_step == args.warmup + args.steps and args.profile_steps:
                     record["profiler"] = torch.profiler.profile(activities=profiler_activities(args.device))
                     record["profiler"].__enter__()
+                    record["profile_start"] = now
 
         tokens_seen = []
         compute_loss = trainer.compute_loss
@@ -326,6 +356,7 @@ def measure(args: argparse.Namespace) -> dict:
         profiler = record.pop("profiler", None)
         if profiler is not None:
             profiler.__exit__(None, None, None)
+            record["profiled_seconds"] = time.perf_counter() - record["profile_start"]
 
     steps = len(record["step_seconds"])
     seconds = sum(record["step_seconds"])
@@ -341,20 +372,24 @@ def measure(args: argparse.Namespace) -> dict:
         "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     if canvas_length is not None:
-        flops = sum(sum(step.values()) for step in record["flops"]) / steps
+        flops = sum(sum(step["flops"].values()) for step in record["flops"]) / steps
+        parts = sorted({part for step in record["flops"] for part in step["flops"]})
+        canvas_tokens = sum(step["canvas_tokens"] for step in record["flops"])
         result |= {
-            "canvas_length": canvas_length,
-            "canvas_tokens_per_second": samples_per_second * canvas_length,
+            "max_code_length": canvas_length,
+            "mean_canvas_length": canvas_tokens / (steps * args.batch_size),
+            "canvas_tokens_per_second": canvas_tokens / seconds,
             "flops_per_step": flops,
             "flops_per_step_by_part": {
-                k: sum(s.get(k, 0) for s in record["flops"]) / steps for k in record["flops"][0]
+                part: sum(step["flops"].get(part, 0) for step in record["flops"]) / steps for part in parts
             },
             "achieved_flops_per_second": flops * steps / seconds,
         }
     else:
         result["label_tokens_per_second"] = sum(tokens_seen[args.warmup : args.warmup + steps]) / seconds
     if profiler is not None:
-        result["breakdown_ms_per_step"] = breakdown(profiler, args.profile_steps)
+        profiled = record["profiled_seconds"] / args.profile_steps
+        result["breakdown_ms_per_step"] = breakdown(profiler, args.profile_steps, profiled, args.device)
     return result
 
 
@@ -365,14 +400,17 @@ def profiler_activities(device: str) -> list:
     return activities
 
 
-def breakdown(profiler, steps: int) -> dict:
-    """Milliseconds per step of each labelled pass, the optimizer, and the rest (backward, data, clipping)."""
+def breakdown(profiler, steps: int, step_seconds: float, device: str) -> dict:
+    """Milliseconds per step of each labelled forward pass and of the optimizer (CPU time on a CPU, kernel time on a
+    GPU), the whole step as timed, and what is left: the backward passes, data loading, clipping."""
     totals = {}
     for event in profiler.key_averages():
         if " pass " in event.key or event.key.startswith("Optimizer.step"):
             key = "optimizer" if event.key.startswith("Optimizer.step") else event.key
-            totals[key] = totals.get(key, 0.0) + event.cpu_time_total / 1000 / steps
-    return dict(sorted(totals.items()))
+            milliseconds = (event.device_time_total if device.startswith("cuda") else event.cpu_time_total) / 1000
+            totals[key] = totals.get(key, 0.0) + milliseconds / steps
+    step = step_seconds * 1000
+    return dict(sorted(totals.items())) | {"step": step, "backward, data and the rest": step - sum(totals.values())}
 
 
 def machine(device: str) -> dict:
@@ -402,45 +440,47 @@ def cpu_model() -> str:
 
 
 def peak(args: argparse.Namespace) -> dict:
-    if args.device.startswith("cuda"):
-        return {
-            "matmul_peak_dtype": "bf16",
-            "matmul_peak_flops_per_second": matmul_peak(args.device, torch.bfloat16, 8192),
-        }
-    return {"matmul_peak_dtype": "fp32", "matmul_peak_flops_per_second": matmul_peak("cpu", torch.float32, 2048)}
+    """The matmul peak in the dtype the run trains in (bf16 with --bf16, else fp32)."""
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    size = 8192 if args.device == "cuda" else 2048
+    return {
+        "matmul_peak_dtype": "bf16" if args.bf16 else "fp32",
+        "matmul_peak_flops_per_second": matmul_peak(args.device, dtype, size),
+    }
 
 
 def compare(args: argparse.Namespace, argv: list[str]) -> dict:
     """Measure REV and this checkout alternately in fresh processes; the ratio of their median samples/s."""
-    forwarded = [
-        a
-        for i, a in enumerate(argv)
-        if not (
-            a.startswith(("--compare", "--repeats", "--output"))
-            or (i > 0 and argv[i - 1] in ("--compare", "--repeats", "--output"))
-        )
-    ]
+    forwarded = drop_options(argv, ("--compare", "--repeats", "--output"))
+    # The training options that older checkouts lack apply to this one only.
+    forwarded_to_other = drop_options(forwarded, ("--canvas_margin",), flags=("--group_by_length",))
     results = {"this": [], args.compare: []}
     with tempfile.TemporaryDirectory() as folder:
         other = Path(folder) / "checkout"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), args.compare], check=True)
-        try:
-            for _ in range(args.repeats):
-                for name, src in (("this", ROOT / "src"), (args.compare, other / "src")):
-                    output = Path(folder) / "measurement.json"
-                    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
-                    command = [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.benchmark_training",
-                        *forwarded,
-                        "--output",
-                        str(output),
-                    ]
-                    subprocess.run(command, cwd=ROOT, env=env, check=True)
-                    results[name].append(json.loads(output.read_text()))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)], check=True)
+        other.mkdir()
+        # The revision's files, without touching this repository's worktrees.
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.compare], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(other)], input=archive.stdout, check=True)
+        for _ in range(args.repeats):
+            for name, src, options in (
+                ("this", ROOT / "src", forwarded),
+                (args.compare, other / "src", forwarded_to_other),
+            ):
+                output = Path(folder) / "measurement.json"
+                env = os.environ | {"PYTHONPATH": os.pathsep.join([str(src), str(ROOT)])}
+                command = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.benchmark_training",
+                    *options,
+                    "--output",
+                    str(output),
+                ]
+                subprocess.run(command, cwd=ROOT, env=env, check=True)
+                measurement = json.loads(output.read_text())
+                if not Path(measurement["codefusion_hf"]).resolve().is_relative_to(src.resolve()):
+                    raise RuntimeError(f"{name} measured {measurement['codefusion_hf']}, not the code in {src}.")
+                results[name].append(measurement | {"options": options})
     medians = {name: statistics.median(r["samples_per_second"] for r in runs) for name, runs in results.items()}
     return {
         "compare": args.compare,
@@ -448,6 +488,21 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict:
         "speedup": medians["this"] / medians[args.compare],
         "measurements": results,
     }
+
+
+def drop_options(argv: list[str], options: tuple[str, ...], flags: tuple[str, ...] = ()) -> list[str]:
+    """`argv` without the `options` and their values (`--name value` or `--name=value`) and without the `flags`."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg in flags:
+            continue
+        elif arg.split("=")[0] in options:
+            skip_value = "=" not in arg
+        else:
+            kept.append(arg)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,8 +23,10 @@ def test_flop_formula_matches_the_flop_counter(tiny_model, code_tokenizer):
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as flop_counter:
         tiny_model(**prompts, labels=labels)
     counted = flop_counter.get_total_flops()
-    by_part = counter.step_flops()
+    step = counter.step_flops()
+    by_part = step["flops"]
     assert set(by_part) == {f"{part} (no grad)" for part in ("prompt encoder", "denoiser", "decoder", "head")}
+    assert step["canvas_tokens"] == 0  # no trained denoiser pass under no_grad
     # Left out of the formula: the timestep embedding's MLP and the attention's softmax and scaling (under 1% here).
     assert abs(sum(by_part.values()) - counted) / counted < 0.01
 
@@ -56,3 +58,19 @@ def test_drop_options():
     argv = ["--recipe", "quickstart", "--canvas_margin", "4", "--group_by_length", "--output=x.json", "--steps", "2"]
     kept = benchmark_training.drop_options(argv, ("--canvas_margin", "--output"), flags=("--group_by_length",))
     assert kept == ["--recipe", "quickstart", "--steps", "2"]
+
+
+def test_trained_passes_count_their_backward(tiny_model, code_tokenizer):
+    """A pass with gradients costs 3x its forward; the canvas positions learned from are the trained denoiser's."""
+    prompts = code_tokenizer([prompt for prompt, _ in PAIRS], padding=True, return_tensors="pt")
+    labels = code_tokenizer([code for _, code in PAIRS], padding=True, return_tensors="pt")["input_ids"]
+    counter = benchmark_training.PassCounter(tiny_model)
+    tiny_model.train()
+    tiny_model(**prompts, labels=labels)
+    trained = counter.step_flops()
+    with torch.no_grad():
+        tiny_model(**prompts, labels=labels)
+    forward_only = counter.step_flops()
+    for part in ("prompt encoder", "denoiser", "decoder", "head"):
+        assert trained["flops"][f"{part} (trained)"] == 3 * forward_only["flops"][f"{part} (no grad)"]
+    assert trained["canvas_tokens"] == len(PAIRS) * tiny_model.config.max_code_length

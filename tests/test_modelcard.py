@@ -31,7 +31,7 @@ CARD_FIELDS = {
     "language": "bash",
     "training_summary": {"steps": 1234, "batch size": 32},
 }
-# What examples/evaluate.py writes (values from a real run, trimmed).
+# What `codefusion evaluate` writes (values from a real run, trimmed).
 METRICS = {
     "exact_match@1": 0.001984126984126984,
     "exact_match@3": 0.002976190476190476,
@@ -159,7 +159,7 @@ def test_eval_results_reach_the_model_index(tiny_pipeline, tmp_path):
 
 
 def test_model_index_from_a_real_evaluation(tiny_pipeline, tmp_path):
-    """The metrics.json that `evaluate_file` (examples/evaluate.py, `codefusion evaluate`) writes, as it is."""
+    """The metrics.json that `evaluate_file` (`codefusion evaluate`) writes, as it is."""
     from codefusion_hf.evaluation_codefusion import evaluate_file
 
     folder = tmp_path / "cf-tiny"
