@@ -39,6 +39,40 @@ class CodeFusionModelOutput(ModelOutput):
     timesteps: torch.LongTensor | None = None
 
 
+class CodeFusionAttention(nn.Module):
+    """Multi-head attention through `F.scaled_dot_product_attention` (flash and memory-efficient kernels where the
+    device has them; any number of rows, none included). Its weights are laid out as `nn.MultiheadAttention`'s
+    (`in_proj_weight` holding the query, key and value projections, `in_proj_bias`, `out_proj`), which earlier
+    versions of this model used, so their checkpoints load unchanged."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * hidden_size))
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, key_value_states: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attend from `hidden_states` to `key_value_states` (the same tensor for self-attention);
+        `key_padding_mask` is True at keys to ignore."""
+        if key_value_states is hidden_states:
+            query, key, value = F.linear(hidden_states, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        else:
+            width = hidden_states.shape[-1]
+            query = F.linear(hidden_states, self.in_proj_weight[:width], self.in_proj_bias[:width])
+            key, value = F.linear(key_value_states, self.in_proj_weight[width:], self.in_proj_bias[width:]).chunk(
+                2, -1
+            )
+        query, key, value = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (query, key, value))
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(attended.transpose(1, 2).flatten(-2))
+
+
 class CodeFusionLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block: self-attention over the canvas, cross-attention to the prompt, MLP."""
 
@@ -46,9 +80,9 @@ class CodeFusionLayer(GradientCheckpointingLayer):
         super().__init__()
         hidden, heads = config.hidden_size, config.num_attention_heads
         self.self_attn_norm = nn.LayerNorm(hidden)
-        self.self_attn = nn.MultiheadAttention(hidden, heads, dropout=config.dropout, batch_first=True)
+        self.self_attn = CodeFusionAttention(hidden, heads, config.dropout)
         self.cross_attn_norm = nn.LayerNorm(hidden)
-        self.cross_attn = nn.MultiheadAttention(hidden, heads, dropout=config.dropout, batch_first=True)
+        self.cross_attn = CodeFusionAttention(hidden, heads, config.dropout)
         self.mlp_norm = nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(
             nn.Linear(hidden, config.intermediate_size), nn.GELU(), nn.Linear(config.intermediate_size, hidden)
@@ -59,15 +93,9 @@ class CodeFusionLayer(GradientCheckpointingLayer):
         self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_padding_mask: torch.Tensor
     ) -> torch.Tensor:
         normed = self.self_attn_norm(hidden_states)
-        hidden_states = hidden_states + self.dropout(self.self_attn(normed, normed, normed, need_weights=False)[0])
+        hidden_states = hidden_states + self.dropout(self.self_attn(normed, normed))
         normed = self.cross_attn_norm(hidden_states)
-        attended = self.cross_attn(
-            normed,
-            encoder_hidden_states,
-            encoder_hidden_states,
-            key_padding_mask=encoder_padding_mask,
-            need_weights=False,
-        )[0]
+        attended = self.cross_attn(normed, encoder_hidden_states, encoder_padding_mask)
         hidden_states = hidden_states + self.dropout(attended)
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
@@ -140,6 +168,9 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
         if isinstance(module, CodeFusionCodeEmbedding):
             # Unit-scale code embeddings share the scale of the Gaussian noise, as in Diffusion-LM.
             init.normal_(module.weight, mean=0.0, std=self.config.code_embedding_init_std)
+        elif isinstance(module, CodeFusionAttention):  # as nn.MultiheadAttention initialises these (out_proj: Linear)
+            init.xavier_uniform_(module.in_proj_weight)
+            init.zeros_(module.in_proj_bias)
         else:
             super()._init_weights(module)
 
@@ -240,7 +271,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             raise ValueError("self_condition was passed, but this model was trained without config.self_condition.")
         timesteps = timesteps.expand(noisy_latents.shape[0]) if timesteps.ndim == 0 else timesteps
         time_embedding = self.time_embedding(self.time_proj(timesteps.flatten()).to(noisy_latents.dtype))
-        time_embedding = time_embedding.view(*timesteps.shape, -1)
+        time_embedding = time_embedding.view(*timesteps.shape, time_embedding.shape[-1])  # also for 0 rows
         hidden_states = self.denoiser(
             noisy_latents, encoder_hidden_states, _padding_mask(encoder_attention_mask), conditioning=time_embedding
         )
@@ -380,14 +411,13 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             if self.training:
                 rows = torch.rand(labels.shape[0], device=labels.device) < self.config.self_condition_probability
             self_condition = torch.zeros_like(noisy_latents)
-            if rows.any():
-                # A gradient-free pass over those rows only gives the estimate a sampler carries over from its
-                # previous step.
-                with torch.no_grad():
-                    states, mask = encoder_hidden_states[rows], _rows(attention_mask, rows)
-                    estimate = self._clipped_estimate(noisy_latents[rows], timesteps[rows], states, mask)
-                    estimate = self.round_estimate(estimate, self.config.self_condition_rounding, states, mask)
-                self_condition[rows] = estimate.to(self_condition.dtype)
+            # A gradient-free pass over those rows only gives the estimate a sampler carries over from its previous
+            # step. It runs even for no rows: under FSDP every process must run the same layers.
+            with torch.no_grad():
+                states, mask = encoder_hidden_states[rows], _rows(attention_mask, rows)
+                estimate = self._clipped_estimate(noisy_latents[rows], timesteps[rows], states, mask)
+                estimate = self.round_estimate(estimate, self.config.self_condition_rounding, states, mask)
+            self_condition[rows] = estimate.to(self_condition.dtype)
         model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition)
         denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
         logits = self.decode(denoised_latents, encoder_hidden_states, attention_mask)
@@ -442,9 +472,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         unroll = (torch.rand(timesteps.shape, device=timesteps.device) < self.config.unroll_probability) & (
             timesteps < last
         )
-        if not unroll.any():
-            return noisy_latents, unroll
-        # The gradient-free passes run on the unrolled rows only.
+        # The gradient-free passes run on the unrolled rows only, even when there are none: under FSDP every process
+        # must run the same layers.
         states, mask = encoder_hidden_states[unroll], _rows(attention_mask, unroll)
         rows_timesteps, clean_rows = timesteps[unroll], clean_latents[unroll]
         higher = (
