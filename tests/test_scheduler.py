@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from codefusion_hf import CodeFusionScheduler
+from codefusion_hf import CodeFusionCommitScheduler, CodeFusionScheduler
 
 
 @pytest.mark.parametrize("schedule", ["sqrt", "linear", "cosine"])
@@ -199,3 +201,51 @@ def test_predict_noise_inverts_add_noise():
     timesteps = torch.tensor([0, 50, 99])
     noisy = scheduler.add_noise(original, noise, timesteps)
     torch.testing.assert_close(scheduler.predict_noise(original, timesteps, noisy), noise, rtol=1e-4, atol=1e-4)
+
+
+def test_commit_scheduler_loads_the_default_schedulers_config():
+    default = CodeFusionScheduler(num_train_timesteps=100, noise_schedule="cosine", prediction_type="sample")
+    committing = CodeFusionCommitScheduler.from_config(default.config)
+    fields = {key: value for key, value in default.config.items() if not key.startswith("_")}
+    assert {key: committing.config[key] for key in fields} == fields
+    assert torch.equal(committing.alphas_cumprod, default.alphas_cumprod)
+    assert type(CodeFusionScheduler.from_config(committing.config)) is CodeFusionScheduler
+
+
+def test_commit_scheduler_steps():
+    """Each step commits ceil(canvas * (i + 1) / n) positions (0 at the denoiser's timesteps), keeps the decoder's
+    tokens elsewhere, and commits everything after the last step; set_timesteps starts a new sampling, of any batch
+    size, and a step before it is an error."""
+    scheduler = CodeFusionCommitScheduler(num_train_timesteps=100)
+    embeddings = torch.randn(7, 3)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        scheduler.step(
+            torch.zeros(2, 5, 3), 99, torch.zeros(2, 5, 3), logits=torch.zeros(2, 5, 7), code_embeddings=embeddings
+        )
+    scheduler.set_timesteps(4)
+    sample, generator = torch.randn(2, 5, 3), torch.Generator().manual_seed(0)
+    for index, timestep in enumerate(scheduler.timesteps):
+        denoiser_timesteps = scheduler.denoiser_timesteps(timestep, sample)
+        assert (denoiser_timesteps == 0).sum(dim=1).tolist() == [math.ceil(5 * index / 4)] * 2
+        logits = torch.randn(2, 5, 7, generator=generator)
+        output = scheduler.step(
+            torch.zeros_like(sample), timestep, sample, generator, logits=logits, code_embeddings=embeddings
+        )
+        committed = scheduler.committed_positions
+        assert committed.sum(dim=1).tolist() == [math.ceil(5 * (index + 1) / 4)] * 2
+        fresh = denoiser_timesteps != 0  # positions not committed before this step read this step's tokens
+        assert torch.equal(output.token_ids[fresh], logits.argmax(-1)[fresh])
+        sample = output.prev_sample
+    assert committed.all()
+    # The last canvas is the committed tokens at t = 0: the nearest embedding of each position is its token.
+    assert torch.equal(torch.cdist(sample, embeddings[None]).argmin(-1), output.token_ids)
+    scheduler.set_timesteps(2)
+    assert scheduler.committed_positions is None
+    output = scheduler.step(
+        torch.zeros(1, 4, 3),
+        scheduler.timesteps[0],
+        torch.zeros(1, 4, 3),
+        logits=torch.randn(1, 4, 7),
+        code_embeddings=embeddings,
+    )
+    assert output.token_ids.shape == (1, 4) and scheduler.committed_positions.sum() == 2

@@ -386,8 +386,15 @@ def test_time_budget_progress_bar(code_tokenizer, tmp_path, monkeypatch):
         c for c in trainer.callback_handler.callbacks if isinstance(c, training_codefusion.TimeBudgetProgressCallback)
     ]
     monkeypatch.setattr(bar, "on_train_end", lambda *args, **kwargs: None)  # keep the bar to look at it
+    # A fake clock 30 s further at every reading: the bar follows it, up to the budget.
+    seconds = iter(range(0, 10**6, 30))
+    monkeypatch.setattr(training_codefusion, "time", SimpleNamespace(monotonic=lambda: float(next(seconds))))
+    positions = []
+    update = bar.on_step_end
+    monkeypatch.setattr(bar, "on_step_end", lambda *a, **k: update(*a, **k) or positions.append(bar.training_bar.n))
     trainer.train()
     assert bar.training_bar.total == 120 and bar.training_bar.unit == "s" and bar.current_step == 3
+    assert positions == sorted(positions) and positions[0] > 0 and positions[-1] <= 120
     assert bar.training_bar.postfix == "step=3"
     quiet = make_trainer("finetune", code_tokenizer, tmp_path, max_train_minutes=2.0, disable_tqdm=True)
     assert not any(isinstance(c, ProgressCallback) for c in quiet.callback_handler.callbacks)

@@ -104,7 +104,9 @@ def generate(args: argparse.Namespace) -> None:
     )
     for index, prompt in enumerate(args.prompts):
         if len(args.prompts) > 1:
-            print(f"{'' if index == 0 else chr(10)}{prompt}")
+            if index:
+                print()
+            print(prompt)
         if args.show_steps:
             for entry in output.trajectory:
                 print(f"step {entry['step'] + 1:>4} (t={entry['timestep']:>4}): {entry['code'][index][0]!r}")

@@ -145,7 +145,7 @@ class CodeFusionConfig(PreTrainedConfig):
     prediction_type: str = "epsilon"
     self_condition: bool = False
     self_condition_probability: float = 0.5
-    self_condition_rounding: str | None = "none"
+    self_condition_rounding: str = "none"
     unroll_probability: float = 0.0
     commit_probability: float = 0.0
     noise_loss_weight: float = 1.0

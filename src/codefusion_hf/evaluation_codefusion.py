@@ -81,7 +81,7 @@ def evaluate_pipeline(
         "timesteps": timesteps,
         "rounding": pipe.resolve_rounding(rounding),
         "scheduler": type(pipe.scheduler).__name__,
-        "commit_tokens": commit_tokens,
+        "commit_tokens": isinstance(pipe.scheduler, CodeFusionCommitScheduler),
         "guidance_scale": guidance_scale,
         "seconds_per_prompt": seconds / len(prompts),
     }

@@ -339,8 +339,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         Args:
             input_ids, attention_mask: The tokenized prompt (prompt padding is masked in every cross-attention).
             labels: Code token ids, at most `max_code_length` long. Shorter rows are padded with `pad_token_id` to
-                the full canvas: the model learns to emit pad after the code. Positions set to -100 are embedded
-                as pad and excluded from every loss term.
+                the full canvas (or to `canvas_length`): the model learns to emit pad after the code. Positions set
+                to -100 are embedded as pad and excluded from every loss term.
             encoder_hidden_states: Encoded prompt, instead of `input_ids`.
             timesteps: `(batch_size,)` diffusion steps; drawn uniformly from [0, T) when not given.
             noise: Gaussian noise shaped like the canvas; drawn when not given.

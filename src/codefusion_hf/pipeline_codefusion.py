@@ -402,9 +402,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     logits = self.model.decode(estimate, encoder_hidden_states, attention_mask)
                 if reads_tokens:
                     step_kwargs["logits"] = logits
-                estimate = self.model.round_estimate(
-                    estimate, rounding, logits=logits, code_embeddings=code_embeddings
-                )
+                if not reads_tokens or self.model.config.self_condition:  # else nothing reads the rounded estimate
+                    estimate = self.model.round_estimate(
+                        estimate, rounding, logits=logits, code_embeddings=code_embeddings
+                    )
                 step = self.scheduler.step(
                     model_output, timestep, latents, pred_original_sample=estimate, **step_kwargs
                 )

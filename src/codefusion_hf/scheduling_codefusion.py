@@ -168,7 +168,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             return pred_original_sample
         return pred_original_sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
 
-    def step_index(self, timestep: int | torch.Tensor) -> int:
+    def index_for_timestep(self, timestep: int | torch.Tensor) -> int:
         """The position of `timestep` in `self.timesteps`: steps are looked up by timestep, as they are called."""
         if self.num_inference_steps is None:
             raise ValueError("Call `set_timesteps(num_inference_steps)` before `step`.")
@@ -179,9 +179,10 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             )
         return int(position[0, 0])
 
-    def next_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor | None:
-        """The timestep after `timestep` in `self.timesteps`; None after the last one (the step then lands on x0)."""
-        position = self.step_index(timestep) + 1
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor | None:
+        """The timestep a step from `timestep` lands on (the next of `self.timesteps`, a less noisy one); None after
+        the last one, whose step lands on x0."""
+        position = self.index_for_timestep(timestep) + 1
         return self.timesteps[position] if position < len(self.timesteps) else None
 
     def denoiser_timesteps(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
@@ -216,7 +217,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         if eta < 0:
             raise ValueError(f"eta must be non-negative, got {eta}.")
         timestep = torch.as_tensor(timestep, device=self.timesteps.device)
-        prev_timestep = self.next_timestep(timestep)
+        prev_timestep = self.previous_timestep(timestep)
 
         # Python ints index the schedule: it stays on the CPU while the timesteps may live on the GPU.
         alpha_bar = self.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)

@@ -103,7 +103,7 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             pred_original_sample: This step's x0 estimate as the sampler hands it on (rounded or not); the clipped
                 estimate read from `model_output` when not given.
         """
-        step_index = self.step_index(timestep)
+        step_index = self.index_for_timestep(timestep)
         batch_size, canvas_length = sample.shape[:2]
         device, dtype = sample.device, sample.dtype
         if pred_original_sample is None:
@@ -129,9 +129,9 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             return self.add_noise(code_embeddings[token_ids].to(dtype), noise, timesteps)
 
         prev_sample = noised(tokens, 0)
-        next_timestep = self.next_timestep(timestep)
-        if next_timestep is not None:
-            renoised = noised(step_tokens, int(next_timestep))
+        prev_timestep = self.previous_timestep(timestep)
+        if prev_timestep is not None:
+            renoised = noised(step_tokens, int(prev_timestep))
             prev_sample = torch.where(positions[..., None], prev_sample, renoised)
         self.committed_positions, self.committed_tokens, self.committed_log_probs = positions, tokens, token_log_probs
 

@@ -139,9 +139,6 @@ class CodeFusionTrainingArguments(TrainingArguments):
             )
 
 
-# ----------------------------------------------------------------------------------------------- trainers
-
-
 def warn_if_cpu_bf16_is_emulated(args: TrainingArguments) -> None:
     """bf16 autocast on a CPU without AVX512-BF16 or AMX is emulated: on this project's 2-core AVX2 machine a bf16
     matrix product ran 47x slower than fp32 (0.88 against 41 GFLOP/s), so a time-limited run would train for a
@@ -258,7 +255,8 @@ class CodeFusionTrainer(Trainer):
 
     # compute_loss returns a per-batch mean over the canvas positions: let Trainer divide it by the gradient
     # accumulation steps. The model pads every row to the full canvas and the collators supervise every position,
-    # so k full micro-batches of n rows give the gradient of one batch of k * n rows (tested).
+    # so k full micro-batches of n rows give the gradient of one batch of k * n rows (tested; not so with
+    # canvas_margin, whose micro-batches have canvases of different lengths).
     loss_is_scaled_for_ga = False
     # The phase the saved model card names.
     training_phase = "2, fine-tuning on (prompt, code) pairs"
@@ -559,8 +557,9 @@ def warn_if_resuming_another_learning_rate(checkpoint: str, args: TrainingArgume
     if any(rate != args.learning_rate for rate in base_rates):
         logger.warning(
             f"Resuming from {checkpoint}, whose learning-rate schedule starts from {base_rates[0]:g}: the run "
-            f"continues that schedule, not learning_rate={args.learning_rate:g}. To train with the new rate, start "
-            "from the checkpoint's model in a new output_dir (e.g. --model_name_or_path) instead of resuming."
+            f"continues that schedule, not learning_rate={args.learning_rate:g} (Trainer restores a checkpoint's "
+            "optimizer and schedule). To train at the new rate, start a new run in another output_dir from the "
+            "pipeline this run saves when it ends (--model_name_or_path)."
         )
 
 
