@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One prepared GPU window, for a fresh GPU machine without network (one command of at most 9 minutes): unpack the
+# offline bundle, train CodeFusion (the NL2Bash sweeps' best recipe, PRESET-sized) and the autoregressive baseline side
+# by side on the GPU for the same wall-clock budget, both with the learning rate annealed over the last quarter, then
+# evaluate both on NL2Bash validation and test (k = 5; CodeFusion with the commit scheduler in 10 steps, the baseline
+# with beam search and with sampling). OUT_DIR gets at most 5 files: gpu.csv (utilisation every 5 s), unpack.log,
+# sweep.log, summary.json (the top-k metrics of every evaluation) and results.tar.xz (metrics, predictions, training
+# logs and states; no weights).
+#
+#   bash research/gpu_window.sh BUNDLE_DIR OUT_DIR [PRETRAIN_MINUTES] [FINETUNE_MINUTES]
+#
+# BUNDLE_DIR comes from `bash research/offline_bundle.sh pack BUNDLE_DIR` and travels with the repository; `none` uses
+# this Python environment and ENCODER, TOKENIZER and DATA from the environment instead, for a dry run on a CPU (with
+# USE_CPU=True BF16=False EVAL_SAMPLES=8 and budgets of a few seconds). PRESET (default small) sizes CodeFusion.
+# The default budget, 1 + 4.5 minutes of training (phase 1 + 2; the baseline trains 5.5), leaves about 3 minutes for
+# unpacking and evaluating.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bundle=$1 out=$2 pretrain_minutes=${3:-1} finetune_minutes=${4:-4.5}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$out/gpu.csv" &
+  smi=$!
+fi
+if [[ $bundle != none ]]; then
+  bash "$root/research/offline_bundle.sh" unpack "$bundle" "$work/cf" >"$out/unpack.log" 2>&1 || exit 3
+  # shellcheck disable=SC1091
+  source "$work/cf/env.sh"
+fi
+: "${ENCODER:?set ENCODER, as the env.sh of the offline bundle does}" "${TOKENIZER:?set TOKENIZER}" "${DATA:?set DATA}"
+recipe='"normalize_code_embeddings":true,"prediction_type":"sample","self_condition":true,"unroll_probability":0.5'
+preset=${PRESET:-small}
+VARIANTS="codefusion-$preset $pretrain_minutes {$recipe} --timestep_bias_strategy later --timestep_bias_multiplier 3 \
+--preset $preset" ROUNDINGS=commit LR_DECAY=0.25 \
+  bash "$root/research/nl2bash_gpu_sweep.sh" "$work/sweep" "$ENCODER" "$TOKENIZER" "$DATA" "$pretrain_minutes" \
+  "$finetune_minutes" >"$out/sweep.log" 2>&1
+status=$?
+[[ -n ${smi:-} ]] && kill "$smi"
+"${PYTHON:-python3}" - "$work/sweep" "$out/summary.json" <<'PY'
+import json, pathlib, sys
+sweep, summary = pathlib.Path(sys.argv[1]), {}
+for path in sorted(sweep.glob("*/eval-*/metrics.json")):
+    metrics = json.loads(path.read_text())
+    summary[f"{path.parent.parent.name}/{path.parent.name}"] = {
+        k: v for k, v in metrics.items() if "@" in k or k in ("num_prompts", "seconds_per_prompt", "machine")
+    }
+pathlib.Path(sys.argv[2]).write_text(json.dumps(summary, indent=2))
+print(f"{len(summary)} evaluations summarised")
+PY
+tar -C "$work" -cJf "$out/results.tar.xz" --exclude='*.safetensors' --exclude='checkpoint-*' --exclude='*.bin' \
+  --exclude='*.pt' sweep
+exit "$status"
