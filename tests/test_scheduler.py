@@ -249,3 +249,29 @@ def test_commit_scheduler_steps():
         code_embeddings=embeddings,
     )
     assert output.token_ids.shape == (1, 4) and scheduler.committed_positions.sum() == 2
+
+
+def test_diffusers_scheduler_interface():
+    scheduler = CodeFusionScheduler(num_train_timesteps=10)
+    sample = torch.randn(2, 3, 4)
+    assert scheduler.init_noise_sigma == 1.0 and scheduler.scale_model_input(sample, 5) is sample
+    betas = torch.linspace(1e-3, 0.05, 10).tolist()
+    given = CodeFusionScheduler(num_train_timesteps=10, trained_betas=betas)
+    torch.testing.assert_close(given.alphas_cumprod, torch.cumprod(1 - torch.tensor(betas), dim=0))
+    assert type(CodeFusionScheduler.from_config(given.config)).__name__ == "CodeFusionScheduler"
+    for bad, message in ((betas[:5], "trained_betas has 5 values"), ([0.0] * 10, r"in \(0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            CodeFusionScheduler(num_train_timesteps=10, trained_betas=bad)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_steps_stay_finite_when_the_signal_vanishes(eta):
+    """Linear betas up to 0.2 drive alpha_bar to 0 (in float32) long before T: every step stays finite."""
+    scheduler = CodeFusionScheduler(num_train_timesteps=1000, noise_schedule="linear", beta_start=0.01, beta_end=0.2)
+    scheduler.set_timesteps(50)
+    sample, generator = torch.randn(1, 4, 3), torch.Generator().manual_seed(0)
+    for timestep in scheduler.timesteps:
+        sample = scheduler.step(
+            torch.randn(1, 4, 3, generator=generator), timestep, sample, generator, eta=eta
+        ).prev_sample
+        assert torch.isfinite(sample).all(), int(timestep)

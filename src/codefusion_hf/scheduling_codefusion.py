@@ -58,9 +58,14 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             starts at t = T - 1 (pure noise), which matters because the model never sees a cleaner start.
         clip_sample (`bool`, defaults to `True`): Clip the x0 estimate to `clip_sample_range`.
         clip_sample_range (`float`, defaults to 3.0): Bound of that clip, in embedding units.
+        trained_betas (`list[float]`, *optional*): The betas themselves, one per training step, instead of a
+            `noise_schedule` (as diffusers' schedulers take them).
     """
 
     order = 1
+    # The starting canvas is unit Gaussian noise, and the denoiser reads the canvas unscaled (see
+    # `scale_model_input`): what diffusers' pipelines expect of a scheduler.
+    init_noise_sigma = 1.0
 
     @register_to_config
     def __init__(
@@ -73,6 +78,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "trailing",
         clip_sample: bool = True,
         clip_sample_range: float = 3.0,
+        trained_betas: list[float] | None = None,
     ):
         if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be at least 1, got {num_train_timesteps}.")
@@ -85,13 +91,23 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         if clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be positive, got {clip_sample_range}.")
 
-        if noise_schedule == "sqrt":
+        if trained_betas is not None:
+            if len(trained_betas) != num_train_timesteps:
+                raise ValueError(
+                    f"trained_betas has {len(trained_betas)} values but num_train_timesteps is {num_train_timesteps}."
+                )
+            self.betas = torch.tensor(trained_betas, dtype=torch.float32)
+            if not ((self.betas > 0) & (self.betas < 1)).all():
+                raise ValueError("trained_betas must all lie in (0, 1).")
+        elif noise_schedule == "sqrt":
             self.betas = sqrt_betas(num_train_timesteps)
         elif noise_schedule == "linear":
             self.betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
         else:
             self.betas = betas_for_alpha_bar(num_train_timesteps, alpha_transform_type="cosine")
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        # Floored so that a schedule whose signal vanishes (e.g. linear betas up to 0.2) never divides by zero; the
+        # schedules above never come near the floor.
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0).clamp(min=1e-12)
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
 
@@ -131,6 +147,11 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             timesteps = np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1]
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(timesteps.astype(np.int64)).to(device)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser reads the canvas as it is: the identity, for pipelines written against diffusers'
+        scheduler interface."""
+        return sample
 
     def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """alpha_bar(t) of each timestep (one for all, one per row, or one per canvas position), shaped to broadcast
