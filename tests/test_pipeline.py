@@ -499,3 +499,21 @@ def test_bad_latents_or_timesteps(tiny_pipeline, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_pipeline("list all files", num_return_sequences=2, **kwargs)
     assert tiny_pipeline.model.training  # failed before the model was switched to eval mode
+
+
+def test_a_callback_sees_the_call_and_can_change_guidance(tiny_pipeline, monkeypatch):
+    """As in diffusers: `num_timesteps` and `guidance_scale` describe the running call; a callback that sets
+    `_guidance_scale` changes the guidance of the steps after it (here: guidance on from the third step)."""
+    scales, seen = [], []
+    guided_denoise = tiny_pipeline.guided_denoise
+    monkeypatch.setattr(tiny_pipeline, "guided_denoise", lambda *a: scales.append(a[5]) or guided_denoise(*a))
+
+    def callback(pipe, step_index, timestep, callback_kwargs):
+        seen.append((pipe.num_timesteps, pipe.guidance_scale))
+        if step_index == 1:
+            pipe._guidance_scale = 3.0
+        return callback_kwargs
+
+    seeded(tiny_pipeline, "list all files", callback_on_step_end=callback)
+    assert seen == [(5, 1.0), (5, 1.0), (5, 3.0), (5, 3.0), (5, 3.0)]
+    assert scales == [1.0, 1.0, 3.0, 3.0, 3.0]

@@ -94,6 +94,17 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 )
         self.register_modules(model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=prompt_tokenizer)
 
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the running call; a step callback may change it (`pipe._guidance_scale`) for the
+        steps after it, e.g. 1 to stop guiding."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of steps of the running call, so that a step callback knows which is the last."""
+        return self._num_timesteps
+
     def check_inputs(
         self,
         prompt: str | list[str],
@@ -318,7 +329,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             return_trajectory: `True` to record the decoded canvas at every step, or a list of step indices
                 (0-based) to record, so the program can be watched being revised.
             callback_on_step_end: Called after each step as `callback(pipe, step_index, timestep, callback_kwargs)`;
-                it may return a dict with a replacement `"latents"`.
+                it may return a dict with a replacement `"latents"`, and read `pipe.num_timesteps` and
+                `pipe.guidance_scale` (or set `pipe._guidance_scale` for the steps after it).
             callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
             timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
                 e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
@@ -361,6 +373,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             self.scheduler.set_timesteps(device=device, timesteps=timesteps)
             num_inference_steps = self.scheduler.num_inference_steps
         record_steps = self.trajectory_steps(return_trajectory, num_inference_steps)
+        self._guidance_scale, self._num_timesteps = guidance_scale, len(self.scheduler.timesteps)
         step_parameters = self.scheduler_step_parameters()
         reads_tokens = "logits" in step_parameters  # the scheduler commits the decoder's tokens
         was_training = self.model.training
@@ -384,6 +397,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             trajectory = []
             self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
             for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                if self.guidance_scale > 1 and unconditional_states is None:  # guidance turned on by a callback
+                    unconditional_states = randn_tensor(
+                        encoder_hidden_states.shape, generator=generator, device=device, dtype=dtype
+                    )
                 denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, latents)
                 model_output = self.guided_denoise(
                     latents,
@@ -391,7 +408,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     encoder_hidden_states,
                     attention_mask,
                     self_condition,
-                    guidance_scale,
+                    self.guidance_scale,
                     unconditional_states,
                 )
                 estimate = self.scheduler.clip_original_sample(
