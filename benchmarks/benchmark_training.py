@@ -65,7 +65,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Batches of similar code length (this checkout only, with --compare).",
     )
+    parser.add_argument(
+        "--no_encoder_cache",
+        action="store_true",
+        help="Run the frozen encoder at every step instead of caching its states (this checkout only).",
+    )
+    parser.add_argument("--optim", default=None, help="Trainer's optim, e.g. adamw_torch_fused (this checkout only).")
+    parser.add_argument("--torch_compile", action="store_true", help="Trainer's torch_compile (this checkout only).")
     parser.add_argument("--compare", default=None, help="A git revision to measure against, side by side.")
+    parser.add_argument(
+        "--same_options",
+        action="store_true",
+        help="With --compare: give REV this checkout's training options too (it must know them).",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="With --compare: measurements of each checkout.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="Where the JSON goes.")
@@ -243,9 +255,12 @@ def build_codefusion(args: argparse.Namespace, output_dir: str):
         recipe["canvas_margin"] = args.canvas_margin
     if args.group_by_length:
         recipe["train_sampling_strategy"] = "group_by_length"
+    if args.no_encoder_cache:
+        recipe["cache_encoder_states"] = False
     training_args = api.CodeFusionTrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=args.batch_size, **recipe, **common_arguments(args)
     )
+    start = time.perf_counter()
     trainer = api.CodeFusionTrainer(
         model=model,
         args=training_args,
@@ -255,6 +270,7 @@ def build_codefusion(args: argparse.Namespace, output_dir: str):
         data_collator=api.CodeFusionDataCollator(prompt_tokenizer, config.pad_token_id),
     )
     trainer.codefusion_source = api.source
+    trainer.setup_seconds = time.perf_counter() - start  # the once-per-dataset prompt encoding included
     return trainer, config.max_code_length
 
 
@@ -264,7 +280,10 @@ def special_ids(tokenizer) -> dict:
 
 
 def common_arguments(args: argparse.Namespace) -> dict:
-    return {
+    options = {"optim": args.optim} if args.optim else {}
+    if args.torch_compile:
+        options["torch_compile"] = True
+    return options | {
         "max_steps": args.warmup + args.steps + args.profile_steps,
         "use_cpu": args.device == "cpu",
         "bf16": args.bf16,
@@ -368,6 +387,9 @@ def measure(args: argparse.Namespace) -> dict:
         "median_step_seconds": statistics.median(record["step_seconds"]),
         "samples_per_second": samples_per_second,
         "codefusion_hf": getattr(trainer, "codefusion_source", None),
+        "trainer_setup_seconds": getattr(trainer, "setup_seconds", None),
+        "training_options": {name: getattr(args, name) for name in ("canvas_margin", "group_by_length", "optim")}
+        | {"torch_compile": args.torch_compile, "encoder_cache": not args.no_encoder_cache},
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
@@ -451,9 +473,12 @@ def peak(args: argparse.Namespace) -> dict:
 
 def compare(args: argparse.Namespace, argv: list[str]) -> dict:
     """Measure REV and this checkout alternately in fresh processes; the ratio of their median samples/s."""
-    forwarded = drop_options(argv, ("--compare", "--repeats", "--output"))
-    # The training options that older checkouts lack apply to this one only.
-    forwarded_to_other = drop_options(forwarded, ("--canvas_margin",), flags=("--group_by_length",))
+    forwarded = drop_options(argv, ("--compare", "--repeats", "--output"), flags=("--same_options",))
+    # The training options that older checkouts lack apply to this one only, unless asked.
+    forwarded_to_other = forwarded
+    if not args.same_options:
+        this_only = ("--group_by_length", "--no_encoder_cache", "--torch_compile")
+        forwarded_to_other = drop_options(forwarded, ("--canvas_margin", "--optim"), flags=this_only)
     results = {"this": [], args.compare: []}
     with tempfile.TemporaryDirectory() as folder:
         other = Path(folder) / "checkout"

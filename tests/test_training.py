@@ -15,7 +15,12 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from codefusion_hf import CodeFusionModel, CodeFusionPipeline, training_codefusion
-from codefusion_hf.data_codefusion import CodeFusionDataCollator, CodeFusionPretrainingCollator, tokenize_dataset
+from codefusion_hf.data_codefusion import (
+    ENCODER_STATES_COLUMN,
+    CodeFusionDataCollator,
+    CodeFusionPretrainingCollator,
+    tokenize_dataset,
+)
 from codefusion_hf.scheduling_codefusion import CodeFusionScheduler
 from codefusion_hf.scheduling_codefusion_commit import CodeFusionCommitScheduler
 from codefusion_hf.training_codefusion import (
@@ -194,6 +199,41 @@ def test_freeze_encoder_in_finetuning(code_tokenizer, tmp_path):
     model.train()
     trainer.compute_loss(model, first_batch(trainer)).backward()
     assert all(p.grad is not None for p in model.encoder_proj.parameters())  # the projection still learns
+
+
+def test_a_frozen_encoder_runs_once_per_dataset(code_tokenizer, tmp_path):
+    trainer = make_trainer(
+        "finetune", code_tokenizer, tmp_path, config_overrides=WIDER, freeze_encoder=True, max_steps=3
+    )
+    model = trainer.model
+    assert ENCODER_STATES_COLUMN in trainer.train_dataset.column_names
+    assert ENCODER_STATES_COLUMN in trainer.eval_dataset.column_names
+    batch = first_batch(trainer)
+    assert "input_ids" not in batch and batch[ENCODER_STATES_COLUMN].shape[:2] == batch["attention_mask"].shape
+    # The cached states give the loss the encoder gives, for the same prompts, draws and weights.
+    rows = trainer.train_dataset.select(range(4))
+    prompts = CodeFusionDataCollator(code_tokenizer, code_tokenizer.pad_token_id)(
+        [{k: row[k] for k in ("input_ids", "attention_mask", "labels")} for row in rows]
+    )
+    draws = {"timesteps": torch.tensor([0, 5, 10, 15]), "noise": torch.randn(4, 16, model.config.latent_dim)}
+    model.eval()
+    cached = model(**trainer.data_collator(list(rows)), **draws).loss
+    encoded = model(**prompts, **draws).loss
+    torch.testing.assert_close(cached, encoded)
+    calls = []
+    model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    trainer.train()
+    trainer.evaluate()
+    assert calls == []
+
+
+def test_encoder_states_are_not_cached_when_the_encoder_trains_or_when_asked(code_tokenizer, tmp_path):
+    trained = make_trainer("finetune", code_tokenizer, tmp_path)
+    asked = make_trainer("finetune", code_tokenizer, tmp_path, freeze_encoder=True, cache_encoder_states=False)
+    pretraining = make_trainer("pretrain", code_tokenizer, tmp_path)
+    for trainer in (trained, asked, pretraining):
+        assert ENCODER_STATES_COLUMN not in trainer.train_dataset.column_names
+        assert "input_ids" in first_batch(trainer)
 
 
 def test_pretrain_compute_loss_freezes_the_encoder(code_tokenizer, tmp_path):

@@ -11,13 +11,17 @@ from typing import Any
 
 import bashlex
 import torch
-from datasets import Dataset, load_dataset
-from transformers import PreTrainedTokenizerBase
+import torch.nn.functional as F
+from datasets import Array2D, Dataset, load_dataset
+from datasets.fingerprint import Hasher
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
 DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# The column of a frozen encoder's cached prompt states (see `add_encoder_states`), and the model input it feeds.
+ENCODER_STATES_COLUMN = "encoder_last_hidden_state"
 
 
 def load_code_dataset(
@@ -89,6 +93,62 @@ def tokenize_dataset(
     return dataset.remove_columns("code_truncated")
 
 
+def add_encoder_states(
+    dataset: Dataset,
+    encoder: PreTrainedModel,
+    prompt_tokenizer: PreTrainedTokenizerBase,
+    batch_size: int = 64,
+    autocast_dtype: torch.dtype | None = None,
+) -> Dataset:
+    """Add `encoder_last_hidden_state`, the frozen prompt encoder's output for each row's `input_ids` (float32, one
+    `(prompt_length, hidden_size)` array per row), so that training runs the encoder once per dataset instead of at
+    every step, as diffusers' DreamBooth and SDXL scripts precompute text embeddings. The encoder runs in eval mode,
+    as a frozen encoder trains (no dropout), so the states are the ones training would compute. The result is
+    cached by `datasets` under a fingerprint of the dataset and the encoder's weights, and returned in torch format
+    for that column."""
+    device = next(encoder.parameters()).device
+    weights = sum(parameter.double().sum().item() for parameter in encoder.parameters())
+    fingerprint = Hasher.hash([dataset._fingerprint, encoder.config.to_dict(), weights, str(autocast_dtype)])
+    features = dataset.features.copy()
+    features[ENCODER_STATES_COLUMN] = Array2D((None, encoder.config.hidden_size), "float32")
+    pads_left = prompt_tokenizer.padding_side == "left"
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        # Prompts of similar length share an encoder batch, so little of it is padding (2.5x less for NL2Bash).
+        lengths = [len(ids) for ids in batch["input_ids"]]
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        states = [None] * len(lengths)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            prompts = prompt_tokenizer.pad(
+                [{"input_ids": batch["input_ids"][i], "attention_mask": batch["attention_mask"][i]} for i in rows],
+                return_tensors="pt",
+            ).to(device)
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None),
+            ):
+                encoded = encoder(**prompts).last_hidden_state.float().cpu().numpy()
+            for i, state in zip(rows, encoded):
+                states[i] = state[-lengths[i] :] if pads_left else state[: lengths[i]]
+        return {ENCODER_STATES_COLUMN: states}
+
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        dataset = dataset.map(
+            encode,
+            batched=True,
+            batch_size=16 * batch_size,
+            features=features,
+            new_fingerprint=fingerprint,
+            desc="Encoding prompts",
+        )
+    finally:
+        encoder.train(was_training)
+    return dataset.with_format("torch", columns=[ENCODER_STATES_COLUMN], output_all_columns=True)
+
+
 def mask_spans(code: str, language: str) -> list[tuple[int, int]]:
     """Character spans of the identifiers and built-in keywords of `code`, the units CPD pre-training masks.
 
@@ -138,7 +198,8 @@ def mask_code(code: str, language: str, mask_rate: float, mask_token: str, gener
 
 @dataclass
 class CodeFusionDataCollator:
-    """Pads prompts with the prompt tokenizer and code with `<pad>` (the model pads code to the full canvas)."""
+    """Pads prompts with the prompt tokenizer and code with `<pad>` (the model pads code to the full canvas). Rows
+    with cached encoder states (`add_encoder_states`) give those, padded as the prompts, instead of `input_ids`."""
 
     prompt_tokenizer: PreTrainedTokenizerBase
     pad_token_id: int
@@ -152,11 +213,16 @@ class CodeFusionDataCollator:
             [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features],
             return_tensors="pt",
         )
-        return {
-            "input_ids": prompts["input_ids"],
-            "attention_mask": prompts["attention_mask"],
-            "labels": self.pad_labels(features),
-        }
+        batch = {"attention_mask": prompts["attention_mask"], "labels": self.pad_labels(features)}
+        if ENCODER_STATES_COLUMN not in features[0]:
+            return batch | {"input_ids": prompts["input_ids"]}
+        length = prompts["input_ids"].shape[1]
+        pads_left = self.prompt_tokenizer.padding_side == "left"
+        states = [
+            F.pad(state, (0, 0, length - len(state), 0) if pads_left else (0, 0, 0, length - len(state)))
+            for state in (f[ENCODER_STATES_COLUMN] for f in features)
+        ]
+        return batch | {ENCODER_STATES_COLUMN: torch.stack(states)}
 
 
 @dataclass
@@ -205,8 +271,10 @@ class CodeFusionPretrainingCollator(CodeFusionDataCollator):
 
 
 __all__ = [
+    "ENCODER_STATES_COLUMN",
     "CodeFusionDataCollator",
     "CodeFusionPretrainingCollator",
+    "add_encoder_states",
     "load_code_dataset",
     "mask_code",
     "mask_spans",

@@ -327,6 +327,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        encoder_last_hidden_state: torch.Tensor | None = None,
         timesteps: torch.LongTensor | None = None,
         noise: torch.Tensor | None = None,
         unconditional: torch.BoolTensor | None = None,
@@ -341,7 +342,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             labels: Code token ids, at most `max_code_length` long. Shorter rows are padded with `pad_token_id` to
                 the full canvas (or to `canvas_length`): the model learns to emit pad after the code. Positions set
                 to -100 are embedded as pad and excluded from every loss term.
-            encoder_hidden_states: Encoded prompt, instead of `input_ids`.
+            encoder_hidden_states: Encoded prompt, instead of `input_ids`: what [`~CodeFusionModel.encode`] returns.
+            encoder_last_hidden_state: The prompt encoder's own output, before the trained projection to the model
+                width, instead of `input_ids`: a frozen encoder's states cached once per dataset (see
+                `add_encoder_states`).
             timesteps: `(batch_size,)` diffusion steps; drawn uniformly from [0, T) when not given.
             noise: Gaussian noise shaped like the canvas; drawn when not given.
             unconditional: `(batch_size,)` booleans: these rows' prompt encoding is replaced by `prompt_noise` over
@@ -360,9 +364,13 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 f"labels have {labels.shape[1]} positions but the canvas holds max_code_length="
                 f"{self.config.max_code_length}: truncate the code when tokenizing."
             )
-        if encoder_hidden_states is None:
-            if input_ids is None:
-                raise ValueError("Pass either input_ids (the prompt) or encoder_hidden_states.")
+        prompts = {"input_ids": input_ids, "encoder_hidden_states": encoder_hidden_states}
+        prompts["encoder_last_hidden_state"] = encoder_last_hidden_state
+        if sum(value is not None for value in prompts.values()) != 1:
+            raise ValueError(f"Pass exactly one of {', '.join(prompts)} (the prompt, in one of its forms).")
+        if encoder_last_hidden_state is not None:
+            encoder_hidden_states = self.encoder_proj(encoder_last_hidden_state)
+        elif input_ids is not None:
             encoder_hidden_states = self.encode(input_ids, attention_mask)
         if unconditional is not None:
             if prompt_noise is None:

@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from .constants import ROUNDINGS
-from .data_codefusion import CodeFusionPretrainingCollator
+from .data_codefusion import CodeFusionDataCollator, CodeFusionPretrainingCollator, add_encoder_states
 from .hub_codefusion import check_readable
 from .metrics import exact_match, template_match
 from .modelcard_codefusion import hub_model_id
@@ -62,6 +62,14 @@ class CodeFusionTrainingArguments(TrainingArguments):
     )
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Phase 2: keep the prompt encoder frozen (phase 1 always freezes it)."}
+    )
+    cache_encoder_states: bool = field(
+        default=True,
+        metadata={
+            "help": "Phase 2 with a frozen encoder: encode the training and evaluation prompts once, before "
+            "training, and train on the cached states (datasets caches them on disk with the data) instead of "
+            "running the encoder at every step. The states are the same; only the time changes."
+        },
     )
     noise_loss_weight: float | None = field(default=None, metadata={"help": "Overrides config.noise_loss_weight."})
     embedding_loss_weight: float | None = field(
@@ -297,6 +305,13 @@ class CodeFusionTrainer(Trainer):
         self._loss_term_counts = {"train": 0, "eval": 0}
         self._eval_generator = None
         self._timestep_weights = self.timestep_weights(model.config.num_train_timesteps)  # drawn from every step
+        if self.caches_encoder_states():
+            with args.main_process_first(desc="encoding the prompts once"):
+                self.train_dataset = self.with_encoder_states(self.train_dataset)
+                if isinstance(self.eval_dataset, dict):
+                    self.eval_dataset = {name: self.with_encoder_states(d) for name, d in self.eval_dataset.items()}
+                else:
+                    self.eval_dataset = self.with_encoder_states(self.eval_dataset)
         if args.max_train_minutes is not None:
             self.add_callback(TimeLimitCallback(args.max_train_minutes, args.lr_decay_minutes))
             if not args.disable_tqdm:
@@ -306,6 +321,31 @@ class CodeFusionTrainer(Trainer):
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(not args.freeze_encoder)
         model.encoder_proj.requires_grad_(True)
+
+    def caches_encoder_states(self) -> bool:
+        """`args.cache_encoder_states` applies to a frozen encoder whose prompts come from the dataset's `input_ids`
+        (not phase 1's, whose CPD prompts are masked afresh at every draw) through the CodeFusion collator."""
+        collator = self.data_collator
+        return (
+            self.args.cache_encoder_states
+            and not any(parameter.requires_grad for parameter in self.model.encoder.parameters())
+            and isinstance(collator, CodeFusionDataCollator)
+            and not isinstance(collator, CodeFusionPretrainingCollator)
+        )
+
+    def with_encoder_states(self, dataset: Dataset | None) -> Dataset | None:
+        """`dataset` with the frozen encoder's states of its prompts (`add_encoder_states`), computed on the training
+        device and in its precision."""
+        if not isinstance(dataset, Dataset) or "input_ids" not in dataset.column_names:
+            return dataset
+        encoder = self.model.encoder
+        home = next(encoder.parameters()).device
+        encoder.to(self.args.device)  # FSDP leaves the model on the CPU until it wraps it
+        try:
+            dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+            return add_encoder_states(dataset, encoder, self.data_collator.prompt_tokenizer, autocast_dtype=dtype)
+        finally:
+            encoder.to(home)
 
     def eval_generator(self) -> torch.Generator:
         """The random draws of an evaluation, re-seeded by every `evaluate` call: the same timesteps and noise at every
