@@ -76,8 +76,8 @@ def main():
     decode = model.decode
     state = {"lengths": None, "commit": True}
 
-    def probed_decode(latents, encoder_hidden_states, encoder_attention_mask=None):
-        logits = decode(latents, encoder_hidden_states, encoder_attention_mask)
+    def probed_decode(latents, *args, **kwargs):
+        logits = decode(latents, *args, **kwargs)
         lengths = state["lengths"]
         return logits if lengths is None else force_length(logits, lengths, config.pad_token_id)
 

@@ -7,6 +7,7 @@ from conftest import tiny_config
 from transformers import AutoConfig, AutoModel, BertModel, T5EncoderModel
 
 from codefusion_hf import CodeFusionConfig, CodeFusionModel
+from codefusion_hf.modeling_codefusion import CodeFusionPromptCache
 
 
 def batch(tokenizer, prompts=("list all files", "show disk usage"), codes=("ls -la", "df -h")):
@@ -87,6 +88,44 @@ def test_encoder_hidden_states_replace_the_prompt(tiny_model, code_tokenizer):
     assert torch.isfinite(output.loss)
     output.loss.backward()
     assert all(p.grad is None for p in tiny_model.encoder.parameters())
+
+
+def test_prompt_inputs_are_exclusive(tiny_model, code_tokenizer):
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    states = tiny_model.encode(input_ids, attention_mask)
+    with pytest.raises(ValueError, match="exactly one of input_ids, encoder_hidden_states"):
+        tiny_model(input_ids=input_ids, encoder_hidden_states=states, labels=labels)
+    with pytest.raises(ValueError, match="exactly one of"):
+        tiny_model(labels=labels)
+
+
+def test_the_prompt_cache_gives_the_outputs_of_the_prompt(code_tokenizer):
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, hidden_size=48)).eval()
+    input_ids, attention_mask, _ = batch(code_tokenizer)
+    states = model.encode(input_ids, attention_mask)
+    cache = model.cache_prompt(states)
+    canvas = torch.randn(2, model.config.max_code_length, model.config.latent_dim)
+    timesteps = torch.tensor([3, 40])
+    torch.testing.assert_close(
+        model.denoise(canvas, timesteps, states, attention_mask, prompt_cache=cache),
+        model.denoise(canvas, timesteps, states, attention_mask),
+    )
+    torch.testing.assert_close(
+        model.decode(canvas, states, attention_mask, prompt_cache=cache), model.decode(canvas, states, attention_mask)
+    )
+    # Rows of a cache, and caches joined, are the caches of those prompts.
+    other = torch.randn_like(states)
+    joined = CodeFusionPromptCache.cat([cache, model.cache_prompt(other)])
+    both = torch.cat([states, other])
+    torch.testing.assert_close(
+        model.decode(torch.cat([canvas, canvas]), both, prompt_cache=joined),
+        model.decode(torch.cat([canvas, canvas]), both),
+    )
+    torch.testing.assert_close(
+        model.decode(canvas[1:], states[1:], attention_mask[1:], prompt_cache=cache[1:]),
+        model.decode(canvas[1:], states[1:], attention_mask[1:]),
+    )
 
 
 def test_gradient_checkpointing_gives_same_gradients(code_tokenizer):

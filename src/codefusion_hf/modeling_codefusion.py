@@ -52,20 +52,32 @@ class CodeFusionAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * hidden_size))
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
+    def project_key_value(self, key_value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of `key_value_states`, `(batch_size, num_heads, length, head_dim)` each: what a
+        cross-attention over an unchanging prompt can compute once."""
+        width = key_value_states.shape[-1]
+        key, value = F.linear(key_value_states, self.in_proj_weight[width:], self.in_proj_bias[width:]).chunk(2, -1)
+        return key.unflatten(-1, (self.num_heads, -1)).transpose(1, 2), value.unflatten(
+            -1, (self.num_heads, -1)
+        ).transpose(1, 2)
+
     def forward(
-        self, hidden_states: torch.Tensor, key_value_states: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Attend from `hidden_states` to `key_value_states` (the same tensor for self-attention);
-        `key_padding_mask` is True at keys to ignore."""
+        """Attend from `hidden_states` to `key_value_states` (the same tensor for self-attention), or to their
+        projected `key_value` when given; `key_padding_mask` is True at keys to ignore."""
+        width = hidden_states.shape[-1]
         if key_value_states is hidden_states:
             query, key, value = F.linear(hidden_states, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+            key, value = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (key, value))
         else:
-            width = hidden_states.shape[-1]
             query = F.linear(hidden_states, self.in_proj_weight[:width], self.in_proj_bias[:width])
-            key, value = F.linear(key_value_states, self.in_proj_weight[width:], self.in_proj_bias[width:]).chunk(
-                2, -1
-            )
-        query, key, value = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (query, key, value))
+            key, value = self.project_key_value(key_value_states) if key_value is None else key_value
+        query = query.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
@@ -90,12 +102,16 @@ class CodeFusionLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, encoder_padding_mask: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_padding_mask: torch.Tensor,
+        prompt_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         normed = self.self_attn_norm(hidden_states)
         hidden_states = hidden_states + self.dropout(self.self_attn(normed, normed))
         normed = self.cross_attn_norm(hidden_states)
-        attended = self.cross_attn(normed, encoder_hidden_states, encoder_padding_mask)
+        attended = self.cross_attn(normed, encoder_hidden_states, encoder_padding_mask, prompt_key_value)
         hidden_states = hidden_states + self.dropout(attended)
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
 
@@ -133,14 +149,45 @@ class CodeFusionStack(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_padding_mask: torch.Tensor,
         conditioning: torch.Tensor | None = None,
+        prompt_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         positions = torch.arange(latents.shape[1], device=latents.device)
         hidden_states = self.input_proj(latents) + self.position_embedding(positions)
         if conditioning is not None:  # one vector per row, or one per position
             hidden_states = hidden_states + (conditioning[:, None, :] if conditioning.ndim == 2 else conditioning)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, encoder_hidden_states, encoder_padding_mask)
+        for index, layer in enumerate(self.layers):
+            key_value = None if prompt_key_values is None else prompt_key_values[index]
+            hidden_states = layer(hidden_states, encoder_hidden_states, encoder_padding_mask, key_value)
         return self.norm(hidden_states)
+
+    def prompt_key_values(self, encoder_hidden_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's cross-attention keys and values of the prompt."""
+        return [layer.cross_attn.project_key_value(encoder_hidden_states) for layer in self.layers]
+
+
+@dataclass
+class CodeFusionPromptCache:
+    """The cross-attention keys and values of an encoded prompt in every denoiser and decoder layer. The prompt is
+    the same at every sampling step, so a sampler projects them once per call
+    ([`~CodeFusionModel.cache_prompt`]) instead of once per layer and step."""
+
+    denoiser: list[tuple[torch.Tensor, torch.Tensor]]
+    decoder: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def __getitem__(self, rows: torch.Tensor | slice) -> "CodeFusionPromptCache":
+        """The cache of some rows (candidates), e.g. those still being denoised."""
+        return CodeFusionPromptCache(
+            *([(key[rows], value[rows]) for key, value in stack] for stack in (self.denoiser, self.decoder))
+        )
+
+    @classmethod
+    def cat(cls, caches: list["CodeFusionPromptCache"]) -> "CodeFusionPromptCache":
+        """The caches' rows one after the other, as `torch.cat` of their prompts would give."""
+
+        def joined(stacks):
+            return [tuple(torch.cat(tensors) for tensors in zip(*layers)) for layers in zip(*stacks)]
+
+        return cls(joined([c.denoiser for c in caches]), joined([c.decoder for c in caches]))
 
 
 def build_encoder(encoder_config, pretrained_name_or_path: str | None = None, **kwargs) -> PreTrainedModel:
@@ -241,6 +288,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.encoder_proj(hidden_states)
 
+    def cache_prompt(self, encoder_hidden_states: torch.Tensor) -> CodeFusionPromptCache:
+        """Project the encoded prompt to every denoiser and decoder layer's cross-attention keys and values once,
+        for [`~CodeFusionModel.denoise`] and [`~CodeFusionModel.decode`] calls over many steps (`prompt_cache=`)."""
+        return CodeFusionPromptCache(
+            self.denoiser.prompt_key_values(encoder_hidden_states),
+            self.decoder.prompt_key_values(encoder_hidden_states),
+        )
+
     def embed_code(self, code_ids: torch.LongTensor) -> torch.Tensor:
         """L(y): the continuous embedding of code tokens, the space diffusion runs in."""
         return self.code_embedding(code_ids)
@@ -256,13 +311,15 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         self_condition: torch.Tensor | None = None,
+        prompt_cache: CodeFusionPromptCache | None = None,
     ) -> torch.Tensor:
         """The denoiser N: predicts the noise (or x0, see `config.prediction_type`) in a noisy canvas.
 
         `timesteps` holds one step for all rows, one per row, or one per canvas position `(batch_size,
         canvas_length)` (a canvas with committed positions, see `config.commit_probability`). `self_condition` is
         the previous x0 estimate, shaped like the canvas, for a model trained with `config.self_condition` (zeros
-        when not given, as at the first sampling step)."""
+        when not given, as at the first sampling step). `prompt_cache` ([`~CodeFusionModel.cache_prompt`] of
+        `encoder_hidden_states`) saves projecting the prompt again."""
         if self.config.self_condition:
             if self_condition is None:
                 self_condition = torch.zeros_like(noisy_latents)
@@ -273,7 +330,11 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         time_embedding = self.time_embedding(self.time_proj(timesteps.flatten()).to(noisy_latents.dtype))
         time_embedding = time_embedding.view(*timesteps.shape, time_embedding.shape[-1])  # also for 0 rows
         hidden_states = self.denoiser(
-            noisy_latents, encoder_hidden_states, _padding_mask(encoder_attention_mask), conditioning=time_embedding
+            noisy_latents,
+            encoder_hidden_states,
+            _padding_mask(encoder_attention_mask),
+            conditioning=time_embedding,
+            prompt_key_values=None if prompt_cache is None else prompt_cache.denoiser,
         )
         return self.denoiser_out(hidden_states)
 
@@ -282,9 +343,16 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         latents: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
+        prompt_cache: CodeFusionPromptCache | None = None,
     ) -> torch.Tensor:
-        """The decoder D and head: logits over the code vocabulary for each canvas position of a denoised canvas."""
-        hidden_states = self.decoder(latents, encoder_hidden_states, _padding_mask(encoder_attention_mask))
+        """The decoder D and head: logits over the code vocabulary for each canvas position of a denoised canvas.
+        `prompt_cache` as in [`~CodeFusionModel.denoise`]."""
+        hidden_states = self.decoder(
+            latents,
+            encoder_hidden_states,
+            _padding_mask(encoder_attention_mask),
+            prompt_key_values=None if prompt_cache is None else prompt_cache.decoder,
+        )
         return self.lm_head(hidden_states)
 
     def round_estimate(
@@ -533,4 +601,4 @@ def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 CodeFusionModel.register_for_auto_class("AutoModel")
 AutoModel.register(CodeFusionConfig, CodeFusionModel, exist_ok=True)
 
-__all__ = ["CodeFusionModel", "CodeFusionModelOutput", "CodeFusionPreTrainedModel"]
+__all__ = ["CodeFusionModel", "CodeFusionModelOutput", "CodeFusionPreTrainedModel", "CodeFusionPromptCache"]

@@ -15,8 +15,9 @@ from transformers import PreTrainedTokenizerBase
 
 from .constants import DECODER_ROUNDINGS, ROUNDINGS
 from .hub_codefusion import CodeFusionPipelineHubMixin
-from .modeling_codefusion import CodeFusionModel
+from .modeling_codefusion import CodeFusionModel, CodeFusionPromptCache
 from .scheduling_codefusion import CodeFusionScheduler
+from .scheduling_codefusion_commit import most_likely_tokens
 
 logger = logging.get_logger(__name__)
 
@@ -210,14 +211,19 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def read_tokens(
-        self, step: BaseOutput, canvas: torch.Tensor, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        step: BaseOutput,
+        canvas: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_cache: CodeFusionPromptCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The tokens of a step (see `score_tokens`): those a committing scheduler holds, else the decoder's most
         likely token at every position of `canvas` and its log-probability."""
         if getattr(step, "token_ids", None) is not None:
             return self.score_tokens(step.token_ids, step.token_log_probs)
-        log_probs = self.model.decode(canvas, encoder_hidden_states, attention_mask).float().log_softmax(dim=-1)
-        token_log_probs, token_ids = log_probs.max(dim=-1)
+        logits = self.model.decode(canvas, encoder_hidden_states, attention_mask, prompt_cache)
+        token_log_probs, token_ids = most_likely_tokens(logits)
         return self.score_tokens(token_ids, token_log_probs)
 
     def score_tokens(
@@ -243,20 +249,29 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         self_condition: torch.Tensor | None,
         guidance_scale: float = 1.0,
         unconditional_states: torch.Tensor | None = None,
+        prompt_cache: CodeFusionPromptCache | None = None,
+        unconditional_cache: CodeFusionPromptCache | None = None,
     ) -> torch.Tensor:
         """The denoiser's output; with `guidance_scale > 1`, classifier-free guidance (Ho & Salimans, 2022): the
         conditional and the unconditional outputs come from one batch of twice the rows, and the result is
         `unconditional + guidance_scale * (conditional - unconditional)`. The unconditional rows read
         `unconditional_states` (Gaussian noise, the prompt encoding of unconditional training) over an unmasked
-        prompt, as the model saw them in training."""
+        prompt, as the model saw them in training. `prompt_cache` and `unconditional_cache` are the
+        [`~CodeFusionModel.cache_prompt`] of both prompt encodings."""
         if guidance_scale == 1:
-            return self.model.denoise(latents, timesteps, encoder_hidden_states, attention_mask, self_condition)
+            return self.model.denoise(
+                latents, timesteps, encoder_hidden_states, attention_mask, self_condition, prompt_cache
+            )
+        cache = None
+        if prompt_cache is not None and unconditional_cache is not None:
+            cache = CodeFusionPromptCache.cat([prompt_cache, unconditional_cache])
         output = self.model.denoise(
             torch.cat([latents, latents]),
             timesteps if timesteps.ndim == 0 else torch.cat([timesteps, timesteps]),
             torch.cat([encoder_hidden_states, unconditional_states]),
             torch.cat([attention_mask, torch.ones_like(attention_mask)]),
             None if self_condition is None else torch.cat([self_condition, self_condition]),
+            cache,
         )
         conditional, unconditional = output.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
@@ -384,6 +399,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
             dtype = encoder_hidden_states.dtype
             latents = self.prepare_latents(len(prompts) * num_return_sequences, dtype, device, generator, latents)
+            prompt_cache = self.model.cache_prompt(encoder_hidden_states)  # the prompt is the same at every step
             unconditional_states = None  # drawn after the canvas, so guidance leaves the starting noise as it was
             if guidance_scale > 1:
                 unconditional_states = randn_tensor(
@@ -394,13 +410,15 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             if reads_tokens:
                 step_kwargs["code_embeddings"] = code_embeddings
 
-            trajectory = []
+            trajectory, unconditional_cache = [], None
             self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
             for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
                 if self.guidance_scale > 1 and unconditional_states is None:  # guidance turned on by a callback
                     unconditional_states = randn_tensor(
                         encoder_hidden_states.shape, generator=generator, device=device, dtype=dtype
                     )
+                if self.guidance_scale > 1 and unconditional_cache is None:
+                    unconditional_cache = self.model.cache_prompt(unconditional_states)
                 denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, latents)
                 model_output = self.guided_denoise(
                     latents,
@@ -410,13 +428,15 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     self_condition,
                     self.guidance_scale,
                     unconditional_states,
+                    prompt_cache,
+                    unconditional_cache,
                 )
                 estimate = self.scheduler.clip_original_sample(
                     self.scheduler.predict_original_sample(model_output, denoiser_timesteps, latents)
                 )
                 logits = None
                 if reads_tokens or rounding in DECODER_ROUNDINGS:  # one decoder pass serves both
-                    logits = self.model.decode(estimate, encoder_hidden_states, attention_mask)
+                    logits = self.model.decode(estimate, encoder_hidden_states, attention_mask, prompt_cache)
                 if reads_tokens:
                     step_kwargs["logits"] = logits
                 if not reads_tokens or self.model.config.self_condition:  # else nothing reads the rounded estimate
@@ -431,7 +451,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     self_condition = step.pred_original_sample
                 if step_index in record_steps:
                     token_ids, lengths, _ = self.read_tokens(
-                        step, step.pred_original_sample, encoder_hidden_states, attention_mask
+                        step, step.pred_original_sample, encoder_hidden_states, attention_mask, prompt_cache
                     )
                     trajectory.append(
                         {
@@ -446,7 +466,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     latents = callback_outputs.pop("latents", latents)
 
             # A committing scheduler's text is its committed tokens (a callback changes only the canvas it reads).
-            token_ids, lengths, scores = self.read_tokens(step, latents, encoder_hidden_states, attention_mask)
+            token_ids, lengths, scores = self.read_tokens(
+                step, latents, encoder_hidden_states, attention_mask, prompt_cache
+            )
         finally:
             self.model.train(was_training)
 

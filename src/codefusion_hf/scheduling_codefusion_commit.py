@@ -12,6 +12,14 @@ from diffusers.utils.torch_utils import randn_tensor
 from .scheduling_codefusion import CodeFusionScheduler
 
 
+def most_likely_tokens(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability and id of the most likely token at each position of `(..., vocab_size)` logits, as
+    `logits.log_softmax(-1).max(-1)` gives them but without a second vocabulary-sized tensor: the top logit minus
+    the log-sum-exp."""
+    top_logits, token_ids = logits.max(dim=-1)
+    return top_logits.float() - logits.float().logsumexp(dim=-1), token_ids
+
+
 @dataclass
 class CodeFusionCommitSchedulerOutput(BaseOutput):
     """
@@ -115,7 +123,7 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             self.committed_positions = torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device)
             self.committed_tokens = torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device)
             self.committed_log_probs = torch.zeros(batch_size, canvas_length, device=device)
-        step_log_probs, step_tokens = logits.float().log_softmax(dim=-1).max(dim=-1)
+        step_log_probs, step_tokens = most_likely_tokens(logits)
         tokens = torch.where(self.committed_positions, self.committed_tokens, step_tokens)
         token_log_probs = torch.where(self.committed_positions, self.committed_log_probs, step_log_probs)
         count = self.commit_count(step_index, canvas_length)
@@ -145,4 +153,4 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
         )
 
 
-__all__ = ["CodeFusionCommitScheduler", "CodeFusionCommitSchedulerOutput"]
+__all__ = ["CodeFusionCommitScheduler", "CodeFusionCommitSchedulerOutput", "most_likely_tokens"]

