@@ -517,3 +517,79 @@ def test_a_callback_sees_the_call_and_can_change_guidance(tiny_pipeline, monkeyp
     seeded(tiny_pipeline, "list all files", callback_on_step_end=callback)
     assert seen == [(5, 1.0), (5, 1.0), (5, 3.0), (5, 3.0), (5, 3.0)]
     assert scales == [1.0, 1.0, 3.0, 3.0, 3.0]
+
+
+def record_denoised_shapes(pipe, monkeypatch) -> list[tuple[int, int]]:
+    """The (rows, canvas positions) of every denoiser call of `pipe`."""
+    shapes, denoise = [], pipe.model.denoise
+    monkeypatch.setattr(
+        pipe.model,
+        "denoise",
+        lambda latents, *a, **k: shapes.append(tuple(latents.shape[:2])) or denoise(latents, *a, **k),
+    )
+    return shapes
+
+
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS)
+def test_stop_when_stable_finishes_candidates_whose_tokens_hold(overfit_pipeline, scheduler_class, monkeypatch):
+    pipe = with_scheduler(overfit_pipeline, scheduler_class)
+    shapes = record_denoised_shapes(pipe, monkeypatch)
+    prompts = [prompt for prompt, _ in PAIRS]
+    output = pipe(
+        prompts,
+        num_inference_steps=20,
+        num_return_sequences=3,
+        stop_when_stable=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    # The memorised code ranks first, from fewer rows and steps (a candidate stopped early may be cut short).
+    assert [candidates[0] for candidates in output.code] == [code for _, code in PAIRS]
+    rows = [shape[0] for shape in shapes]
+    assert rows[0] == 3 * len(PAIRS) and rows == sorted(rows, reverse=True)
+    assert sum(rows) < 20 * rows[0]
+    # A threshold no candidate reaches changes nothing.
+    kwargs = {"num_return_sequences": 2, "output_type": "pt"}
+    never = seeded(pipe, ["list all files", "show disk usage"], stop_when_stable=100, **kwargs)
+    default = seeded(pipe, ["list all files", "show disk usage"], **kwargs)
+    assert torch.equal(never.code, default.code) and never.scores == default.scores
+
+
+def test_canvas_margin_stops_computing_the_committed_tail(overfit_pipeline, monkeypatch):
+    pipe = with_scheduler(overfit_pipeline, CodeFusionCommitScheduler)
+    shapes = record_denoised_shapes(pipe, monkeypatch)
+    canvas = pipe.model.config.max_code_length
+    prompts = [prompt for prompt, _ in PAIRS]
+    output = pipe(
+        prompts,
+        num_inference_steps=10,
+        num_return_sequences=2,
+        canvas_margin=1,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
+    lengths = [shape[1] for shape in shapes]
+    assert lengths[0] == canvas and lengths[-1] < canvas and lengths == sorted(lengths, reverse=True)
+    assert output.code.shape[-1] == canvas  # the cut positions come back as the pad they committed
+    texts = pipe.tokenizer.batch_decode(output.code[:, 0], skip_special_tokens=True)
+    assert texts == [code for _, code in PAIRS]
+    # A margin of the whole canvas cuts nothing: the outputs of the default.
+    shapes.clear()
+    whole = seeded(pipe, prompts, canvas_margin=canvas, output_type="pt")
+    assert {shape[1] for shape in shapes} == {canvas}
+    assert torch.equal(whole.code, seeded(pipe, prompts, output_type="pt").code)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"stop_when_stable": 0}, "stop_when_stable must be None"),
+        ({"stop_when_stable": 1.5}, "stop_when_stable must be None"),
+        ({"canvas_margin": -1}, "canvas_margin must be None"),
+        ({"canvas_margin": 17}, "canvas_margin must be None"),
+        ({"canvas_margin": 2, "scheduler": CodeFusionScheduler}, "commits nothing"),
+    ],
+)
+def test_early_stop_arguments_are_checked(tiny_pipeline, kwargs, match):
+    pipe = with_scheduler(tiny_pipeline, kwargs.pop("scheduler", CodeFusionCommitScheduler))
+    with pytest.raises(ValueError, match=match):
+        seeded(pipe, "list all files", **kwargs)

@@ -41,6 +41,39 @@ class CodeFusionPipelineOutput(BaseOutput):
     trajectory: list[dict] | None = None
 
 
+@dataclass
+class DenoisingRows:
+    """What the candidates still being denoised read at every step. `stop_when_stable` and `canvas_margin` shrink
+    it as candidates finish and as the tail of the canvas settles, so that settled work is not computed again."""
+
+    indices: torch.LongTensor  # each row's candidate in the call
+    latents: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_cache: CodeFusionPromptCache
+    generator: torch.Generator | list[torch.Generator] | None
+    self_condition: torch.Tensor | None = None
+    unconditional_states: torch.Tensor | None = None
+    unconditional_cache: CodeFusionPromptCache | None = None
+
+    def select(self, keep: torch.BoolTensor, canvas_length: int) -> "DenoisingRows":
+        """The rows `keep`, with the canvas cut to its first `canvas_length` positions."""
+        generator = self.generator
+        if isinstance(generator, list):  # one generator per candidate
+            generator = [g for g, kept in zip(generator, keep.tolist()) if kept]
+        return DenoisingRows(
+            indices=self.indices[keep],
+            latents=self.latents[keep, :canvas_length],
+            encoder_hidden_states=self.encoder_hidden_states[keep],
+            attention_mask=self.attention_mask[keep],
+            prompt_cache=self.prompt_cache[keep],
+            generator=generator,
+            self_condition=None if self.self_condition is None else self.self_condition[keep, :canvas_length],
+            unconditional_states=None if self.unconditional_states is None else self.unconditional_states[keep],
+            unconditional_cache=None if self.unconditional_cache is None else self.unconditional_cache[keep],
+        )
+
+
 class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
     r"""
     Generates code from natural language with a [`CodeFusionModel`]: the prompt is encoded once, `k` Gaussian
@@ -119,6 +152,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         timesteps: list[int] | None = None,
         eta: float = 0.0,
         guidance_scale: float = 1.0,
+        stop_when_stable: int | None = None,
+        canvas_margin: int | None = None,
     ) -> list[str]:
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
@@ -157,6 +192,22 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             raise ValueError(
                 f"guidance_scale must be a finite number >= 1 (1 turns guidance off), got {guidance_scale!r}."
             )
+        if stop_when_stable is not None and (not is_integer(stop_when_stable) or stop_when_stable < 1):
+            raise ValueError(
+                f"stop_when_stable must be None (never stop early) or a number of steps >= 1, "
+                f"got {stop_when_stable!r}."
+            )
+        if canvas_margin is not None:
+            if not is_integer(canvas_margin) or not 0 <= canvas_margin <= canvas:
+                raise ValueError(
+                    f"canvas_margin must be None (the whole canvas) or an integer from 0 to {canvas}, "
+                    f"got {canvas_margin!r}."
+                )
+            if not hasattr(self.scheduler, "committed_positions"):
+                raise ValueError(
+                    f"canvas_margin cuts the committed tail of the canvas, but {type(self.scheduler).__name__} "
+                    "commits nothing: sample with CodeFusionCommitScheduler, or leave canvas_margin at None."
+                )
         expected_shape = (len(prompts) * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
             raise ValueError(
@@ -211,20 +262,25 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def read_tokens(
-        self,
-        step: BaseOutput,
-        canvas: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor,
-        prompt_cache: CodeFusionPromptCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The tokens of a step (see `score_tokens`): those a committing scheduler holds, else the decoder's most
-        likely token at every position of `canvas` and its log-probability."""
+        self, step: BaseOutput, canvas: torch.Tensor, rows: "DenoisingRows"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token ids of a step and their log-probabilities: those a committing scheduler holds, else the decoder's
+        most likely token at every position of `canvas` (the rows' canvas or x0 estimate)."""
         if getattr(step, "token_ids", None) is not None:
-            return self.score_tokens(step.token_ids, step.token_log_probs)
-        logits = self.model.decode(canvas, encoder_hidden_states, attention_mask, prompt_cache)
+            return step.token_ids, step.token_log_probs
+        logits = self.model.decode(canvas, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache)
         token_log_probs, token_ids = most_likely_tokens(logits)
-        return self.score_tokens(token_ids, token_log_probs)
+        return token_ids, token_log_probs
+
+    def settled_canvas_length(self, token_ids: torch.Tensor, committed: torch.Tensor, canvas_margin: int) -> int:
+        """How much of the canvas is still worth computing: up to the last position, in any row, that is not a
+        committed pad or eos, plus `canvas_margin` settled positions (what a model trained with that
+        `canvas_margin` saw after the code)."""
+        config = self.model.config
+        settled = committed & ((token_ids == config.pad_token_id) | (token_ids == config.eos_token_id))
+        positions = torch.arange(1, token_ids.shape[1] + 1, device=token_ids.device)
+        last_unsettled = int((positions * ~settled).max())
+        return max(1, min(token_ids.shape[1], last_unsettled + canvas_margin))
 
     def score_tokens(
         self, token_ids: torch.Tensor, token_log_probs: torch.Tensor
@@ -332,6 +388,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         latents: torch.Tensor | None = None,
         rounding: str | None = None,
         guidance_scale: float = 1.0,
+        stop_when_stable: int | None = None,
+        canvas_margin: int | None = None,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -362,6 +420,17 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 away from the unconditional one, whose prompt encoding is Gaussian noise (see [`guided_denoise`]).
                 It needs a model that learned unconditional generation: phase 1's unconditional task, kept in phase
                 2 with `--prompt_dropout_probability`. Each step then costs two denoiser passes. 1 (default): off.
+            stop_when_stable: Finish a candidate once its tokens have not changed for this many steps: its text is
+                its tokens of that step, and it is no longer computed (the others go on). With
+                [`CodeFusionScheduler`] the tokens are read by a decoder pass at every step. None (default): every
+                candidate takes every step.
+            canvas_margin: With [`CodeFusionCommitScheduler`]: stop computing the tail of the canvas once every
+                candidate has committed pad (or eos) there, keeping this many settled positions after the last
+                unsettled one (a model trained with the trainer's `canvas_margin` saw that many pads after the
+                code). None (default): the whole canvas at every step.
+
+            With `stop_when_stable` or `canvas_margin`, a step callback's `latents` are those of the candidates
+            still denoised, cut to the canvas still computed.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -378,6 +447,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             timesteps,
             eta,
             guidance_scale,
+            stop_when_stable,
+            canvas_margin,
         )
         rounding = self.resolve_rounding(rounding)
         device = self._execution_device
@@ -399,60 +470,87 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
             dtype = encoder_hidden_states.dtype
             latents = self.prepare_latents(len(prompts) * num_return_sequences, dtype, device, generator, latents)
-            prompt_cache = self.model.cache_prompt(encoder_hidden_states)  # the prompt is the same at every step
-            unconditional_states = None  # drawn after the canvas, so guidance leaves the starting noise as it was
-            if guidance_scale > 1:
-                unconditional_states = randn_tensor(
+            rows = DenoisingRows(
+                indices=torch.arange(len(latents), device=device),
+                latents=latents,
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=attention_mask,
+                prompt_cache=self.model.cache_prompt(encoder_hidden_states),  # the prompt is the same at every step
+                generator=generator,
+            )
+            if guidance_scale > 1:  # drawn after the canvas, so guidance leaves the starting noise as it was
+                rows.unconditional_states = randn_tensor(
                     encoder_hidden_states.shape, generator=generator, device=device, dtype=dtype
                 )
             code_embeddings = self.model.code_embedding_matrix() if reads_tokens or rounding == "nearest" else None
-            step_kwargs = {"generator": generator} | ({"eta": eta} if "eta" in step_parameters else {})
+            step_kwargs = {"eta": eta} if "eta" in step_parameters else {}
             if reads_tokens:
                 step_kwargs["code_embeddings"] = code_embeddings
+            # The latest tokens, their log-probabilities and the canvas of every candidate, kept up to date where
+            # candidates finish early or the canvas is cut.
+            config = self.model.config
+            all_token_ids = torch.full(latents.shape[:2], config.pad_token_id, dtype=torch.long, device=device)
+            all_log_probs = torch.zeros(latents.shape[:2], device=device)
+            all_latents = latents.clone()
+            stable_steps = torch.full((len(latents),), -1, device=device)  # steps each candidate's tokens held
 
-            trajectory, unconditional_cache = [], None
-            self_condition = None  # the previous step's x0 estimate, for models trained with self-conditioning
+            trajectory = []
             for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                if self.guidance_scale > 1 and unconditional_states is None:  # guidance turned on by a callback
-                    unconditional_states = randn_tensor(
-                        encoder_hidden_states.shape, generator=generator, device=device, dtype=dtype
+                if self.guidance_scale > 1 and rows.unconditional_states is None:  # turned on by a callback
+                    rows.unconditional_states = randn_tensor(
+                        rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
                     )
-                if self.guidance_scale > 1 and unconditional_cache is None:
-                    unconditional_cache = self.model.cache_prompt(unconditional_states)
-                denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, latents)
+                if self.guidance_scale > 1 and rows.unconditional_cache is None:
+                    rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
+                denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
                 model_output = self.guided_denoise(
-                    latents,
+                    rows.latents,
                     denoiser_timesteps,
-                    encoder_hidden_states,
-                    attention_mask,
-                    self_condition,
+                    rows.encoder_hidden_states,
+                    rows.attention_mask,
+                    rows.self_condition,
                     self.guidance_scale,
-                    unconditional_states,
-                    prompt_cache,
-                    unconditional_cache,
+                    rows.unconditional_states,
+                    rows.prompt_cache,
+                    rows.unconditional_cache,
                 )
                 estimate = self.scheduler.clip_original_sample(
-                    self.scheduler.predict_original_sample(model_output, denoiser_timesteps, latents)
+                    self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
                 )
                 logits = None
                 if reads_tokens or rounding in DECODER_ROUNDINGS:  # one decoder pass serves both
-                    logits = self.model.decode(estimate, encoder_hidden_states, attention_mask, prompt_cache)
+                    logits = self.model.decode(
+                        estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
+                    )
                 if reads_tokens:
                     step_kwargs["logits"] = logits
-                if not reads_tokens or self.model.config.self_condition:  # else nothing reads the rounded estimate
+                if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
                     estimate = self.model.round_estimate(
                         estimate, rounding, logits=logits, code_embeddings=code_embeddings
                     )
                 step = self.scheduler.step(
-                    model_output, timestep, latents, pred_original_sample=estimate, **step_kwargs
+                    model_output,
+                    timestep,
+                    rows.latents,
+                    generator=rows.generator,
+                    pred_original_sample=estimate,
+                    **step_kwargs,
                 )
-                latents = step.prev_sample
-                if self.model.config.self_condition:
-                    self_condition = step.pred_original_sample
-                if step_index in record_steps:
-                    token_ids, lengths, _ = self.read_tokens(
-                        step, step.pred_original_sample, encoder_hidden_states, attention_mask, prompt_cache
+                rows.latents = step.prev_sample
+                if config.self_condition:
+                    rows.self_condition = step.pred_original_sample
+                is_last = step_index + 1 == len(self.scheduler.timesteps)
+                if step_index in record_steps or (not is_last and (stop_when_stable or canvas_margin is not None)):
+                    token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
+                    length = token_ids.shape[1]
+                    changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
+                    stable_steps[rows.indices] = torch.where(changed, 0, stable_steps[rows.indices] + 1)
+                    all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = (
+                        token_ids,
+                        token_log_probs,
                     )
+                if step_index in record_steps:
+                    token_ids, lengths, _ = self.score_tokens(all_token_ids, all_log_probs)
                     trajectory.append(
                         {
                             "step": step_index,
@@ -461,14 +559,37 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                         }
                     )
                 if callback_on_step_end is not None:
-                    callback_kwargs = {name: {"latents": latents}[name] for name in callback_on_step_end_tensor_inputs}
+                    callback_kwargs = {
+                        name: {"latents": rows.latents}[name] for name in callback_on_step_end_tensor_inputs
+                    }
                     callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
-                    latents = callback_outputs.pop("latents", latents)
+                    rows.latents = callback_outputs.pop("latents", rows.latents)
+                if not is_last and (stop_when_stable or canvas_margin is not None):
+                    keep = torch.ones_like(rows.indices, dtype=torch.bool)
+                    if stop_when_stable:
+                        keep = stable_steps[rows.indices] < stop_when_stable
+                    length = rows.latents.shape[1]
+                    if canvas_margin is not None and keep.any():
+                        length = self.settled_canvas_length(
+                            all_token_ids[rows.indices[keep], :length],
+                            self.scheduler.committed_positions[keep],
+                            canvas_margin,
+                        )
+                    if not keep.all() or length < rows.latents.shape[1]:
+                        all_latents[rows.indices, : rows.latents.shape[1]] = rows.latents
+                        rows = rows.select(keep, length)
+                        self.scheduler.select(keep, length)
+                        if len(rows.indices) == 0:
+                            break
 
-            # A committing scheduler's text is its committed tokens (a callback changes only the canvas it reads).
-            token_ids, lengths, scores = self.read_tokens(
-                step, latents, encoder_hidden_states, attention_mask, prompt_cache
-            )
+            if len(rows.indices):
+                # A committing scheduler's text is its committed tokens (a callback changes only the canvas it reads).
+                token_ids, token_log_probs = self.read_tokens(step, rows.latents, rows)
+                length = token_ids.shape[1]
+                all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = token_ids, token_log_probs
+                all_latents[rows.indices, :length] = rows.latents
+            token_ids, lengths, scores = self.score_tokens(all_token_ids, all_log_probs)
+            latents = all_latents
         finally:
             self.model.train(was_training)
 

@@ -206,6 +206,10 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         position = self.index_for_timestep(timestep) + 1
         return self.timesteps[position] if position < len(self.timesteps) else None
 
+    def select(self, keep: torch.BoolTensor, canvas_length: int) -> None:
+        """Follow the pipeline when it stops computing some rows (`keep` is False there) or the canvas past
+        `canvas_length`: this scheduler keeps no per-row state, so there is nothing to cut."""
+
     def denoiser_timesteps(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The timesteps the denoiser reads for `sample` at `timestep`: the same for every row and position here; a
         committing sampler gives its committed positions t = 0."""

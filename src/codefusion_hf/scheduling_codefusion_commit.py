@@ -61,6 +61,8 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
     committed_positions: torch.BoolTensor | None = None
     committed_tokens: torch.LongTensor | None = None
     committed_log_probs: torch.Tensor | None = None
+    # Positions cut off the end of the canvas by `select`, every one committed: the schedule still counts them.
+    cut_positions: int = 0
 
     def set_timesteps(
         self,
@@ -71,6 +73,18 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
         """As [`CodeFusionScheduler.set_timesteps`]; also starts a new sampling with nothing committed."""
         super().set_timesteps(num_inference_steps, device, timesteps)
         self.committed_positions = self.committed_tokens = self.committed_log_probs = None
+        self.cut_positions = 0
+
+    def select(self, keep: torch.BoolTensor, canvas_length: int) -> None:
+        """Keep the committed state of the rows `keep` and of the first `canvas_length` positions, as the pipeline
+        does when candidates finish early or the committed tail of the canvas is no longer computed."""
+        if self.committed_positions is None:
+            return
+        self.cut_positions += self.committed_positions.shape[1] - canvas_length
+        self.committed_positions, self.committed_tokens, self.committed_log_probs = (
+            state[keep, :canvas_length]
+            for state in (self.committed_positions, self.committed_tokens, self.committed_log_probs)
+        )
 
     def commit_count(self, step_index: int, canvas_length: int) -> int:
         """How many positions are committed after step `step_index`: mask-predict's linear schedule, all of them
@@ -126,7 +140,9 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
         step_log_probs, step_tokens = most_likely_tokens(logits)
         tokens = torch.where(self.committed_positions, self.committed_tokens, step_tokens)
         token_log_probs = torch.where(self.committed_positions, self.committed_log_probs, step_log_probs)
-        count = self.commit_count(step_index, canvas_length)
+        # The schedule is of the whole canvas: positions cut off its end count as committed.
+        count = self.commit_count(step_index, canvas_length + self.cut_positions) - self.cut_positions
+        count = min(max(count, 0), canvas_length)
         positions = torch.zeros_like(self.committed_positions).scatter(
             1, token_log_probs.topk(count, dim=1).indices, True
         )
