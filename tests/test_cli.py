@@ -82,6 +82,11 @@ def test_evaluate_writes_files(saved_pipeline, tmp_path):
     result = run("evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", "--commit-tokens")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["commit_tokens"] is True
+    early = ["--commit-tokens", "--stop-when-stable", "2", "--canvas-margin", "1"]
+    result = run("evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", *early)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["stop_when_stable"] == 2 and metrics["canvas_margin"] == 1 and metrics["exact_match@1"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -92,6 +97,8 @@ def test_evaluate_writes_files(saved_pipeline, tmp_path):
         (["generate", "MODEL", "   "], "prompt is empty"),
         (["generate", "MODEL", "ls", "-k", "0"], "must be a positive integer"),
         (["generate", "MODEL", "ls", "-k", "two"], "invalid positive_int value"),
+        (["generate", "MODEL", "ls", "--stop-when-stable", "0"], "must be a positive integer"),
+        (["generate", "MODEL", "ls", "--canvas-margin", "2"], "CodeFusionScheduler commits nothing"),
         (["push", "/no/such/folder", "user/repo"], "model_index.json is missing"),
     ],
 )

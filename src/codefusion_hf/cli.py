@@ -33,6 +33,31 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def add_early_stop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stop-when-stable",
+        type=positive_int,
+        default=None,
+        metavar="STEPS",
+        help="Finish a candidate once its tokens held for this many steps (default: never).",
+    )
+    parser.add_argument(
+        "--canvas-margin",
+        type=non_negative_int,
+        default=None,
+        metavar="POSITIONS",
+        help="With --commit-tokens: stop computing the committed pad tail of the canvas, keeping this many "
+        "settled positions (default: the whole canvas).",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="codefusion", description="CodeFusion: natural language to code by diffusion.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--show-steps", action="store_true", help="Show the best candidate being revised.")
     generate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
     generate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
+    add_early_stop_arguments(generate)
 
     evaluate = commands.add_parser("evaluate", help="Top-k metrics of a pipeline on a data file.")
     evaluate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
@@ -72,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--guidance-scale", type=float, default=1.0, help="Classifier-free guidance (not in the paper); 1 is off."
     )
+    add_early_stop_arguments(evaluate)
 
     push = commands.add_parser("push", help="Upload a saved pipeline folder to the Hub.")
     push.add_argument("model", help="Saved pipeline folder.")
@@ -101,6 +128,8 @@ def generate(args: argparse.Namespace) -> None:
         generator=torch.Generator().manual_seed(args.seed),
         return_trajectory=args.show_steps,
         rounding=args.rounding,
+        stop_when_stable=args.stop_when_stable,
+        canvas_margin=args.canvas_margin,
     )
     for index, prompt in enumerate(args.prompts):
         if len(args.prompts) > 1:
@@ -134,6 +163,8 @@ def evaluate(args: argparse.Namespace) -> None:
         rounding=args.rounding,
         commit_tokens=args.commit_tokens,
         guidance_scale=args.guidance_scale,
+        stop_when_stable=args.stop_when_stable,
+        canvas_margin=args.canvas_margin,
         device=args.device,
     )
     print(json.dumps(metrics, indent=2))
