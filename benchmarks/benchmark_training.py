@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def matmul_peak(device: str, dtype: torch.dtype, size: int, seconds: float = 1.5) -> float:
+def matmul_peak(device: str, dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:
     """The dense matmul rate of this device in FLOP/s: repeated square products, best of the timed rounds."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)

@@ -1,5 +1,6 @@
 """The benchmark scripts count what they claim and refuse bad requests; nothing here times anything."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # the scripts as modules of the repository root
-from benchmarks import benchmark_training  # noqa: E402
+from benchmarks import benchmark_generation, benchmark_training  # noqa: E402
 
 
 def test_flop_formula_matches_the_flop_counter(tiny_model, code_tokenizer):
@@ -74,3 +75,52 @@ def test_trained_passes_count_their_backward(tiny_model, code_tokenizer):
     for part in ("prompt encoder", "denoiser", "decoder", "head"):
         assert trained["flops"][f"{part} (trained)"] == 3 * forward_only["flops"][f"{part} (no grad)"]
     assert trained["canvas_tokens"] == len(PAIRS) * tiny_model.config.max_code_length
+
+
+def test_generation_benchmark_reports_every_setting(tiny_pipeline, code_tokenizer, monkeypatch, tmp_path):
+    """The report's plumbing, on tiny models: every setting at every thread count and batch, FLOPs counted, the
+    ratios taken against beam search of the same row."""
+    from research.baselines.train_autoregressive import AutoregressiveModelArguments, build_model
+
+    tiny_t5 = '{"d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}'
+    baseline, _ = build_model(AutoregressiveModelArguments(model_overrides=tiny_t5), code_tokenizer)
+    monkeypatch.setattr(benchmark_generation, "build_codefusion", lambda args: tiny_pipeline)
+    monkeypatch.setattr(
+        benchmark_generation, "build_autoregressive", lambda args, tokenizer: (baseline, tokenizer, tokenizer)
+    )
+    monkeypatch.setattr(benchmark_generation, "matmul_peak", lambda *args: 1e12)
+    output = tmp_path / "generation.json"
+    argv = ["--batches", "1", "2", "--threads", "1", "--repeats", "1", "--steps", "2", "--autoregressive_length", "3"]
+    report = benchmark_generation.main(
+        [*argv, "--pipeline_kwargs", '{"stop_when_stable": 1}', "--output", str(output)]
+    )
+    assert json.loads(output.read_text()) == report
+    assert report["weights"] == "random" and report["pipeline_kwargs"] == {"stop_when_stable": 1}
+    assert [(row["threads"], row["prompts"]) for row in report["results"]] == [(1, 1), (1, 2)]
+    for row in report["results"]:
+        assert set(row["settings"]) == {
+            "autoregressive, beam 5",
+            "autoregressive, 5 samples",
+            "codefusion, commit, 2 steps",
+            "codefusion, ddim, 2 steps",
+        }
+        assert row["ratio_to_beam_5"]["autoregressive, beam 5"] == 1.0
+        assert all(setting["flops"] > 0 and len(setting["seconds"]) == 1 for setting in row["settings"].values())
+    assert report["autoregressive_generation"] == {"max_new_tokens": 3, "min_new_tokens": 3}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--batches", "0"], "--batches and --threads must be at least 1"),
+        (["--device", "tpu"], "--device must be cpu or cuda"),
+        (["--eval_samples", "5"], "need a trained --pipeline"),
+        (["--pipeline_kwargs", "{"], "--pipeline_kwargs is not JSON"),
+        (["--pipeline_kwargs", "[1]"], "must be a JSON object"),
+    ],
+)
+def test_generation_benchmark_refuses_bad_requests(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_generation.parse_args([*argv, "--output", str(tmp_path / "out.json")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
