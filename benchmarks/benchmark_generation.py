@@ -30,7 +30,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.benchmark_training import QUICKSTART_OVERRIDES, machine, matmul_peak, special_ids, synchronize
+from benchmarks.benchmark_training import (
+    QUICKSTART_OVERRIDES,
+    check_arguments,
+    machine,
+    matmul_peak,
+    special_ids,
+    synchronize,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATION_FILE = ROOT / "data" / "nl2bash" / "validation.jsonl"
@@ -57,20 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_samples", type=int, default=0, help="Trained models: validation prompts to score.")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu).")
     parser.add_argument("--bf16", action="store_true", help="Both models in bf16.")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile CodeFusion's denoiser and decoder (the baseline stays eager); compiling is not timed.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="Where the JSON goes.")
     args = parser.parse_args(argv)
-    for name in ("steps", "repeats", "autoregressive_length"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    check_arguments(parser, args, ("steps", "repeats", "autoregressive_length"))
     if min(args.batches) < 1 or min(args.threads) < 1:
         parser.error("--batches and --threads must be at least 1.")
     if args.eval_samples < 0:
         parser.error(f"--eval_samples must be at least 0, got {args.eval_samples}.")
-    if args.device not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda (the default GPU), got {args.device!r}.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here.")
     if (args.baseline or args.eval_samples) and not args.pipeline:
         parser.error("--baseline and --eval_samples need a trained --pipeline.")
     try:
@@ -146,6 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     pipe = build_codefusion(args).to(args.device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    if args.compile:  # as diffusers' docs compile a pipeline's denoiser: pipe.unet = torch.compile(pipe.unet)
+        pipe.model.denoiser = torch.compile(pipe.model.denoiser, dynamic=False)
+        pipe.model.decoder = torch.compile(pipe.model.decoder, dynamic=False)
     model, code_tokenizer, prompt_tokenizer = build_autoregressive(args, pipe.tokenizer)
     model = model.to(args.device, dtype).eval()
     schedulers = {"commit": CodeFusionCommitScheduler, "ddim": CodeFusionScheduler}
@@ -209,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         "autoregressive_parameters": sum(p.numel() for p in model.parameters()),
         "pipeline_kwargs": args.pipeline_kwargs,
         "dtype": str(dtype),
+        "compiled": args.compile,
         "matmul_peak_flops_per_second": peak_flops,
         "matmul_peak_threads": torch.get_num_threads(),
         "results": results,

@@ -82,18 +82,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", required=True, help="Where the JSON goes.")
     args = parser.parse_args(argv)
-    for name in ("steps", "batch_size", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    check_arguments(parser, args, ("steps", "batch_size", "repeats"))
     if args.warmup < 0 or args.profile_steps < 0:
         parser.error("--warmup and --profile_steps must be at least 0.")
+    if args.compare is not None and args.recipe == "autoregressive":
+        parser.error("--compare measures CodeFusion recipes; the autoregressive baseline is the reference.")
+    return args
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, counts: tuple[str, ...]) -> None:
+    """The checks the benchmarks share: each of `counts` at least 1, and a `--device` that is here."""
+    for name in counts:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.device not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda (the default GPU), got {args.device!r}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here.")
-    if args.compare is not None and args.recipe == "autoregressive":
-        parser.error("--compare measures CodeFusion recipes; the autoregressive baseline is the reference.")
-    return args
 
 
 def matmul_peak(device: str, dtype: torch.dtype, size: int, seconds: float = 3.0) -> float:

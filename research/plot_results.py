@@ -1,6 +1,7 @@
 """Results of several models on one benchmark: a markdown table and a plot of top-k accuracy against k from their
 metrics.json files (written by `codefusion evaluate`, baselines/retrieval.py, baselines/train_autoregressive.py),
-and optionally a plot of accuracy and time against the number of denoising steps (benchmark_inference_steps.py).
+and optionally a plot of accuracy and time against the number of denoising steps (benchmark_inference_steps.py)
+and one of accuracy against time of the sampler settings timed by benchmarks/benchmark_generation.py.
 
     python research/plot_results.py --metrics runs/retrieval/nl2bash-test/metrics.json \
         runs/ar/eval-test-beam/metrics.json --labels retrieval AR --output_prefix docs/images/nl2bash_test
@@ -33,6 +34,10 @@ class ResultsArguments:
     metrics: list[str] = field(default_factory=list, metadata={"help": "metrics.json files, one per model."})
     labels: list[str] = field(default_factory=list, metadata={"help": "One label per metrics file."})
     steps: str | None = field(default=None, metadata={"help": "JSON from benchmark_inference_steps.py."})
+    generation: list[str] = field(
+        default_factory=list,
+        metadata={"help": "JSON files of benchmark_generation.py with --eval_samples; writes <prefix>_tradeoff.png."},
+    )
 
 
 def percent(value: float) -> str:
@@ -96,6 +101,31 @@ def plot_steps(steps_file: str, output: str) -> plt.Figure:
     return figure
 
 
+def generation_label(setting: str, options: dict) -> str:
+    """`codefusion, commit, 10 steps` with its call options, e.g. `commit, 10 steps, stop_when_stable=2`."""
+    return ", ".join([setting.removeprefix("codefusion, "), *(f"{k}={v}" for k, v in sorted(options.items()))])
+
+
+def plot_generation(files: list[str], output: str) -> plt.Figure:
+    """Top-1 BLEU and top-5 template match against seconds per prompt (k candidates, the evaluation's batches) of
+    every sampler setting in `files`, one point each."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for path in files:
+        with open(path) as f:
+            report = json.load(f)
+        for setting, metrics in report.get("validation", {}).items():
+            label = generation_label(setting, report["pipeline_kwargs"])
+            for axis, key, scale in ((axes[0], "bleu@1", 1), (axes[1], "template_match@5", 100)):
+                axis.scatter(metrics["seconds_per_prompt"], scale * metrics[key], label=label)
+    for axis, name in zip(axes, ("BLEU@1 (points)", "template match@5 (%)")):
+        axis.set(xlabel="seconds per prompt (5 candidates)", ylabel=name, ylim=(0, None), xlim=(0, None))
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    figure.tight_layout()
+    figure.savefig(output, dpi=80)
+    return figure
+
+
 def main():
     (args,) = HfArgumentParser(ResultsArguments).parse_args_into_dataclasses()
     if len(args.metrics) != len(args.labels):
@@ -109,6 +139,8 @@ def main():
         plot_top_k(results, f"{args.output_prefix}_topk.png")
     if args.steps:
         plot_steps(args.steps, f"{args.output_prefix}_steps.png")
+    if args.generation:
+        plot_generation(args.generation, f"{args.output_prefix}_tradeoff.png")
 
 
 if __name__ == "__main__":

@@ -394,10 +394,35 @@ def test_resuming_with_another_learning_rate_says_what_it_does(code_tokenizer, t
     trainer.train()
     messages = []
     monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
-    find_resume_checkpoint(training_args(tmp_path))
+    find_resume_checkpoint(training_args(tmp_path, max_steps=2))
     assert messages == []
-    find_resume_checkpoint(training_args(tmp_path, learning_rate=1e-4))
+    find_resume_checkpoint(training_args(tmp_path, max_steps=2, learning_rate=1e-4))
     assert len(messages) == 1 and "continues that schedule, not learning_rate=0.0001" in messages[0]
+
+
+def test_resuming_with_another_schedule_says_what_it_does_and_does_it(code_tokenizer, tmp_path, monkeypatch):
+    """The checkpoint records the schedule's arguments; resumed with another length, the run says so and does what
+    it says: the first step after resuming keeps the rate the checkpoint's schedule had set, the later ones follow
+    the new schedule."""
+    schedule = {"lr_scheduler_type": "linear", "save_strategy": "steps", "save_steps": 2, "logging_steps": 1}
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=4, **schedule)
+    trainer.train()
+    recorded = json.loads((tmp_path / "out" / "checkpoint-2" / "schedule.json").read_text())
+    assert recorded["max_steps"] == 4 and recorded["lr_scheduler_type"] == "linear"
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
+    resumed = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=8, **schedule)
+    resumed.train(resume_from_checkpoint=find_resume_checkpoint(resumed.args))
+    assert len(messages) == 1 and "max_steps: 4 -> 8" in messages[0] and "follows the new values" in messages[0]
+    fresh = make_trainer("finetune", code_tokenizer, tmp_path / "fresh", max_steps=8, **schedule)
+    fresh.train()
+
+    def rates(run):
+        return {entry["step"]: entry["learning_rate"] for entry in run.state.log_history if "learning_rate" in entry}
+
+    assert {step: rates(resumed)[step] for step in range(4, 9)} == {step: rates(fresh)[step] for step in range(4, 9)}
+    assert math.isclose(rates(resumed)[3], 3e-3 * (4 - 2) / 4)  # step 3 of the 4-step schedule
 
 
 def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):

@@ -52,6 +52,7 @@ from codefusion_hf.constants import LANGUAGE_HELP
 from codefusion_hf.data_codefusion import load_code_dataset, tokenize_dataset
 from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation
 from codefusion_hf.training_codefusion import (
+    ScheduleRecordCallback,
     TimeLimitCallback,
     check_time_budget,
     find_resume_checkpoint,
@@ -254,6 +255,7 @@ def train(
         eval_dataset=eval_data,
         processing_class=code_tokenizer,  # saved with every checkpoint and with the final model
     )
+    trainer.add_callback(ScheduleRecordCallback())
     if training_args.max_train_minutes is not None:
         trainer.add_callback(TimeLimitCallback(training_args.max_train_minutes, training_args.lr_decay_minutes))
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))

@@ -1,5 +1,6 @@
 """Training CodeFusion with the transformers `Trainer`: phase 1 (code-only pre-training) and phase 2 (fine-tuning)."""
 
+import json
 import os
 import platform
 import time
@@ -312,6 +313,7 @@ class CodeFusionTrainer(Trainer):
                     self.eval_dataset = {name: self.with_encoder_states(d) for name, d in self.eval_dataset.items()}
                 else:
                     self.eval_dataset = self.with_encoder_states(self.eval_dataset)
+        self.add_callback(ScheduleRecordCallback())
         if args.max_train_minutes is not None:
             self.add_callback(TimeLimitCallback(args.max_train_minutes, args.lr_decay_minutes))
             if not args.disable_tqdm:
@@ -587,13 +589,47 @@ def find_resume_checkpoint(args: CodeFusionTrainingArguments) -> str | None:
     return checkpoint
 
 
+# The arguments that shape the learning rate, recorded in every checkpoint (`schedule.json`) by
+# `ScheduleRecordCallback`, so that a resumed run can say what it does with changed ones.
+SCHEDULE_ARGUMENTS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "warmup_ratio",
+    "max_steps",
+    "num_train_epochs",
+    "max_train_minutes",
+    "lr_decay_minutes",
+)
+SCHEDULE_FILE = "schedule.json"
+
+
+def schedule_arguments(args: TrainingArguments) -> dict[str, Any]:
+    """The learning-rate arguments of `args`, as JSON values."""
+    values = {name: getattr(args, name, None) for name in SCHEDULE_ARGUMENTS}
+    return json.loads(json.dumps(values, default=lambda value: getattr(value, "value", str(value))))
+
+
+class ScheduleRecordCallback(TrainerCallback):
+    """Writes the learning-rate arguments into each checkpoint, so that resuming with other ones can say so. Shared by
+    the CodeFusion and autoregressive runs."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(checkpoint):
+                with open(os.path.join(checkpoint, SCHEDULE_FILE), "w") as f:
+                    json.dump(schedule_arguments(args), f, indent=2)
+
+
 def warn_if_resuming_another_learning_rate(checkpoint: str, args: TrainingArguments) -> None:
-    """Trainer restores a checkpoint's optimizer and schedule, so a resumed run keeps the learning rate it started
-    with: say so when the arguments now ask for another one, rather than let it pass in silence."""
+    """Say what resuming does with learning-rate arguments that differ from the checkpoint's: Trainer restores the
+    checkpoint's optimizer and schedule state, so the run keeps the checkpoint's base learning rate (and its current
+    rate for one step), while the shape of the schedule (type, warmup, length, time budget) is rebuilt from the
+    arguments given now."""
     path = os.path.join(checkpoint, "scheduler.pt")
-    if not os.path.isfile(path):
-        return
-    base_rates = torch.load(path, weights_only=True).get("base_lrs") or []
+    base_rates = (torch.load(path, weights_only=True).get("base_lrs") or []) if os.path.isfile(path) else []
     if any(rate != args.learning_rate for rate in base_rates):
         logger.warning(
             f"Resuming from {checkpoint}, whose learning-rate schedule starts from {base_rates[0]:g}: the run "
@@ -601,12 +637,30 @@ def warn_if_resuming_another_learning_rate(checkpoint: str, args: TrainingArgume
             "optimizer and schedule). To train at the new rate, start a new run in another output_dir from the "
             "pipeline this run saves when it ends (--model_name_or_path)."
         )
+    record = os.path.join(checkpoint, SCHEDULE_FILE)
+    if not os.path.isfile(record):
+        return
+    with open(record) as f:
+        recorded = json.load(f)
+    now = schedule_arguments(args)
+    changed = [
+        f"{name}: {recorded[name]!r} -> {now[name]!r}"
+        for name in SCHEDULE_ARGUMENTS
+        if name != "learning_rate" and name in recorded and recorded[name] != now[name]
+    ]
+    if changed:
+        logger.warning(
+            f"Resuming from {checkpoint} with other schedule arguments ({'; '.join(changed)}): the first step "
+            "keeps the rate the checkpoint's schedule had set, and from the next one the schedule follows the new "
+            "values (Trainer builds it from the arguments given now) at the checkpoint's base learning rate."
+        )
 
 
 __all__ = [
     "CodeFusionPretrainer",
     "CodeFusionTrainer",
     "CodeFusionTrainingArguments",
+    "ScheduleRecordCallback",
     "TimeLimitCallback",
     "find_resume_checkpoint",
 ]

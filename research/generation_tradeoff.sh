@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Generation speed against accuracy of one trained pipeline: benchmarks/benchmark_generation.py for each sampler
+# setting the Sampling page compares (the committing sampler in 5 and 10 steps, DDIM in 10, early stopping and the cut
+# canvas), each timed at 1 and 32 prompts x 5 candidates against the autoregressive baseline's generate() and scored on
+# the first EVAL_SAMPLES validation prompts, then the trade-off plot.
+#
+#   bash research/generation_tradeoff.sh PIPELINE OUT_DIR [EVAL_SAMPLES] [THREADS]
+#
+# Run from anywhere; OUT_DIR gets one JSON per setting and tradeoff.png. THREADS (default "1 2") are the CPU thread
+# counts timed.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+pipeline=$1 out=$2 eval_samples=${3:-200} threads=${4:-1 2}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+run() {  # NAME SAMPLERS STEPS PIPELINE_KWARGS
+  # shellcheck disable=SC2086
+  (cd "$root" && "$python" -m benchmarks.benchmark_generation --pipeline "$pipeline" --samplers $2 --steps "$3" \
+    --pipeline_kwargs "$4" --threads $threads --eval_samples "$eval_samples" --output "$out/$1.json")
+}
+run commit10 "commit ddim" 10 '{}'
+run commit5 commit 5 '{}'
+run commit10_margin4 commit 10 '{"canvas_margin": 4}'
+run commit10_stable2 commit 10 '{"stop_when_stable": 2}'
+run commit10_margin4_stable2 commit 10 '{"canvas_margin": 4, "stop_when_stable": 2}'
+(cd "$root" && "$python" research/plot_results.py --output_prefix "$out/generation" --generation "$out"/commit*.json)
