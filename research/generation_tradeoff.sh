@@ -6,21 +6,23 @@
 #
 #   bash research/generation_tradeoff.sh PIPELINE OUT_DIR [EVAL_SAMPLES] [THREADS]
 #
-# Run from anywhere; OUT_DIR gets one JSON per setting and tradeoff.png. THREADS (default "1 2") are the CPU thread
-# counts timed.
+# Run from anywhere; OUT_DIR gets one JSON per setting and generation_tradeoff.png. The first setting is timed with 1
+# and 2 CPU threads, the others with THREADS (default 2).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-pipeline=$1 out=$2 eval_samples=${3:-200} threads=${4:-1 2}
+pipeline=$1 out=$2 eval_samples=${3:-200} threads=${4:-2}
 mkdir -p "$out"
 python=${PYTHON:-python3}
-run() {  # NAME SAMPLERS STEPS PIPELINE_KWARGS
+run() {  # NAME THREADS SAMPLERS STEPS PIPELINE_KWARGS [OPTIONS]
   # shellcheck disable=SC2086
-  (cd "$root" && "$python" -m benchmarks.benchmark_generation --pipeline "$pipeline" --samplers $2 --steps "$3" \
-    --pipeline_kwargs "$4" --threads $threads --eval_samples "$eval_samples" --output "$out/$1.json")
+  (cd "$root" && "$python" -m benchmarks.benchmark_generation --pipeline "$pipeline" --threads $2 --samplers $3 \
+    --steps "$4" --pipeline_kwargs "$5" --eval_samples "$eval_samples" --output "$out/$1.json" ${6:-})
 }
-run commit10 "commit ddim" 10 '{}'
-run commit5 commit 5 '{}'
-run commit10_margin4 commit 10 '{"canvas_margin": 4}'
-run commit10_stable2 commit 10 '{"stop_when_stable": 2}'
-run commit10_margin4_stable2 commit 10 '{"canvas_margin": 4, "stop_when_stable": 2}'
+run commit10 "1 2" "commit ddim" 10 '{}'
+run commit5 "$threads" commit 5 '{}'
+run commit10_margin4 "$threads" commit 10 '{"canvas_margin": 4}'
+run commit10_stable2 "$threads" commit 10 '{"stop_when_stable": 2}'
+run commit10_margin4_stable2 "$threads" commit 10 '{"canvas_margin": 4, "stop_when_stable": 2}'
+run commit10_bf16 "$threads" commit 10 '{}' --bf16
+run commit10_bf16_compiled "$threads" commit 10 '{}' "--bf16 --compile"
 (cd "$root" && "$python" research/plot_results.py --output_prefix "$out/generation" --generation "$out"/commit*.json)
