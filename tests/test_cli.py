@@ -101,11 +101,12 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
     result = run_here(capsys, "evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", "--commit-tokens")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["commit_tokens"] is True
-    early = ["--commit-tokens", "--stop-when-stable", "2", "--canvas-margin", "1"]
+    early = ["--commit-tokens", "--stop-when-stable", "2", "--canvas-margin", "1", "--ranking", "consensus"]
     result = run_here(capsys, "evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", *early)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["stop_when_stable"] == 2 and metrics["canvas_margin"] == 1 and metrics["exact_match@1"] == 1.0
+    assert metrics["stop_when_stable"] == 2 and metrics["canvas_margin"] == 1 and metrics["ranking"] == "consensus"
+    assert metrics["exact_match@1"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -593,3 +593,32 @@ def test_early_stop_arguments_are_checked(tiny_pipeline, kwargs, match):
     pipe = with_scheduler(tiny_pipeline, kwargs.pop("scheduler", CodeFusionCommitScheduler))
     with pytest.raises(ValueError, match=match):
         seeded(pipe, "list all files", **kwargs)
+
+
+def test_rankings_score_what_they_say(tiny_pipeline):
+    """log_prob counts the token that ends the code, length_normalized does not (empty code last), consensus is the
+    token-overlap F1 with the prompt's other candidates."""
+    pad, eos = tiny_pipeline.model.config.pad_token_id, tiny_pipeline.model.config.eos_token_id
+    token_ids = torch.tensor([[7, 8, pad, pad], [pad, pad, pad, pad], [7, 9, eos, pad], [7, 8, pad, pad]])
+    probabilities = [[0.5, 0.5, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.5, 0.25, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]]
+    log_probs = torch.tensor(probabilities).log()
+    score = tiny_pipeline.score_tokens
+    _, lengths, mean = score(token_ids, log_probs)
+    assert lengths.tolist() == [2, 0, 2, 2]
+    expected = [2 * math.log(0.5) / 3, 0.0, (math.log(0.5) + math.log(0.25)) / 3, 3 * math.log(0.5) / 3]
+    torch.testing.assert_close(mean, torch.tensor(expected))
+    _, _, normalized = score(token_ids, log_probs, "length_normalized")
+    assert normalized[1] == -math.inf and math.isclose(normalized[0], math.log(0.5), rel_tol=1e-6)
+    _, _, consensus = score(token_ids, log_probs, "consensus", num_return_sequences=4)
+    # [7, 8] agrees with [7, 8] (1), half with [7, 9] (0.5) and not with empty code (0).
+    torch.testing.assert_close(consensus, torch.tensor([1.5 / 3, 0.0, 1.0 / 3, 1.5 / 3]))
+
+
+def test_ranking_orders_the_candidates_and_is_checked(overfit_pipeline):
+    output = seeded(
+        overfit_pipeline, ["list all files", "show disk usage"], num_return_sequences=3, ranking="consensus"
+    )
+    for scores in output.scores:
+        assert scores == sorted(scores, reverse=True) and all(0 <= value <= 1 for value in scores)
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        seeded(overfit_pipeline, "list all files", ranking="bleu")

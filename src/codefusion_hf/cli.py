@@ -6,7 +6,7 @@ import sys
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from .constants import LANGUAGE_HELP, ROUNDINGS
+from .constants import LANGUAGE_HELP, RANKINGS, ROUNDINGS
 
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
 USER_ERRORS = (ValueError, OSError, HfHubHTTPError)
@@ -55,6 +55,13 @@ def add_early_stop_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="POSITIONS",
         help="With --commit-tokens: stop computing the committed pad tail of the canvas, keeping this many "
         "settled positions (default: the whole canvas).",
+    )
+    parser.add_argument(
+        "--ranking",
+        choices=RANKINGS,
+        default="log_prob",
+        help="How candidates are ranked: mean token log-probability (default), the same without the end token, "
+        "or agreement with the other candidates.",
     )
 
 
@@ -130,6 +137,7 @@ def generate(args: argparse.Namespace) -> None:
         rounding=args.rounding,
         stop_when_stable=args.stop_when_stable,
         canvas_margin=args.canvas_margin,
+        ranking=args.ranking,
     )
     for index, prompt in enumerate(args.prompts):
         if len(args.prompts) > 1:
@@ -165,6 +173,7 @@ def evaluate(args: argparse.Namespace) -> None:
         guidance_scale=args.guidance_scale,
         stop_when_stable=args.stop_when_stable,
         canvas_margin=args.canvas_margin,
+        ranking=args.ranking,
         device=args.device,
     )
     print(json.dumps(metrics, indent=2))

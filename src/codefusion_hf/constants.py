@@ -11,3 +11,8 @@ DECODER_ROUNDINGS = ("decoder", "decoder_mean")
 SYNTAX_LANGUAGES = ("python", "bash", "excel")
 LANGUAGES = (*SYNTAX_LANGUAGES, "other")
 LANGUAGE_HELP = "python, bash, excel or other; bash adds template match to exact match."
+
+# How the pipeline ranks a prompt's candidates (see `CodeFusionPipeline.score_tokens`): the decoder's mean token
+# log-probability with the token that ends the code, the same without it (empty code last), or the agreement of each
+# candidate with the others (minimum-Bayes-risk style).
+RANKINGS = ("log_prob", "length_normalized", "consensus")

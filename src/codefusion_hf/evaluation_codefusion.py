@@ -45,13 +45,14 @@ def evaluate_pipeline(
     guidance_scale: float = 1.0,
     stop_when_stable: int | None = None,
     canvas_margin: int | None = None,
+    ranking: str = "log_prob",
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
     seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
     `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
     samples with [`CodeFusionCommitScheduler`] (mask-predict) instead of the pipeline's scheduler; `guidance_scale`,
-    `stop_when_stable` and `canvas_margin` are the pipeline's."""
+    `stop_when_stable`, `canvas_margin` and `ranking` are the pipeline's."""
     if len(prompts) != len(references):
         raise ValueError(f"prompts ({len(prompts)}) and references ({len(references)}) differ in length.")
     if not prompts:
@@ -75,6 +76,7 @@ def evaluate_pipeline(
             guidance_scale=guidance_scale,
             stop_when_stable=stop_when_stable,
             canvas_margin=canvas_margin,
+            ranking=ranking,
         )
         return output.code, output.scores
 
@@ -89,6 +91,7 @@ def evaluate_pipeline(
         "guidance_scale": guidance_scale,
         "stop_when_stable": stop_when_stable,
         "canvas_margin": canvas_margin,
+        "ranking": ranking,
         "seconds_per_prompt": seconds / len(prompts),
     }
     return candidates, scores, metrics
@@ -170,7 +173,7 @@ def evaluate_file(
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
     language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
-    guidance_scale, stop_when_stable, canvas_margin) on
+    guidance_scale, stop_when_stable, canvas_margin, ranking) on
     `device` (default: CUDA when available), write the results to `output_dir`, return metrics."""
     from .data_codefusion import load_code_dataset
 

@@ -13,7 +13,7 @@ from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase
 
-from .constants import DECODER_ROUNDINGS, ROUNDINGS
+from .constants import DECODER_ROUNDINGS, RANKINGS, ROUNDINGS
 from .hub_codefusion import CodeFusionPipelineHubMixin
 from .modeling_codefusion import CodeFusionModel, CodeFusionPromptCache
 from .scheduling_codefusion import CodeFusionScheduler
@@ -30,8 +30,8 @@ class CodeFusionPipelineOutput(BaseOutput):
     Args:
         code: For each prompt, its `num_return_sequences` candidates, best first: strings for `output_type="text"`;
             a `(num_prompts, k, canvas_length)` tensor of token ids for `"pt"`; the final latents for `"latent"`.
-        scores: For each prompt, the ranking score of each candidate: the decoder's mean token log-probability of
-            the kept tokens and the pad/eos that ends them. It never looks at a reference.
+        scores: For each prompt, the ranking score of each candidate (see `ranking`; by default the decoder's mean
+            token log-probability of the kept tokens and the pad/eos that ends them). It never looks at a reference.
         trajectory: When asked, one entry per recorded step: `{"step", "timestep", "code"}`, where `code` is the
             decoded x0 estimate of every candidate at that step, in the same (ranked) order as `code`.
     """
@@ -154,6 +154,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         guidance_scale: float = 1.0,
         stop_when_stable: int | None = None,
         canvas_margin: int | None = None,
+        ranking: str = "log_prob",
     ) -> list[str]:
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
@@ -208,6 +209,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     f"canvas_margin cuts the committed tail of the canvas, but {type(self.scheduler).__name__} "
                     "commits nothing: sample with CodeFusionCommitScheduler, or leave canvas_margin at None."
                 )
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
         expected_shape = (len(prompts) * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
             raise ValueError(
@@ -283,18 +286,31 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return max(1, min(token_ids.shape[1], last_unsettled + canvas_margin))
 
     def score_tokens(
-        self, token_ids: torch.Tensor, token_log_probs: torch.Tensor
+        self,
+        token_ids: torch.Tensor,
+        token_log_probs: torch.Tensor,
+        ranking: str = "log_prob",
+        num_return_sequences: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids, the kept length of each row (up to the first pad or eos) and each row's score: the mean
-        log-probability of the kept tokens and the token that ends them."""
+        """Token ids, the kept length of each row (up to the first pad or eos) and each row's ranking score.
+
+        `ranking` is one of `RANKINGS`: `"log_prob"`, the mean log-probability of the kept tokens and the token that
+        ends them; `"length_normalized"`, the mean over the kept tokens alone, -inf for empty code (the confident
+        pad that ends short code no longer lifts it); `"consensus"`, the mean token-overlap F1 of the row's kept
+        tokens with those of its prompt's other candidates (rows in groups of `num_return_sequences`), the
+        minimum-Bayes-risk choice that DiffuSeq and DINOISER make, 1 for a lone candidate."""
         config = self.model.config
         is_stop = (token_ids == config.pad_token_id) | (token_ids == config.eos_token_id)
         canvas = token_ids.shape[1]
         positions = torch.arange(canvas, device=token_ids.device)
         lengths = torch.where(is_stop, positions, canvas).min(dim=1).values
+        if ranking == "consensus":
+            return token_ids, lengths, consensus_scores(token_ids, lengths, num_return_sequences, config.vocab_size)
         scored = positions[None, :] <= lengths[:, None]
+        if ranking == "length_normalized":
+            scored = positions[None, :] < lengths[:, None]
         scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
-        return token_ids, lengths, scores
+        return token_ids, lengths, scores.nan_to_num(nan=-math.inf)  # 0 / 0: empty code, length-normalised
 
     def guided_denoise(
         self,
@@ -390,6 +406,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         guidance_scale: float = 1.0,
         stop_when_stable: int | None = None,
         canvas_margin: int | None = None,
+        ranking: str = "log_prob",
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -429,6 +446,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 unsettled one (a model trained with the trainer's `canvas_margin` saw that many pads after the
                 code). None (default): the whole canvas at every step.
 
+            ranking: How each prompt's candidates are ordered (see [`score_tokens`]): `"log_prob"` (default),
+                `"length_normalized"` or `"consensus"`.
+
             With `stop_when_stable` or `canvas_margin`, a step callback's `latents` are those of the candidates
             still denoised, cut to the canvas still computed.
 
@@ -449,6 +469,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             guidance_scale,
             stop_when_stable,
             canvas_margin,
+            ranking,
         )
         rounding = self.resolve_rounding(rounding)
         device = self._execution_device
@@ -588,7 +609,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 length = token_ids.shape[1]
                 all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = token_ids, token_log_probs
                 all_latents[rows.indices, :length] = rows.latents
-            token_ids, lengths, scores = self.score_tokens(all_token_ids, all_log_probs)
+            token_ids, lengths, scores = self.score_tokens(all_token_ids, all_log_probs, ranking, num_return_sequences)
             latents = all_latents
         finally:
             self.model.train(was_training)
@@ -618,6 +639,25 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         if not return_dict:
             return (code, ranked_scores, trajectory or None)
         return CodeFusionPipelineOutput(code=code, scores=ranked_scores, trajectory=trajectory or None)
+
+
+def consensus_scores(
+    token_ids: torch.Tensor, lengths: torch.Tensor, num_return_sequences: int, vocab_size: int
+) -> torch.Tensor:
+    """Each row's mean token-overlap F1 (bags of kept token ids) with the other rows of its group of
+    `num_return_sequences`; 1 for a group of one, and between two empty rows."""
+    kept = torch.arange(token_ids.shape[1], device=token_ids.device)[None, :] < lengths[:, None]
+    counts = torch.zeros(len(token_ids), vocab_size, device=token_ids.device).scatter_add_(1, token_ids, kept.float())
+    counts = counts.view(-1, num_return_sequences, vocab_size)  # (prompts, k, vocabulary)
+    sizes = counts.sum(dim=-1)
+    scores = torch.zeros_like(sizes) if num_return_sequences > 1 else torch.ones_like(sizes)
+    for i in range(num_return_sequences):  # k is small: pairs one at a time keep memory at one (prompts, vocabulary)
+        for j in range(num_return_sequences):
+            if i != j:
+                overlap = torch.minimum(counts[:, i], counts[:, j]).sum(dim=-1)
+                total = sizes[:, i] + sizes[:, j]
+                scores[:, i] += torch.where(total > 0, 2 * overlap / total.clamp(min=1), 1.0)
+    return (scores / max(num_return_sequences - 1, 1)).flatten()
 
 
 def is_finite_number(value: Any) -> bool:
