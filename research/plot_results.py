@@ -101,9 +101,15 @@ def plot_steps(steps_file: str, output: str) -> plt.Figure:
     return figure
 
 
-def generation_label(setting: str, options: dict) -> str:
-    """`codefusion, commit, 10 steps` with its call options, e.g. `commit, 10 steps, stop_when_stable=2`."""
-    return ", ".join([setting.removeprefix("codefusion, "), *(f"{k}={v}" for k, v in sorted(options.items()))])
+def generation_label(setting: str, report: dict) -> str:
+    """`codefusion, commit, 10 steps` with its call options and precision, e.g. `commit, 10 steps,
+    stop_when_stable=2` or `commit, 10 steps, bf16, compiled`."""
+    options = [f"{k}={v}" for k, v in sorted(report.get("pipeline_kwargs", {}).items())]
+    if report.get("dtype") == "torch.bfloat16":
+        options.append("bf16")
+    if report.get("compiled"):
+        options.append("compiled")
+    return ", ".join([setting.removeprefix("codefusion, "), *options])
 
 
 def plot_generation(files: list[str], output: str) -> plt.Figure:
@@ -114,7 +120,7 @@ def plot_generation(files: list[str], output: str) -> plt.Figure:
         with open(path) as f:
             report = json.load(f)
         for setting, metrics in report.get("validation", {}).items():
-            label = generation_label(setting, report["pipeline_kwargs"])
+            label = generation_label(setting, report)
             for axis, key, scale in ((axes[0], "bleu@1", 1), (axes[1], "template_match@5", 100)):
                 axis.scatter(metrics["seconds_per_prompt"], scale * metrics[key], label=label)
     for axis, name in zip(axes, ("BLEU@1 (points)", "template match@5 (%)")):

@@ -534,3 +534,31 @@ def test_canvas_length_pads_to_a_shorter_canvas(tiny_model, code_tokenizer):
     for bad in (labels.shape[1] - 1, tiny_model.config.max_code_length + 1):
         with pytest.raises(ValueError, match="canvas_length"):
             tiny_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, canvas_length=bad)
+
+
+def test_resize_token_embeddings_resizes_the_code_vocabulary_and_head(code_tokenizer):
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, normalize_code_embeddings=True))
+    vocab_size = model.config.vocab_size
+    encoder_vocab = model.encoder.get_input_embeddings().num_embeddings
+    old_embeddings = model.code_embedding.weight.detach().clone()
+    model.resize_token_embeddings(vocab_size + 8)
+    assert model.get_input_embeddings() is model.code_embedding and model.code_embedding.normalize  # same class
+    assert model.code_embedding.weight.shape[0] == model.lm_head.out_features == model.config.vocab_size
+    assert model.config.vocab_size == vocab_size + 8
+    assert model.encoder.get_input_embeddings().num_embeddings == encoder_vocab  # the prompt's vocabulary stays
+    torch.testing.assert_close(model.code_embedding.weight[:vocab_size], old_embeddings)
+    assert model.code_embedding_matrix().shape[0] == vocab_size + 8
+    output = model(input_ids=torch.tensor([[5, 6]]), labels=torch.tensor([[vocab_size + 3, vocab_size + 7]]))
+    assert output.logits.shape[-1] == vocab_size + 8 and torch.isfinite(output.loss)
+
+
+def test_forward_returns_a_tuple_without_return_dict(tiny_model, code_tokenizer):
+    inputs = dict(zip(("input_ids", "attention_mask", "labels"), batch(code_tokenizer)))
+    draws = {"timesteps": torch.tensor([3, 50]), "noise": torch.randn(2, 16, tiny_model.config.latent_dim)}
+    tiny_model.eval()
+    output = tiny_model(**inputs, **draws)
+    as_tuple = tiny_model(**inputs, **draws, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 6
+    torch.testing.assert_close(as_tuple[0], output.loss)
+    torch.testing.assert_close(as_tuple[4], output.logits)

@@ -134,13 +134,14 @@ def test_generation_tradeoff_plot(tmp_path):
     for index, options in enumerate([{}, {"stop_when_stable": 2}]):
         metrics = {"seconds_per_prompt": 0.5 + index, "bleu@1": 10.0 + index, "template_match@5": 0.02}
         report = {"pipeline_kwargs": options, "validation": {"codefusion, commit, 10 steps": metrics}}
+        report |= {"dtype": "torch.bfloat16", "compiled": True} if index else {"dtype": "torch.float32"}
         files.append(str(tmp_path / f"generation_{index}.json"))
         Path(files[-1]).write_text(json.dumps(report))
     figure = plot_results.plot_generation(files, str(tmp_path / "tradeoff.png"))
     points = [collection.get_offsets().tolist()[0] for collection in figure.axes[1].collections]
     assert points == [[0.5, 2.0], [1.5, 2.0]]
     labels = [collection.get_label() for collection in figure.axes[0].collections]
-    assert labels == ["commit, 10 steps", "commit, 10 steps, stop_when_stable=2"]
+    assert labels == ["commit, 10 steps", "commit, 10 steps, stop_when_stable=2, bf16, compiled"]
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
 
 

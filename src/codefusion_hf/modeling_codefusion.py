@@ -283,6 +283,20 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             self.encoder.eval()
         return self
 
+    def get_input_embeddings(self) -> CodeFusionCodeEmbedding:
+        """The code embedding L(y), so that `resize_token_embeddings` resizes the code vocabulary (and, through
+        `get_output_embeddings`, the head with it); the prompt encoder keeps its own vocabulary."""
+        return self.code_embedding
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.code_embedding = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
     def encode(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode the prompt once: `(batch_size, prompt_length, hidden_size)` states the denoiser and decoder read."""
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -401,7 +415,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         unconditional: torch.BoolTensor | None = None,
         prompt_noise: torch.Tensor | None = None,
         canvas_length: int | None = None,
-    ) -> CodeFusionModelOutput:
+        return_dict: bool | None = None,
+    ) -> CodeFusionModelOutput | tuple:
         r"""
         One training step of the diffusion objective.
 
@@ -424,6 +439,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             canvas_length: Pad the labels to this many positions instead of the full canvas (`max_code_length`),
                 so that a batch of short code computes fewer pad positions; the model then learns pad only that far
                 past the code (see the trainer's `canvas_margin`).
+            return_dict: Return a [`CodeFusionModelOutput`] (default: `config.return_dict`) rather than a tuple
+                of its fields that are set.
         """
         if labels is None:
             raise ValueError("labels (the code token ids) are required to compute the CodeFusion loss.")
@@ -508,13 +525,16 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             + self.config.embedding_loss_weight * embedding_loss
             + self.config.decoder_loss_weight * decoder_loss
         )
-        return CodeFusionModelOutput(
+        output = CodeFusionModelOutput(
             loss=loss,
             noise_loss=noise_loss,
             embedding_loss=embedding_loss,
             decoder_loss=decoder_loss,
             logits=logits,
             timesteps=timesteps,
+        )
+        return (
+            output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
         )
 
     def _clipped_estimate(
