@@ -533,9 +533,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             logits=logits,
             timesteps=timesteps,
         )
-        return (
-            output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
-        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
     def _clipped_estimate(
         self,

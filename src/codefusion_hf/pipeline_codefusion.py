@@ -420,7 +420,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 (0-based) to record, so the program can be watched being revised.
             callback_on_step_end: Called after each step as `callback(pipe, step_index, timestep, callback_kwargs)`;
                 it may return a dict with a replacement `"latents"`, and read `pipe.num_timesteps` and
-                `pipe.guidance_scale` (or set `pipe._guidance_scale` for the steps after it).
+                `pipe.guidance_scale` (or set `pipe._guidance_scale` for the steps after it). With
+                `stop_when_stable` or `canvas_margin`, its `latents` are those of the candidates still denoised,
+                cut to the canvas still computed.
             callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
             timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
                 e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
@@ -445,12 +447,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 candidate has committed pad (or eos) there, keeping this many settled positions after the last
                 unsettled one (a model trained with the trainer's `canvas_margin` saw that many pads after the
                 code). None (default): the whole canvas at every step.
-
             ranking: How each prompt's candidates are ordered (see [`score_tokens`]): `"log_prob"` (default),
                 `"length_normalized"` or `"consensus"`.
-
-            With `stop_when_stable` or `canvas_margin`, a step callback's `latents` are those of the candidates
-            still denoised, cut to the canvas still computed.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.

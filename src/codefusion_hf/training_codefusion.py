@@ -456,10 +456,12 @@ class CodeFusionTrainer(Trainer):
             range(min(self.args.generation_eval_samples, len(self.generation_eval_dataset)))
         )
         model = self.accelerator.unwrap_model(self.model)
-        if isinstance(model, FSDPModule):
-            # The pipeline calls the model's stages, not its forward: gather the root's sharded parameters (every
-            # process runs this same generation, so the collectives match) and let the wrapped layers gather theirs.
-            model.unshard()
+        # The pipeline calls the model's stages, not its forward, and projects the prompt with every layer's weights
+        # once per call: gather all sharded parameters for the generation (every process runs this same
+        # generation, so the collectives match).
+        sharded = [module for module in model.modules() if isinstance(module, FSDPModule)]
+        for module in sharded:
+            module.unshard()
         try:
             scheduler_class = CodeFusionCommitScheduler if self.args.generation_commit_tokens else CodeFusionScheduler
             pipe = self.make_pipeline(model, scheduler_class)
@@ -475,8 +477,8 @@ class CodeFusionTrainer(Trainer):
                 )
                 predictions += [candidates[0] for candidates in output.code]
         finally:
-            if isinstance(model, FSDPModule):
-                model.reshard()
+            for module in sharded:
+                module.reshard()
         references = rows["code"]
         metrics = {"exact_match": sum(map(exact_match, predictions, references)) / len(rows)}
         if self.args.language == "bash":
