@@ -79,6 +79,14 @@ def test_generate_with_commit_tokens(saved_pipeline, capsys):
     assert result.stdout.strip().split("\t")[0] == "1. ls -la"
 
 
+def test_generate_refines_init_code(saved_pipeline, capsys):
+    args = ["generate", saved_pipeline, "list all files", "-k", "1", "--steps", "10", "--init-code", "ls -la"]
+    result = run_here(capsys, *args, "--strength", "0.5", "--show-steps")
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.startswith("step")]) == 5  # half the schedule
+    assert result.stdout.strip().splitlines()[-1].split("\t")[0] == "1. ls -la"
+
+
 def test_generate_show_steps(saved_pipeline, capsys):
     result = run_here(capsys, "generate", saved_pipeline, "list all files", "-k", "1", "--steps", "5", "--show-steps")
     assert result.returncode == 0, result.stderr
@@ -118,6 +126,7 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
         (["generate", "MODEL", "ls", "-k", "0"], "must be a positive integer"),
         (["generate", "MODEL", "ls", "-k", "two"], "invalid positive_int value"),
         (["generate", "MODEL", "ls", "--canvas-margin", "2"], "CodeFusionScheduler commits nothing"),
+        (["generate", "MODEL", "ls", "--init-code", "ls", "--strength", "2"], "strength must be a number in (0, 1]"),
         (["push", "/no/such/folder", "user/repo"], "model_index.json is missing"),
     ],
 )

@@ -1,4 +1,5 @@
 import pytest
+from conftest import PAIRS
 
 from codefusion_hf.metrics import (
     bash_template,
@@ -232,3 +233,22 @@ def test_evaluate_pipeline_checks_the_language_before_generating(tiny_pipeline, 
     with pytest.raises(ValueError, match="language must be one of"):
         evaluate_pipeline(tiny_pipeline, ["list files"], ["ls"], language="rust")
     assert not calls
+
+
+def test_evaluate_pipeline_hands_each_batch_its_prompts_drafts(overfit_pipeline):
+    from codefusion_hf.evaluation_codefusion import evaluate_pipeline
+
+    prompts, codes = [prompt for prompt, _ in PAIRS], [code for _, code in PAIRS]
+    candidates, _, metrics = evaluate_pipeline(
+        overfit_pipeline,
+        prompts,
+        codes,
+        num_return_sequences=1,
+        num_inference_steps=10,
+        batch_size=3,
+        init_code=codes,
+        strength=0.5,
+    )
+    assert [c[0] for c in candidates] == codes and metrics["init_code"] and metrics["strength"] == 0.5
+    with pytest.raises(ValueError, match="init_code has 1 entries for"):
+        evaluate_pipeline(overfit_pipeline, prompts, codes, init_code=["ls"])

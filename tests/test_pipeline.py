@@ -622,3 +622,39 @@ def test_ranking_orders_the_candidates_and_is_checked(overfit_pipeline):
         assert scores == sorted(scores, reverse=True) and all(0 <= value <= 1 for value in scores)
     with pytest.raises(ValueError, match="ranking must be one of"):
         seeded(overfit_pipeline, "list all files", ranking="bleu")
+
+
+def test_init_code_refines_programs_over_the_end_of_the_schedule(overfit_pipeline, monkeypatch):
+    """A memorised pair comes back from its own program noised part of the way; only that part of the schedule runs,
+    and a prompt's candidates start from its programs in turn."""
+    pipe = overfit_pipeline
+    shapes = record_denoised_shapes(pipe, monkeypatch)
+    prompts, codes = [prompt for prompt, _ in PAIRS], [code for _, code in PAIRS]
+    output = seeded(pipe, prompts, init_code=codes, strength=0.6, num_return_sequences=2)
+    assert output.code == [[code] * 2 for code in codes]
+    assert len(shapes) == round(5 * 0.6)  # seeded() asks for 5 steps
+    drafts, code_to_ids = [], pipe.code_to_ids
+    monkeypatch.setattr(pipe, "code_to_ids", lambda code: drafts.extend(code) or code_to_ids(code))
+    seeded(pipe, ["list all files", "show disk usage"], init_code=[["ls", "ls -la"], "df -h"], num_return_sequences=3)
+    assert drafts == ["ls", "ls -la", "ls", "df -h", "df -h", "df -h"]
+    shapes.clear()
+    seeded(pipe, "list all files", init_code="ls", strength=1e-6)
+    assert len(shapes) == 1  # at least one step
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"init_code": "ls", "strength": 0}, "strength must be a number in \\(0, 1\\]"),
+        ({"init_code": "ls", "strength": 1.5}, "strength must be a number in \\(0, 1\\]"),
+        ({"strength": 0.5}, "pass init_code too"),
+        ({"init_code": ["ls", "df"]}, "1 prompt\\(s\\), got 2"),
+        ({"init_code": ["  "]}, "every program must be non-empty code"),
+        ({"init_code": [[]]}, "a non-empty list of programs"),
+        ({"init_code": 3}, "got int"),
+        ({"init_code": "ls", "timesteps": [50, 10]}, "without latents and timesteps"),
+    ],
+)
+def test_init_code_arguments_are_checked(tiny_pipeline, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        seeded(tiny_pipeline, "list all files", **kwargs)

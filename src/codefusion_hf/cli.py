@@ -79,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
     generate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
     add_early_stop_arguments(generate)
+    generate.add_argument(
+        "--init-code",
+        action="append",
+        default=None,
+        metavar="CODE",
+        help="Refine this program instead of starting from noise: once for every prompt, or once per prompt.",
+    )
+    generate.add_argument(
+        "--strength", type=float, default=None, help="With --init-code: the share of the schedule run (default 0.6)."
+    )
 
     evaluate = commands.add_parser("evaluate", help="Top-k metrics of a pipeline on a data file.")
     evaluate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
@@ -138,6 +148,8 @@ def generate(args: argparse.Namespace) -> None:
         stop_when_stable=args.stop_when_stable,
         canvas_margin=args.canvas_margin,
         ranking=args.ranking,
+        init_code=args.init_code[0] if args.init_code and len(args.init_code) == 1 else args.init_code,
+        strength=args.strength,
     )
     for index, prompt in enumerate(args.prompts):
         if len(args.prompts) > 1:

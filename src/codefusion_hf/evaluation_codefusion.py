@@ -46,13 +46,18 @@ def evaluate_pipeline(
     stop_when_stable: int | None = None,
     canvas_margin: int | None = None,
     ranking: str = "log_prob",
+    init_code: list[str] | list[list[str]] | None = None,
+    strength: float | None = None,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
     seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
     `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
     samples with [`CodeFusionCommitScheduler`] (mask-predict) instead of the pipeline's scheduler; `guidance_scale`,
-    `stop_when_stable`, `canvas_margin` and `ranking` are the pipeline's."""
+    `stop_when_stable`, `canvas_margin` and `ranking` are the pipeline's, and so are `init_code` (one program, or
+    list of programs, per prompt: refine them instead of starting from noise) and `strength`."""
+    if init_code is not None and len(init_code) != len(prompts):
+        raise ValueError(f"init_code has {len(init_code)} entries for {len(prompts)} prompts: give one per prompt.")
     if len(prompts) != len(references):
         raise ValueError(f"prompts ({len(prompts)}) and references ({len(references)}) differ in length.")
     if not prompts:
@@ -64,8 +69,12 @@ def evaluate_pipeline(
         )
     pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per denoising loop
     generator = torch.Generator().manual_seed(seed)
+    done = 0  # prompts generated so far: generate_candidates runs the batches in order
 
     def generate_fn(batch: list[str]) -> tuple[list[list[str]], list[list[float]]]:
+        nonlocal done
+        drafts = None if init_code is None else list(init_code[done : done + len(batch)])
+        done += len(batch)
         output = pipe(
             batch,
             num_inference_steps=num_inference_steps,
@@ -77,6 +86,8 @@ def evaluate_pipeline(
             stop_when_stable=stop_when_stable,
             canvas_margin=canvas_margin,
             ranking=ranking,
+            init_code=drafts,
+            strength=strength,
         )
         return output.code, output.scores
 
@@ -92,6 +103,8 @@ def evaluate_pipeline(
         "stop_when_stable": stop_when_stable,
         "canvas_margin": canvas_margin,
         "ranking": ranking,
+        "init_code": init_code is not None,
+        "strength": strength,
         "seconds_per_prompt": seconds / len(prompts),
     }
     return candidates, scores, metrics

@@ -225,6 +225,45 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             )
         return prompts
 
+    def check_init_code(
+        self,
+        init_code: str | list[str] | list[list[str]] | None,
+        strength: float | None,
+        num_prompts: int,
+        num_return_sequences: int,
+        latents: torch.Tensor | None,
+        timesteps: list[int] | None,
+    ) -> list[str] | None:
+        """The program each candidate starts from (prompt-major, `num_return_sequences` per prompt), checked; None
+        without `init_code`."""
+        if init_code is None:
+            if strength is not None:
+                raise ValueError("strength sets how far init_code is noised: pass init_code too, or no strength.")
+            return None
+        if strength is not None and (not is_finite_number(strength) or not 0 < strength <= 1):
+            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}.")
+        if latents is not None or timesteps is not None:
+            raise ValueError(
+                "init_code makes the starting canvas and the steps: pass it without latents and timesteps."
+            )
+        if isinstance(init_code, str):
+            per_prompt = [[init_code]] * num_prompts
+        elif isinstance(init_code, (list, tuple)) and len(init_code) == num_prompts:
+            per_prompt = [[item] if isinstance(item, str) else item for item in init_code]
+        else:
+            count = len(init_code) if isinstance(init_code, (list, tuple)) else type(init_code).__name__
+            raise ValueError(
+                f"init_code must be a string, or a list with one program (or one list of programs) per prompt: "
+                f"{num_prompts} prompt(s), got {count}."
+            )
+        for index, programs in enumerate(per_prompt):
+            if not isinstance(programs, (list, tuple)) or not programs:
+                raise ValueError(f"init_code[{index}] must be a program or a non-empty list of programs.")
+            for program in programs:
+                if not isinstance(program, str) or not program.strip():
+                    raise ValueError(f"init_code[{index}] holds {program!r}: every program must be non-empty code.")
+        return [programs[j % len(programs)] for programs in per_prompt for j in range(num_return_sequences)]
+
     def encode_prompt(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize and encode the prompts once; returns the encoder states and the prompt attention mask."""
         tokenizer = self.prompt_tokenizer or self.tokenizer
@@ -407,6 +446,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         stop_when_stable: int | None = None,
         canvas_margin: int | None = None,
         ranking: str = "log_prob",
+        init_code: str | list[str] | list[list[str]] | None = None,
+        strength: float | None = None,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -449,6 +490,13 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 code). None (default): the whole canvas at every step.
             ranking: How each prompt's candidates are ordered (see [`score_tokens`]): `"log_prob"` (default),
                 `"length_normalized"` or `"consensus"`.
+            init_code: Refine code instead of starting from noise, as diffusers' img2img pipelines start from an
+                image: one program for every prompt (a string), one per prompt (a list), or a list per prompt (its
+                candidates start from its programs in turn). Each program is embedded, noised to `strength` of the
+                schedule and denoised under the prompt (the repair use of CodeFusion's follow-up work).
+            strength: With `init_code`, how much of the schedule is run, in (0, 1] (default 0.6): the last
+                `round(num_inference_steps * strength)` of the `num_inference_steps` steps, from a program noised to
+                the first of them. 1 noises it to the start of the schedule, almost pure noise.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -469,6 +517,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             canvas_margin,
             ranking,
         )
+        drafts = self.check_init_code(init_code, strength, len(prompts), num_return_sequences, latents, timesteps)
         rounding = self.resolve_rounding(rounding)
         device = self._execution_device
         # Before the model changes mode: bad custom timesteps fail here with the model as it was.
@@ -476,7 +525,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         else:
             self.scheduler.set_timesteps(device=device, timesteps=timesteps)
-            num_inference_steps = self.scheduler.num_inference_steps
+        if drafts is not None:  # the end of the schedule only, as diffusers' img2img pipelines run it
+            kept = max(1, round(len(self.scheduler.timesteps) * (0.6 if strength is None else strength)))
+            self.scheduler.set_timesteps(device=device, timesteps=self.scheduler.timesteps[-kept:].tolist())
+        num_inference_steps = len(self.scheduler.timesteps)
         record_steps = self.trajectory_steps(return_trajectory, num_inference_steps)
         self._guidance_scale, self._num_timesteps = guidance_scale, len(self.scheduler.timesteps)
         step_parameters = self.scheduler_step_parameters()
@@ -489,6 +541,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
             dtype = encoder_hidden_states.dtype
             latents = self.prepare_latents(len(prompts) * num_return_sequences, dtype, device, generator, latents)
+            if drafts is not None:  # the drafts' embeddings noised to the first step, with the drawn noise
+                clean = self.model.embed_code(self.code_to_ids(drafts).to(device)).to(dtype)
+                first = self.scheduler.timesteps[:1].expand(len(drafts))
+                latents = self.scheduler.add_noise(clean, latents, first)
             rows = DenoisingRows(
                 indices=torch.arange(len(latents), device=device),
                 latents=latents,
