@@ -291,3 +291,25 @@ def test_shell_scripts_name_files_that_exist(script):
     """The scripts find each other by their place in the repository: a move must update them."""
     missing = sorted({path for path in REPOSITORY_PATH.findall(script.read_text()) if not (ROOT / path).exists()})
     assert not missing, f"{script.relative_to(ROOT)} names {missing}"
+
+
+def test_refine_drafts_reports_each_strength_beside_the_drafts(overfit_pipeline, tmp_path):
+    from research import refine_drafts
+
+    overfit_pipeline.save_pretrained(tmp_path / "pipe")
+    drafts = tmp_path / "predictions.jsonl"
+    drafts.write_text("".join(json.dumps({"prompt": p, "reference": c, "candidates": [c]}) + "\n" for p, c in PAIRS))
+    common = ["--model", str(tmp_path / "pipe"), "--drafts", str(drafts), "--output", str(tmp_path / "out.json")]
+    summary = refine_drafts.main(
+        [*common, "--strengths", "0.5", "1.0", "--num_return_sequences", "1", "--num_inference_steps", "4"]
+    )
+    assert summary["drafts"]["exact_match@1"] == 1.0
+    assert set(summary["refined"]) == {"0.5", "1.0"}
+    assert all(metrics["strength"] in (0.5, 1.0) and metrics["init_code"] for metrics in summary["refined"].values())
+    assert summary["refined"]["0.5"]["top1_copies_its_draft"] == 1.0  # the memorised code, from its own draft
+    assert json.loads((tmp_path / "out.json").read_text()) == summary
+    with pytest.raises(ValueError, match="--strengths must lie in"):
+        refine_drafts.main([*common, "--strengths", "0"])
+    drafts.write_text('{"prompt": "ls"}\n')
+    with pytest.raises(ValueError, match="must hold prompt, reference and candidates"):
+        refine_drafts.main(common)
