@@ -658,3 +658,24 @@ def test_init_code_refines_programs_over_the_end_of_the_schedule(overfit_pipelin
 def test_init_code_arguments_are_checked(tiny_pipeline, kwargs, match):
     with pytest.raises(ValueError, match=match):
         seeded(tiny_pipeline, "list all files", **kwargs)
+
+
+def test_prompt_embeds_replace_the_prompt(tiny_pipeline):
+    prompts = ["list all files", "show disk usage now"]
+    tiny_pipeline.model.eval()  # as the pipeline encodes: no dropout
+    with torch.no_grad():
+        states, mask = tiny_pipeline.encode_prompt(prompts, torch.device("cpu"))
+    from_text = seeded(tiny_pipeline, prompts, num_return_sequences=2, output_type="pt")
+    from_states = seeded(
+        tiny_pipeline, None, prompt_embeds=states, prompt_attention_mask=mask, num_return_sequences=2, output_type="pt"
+    )
+    assert torch.equal(from_text.code, from_states.code) and from_text.scores == from_states.scores
+    width = tiny_pipeline.model.config.hidden_size
+    for kwargs, match in [
+        ({"prompt": "ls", "prompt_embeds": states}, "not both"),
+        ({"prompt_embeds": torch.zeros(2, 3)}, f"\\(num_prompts, prompt_length, {width}\\) tensor"),
+        ({"prompt_embeds": states, "prompt_attention_mask": mask[:, :1]}, "prompt_attention_mask must have shape"),
+        ({"prompt": "ls", "prompt_attention_mask": mask}, "goes with prompt_embeds"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            tiny_pipeline(**kwargs, num_inference_steps=2)

@@ -155,16 +155,11 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         stop_when_stable: int | None = None,
         canvas_margin: int | None = None,
         ranking: str = "log_prob",
-    ) -> list[str]:
-        # Any sequence of strings works, e.g. a `datasets` column.
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
-        if not isinstance(prompts, list) or len(prompts) == 0:
-            raise ValueError(f"prompt must be a non-empty string or a non-empty list of strings, got {prompt!r}.")
-        for index, text in enumerate(prompts):
-            if not isinstance(text, str):
-                raise ValueError(f"prompt[{index}] must be a string, got {type(text).__name__}.")
-            if not text.strip():
-                raise ValueError(f"prompt[{index}] is empty: describe the code to generate.")
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[list[str] | None, int]:
+        """The prompts as a list (None with `prompt_embeds`) and their number, after checking every argument."""
+        prompts, num_prompts = self.check_prompt(prompt, prompt_embeds, prompt_attention_mask)
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if timesteps is None and (
             not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= num_train_timesteps
@@ -211,7 +206,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 )
         if ranking not in RANKINGS:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
-        expected_shape = (len(prompts) * num_return_sequences, canvas, config.latent_dim)
+        expected_shape = (num_prompts * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
             raise ValueError(
                 f"latents must have shape {expected_shape} (prompts x num_return_sequences, canvas, latent_dim), "
@@ -223,7 +218,48 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs may name only {self._callback_tensor_inputs}, "
                 f"got {sorted(unknown)}."
             )
-        return prompts
+        return prompts, num_prompts
+
+    def check_prompt(
+        self,
+        prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        prompt_attention_mask: torch.Tensor | None,
+    ) -> tuple[list[str] | None, int]:
+        """The prompts as a list, or None for precomputed `prompt_embeds` (what `encode_prompt` returns), and how
+        many there are."""
+        if prompt_embeds is not None:
+            if prompt is not None:
+                raise ValueError("Pass prompt or prompt_embeds, not both.")
+            width = self.model.config.hidden_size
+            if (
+                not isinstance(prompt_embeds, torch.Tensor)
+                or prompt_embeds.ndim != 3
+                or prompt_embeds.shape[-1] != width
+            ):
+                shape = tuple(prompt_embeds.shape) if isinstance(prompt_embeds, torch.Tensor) else type(prompt_embeds)
+                raise ValueError(
+                    f"prompt_embeds must be a (num_prompts, prompt_length, {width}) tensor, as encode_prompt returns "
+                    f"it, got {shape}."
+                )
+            if prompt_attention_mask is not None and tuple(prompt_attention_mask.shape) != prompt_embeds.shape[:2]:
+                raise ValueError(
+                    f"prompt_attention_mask must have shape {tuple(prompt_embeds.shape[:2])} (num_prompts, "
+                    f"prompt_length), got {tuple(prompt_attention_mask.shape)}."
+                )
+            return None, prompt_embeds.shape[0]
+        if prompt_attention_mask is not None:
+            raise ValueError("prompt_attention_mask goes with prompt_embeds: pass both, or only prompt.")
+        # Any sequence of strings works, e.g. a `datasets` column.
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
+        if not isinstance(prompts, list) or len(prompts) == 0:
+            raise ValueError(f"prompt must be a non-empty string or a non-empty list of strings, got {prompt!r}.")
+        for index, text in enumerate(prompts):
+            if not isinstance(text, str):
+                raise ValueError(f"prompt[{index}] must be a string, got {type(text).__name__}.")
+            if not text.strip():
+                raise ValueError(f"prompt[{index}] is empty: describe the code to generate.")
+        return prompts, len(prompts)
 
     def check_init_code(
         self,
@@ -265,7 +301,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return [programs[j % len(programs)] for programs in per_prompt for j in range(num_return_sequences)]
 
     def encode_prompt(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize and encode the prompts once; returns the encoder states and the prompt attention mask."""
+        """Tokenize and encode the prompts once; returns the encoder states and the prompt attention mask (the call's
+        `prompt_embeds` and `prompt_attention_mask`: encode with the model in eval mode, as a call does, to get the
+        states a call with `prompt` would use)."""
         tokenizer = self.prompt_tokenizer or self.tokenizer
         max_prompt_length = self.model.config.max_prompt_length
         too_long = [i for i, ids in enumerate(tokenizer(prompts)["input_ids"]) if len(ids) > max_prompt_length]
@@ -427,7 +465,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         num_inference_steps: int = 50,
         num_return_sequences: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -448,10 +486,12 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         ranking: str = "log_prob",
         init_code: str | list[str] | list[list[str]] | None = None,
         strength: float | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
-            prompt: One natural-language description or a list of them.
+            prompt: One natural-language description or a list of them (or `prompt_embeds` instead).
             num_inference_steps: Denoising steps (1 to `num_train_timesteps`); 10-50 is the useful range.
             num_return_sequences: Candidates per prompt (k), each from its own starting noise.
             generator: Seeds the starting noise (and the noise of stochastic steps).
@@ -497,11 +537,14 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             strength: With `init_code`, how much of the schedule is run, in (0, 1] (default 0.6): the last
                 `round(num_inference_steps * strength)` of the `num_inference_steps` steps, from a program noised to
                 the first of them. 1 noises it to the start of the schedule, almost pure noise.
+            prompt_embeds: Encoded prompts instead of `prompt`, `(num_prompts, prompt_length, hidden_size)` as
+                [`encode_prompt`] returns them, e.g. encoded once and reused across calls.
+            prompt_attention_mask: Their attention mask, `(num_prompts, prompt_length)` (default: every position).
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
         """
-        prompts = self.check_inputs(
+        prompts, num_prompts = self.check_inputs(
             prompt,
             num_inference_steps,
             num_return_sequences,
@@ -516,8 +559,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             stop_when_stable,
             canvas_margin,
             ranking,
+            prompt_embeds,
+            prompt_attention_mask,
         )
-        drafts = self.check_init_code(init_code, strength, len(prompts), num_return_sequences, latents, timesteps)
+        drafts = self.check_init_code(init_code, strength, num_prompts, num_return_sequences, latents, timesteps)
         rounding = self.resolve_rounding(rounding)
         device = self._execution_device
         # Before the model changes mode: bad custom timesteps fail here with the model as it was.
@@ -536,11 +581,17 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling; the previous mode is restored below, also after an error
         try:
-            encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
+            if prompts is None:
+                encoder_hidden_states = prompt_embeds.to(device=device, dtype=self.model.dtype)
+                attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=device)
+                if prompt_attention_mask is not None:
+                    attention_mask = prompt_attention_mask.to(device=device, dtype=torch.long)
+            else:
+                encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
             dtype = encoder_hidden_states.dtype
-            latents = self.prepare_latents(len(prompts) * num_return_sequences, dtype, device, generator, latents)
+            latents = self.prepare_latents(num_prompts * num_return_sequences, dtype, device, generator, latents)
             if drafts is not None:  # the drafts' embeddings noised to the first step, with the drawn noise
                 clean = self.model.embed_code(self.code_to_ids(drafts).to(device)).to(dtype)
                 first = self.scheduler.timesteps[:1].expand(len(drafts))
@@ -669,11 +720,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             self.model.train(was_training)
 
         # Rank each prompt's candidates by score, best first.
-        scores = scores.view(len(prompts), num_return_sequences)
+        scores = scores.view(num_prompts, num_return_sequences)
         order = scores.argsort(dim=1, descending=True)
-        flat_order = (
-            order + torch.arange(len(prompts), device=order.device)[:, None] * num_return_sequences
-        ).flatten()
+        flat_order = (order + torch.arange(num_prompts, device=order.device)[:, None] * num_return_sequences).flatten()
         ranked_scores = scores.gather(1, order).tolist()
 
         def ranked(texts: list[str]) -> list[list[str]]:
@@ -683,9 +732,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         if output_type == "text":
             code = ranked(self.ids_to_text(token_ids, lengths, max_length))
         elif output_type == "pt":
-            code = token_ids[flat_order].view(len(prompts), num_return_sequences, -1)[..., :max_length]
+            code = token_ids[flat_order].view(num_prompts, num_return_sequences, -1)[..., :max_length]
         else:
-            code = latents[flat_order].view(len(prompts), num_return_sequences, *latents.shape[1:])
+            code = latents[flat_order].view(num_prompts, num_return_sequences, *latents.shape[1:])
         for entry in trajectory:
             entry["code"] = ranked(entry["code"])
         self.maybe_free_model_hooks()
