@@ -279,9 +279,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         """As `nn.Module.train`, but a frozen prompt encoder (no parameter requires a gradient) stays in eval mode:
         it is a fixed function of the prompt, so its dropout would only add noise to what the denoiser reads."""
         super().train(mode)
-        if mode and not any(parameter.requires_grad for parameter in self.encoder.parameters()):
+        if mode and self.encoder_is_frozen:
             self.encoder.eval()
         return self
+
+    @property
+    def encoder_is_frozen(self) -> bool:
+        """No parameter of the prompt encoder requires a gradient: it is a fixed function of the prompt."""
+        return not any(parameter.requires_grad for parameter in self.encoder.parameters())
 
     def get_input_embeddings(self) -> CodeFusionCodeEmbedding:
         """The code embedding L(y), so that `resize_token_embeddings` resizes the code vocabulary (and, through

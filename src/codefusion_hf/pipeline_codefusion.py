@@ -342,7 +342,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def read_tokens(
-        self, step: BaseOutput, canvas: torch.Tensor, rows: "DenoisingRows"
+        self, step: BaseOutput, canvas: torch.Tensor, rows: DenoisingRows
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The token ids of a step and their log-probabilities: those a committing scheduler holds, else the decoder's
         most likely token at every position of `canvas` (the rows' canvas or x0 estimate)."""
@@ -619,6 +619,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             all_log_probs = torch.zeros(latents.shape[:2], device=device)
             all_latents = latents.clone()
             stable_steps = torch.full((len(latents),), -1, device=device)  # steps each candidate's tokens held
+            shrinks = stop_when_stable is not None or canvas_margin is not None  # rows or positions may be dropped
 
             trajectory = []
             for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -666,7 +667,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 if config.self_condition:
                     rows.self_condition = step.pred_original_sample
                 is_last = step_index + 1 == len(self.scheduler.timesteps)
-                if step_index in record_steps or (not is_last and (stop_when_stable or canvas_margin is not None)):
+                if step_index in record_steps or (shrinks and not is_last):
                     token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
                     length = token_ids.shape[1]
                     changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
@@ -690,9 +691,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     }
                     callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
                     rows.latents = callback_outputs.pop("latents", rows.latents)
-                if not is_last and (stop_when_stable or canvas_margin is not None):
+                if shrinks and not is_last:
                     keep = torch.ones_like(rows.indices, dtype=torch.bool)
-                    if stop_when_stable:
+                    if stop_when_stable is not None:
                         keep = stable_steps[rows.indices] < stop_when_stable
                     length = rows.latents.shape[1]
                     if canvas_margin is not None and keep.any():

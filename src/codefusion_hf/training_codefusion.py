@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
 from .constants import ROUNDINGS
@@ -330,7 +330,7 @@ class CodeFusionTrainer(Trainer):
         collator = self.data_collator
         return (
             self.args.cache_encoder_states
-            and not any(parameter.requires_grad for parameter in self.model.encoder.parameters())
+            and self.model.encoder_is_frozen
             and isinstance(collator, CodeFusionDataCollator)
             and not isinstance(collator, CodeFusionPretrainingCollator)
         )
@@ -619,7 +619,7 @@ class ScheduleRecordCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             if os.path.isdir(checkpoint):
                 with open(os.path.join(checkpoint, SCHEDULE_FILE), "w") as f:
                     json.dump(schedule_arguments(args), f, indent=2)
