@@ -79,6 +79,33 @@ def test_generate_with_commit_tokens(saved_pipeline, capsys):
     assert result.stdout.strip().split("\t")[0] == "1. ls -la"
 
 
+def test_generate_and_evaluate_in_bfloat16(saved_pipeline, capsys, tmp_path):
+    result = run_here(
+        capsys,
+        "generate",
+        saved_pipeline,
+        "list all files",
+        "-k",
+        "1",
+        "--steps",
+        "10",
+        "--dtype",
+        "bfloat16",
+        "--commit-tokens",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().split("\t")[0] == "1. ls -la"
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    args = ["evaluate", saved_pipeline, str(data), "--output-dir", str(tmp_path / "out"), "-k", "1", "--commit-tokens"]
+    result = run_here(capsys, *args, "--dtype", "bfloat16")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["dtype"] == "bfloat16" and metrics["exact_match@1"] == 1.0
+    result = run_here(capsys, *args)
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["dtype"] == "float32"
+
+
 def test_generate_refines_init_code(saved_pipeline, capsys):
     args = ["generate", saved_pipeline, "list all files", "-k", "1", "--steps", "10", "--init-code", "ls -la"]
     result = run_here(capsys, *args, "--strength", "0.5", "--show-steps")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from codefusion_hf import CodeFusionCommitScheduler, CodeFusionScheduler
+from codefusion_hf.scheduling_codefusion_commit import most_likely_tokens
 
 
 @pytest.mark.parametrize("schedule", ["sqrt", "linear", "cosine"])
@@ -275,3 +276,14 @@ def test_steps_stay_finite_when_the_signal_vanishes(eta):
             torch.randn(1, 4, 3, generator=generator), timestep, sample, generator, eta=eta
         ).prev_sample
         assert torch.isfinite(sample).all(), int(timestep)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_most_likely_tokens_match_log_softmax_across_chunks(dtype):
+    logits = (torch.randn(3, 50, 97, generator=torch.Generator().manual_seed(0)) * 4).to(dtype)
+    expected_log_probs, expected_ids = logits.float().log_softmax(dim=-1).max(dim=-1)
+    for chunk_size in (1, 64, 150, 1000):  # 150 positions: one chunk, several, a remainder
+        log_probs, token_ids = most_likely_tokens(logits, chunk_size=chunk_size)
+        assert log_probs.shape == token_ids.shape == (3, 50) and log_probs.dtype == torch.float32
+        assert torch.equal(token_ids, expected_ids)
+        torch.testing.assert_close(log_probs, expected_log_probs)

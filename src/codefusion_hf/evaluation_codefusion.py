@@ -182,19 +182,22 @@ def evaluate_file(
     code_column: str = "code",
     max_samples: int | None = None,
     device: str | None = None,
+    torch_dtype: torch.dtype | None = None,
     **evaluate_kwargs,
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
     language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
     guidance_scale, stop_when_stable, canvas_margin, ranking) on
-    `device` (default: CUDA when available), write the results to `output_dir`, return metrics."""
+    `device` (default: CUDA when available) in `torch_dtype` (default: as saved), write the results to `output_dir`,
+    return metrics."""
     from .data_codefusion import load_code_dataset
 
     data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column, max_samples=max_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
-    pipe = CodeFusionPipeline.from_pretrained(model).to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = CodeFusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+    pipe = pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     candidates, scores, metrics = evaluate_pipeline(pipe, prompts, references, **evaluate_kwargs)
-    metrics |= {"model": model, "test_file": test_file}
+    metrics |= {"model": model, "test_file": test_file, "dtype": str(pipe.model.dtype).removeprefix("torch.")}
     write_evaluation(output_dir, prompts, references, candidates, scores, metrics)
     return metrics
 
