@@ -14,7 +14,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from codefusion_hf import CodeFusionModel, CodeFusionPipeline, training_codefusion
+from codefusion_hf import CodeFusionConfig, CodeFusionModel, CodeFusionPipeline, training_codefusion
 from codefusion_hf.data_codefusion import (
     ENCODER_STATES_COLUMN,
     CodeFusionDataCollator,
@@ -199,6 +199,60 @@ def test_freeze_encoder_in_finetuning(code_tokenizer, tmp_path):
     model.train()
     trainer.compute_loss(model, first_batch(trainer)).backward()
     assert all(p.grad is not None for p in model.encoder_proj.parameters())  # the projection still learns
+
+
+TWO_ENCODER_LAYERS = {
+    "encoder_config": CodeFusionConfig.from_preset("tiny").encoder_config.to_dict() | {"num_layers": 2},
+}
+
+
+def test_top_encoder_layers_train_at_their_own_learning_rate(code_tokenizer, tmp_path):
+    trainer = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        config_overrides=TWO_ENCODER_LAYERS,
+        trained_encoder_layers=1,
+        encoder_learning_rate=1e-4,
+        max_steps=2,
+    )
+    model = trainer.model
+    layers = list(model.encoder.encoder.block)
+    assert len(layers) == 2
+    assert all(p.requires_grad for p in layers[-1].parameters())
+    assert not any(p.requires_grad for layer in layers[:-1] for p in layer.parameters())
+    assert not model.encoder.shared.weight.requires_grad and not model.encoder_is_frozen
+    assert ENCODER_STATES_COLUMN not in trainer.train_dataset.column_names  # a training encoder is never cached
+    before = {name: p.detach().clone() for name, p in model.encoder.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in model.encoder.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {name for name, p in model.encoder.named_parameters() if p.requires_grad}
+    encoder_ids = {id(p) for p in layers[-1].parameters()}
+    for group in trainer.optimizer.param_groups:
+        in_encoder = {id(p) in encoder_ids for p in group["params"]}
+        assert len(in_encoder) == 1  # no group mixes encoder and other parameters
+        assert group["initial_lr"] == (1e-4 if in_encoder == {True} else 3e-3)
+    assert sum(len(group["params"]) for group in trainer.optimizer.param_groups) == sum(
+        p.requires_grad for p in model.parameters()
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"trained_encoder_layers": 0}, "trained_encoder_layers must be at least 1"),
+        ({"encoder_learning_rate": 0.0}, "encoder_learning_rate must be positive"),
+        ({"freeze_encoder": True, "encoder_learning_rate": 1e-4}, "freeze_encoder=True trains no encoder"),
+    ],
+)
+def test_encoder_training_arguments_are_checked(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        training_args(tmp_path, **kwargs)
+
+
+def test_more_trained_encoder_layers_than_the_encoder_has(code_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="trained_encoder_layers=9, but the prompt encoder has 2 layers"):
+        make_trainer("finetune", code_tokenizer, tmp_path, TWO_ENCODER_LAYERS, trained_encoder_layers=9)
 
 
 def test_a_frozen_encoder_runs_once_per_dataset(code_tokenizer, tmp_path):

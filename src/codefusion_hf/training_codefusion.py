@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset
+from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
@@ -63,6 +64,20 @@ class CodeFusionTrainingArguments(TrainingArguments):
     )
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Phase 2: keep the prompt encoder frozen (phase 1 always freezes it)."}
+    )
+    encoder_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Phase 2 with a trained encoder: the learning rate of the prompt encoder's parameters, scheduled "
+            "like learning_rate (a pretrained encoder usually wants a lower one). None: learning_rate."
+        },
+    )
+    trained_encoder_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Phase 2: train only the top this many layers of the prompt encoder; its embeddings and lower "
+            "layers stay frozen. None: the whole encoder (unless freeze_encoder)."
+        },
     )
     cache_encoder_states: bool = field(
         default=True,
@@ -131,6 +146,18 @@ class CodeFusionTrainingArguments(TrainingArguments):
         for name in ("unconditional_probability", "cpd_mask_rate", "prompt_dropout_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
+        if self.encoder_learning_rate is not None and not self.encoder_learning_rate > 0:
+            raise ValueError(f"encoder_learning_rate must be positive, got {self.encoder_learning_rate}.")
+        if self.trained_encoder_layers is not None and self.trained_encoder_layers < 1:
+            raise ValueError(
+                f"trained_encoder_layers must be at least 1, got {self.trained_encoder_layers}: use freeze_encoder "
+                "to train none of them."
+            )
+        if self.freeze_encoder and (self.encoder_learning_rate is not None or self.trained_encoder_layers is not None):
+            raise ValueError(
+                "freeze_encoder=True trains no encoder parameter: drop encoder_learning_rate and "
+                "trained_encoder_layers, or set freeze_encoder=False."
+            )
         if self.timestep_bias_strategy not in TIMESTEP_BIAS_STRATEGIES:
             raise ValueError(
                 f"timestep_bias_strategy must be one of {TIMESTEP_BIAS_STRATEGIES}, "
@@ -321,8 +348,40 @@ class CodeFusionTrainer(Trainer):
                 self.add_callback(TimeBudgetProgressCallback(args.max_train_minutes))
 
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
-        model.encoder.requires_grad_(not args.freeze_encoder)
+        model.encoder.requires_grad_(not args.freeze_encoder and args.trained_encoder_layers is None)
+        if args.trained_encoder_layers is not None:
+            layers = encoder_layers(model.encoder)
+            if args.trained_encoder_layers > len(layers):
+                raise ValueError(
+                    f"trained_encoder_layers={args.trained_encoder_layers}, but the prompt encoder has "
+                    f"{len(layers)} layers."
+                )
+            for layer in layers[len(layers) - args.trained_encoder_layers :]:
+                layer.requires_grad_(True)
         model.encoder_proj.requires_grad_(True)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, with the prompt encoder's parameters in groups of their own at
+        `args.encoder_learning_rate` when it is set."""
+        if self.optimizer is not None or self.args.encoder_learning_rate is None:
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        encoder_parameters = {id(parameter) for parameter in self.model.encoder.parameters()}
+        for group in list(optimizer.param_groups):
+            encoder_group = [parameter for parameter in group["params"] if id(parameter) in encoder_parameters]
+            if encoder_group:
+                group["params"] = [
+                    parameter for parameter in group["params"] if id(parameter) not in encoder_parameters
+                ]
+                optimizer.add_param_group(
+                    {
+                        "params": encoder_group,
+                        "weight_decay": group["weight_decay"],
+                        "lr": self.args.encoder_learning_rate,
+                    }
+                )
+        optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
 
     def caches_encoder_states(self) -> bool:
         """`args.cache_encoder_states` applies to a frozen encoder whose prompts come from the dataset's `input_ids`
@@ -564,6 +623,19 @@ class CodeFusionPretrainer(CodeFusionTrainer):
             shape = (*input_ids.shape, self.accelerator.unwrap_model(model).config.hidden_size)
             inputs["prompt_noise"] = torch.randn(shape, generator=self.eval_generator()).to(input_ids.device)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers of a transformers encoder (BERT's `encoder.layer`, T5's `encoder.block`, ...):
+    the outermost `ModuleList` with as many modules as its config has layers."""
+    num_layers = getattr(encoder.config, "num_hidden_layers", None)
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise ValueError(
+        f"{type(encoder).__name__} has no list of {num_layers} layers (config.num_hidden_layers): "
+        "trained_encoder_layers cannot apply to it."
+    )
 
 
 def find_resume_checkpoint(args: CodeFusionTrainingArguments) -> str | None:
