@@ -584,6 +584,8 @@ def test_bad_training_arguments(tmp_path):
         training_args(tmp_path, timestep_bias_multiplier=0)
     with pytest.raises(ValueError, match="timestep_bias_portion"):
         training_args(tmp_path, timestep_bias_portion=0)
+    with pytest.raises(ValueError, match="min_train_timestep must be at least 0"):
+        training_args(tmp_path, min_train_timestep=-1)
 
 
 @pytest.mark.parametrize("strategy", ["none", "later", "earlier"])
@@ -595,6 +597,33 @@ def test_timestep_weights(strategy, code_tokenizer, tmp_path):
     weights = trainer.timestep_weights(1200)
     expected = {"none": (0.25, 0.25), "later": (0.5, 1 / 6), "earlier": (1 / 6, 0.5)}[strategy]
     torch.testing.assert_close((weights[900:].sum().item(), weights[:300].sum().item()), expected)
+
+
+def test_min_train_timestep_clips_the_smallest_noise(code_tokenizer, tmp_path, monkeypatch):
+    """No timestep below min_train_timestep is drawn, alone or with a bias, and the rest keep their ratios."""
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, min_train_timestep=30)  # of the tiny model's 100
+    weights = trainer.timestep_weights(1200)
+    assert weights[:30].sum() == 0 and torch.allclose(weights[30:], torch.full((1170,), 1 / 1170))
+    biased = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        min_train_timestep=30,
+        timestep_bias_strategy="later",
+        timestep_bias_multiplier=2.0,
+    ).timestep_weights(1200)
+    assert biased[:30].sum() == 0 and torch.isclose(biased[900] / biased[30], torch.tensor(2.0))
+    drawn = []
+    forward = CodeFusionModel.forward
+    monkeypatch.setattr(
+        CodeFusionModel, "forward", lambda self, **k: drawn.append(k.get("timesteps")) or forward(self, **k)
+    )
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert drawn[0].min() >= 30
+    with pytest.raises(ValueError, match="min_train_timestep=1200 leaves no timestep to train on"):
+        trainer.args.min_train_timestep = 1200
+        trainer.timestep_weights(1200)
 
 
 @pytest.mark.parametrize("kind", ["finetune", "pretrain"])

@@ -106,6 +106,14 @@ class CodeFusionTrainingArguments(TrainingArguments):
     timestep_bias_portion: float = field(
         default=0.25, metadata={"help": "Share of the T timesteps that are biased (the latest or earliest ones)."}
     )
+    min_train_timestep: int = field(
+        default=0,
+        metadata={
+            "help": "Draw training timesteps from [min_train_timestep, T) only: DINOISER's clipping of the smallest "
+            "noise scales (Ye et al., 2023), at which the noisy embedding is still nearest its own token, so the "
+            "step teaches little. 0 (default): every step (the paper). Combines with timestep_bias_*."
+        },
+    )
     canvas_margin: int | None = field(
         default=None,
         metadata={
@@ -163,6 +171,8 @@ class CodeFusionTrainingArguments(TrainingArguments):
                 f"timestep_bias_strategy must be one of {TIMESTEP_BIAS_STRATEGIES}, "
                 f"got {self.timestep_bias_strategy!r}."
             )
+        if self.min_train_timestep < 0:
+            raise ValueError(f"min_train_timestep must be at least 0, got {self.min_train_timestep}.")
         if self.timestep_bias_multiplier <= 0:
             raise ValueError(f"timestep_bias_multiplier must be positive, got {self.timestep_bias_multiplier}.")
         if self.canvas_margin is not None and self.canvas_margin < 0:
@@ -427,7 +437,7 @@ class CodeFusionTrainer(Trainer):
                 labels.shape[0], config.max_code_length, config.latent_dim, generator=self.eval_generator()
             ).to(labels.device)
         else:
-            if self.args.timestep_bias_strategy != "none":
+            if self.args.timestep_bias_strategy != "none" or self.args.min_train_timestep > 0:
                 inputs = dict(inputs)
                 inputs["timesteps"] = torch.multinomial(
                     self._timestep_weights, inputs["labels"].shape[0], replacement=True
@@ -449,14 +459,20 @@ class CodeFusionTrainer(Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def timestep_weights(self, num_train_timesteps: int) -> torch.Tensor:
-        """Relative probability of drawing each training timestep under `args.timestep_bias_*`."""
+        """Probability of drawing each training timestep under `args.timestep_bias_*` and `args.min_train_timestep`."""
         args = self.args
+        if args.min_train_timestep >= num_train_timesteps:
+            raise ValueError(
+                f"min_train_timestep={args.min_train_timestep} leaves no timestep to train on: the model has "
+                f"num_train_timesteps={num_train_timesteps}."
+            )
         weights = torch.ones(num_train_timesteps)
         num_biased = max(1, round(args.timestep_bias_portion * num_train_timesteps))
         if args.timestep_bias_strategy == "later":
             weights[num_train_timesteps - num_biased :] *= args.timestep_bias_multiplier
         elif args.timestep_bias_strategy == "earlier":
             weights[:num_biased] *= args.timestep_bias_multiplier
+        weights[: args.min_train_timestep] = 0
         return weights / weights.sum()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
