@@ -25,4 +25,6 @@ run commit10_stable2 "$threads" commit 10 '{"stop_when_stable": 2}'
 run commit10_margin4_stable2 "$threads" commit 10 '{"canvas_margin": 4, "stop_when_stable": 2}'
 run commit10_bf16 "$threads" commit 10 '{}' --bf16
 run commit10_bf16_compiled "$threads" commit 10 '{}' "--bf16 --compile"
+run commit10_bf16_stable2 "$threads" commit 10 '{"stop_when_stable": 2}' --bf16
+run commit5_bf16 "$threads" commit 5 '{}' --bf16
 (cd "$root" && "$python" research/plot_results.py --output_prefix "$out/generation" --generation "$out"/commit*.json)

@@ -624,6 +624,29 @@ def test_ranking_orders_the_candidates_and_is_checked(overfit_pipeline):
         seeded(overfit_pipeline, "list all files", ranking="bleu")
 
 
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS)
+def test_condition_enhanced_sampling_tells_the_denoiser_one_timestep(overfit_pipeline, scheduler_class, monkeypatch):
+    """With condition_enhanced_timestep the denoiser reads that timestep at every step (committed positions keep 0),
+    the x0 estimate the true one; the memorised pairs still come back, and the value is checked."""
+    pipe = with_scheduler(overfit_pipeline, scheduler_class)
+    told, converted = [], []
+    denoise, predict = pipe.model.denoise, pipe.scheduler.predict_original_sample
+    monkeypatch.setattr(
+        pipe.model, "denoise", lambda latents, t, *a, **k: told.append(t) or denoise(latents, t, *a, **k)
+    )
+    monkeypatch.setattr(
+        pipe.scheduler, "predict_original_sample", lambda out, t, x: converted.append(t) or predict(out, t, x)
+    )
+    last = pipe.scheduler.config.num_train_timesteps - 1
+    output = seeded(pipe, [prompt for prompt, _ in PAIRS], condition_enhanced_timestep=last)
+    assert [codes[0] for codes in output.code] == [code for _, code in PAIRS]
+    assert all(set(t.unique().tolist()) <= {0, last} and (t == last).any() for t in map(torch.as_tensor, told))
+    assert [int(torch.as_tensor(t).max()) for t in converted] == pipe.scheduler.timesteps.tolist()
+    for bad in (-1, last + 1, 2.5):
+        with pytest.raises(ValueError, match="condition_enhanced_timestep must be None"):
+            seeded(pipe, "list all files", condition_enhanced_timestep=bad)
+
+
 def test_init_code_refines_programs_over_the_end_of_the_schedule(overfit_pipeline, monkeypatch):
     """A memorised pair comes back from its own program noised part of the way; only that part of the schedule runs,
     and a prompt's candidates start from its programs in turn."""

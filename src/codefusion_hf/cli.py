@@ -47,7 +47,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_early_stop_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stop-when-stable",
         type=positive_int,
@@ -70,6 +70,14 @@ def add_early_stop_arguments(parser: argparse.ArgumentParser) -> None:
         help="How candidates are ranked: mean token log-probability (default), the same without the end token, "
         "or agreement with the other candidates.",
     )
+    parser.add_argument(
+        "--condition-enhanced-timestep",
+        type=non_negative_int,
+        default=None,
+        metavar="T",
+        help="Tell the denoiser this timestep at every step (DINOISER's condition-enhanced sampling, e.g. the "
+        "noisiest, num_train_timesteps - 1), so it leans on the prompt (default: off).",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
     generate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
     generate.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
-    add_early_stop_arguments(generate)
+    add_sampling_arguments(generate)
     generate.add_argument(
         "--init-code",
         action="append",
@@ -124,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--guidance-scale", type=float, default=1.0, help="Classifier-free guidance (not in the paper); 1 is off."
     )
-    add_early_stop_arguments(evaluate)
+    add_sampling_arguments(evaluate)
 
     push = commands.add_parser("push", help="Upload a saved pipeline folder to the Hub.")
     push.add_argument("model", help="Saved pipeline folder.")
@@ -158,6 +166,7 @@ def generate(args: argparse.Namespace) -> None:
         stop_when_stable=args.stop_when_stable,
         canvas_margin=args.canvas_margin,
         ranking=args.ranking,
+        condition_enhanced_timestep=args.condition_enhanced_timestep,
         init_code=args.init_code[0] if args.init_code and len(args.init_code) == 1 else args.init_code,
         strength=args.strength,
     )
@@ -198,6 +207,7 @@ def evaluate(args: argparse.Namespace) -> None:
         stop_when_stable=args.stop_when_stable,
         canvas_margin=args.canvas_margin,
         ranking=args.ranking,
+        condition_enhanced_timestep=args.condition_enhanced_timestep,
         device=args.device,
         torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
     )

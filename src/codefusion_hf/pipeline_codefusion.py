@@ -157,6 +157,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         ranking: str = "log_prob",
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
+        condition_enhanced_timestep: int | None = None,
     ) -> tuple[list[str] | None, int]:
         """The prompts as a list (None with `prompt_embeds`) and their number, after checking every argument."""
         prompts, num_prompts = self.check_prompt(prompt, prompt_embeds, prompt_attention_mask)
@@ -206,6 +207,13 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 )
         if ranking not in RANKINGS:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
+        if condition_enhanced_timestep is not None and (
+            not is_integer(condition_enhanced_timestep) or not 0 <= condition_enhanced_timestep < num_train_timesteps
+        ):
+            raise ValueError(
+                f"condition_enhanced_timestep must be None (off) or an integer from 0 to {num_train_timesteps - 1}, "
+                f"got {condition_enhanced_timestep!r}."
+            )
         expected_shape = (num_prompts * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
             raise ValueError(
@@ -488,6 +496,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         strength: float | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
+        condition_enhanced_timestep: int | None = None,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -540,6 +549,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             prompt_embeds: Encoded prompts instead of `prompt`, `(num_prompts, prompt_length, hidden_size)` as
                 [`encode_prompt`] returns them, e.g. encoded once and reused across calls.
             prompt_attention_mask: Their attention mask, `(num_prompts, prompt_length)` (default: every position).
+            condition_enhanced_timestep: DINOISER's condition-enhanced sampling (Ye et al., 2023; not in the paper):
+                the denoiser is told this timestep at every step (e.g. `num_train_timesteps - 1`, the noisiest)
+                instead of the step's own, so that it leans on the prompt rather than on the canvas; the x0
+                estimate is still read at the true noise level. None (default): off.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -561,6 +574,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             ranking,
             prompt_embeds,
             prompt_attention_mask,
+            condition_enhanced_timestep,
         )
         drafts = self.check_init_code(init_code, strength, num_prompts, num_return_sequences, latents, timesteps)
         rounding = self.resolve_rounding(rounding)
@@ -630,9 +644,13 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 if self.guidance_scale > 1 and rows.unconditional_cache is None:
                     rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
                 denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
+                model_timesteps = denoiser_timesteps
+                if condition_enhanced_timestep is not None:
+                    told = timestep.new_tensor(condition_enhanced_timestep)
+                    model_timesteps = self.scheduler.denoiser_timesteps(told, rows.latents)
                 model_output = self.guided_denoise(
                     rows.latents,
-                    denoiser_timesteps,
+                    model_timesteps,
                     rows.encoder_hidden_states,
                     rows.attention_mask,
                     rows.self_condition,
