@@ -84,6 +84,17 @@ def test_new_model_needs_a_tokenizer():
         training_setup.load_model_and_tokenizers(training_setup.ModelArguments())
 
 
+def test_init_layers_from_encoder_needs_a_new_model_and_an_encoder(tmp_path):
+    with pytest.raises(ValueError, match="give --encoder_name_or_path"):
+        training_setup.load_model_and_tokenizers(
+            training_setup.ModelArguments(tokenizer_name_or_path=str(tmp_path), init_layers_from_encoder=True)
+        )
+    with pytest.raises(ValueError, match="a continued one \\(--model_name_or_path\\) has trained layers"):
+        training_setup.load_model_and_tokenizers(
+            training_setup.ModelArguments(model_name_or_path=str(tmp_path), init_layers_from_encoder=True)
+        )
+
+
 def test_config_overrides_change_a_continued_model(tiny_pipeline, tmp_path):
     """Training-time fields of a saved model can be changed when training continues; unknown fields are an error."""
     tiny_pipeline.save_pretrained(tmp_path)

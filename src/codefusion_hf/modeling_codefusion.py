@@ -275,6 +275,45 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         model.encoder = build_encoder(encoder_config, encoder_name_or_path, dtype=torch.float32)
         return model
 
+    @torch.no_grad()
+    def init_layers_from_encoder(self) -> None:
+        """Start the denoiser's and decoder's layers from the prompt encoder's pretrained BERT layers (taken evenly
+        spaced across its depth): self-attention and MLP weights are copied, the cross-attention's output projection
+        starts at zero so each layer first computes what its encoder layer did, and the pre-norm layer norms keep
+        their identity start (BERT's are post-norm). Needs a BERT-type encoder (e.g. MiniLM) of the model's width and
+        MLP size; not in the paper, where both stacks start random."""
+        config, encoder_config = self.config, self.config.encoder_config
+        if encoder_config.model_type != "bert":
+            raise ValueError(
+                "init_layers_from_encoder copies BERT layers, but the prompt encoder is "
+                f"{encoder_config.model_type!r}."
+            )
+        sizes = {"hidden_size": encoder_config.hidden_size, "intermediate_size": encoder_config.intermediate_size}
+        sizes["num_attention_heads"] = encoder_config.num_attention_heads
+        mismatched = {name: size for name, size in sizes.items() if getattr(config, name) != size}
+        if mismatched:
+            raise ValueError(
+                f"init_layers_from_encoder needs the encoder's sizes: set {mismatched} in the config (it has "
+                f"{ {name: getattr(config, name) for name in mismatched} })."
+            )
+        sources = self.encoder.encoder.layer
+        for stack in (self.denoiser, self.decoder):
+            count = len(stack.layers)
+            for index, layer in enumerate(stack.layers):
+                source = sources[round(index * (len(sources) - 1) / max(count - 1, 1))]
+                attention = source.attention.self
+                layer.self_attn.in_proj_weight.copy_(
+                    torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+                )
+                layer.self_attn.in_proj_bias.copy_(
+                    torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
+                )
+                layer.self_attn.out_proj.load_state_dict(source.attention.output.dense.state_dict())
+                layer.mlp[0].load_state_dict(source.intermediate.dense.state_dict())
+                layer.mlp[2].load_state_dict(source.output.dense.state_dict())
+                layer.cross_attn.out_proj.weight.zero_()
+                layer.cross_attn.out_proj.bias.zero_()
+
     def train(self, mode: bool = True) -> "CodeFusionModel":
         """As `nn.Module.train`, but a frozen prompt encoder (no parameter requires a gradient) stays in eval mode:
         it is a fixed function of the prompt, so its dropout would only add noise to what the denoiser reads."""
