@@ -591,6 +591,32 @@ def test_forward_returns_a_tuple_without_return_dict(tiny_model, code_tokenizer)
     tiny_model.eval()
     output = tiny_model(**inputs, **draws)
     as_tuple = tiny_model(**inputs, **draws, return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple) == 6
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 7
     torch.testing.assert_close(as_tuple[0], output.loss)
     torch.testing.assert_close(as_tuple[4], output.logits)
+    torch.testing.assert_close(as_tuple[6], output.row_losses)
+
+
+def test_row_losses_are_each_rows_own_loss_and_weights_scale_them(tiny_model, code_tokenizer):
+    """Each row's `row_losses` entry is the loss of that row alone; the batch loss is their mean over supervised
+    positions, and `row_loss_weights` scales each row's share of it."""
+    input_ids, attention_mask, labels = batch(code_tokenizer)
+    draws = {"timesteps": torch.tensor([3, 50]), "noise": torch.randn(2, 16, tiny_model.config.latent_dim)}
+    tiny_model.eval()
+    output = tiny_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **draws)
+    for row in range(2):
+        alone = tiny_model(
+            input_ids=input_ids[row : row + 1],
+            attention_mask=attention_mask[row : row + 1],
+            labels=labels[row : row + 1],
+            timesteps=draws["timesteps"][row : row + 1],
+            noise=draws["noise"][row : row + 1],
+        )
+        torch.testing.assert_close(output.row_losses[row], alone.loss)
+    positions = torch.full((2,), tiny_model.config.max_code_length)  # every position is supervised (pad included)
+    torch.testing.assert_close(output.loss, (output.row_losses * positions).sum() / positions.sum())
+    weights = torch.tensor([0.5, 2.0])
+    weighted = tiny_model(
+        input_ids=input_ids, attention_mask=attention_mask, labels=labels, row_loss_weights=weights, **draws
+    )
+    torch.testing.assert_close(weighted.loss, (weights * output.row_losses * positions).sum() / positions.sum())

@@ -27,6 +27,7 @@ from codefusion_hf.training_codefusion import (
     CodeFusionPretrainer,
     CodeFusionTrainer,
     CodeFusionTrainingArguments,
+    LossAwareTimestepSampler,
     find_resume_checkpoint,
 )
 
@@ -624,6 +625,38 @@ def test_min_train_timestep_clips_the_smallest_noise(code_tokenizer, tmp_path, m
     with pytest.raises(ValueError, match="min_train_timestep=1200 leaves no timestep to train on"):
         trainer.args.min_train_timestep = 1200
         trainer.timestep_weights(1200)
+
+
+def test_loss_aware_sampler_draws_by_the_root_mean_square_of_recent_losses():
+    base = torch.ones(100).index_fill(0, torch.arange(20), 0)  # min_train_timestep=20: buckets 0 and 1 unused
+    sampler = LossAwareTimestepSampler(base, num_buckets=10, history=2, uniform_share=0.0)
+    torch.testing.assert_close(sampler.probabilities(), base / 80)  # not warm: the base distribution, weight 1
+    timesteps, weights = sampler.sample(50)
+    assert timesteps.min() >= 20 and torch.equal(weights, torch.ones(50))
+    for _ in range(2):  # bucket 9 (timesteps 90-99) has losses 10 times the others'
+        sampler.update(torch.arange(20, 100, 10), torch.tensor([1.0] * 7 + [10.0]))
+    assert sampler.warm
+    probabilities = sampler.probabilities()
+    assert probabilities[:20].sum() == 0 and torch.isclose(probabilities[95] / probabilities[25], torch.tensor(10.0))
+    losses = torch.rand(100)  # the importance weights keep any per-timestep loss's expectation the base one's
+    timesteps = torch.arange(100)
+    weights = (base / 80)[timesteps] / probabilities.clamp(min=1e-12)[timesteps]
+    torch.testing.assert_close((probabilities * weights * losses).sum(), (base / 80 * losses).sum())
+    sampler.update(torch.tensor([[0, 95, 0]]), torch.tensor([5.0]))  # per-position timesteps: the row's largest
+    assert sampler.losses[9, -1] == 5.0
+
+
+def test_loss_aware_timesteps_reach_the_model_with_their_weights(code_tokenizer, tmp_path, monkeypatch):
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, loss_aware_timesteps=True, max_steps=3)
+    seen = []
+    forward = CodeFusionModel.forward
+    monkeypatch.setattr(CodeFusionModel, "forward", lambda self, **k: seen.append(k) or forward(self, **k))
+    trainer.train()
+    drawn = [k for k in seen if "row_loss_weights" in k]
+    assert len(drawn) == 3 and all(k["timesteps"].shape == k["row_loss_weights"].shape == (4,) for k in drawn)
+    assert int(trainer.timestep_sampler.counts.sum()) == 3 * 4  # every training row's loss was recorded
+    with pytest.raises(ValueError, match="loss_aware_timesteps chooses the timestep distribution itself"):
+        training_args(tmp_path, loss_aware_timesteps=True, timestep_bias_strategy="later")
 
 
 @pytest.mark.parametrize("kind", ["finetune", "pretrain"])

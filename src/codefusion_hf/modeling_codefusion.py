@@ -29,6 +29,8 @@ class CodeFusionModelOutput(ModelOutput):
         logits: `(batch_size, canvas_length, vocab_size)` decoder logits for D_s.
         timesteps: The diffusion timestep of each row, or of each canvas position for rows with committed positions
             (`config.commit_probability`).
+        row_losses: `(batch_size,)` each row's own loss (the weighted terms, averaged over its supervised
+            positions), detached: what a loss-aware timestep sampler tracks.
     """
 
     loss: torch.FloatTensor | None = None
@@ -37,6 +39,7 @@ class CodeFusionModelOutput(ModelOutput):
     decoder_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     timesteps: torch.LongTensor | None = None
+    row_losses: torch.FloatTensor | None = None
 
 
 class CodeFusionAttention(nn.Module):
@@ -459,6 +462,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         unconditional: torch.BoolTensor | None = None,
         prompt_noise: torch.Tensor | None = None,
         canvas_length: int | None = None,
+        row_loss_weights: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> CodeFusionModelOutput | tuple:
         r"""
@@ -483,6 +487,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             canvas_length: Pad the labels to this many positions instead of the full canvas (`max_code_length`),
                 so that a batch of short code computes fewer pad positions; the model then learns pad only that far
                 past the code (see the trainer's `canvas_margin`).
+            row_loss_weights: `(batch_size,)` weights of each row's terms in the loss (default 1): the importance
+                weights of a non-uniform timestep sampler, which keep the loss an unbiased estimate of the uniform one.
             return_dict: Return a [`CodeFusionModelOutput`] (default: `config.return_dict`) rather than a tuple
                 of its fields that are set.
         """
@@ -559,16 +565,37 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
         logits = self.decode(denoised_latents, encoder_hidden_states, attention_mask)
 
-        weights = supervised.unsqueeze(-1).to(model_output.dtype)
-        normaliser = weights.sum().clamp(min=1) * self.config.latent_dim
-        noise_loss = ((model_output - target) ** 2 * weights).sum() / normaliser
-        embedding_loss = ((denoised_latents - clean_latents) ** 2 * weights).sum() / normaliser
-        decoder_loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        # Each term sums over the supervised positions of the batch, each row weighted by `row_loss_weights`, and
+        # divides by their count: with unit weights, the mean over every supervised position.
+        row_weights = (
+            torch.ones(labels.shape[0], device=labels.device) if row_loss_weights is None else row_loss_weights
+        )
+        row_weights = row_weights.to(device=labels.device, dtype=torch.float32)
+        mask = supervised.unsqueeze(-1).to(model_output.dtype)
+        noise_sums = ((model_output - target) ** 2 * mask).sum(dim=(1, 2)).float() / self.config.latent_dim
+        embedding_sums = ((denoised_latents - clean_latents) ** 2 * mask).sum(
+            dim=(1, 2)
+        ).float() / self.config.latent_dim
+        decoder_sums = (
+            F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none")
+            .view(labels.shape)
+            .sum(dim=1)
+        )
+        positions = supervised.sum(dim=1)
+        normaliser = positions.sum().clamp(min=1)
+        noise_loss = (row_weights * noise_sums).sum() / normaliser
+        embedding_loss = (row_weights * embedding_sums).sum() / normaliser
+        decoder_loss = (row_weights * decoder_sums).sum() / normaliser
         loss = (
             self.config.noise_loss_weight * noise_loss
             + self.config.embedding_loss_weight * embedding_loss
             + self.config.decoder_loss_weight * decoder_loss
         )
+        row_losses = (
+            self.config.noise_loss_weight * noise_sums
+            + self.config.embedding_loss_weight * embedding_sums
+            + self.config.decoder_loss_weight * decoder_sums
+        ).detach() / positions.clamp(min=1)
         output = CodeFusionModelOutput(
             loss=loss,
             noise_loss=noise_loss,
@@ -576,6 +603,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             decoder_loss=decoder_loss,
             logits=logits,
             timesteps=timesteps,
+            row_losses=row_losses,
         )
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 

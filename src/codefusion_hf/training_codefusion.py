@@ -106,6 +106,14 @@ class CodeFusionTrainingArguments(TrainingArguments):
     timestep_bias_portion: float = field(
         default=0.25, metadata={"help": "Share of the T timesteps that are biased (the latest or earliest ones)."}
     )
+    loss_aware_timesteps: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw training timesteps by the root mean square of their recent losses (improved DDPM's "
+            "second-moment sampler, as GENIE and DiffuSeq train), each row's loss weighted so that the objective "
+            "stays the uniform one; uniform until every timestep bucket has its history. Not with timestep_bias_*."
+        },
+    )
     min_train_timestep: int = field(
         default=0,
         metadata={
@@ -170,6 +178,10 @@ class CodeFusionTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"timestep_bias_strategy must be one of {TIMESTEP_BIAS_STRATEGIES}, "
                 f"got {self.timestep_bias_strategy!r}."
+            )
+        if self.loss_aware_timesteps and self.timestep_bias_strategy != "none":
+            raise ValueError(
+                "loss_aware_timesteps chooses the timestep distribution itself: set timestep_bias_strategy='none'."
             )
         if self.min_train_timestep < 0:
             raise ValueError(f"min_train_timestep must be at least 0, got {self.min_train_timestep}.")
@@ -343,6 +355,7 @@ class CodeFusionTrainer(Trainer):
         self._loss_term_counts = {"train": 0, "eval": 0}
         self._eval_generator = None
         self._timestep_weights = self.timestep_weights(model.config.num_train_timesteps)  # drawn from every step
+        self.timestep_sampler = LossAwareTimestepSampler(self._timestep_weights) if args.loss_aware_timesteps else None
         if self.caches_encoder_states():
             with args.main_process_first(desc="encoding the prompts once"):
                 self.train_dataset = self.with_encoder_states(self.train_dataset)
@@ -437,7 +450,12 @@ class CodeFusionTrainer(Trainer):
                 labels.shape[0], config.max_code_length, config.latent_dim, generator=self.eval_generator()
             ).to(labels.device)
         else:
-            if self.args.timestep_bias_strategy != "none" or self.args.min_train_timestep > 0:
+            if self.timestep_sampler is not None:
+                inputs = dict(inputs)
+                timesteps, row_weights = self.timestep_sampler.sample(inputs["labels"].shape[0])
+                inputs["timesteps"] = timesteps.to(inputs["labels"].device)
+                inputs["row_loss_weights"] = row_weights.to(inputs["labels"].device)
+            elif self.args.timestep_bias_strategy != "none" or self.args.min_train_timestep > 0:
                 inputs = dict(inputs)
                 inputs["timesteps"] = torch.multinomial(
                     self._timestep_weights, inputs["labels"].shape[0], replacement=True
@@ -452,6 +470,10 @@ class CodeFusionTrainer(Trainer):
                     torch.rand(inputs["labels"].shape[0]) < self.args.prompt_dropout_probability
                 ).to(inputs["labels"].device)
         outputs = model(**inputs)
+        if model.training and self.timestep_sampler is not None:  # every process learns every process's losses
+            self.timestep_sampler.update(
+                self.accelerator.gather(inputs["timesteps"]).cpu(), self.accelerator.gather(outputs.row_losses).cpu()
+            )
         mode = "train" if model.training else "eval"
         for name in LOSS_TERMS:
             self._loss_term_sums[mode][name] += getattr(outputs, name).item()
@@ -639,6 +661,53 @@ class CodeFusionPretrainer(CodeFusionTrainer):
             shape = (*input_ids.shape, self.accelerator.unwrap_model(model).config.hidden_size)
             inputs["prompt_noise"] = torch.randn(shape, generator=self.eval_generator()).to(input_ids.device)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class LossAwareTimestepSampler:
+    """Improved DDPM's loss-second-moment timestep sampler (Nichol & Dhariwal, 2021), which GENIE and DiffuSeq train
+    with: timestep t is drawn with probability proportional to `base[t]` times the root mean square of the last
+    `history` row losses seen in its bucket (`num_buckets` runs of consecutive timesteps, so that the estimate is
+    ready after about `num_buckets * history` rows instead of T times that), mixed with `uniform_share` of `base`.
+    Each row's importance weight `base[t] / p[t]` keeps the loss an unbiased estimate of the loss under `base`.
+    Until every bucket that `base` can draw from has its history, timesteps are drawn from `base` with weight 1.
+    The history is not checkpointed: a resumed run warms up again."""
+
+    def __init__(self, base: torch.Tensor, num_buckets: int = 100, history: int = 10, uniform_share: float = 0.001):
+        self.base = base / base.sum()
+        self.num_buckets = min(num_buckets, len(base))
+        self.bucket_of = torch.arange(len(base)) * self.num_buckets // len(base)
+        self.losses = torch.zeros(self.num_buckets, history)
+        self.counts = torch.zeros(self.num_buckets, dtype=torch.long)
+        self.used = torch.zeros(self.num_buckets, dtype=torch.bool).index_fill(0, self.bucket_of[self.base > 0], True)
+        self.uniform_share = uniform_share
+
+    @property
+    def warm(self) -> bool:
+        return bool((self.counts[self.used] >= self.losses.shape[1]).all())
+
+    def probabilities(self) -> torch.Tensor:
+        """The distribution timesteps are drawn from now."""
+        if not self.warm:
+            return self.base
+        root_mean_square = self.losses.pow(2).mean(dim=1).sqrt()[self.bucket_of]
+        weighted = self.base * root_mean_square
+        return (1 - self.uniform_share) * weighted / weighted.sum() + self.uniform_share * self.base
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch_size` timesteps and each one's importance weight."""
+        probabilities = self.probabilities()
+        timesteps = torch.multinomial(probabilities, batch_size, replacement=True)
+        return timesteps, self.base[timesteps] / probabilities[timesteps]
+
+    def update(self, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record the row losses of rows drawn at `timesteps` (a row's largest timestep where they vary along it)."""
+        if timesteps.ndim == 2:
+            timesteps = timesteps.max(dim=1).values
+        for bucket, loss in zip(self.bucket_of[timesteps].tolist(), losses.float().tolist()):
+            history = self.losses[bucket]
+            history[:-1] = history[1:].clone()  # the oldest out
+            history[-1] = loss
+            self.counts[bucket] += 1
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
