@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Does trimming the training canvas change what CodeFusion learns? research/lever_ab.sh with arm "control" on the
-# whole 64-position canvas (batches drawn at random) and arm "lever" with --canvas_margin MARGIN and
+# Does trimming the training canvas change what CodeFusion learns? research/lever_ab.sh with arm "full" on the whole
+# 64-position canvas (batches drawn at random) and arm "trim" with --canvas_margin MARGIN and
 # --train_sampling_strategy group_by_length, from scratch, evaluated on NL2Bash validation and compared prompt by
 # prompt (template match).
 #
@@ -10,6 +10,6 @@
 # EVAL_SAMPLES validation prompts (default all 1,008). A margin of the whole canvas (64) trains on all of it.
 set -euo pipefail
 out=$1 minutes=${2:-15} margin=${3:-4}
-exec bash "$(dirname "${BASH_SOURCE[0]}")/lever_ab.sh" "$out" "$minutes" \
-  "--canvas_margin 64 --train_sampling_strategy random" \
-  "--canvas_margin $margin --train_sampling_strategy group_by_length" "${4:-}"
+EVAL_SAMPLES=${4:-} exec bash "$(dirname "${BASH_SOURCE[0]}")/lever_ab.sh" "$out" "$minutes" \
+  full="--canvas_margin 64 --train_sampling_strategy random" \
+  trim="--canvas_margin $margin --train_sampling_strategy group_by_length"

@@ -7,6 +7,9 @@ conditioning on the prompt, or sampling from pure noise. Writes a JSON report.
 Token accuracy is measured on code tokens only (pad positions excluded) unless said otherwise.
 - decoder: the decoder reading the clean code embeddings L(y). Low means the decoder is the bottleneck.
 - denoise@t: one denoiser call on L(y) noised to step t, then the decoder on the x0 estimate.
+- noised@t, nearest embedding: L(y) noised to step t and rescaled by 1 / sqrt(alpha_bar_t), read by nearest code
+  embedding. Where it stays near 1, the noise cannot move a token off itself and the denoiser has little to learn:
+  DINOISER's criterion for `min_train_timestep`.
 - denoise@t, shuffled prompts: the same with every row given another row's prompt; the gap to the matched prompts
   is how much the model uses the prompt at that noise level.
 - refine@t/n steps: L(y) noised to step t, then n sampler steps down to 0 (evenly spaced, deterministic DDIM and
@@ -89,6 +92,9 @@ def main():
     for t in args.timesteps:
         timesteps = torch.full((len(data),), t)
         noisy = model.noise_scheduler.add_noise(clean, torch.randn_like(clean), timesteps)
+        rescaled = noisy / model.noise_scheduler.alphas_cumprod[t].sqrt()
+        nearest = torch.cdist(rescaled, model.code_embedding_matrix()[None]).argmin(-1)
+        report[f"noised@{t}_nearest_embedding_token_accuracy"] = token_accuracy(nearest, labels, code_positions)
         for name, (s, m) in {"": (states, mask), ", shuffled prompts": (states[shuffle], mask[shuffle])}.items():
             estimate = pipe.scheduler.clip_original_sample(
                 model.noise_scheduler.predict_original_sample(model.denoise(noisy, timesteps, s, m), timesteps, noisy)

@@ -139,3 +139,33 @@ def test_minilm_encoder_decoder(code_tokenizer):
     )
     candidates, scores = generate_fn(["list all files"])
     assert len(candidates[0]) == len(scores[0]) == 2
+
+
+def test_distillation_writes_the_teachers_top_beam(tmp_path, code_tokenizer, tiny_pipeline):
+    from research import distill_autoregressive
+
+    torch.manual_seed(0)
+    model_args = train_autoregressive.AutoregressiveModelArguments(model_overrides=json.dumps(TINY_T5))
+    teacher, _ = train_autoregressive.build_model(model_args, code_tokenizer)
+    teacher.save_pretrained(tmp_path / "teacher")
+    code_tokenizer.save_pretrained(tmp_path / "teacher")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    common = ["--teacher", str(tmp_path / "teacher"), "--train_file", str(data), "--max_code_length", "8"]
+    summary = distill_autoregressive.main([*common, "--output", str(tmp_path / "d.jsonl"), "--include_original", "True"])
+    rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert summary["rows"] == len(rows) == 2 * len(PAIRS)
+    assert [row["source"] for row in rows[:2]] == ["teacher", "original"] and rows[1]["code"] == PAIRS[0][1]
+    inputs = code_tokenizer(PAIRS[0][0], return_tensors="pt")
+    beam = teacher.eval().generate(**inputs, num_beams=5, max_new_tokens=8, do_sample=False)
+    assert rows[0]["code"] == code_tokenizer.decode(beam[0], skip_special_tokens=True)
+    tiny_pipeline.save_pretrained(tmp_path / "pipeline")
+    bad_teachers = {
+        str(tmp_path / "none"): "is not a folder",
+        str(tmp_path / "pipeline"): "has no config.json",
+        str(tmp_path / "pipeline" / "model"): "not an encoder-decoder baseline",
+    }
+    for folder, message in bad_teachers.items():
+        with pytest.raises(ValueError, match=message):
+            distill_autoregressive.main([*common[2:], "--teacher", folder, "--output", str(tmp_path / "x.jsonl")])
+    assert not (tmp_path / "x.jsonl").exists()

@@ -178,6 +178,8 @@ def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch, roun
         "sampling_clamped_token_accuracy",
     ):
         assert 0 <= report[key] <= 1, key
+    assert report["noised@0_nearest_embedding_token_accuracy"] == 1.0  # almost no noise: every token is its own
+    assert report["noised@99_nearest_embedding_token_accuracy"] < 1.0  # the last step of 100: almost pure noise
     assert report["num_rows"] == 2 and report["rounding"] == (rounding or "none")
     # Refinement and sampling round with the decoder when asked, and only then (the clamped run rounds to "nearest").
     assert ("decoder" in roundings) == (rounding is not None)
