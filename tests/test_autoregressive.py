@@ -152,7 +152,9 @@ def test_distillation_writes_the_teachers_top_beam(tmp_path, code_tokenizer, tin
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
     common = ["--teacher", str(tmp_path / "teacher"), "--train_file", str(data), "--max_code_length", "8"]
-    summary = distill_autoregressive.main([*common, "--output", str(tmp_path / "d.jsonl"), "--include_original", "True"])
+    summary = distill_autoregressive.main(
+        [*common, "--output", str(tmp_path / "d.jsonl"), "--include_original", "True"]
+    )
     rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
     assert summary["rows"] == len(rows) == 2 * len(PAIRS)
     assert [row["source"] for row in rows[:2]] == ["teacher", "original"] and rows[1]["code"] == PAIRS[0][1]

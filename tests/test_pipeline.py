@@ -702,3 +702,21 @@ def test_prompt_embeds_replace_the_prompt(tiny_pipeline):
     ]:
         with pytest.raises(ValueError, match=match):
             tiny_pipeline(**kwargs, num_inference_steps=2)
+
+
+def test_a_variant_saves_and_loads_by_its_name(tiny_pipeline, tmp_path):
+    """`variant="fp16"` writes model.fp16.safetensors beside no other weights, and loads back with the same variant,
+    in fp16 when asked; without the variant the folder names the file it lacks."""
+    tiny_pipeline.to(dtype=torch.float16).save_pretrained(tmp_path, variant="fp16", model_card=False)
+    tiny_pipeline.to(dtype=torch.float32)
+    assert (tmp_path / "model" / "model.fp16.safetensors").is_file()
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+    loaded = CodeFusionPipeline.from_pretrained(tmp_path, variant="fp16", torch_dtype=torch.float16)
+    assert loaded.model.dtype == torch.float16
+    loaded_weights = loaded.model.state_dict()
+    for name, parameter in tiny_pipeline.model.named_parameters():  # T5 keeps its `wo` in fp32, as in transformers
+        torch.testing.assert_close(loaded_weights[name].float(), parameter.detach().half().float())
+    with pytest.raises(
+        OSError, match="model.safetensors is missing.*saved with variant=.fp16., not without a variant"
+    ):
+        CodeFusionPipeline.from_pretrained(tmp_path)

@@ -46,7 +46,7 @@ class CodeFusionPipelineHubMixin:
         """
         path = str(pretrained_model_name_or_path)
         if os.path.isdir(path):
-            check_pipeline_folder(path, cls.__name__)
+            check_pipeline_folder(path, cls.__name__, kwargs.get("variant"))
             return super().from_pretrained(path, **kwargs)
         if path.startswith((".", "/", "~")) or path.count("/") > 1:
             raise OSError(f"{path} is not a folder, nor a Hub repo id (which looks like 'user/name').")
@@ -56,7 +56,7 @@ class CodeFusionPipelineHubMixin:
         except LocalEntryNotFoundError as error:  # offline, or the Hub unreachable, and not in the cache
             raise OSError(f"{path} is not a local folder, and as a Hub repo id it could not be downloaded: {error}")
         try:
-            check_pipeline_folder(folder, cls.__name__)
+            check_pipeline_folder(folder, cls.__name__, kwargs.get("variant"))
         except OSError as error:
             revision = download_kwargs.get("revision") or "main"
             raise OSError(
@@ -139,9 +139,19 @@ def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -
     raise ValueError(f"model_card must be True, False or a dict of model card fields, got {model_card!r}.")
 
 
-def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME) -> None:
+def variant_name(name: str, variant: str | None) -> str:
+    """A weights file's name under `variant`, as transformers saves it: model.fp16.safetensors,
+    model.safetensors.index.fp16.json."""
+    if variant is None:
+        return name
+    stem, extension = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{extension}"
+
+
+def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME, variant: str | None = None) -> None:
     """Fail early, naming the file, when a saved pipeline is not a CodeFusion pipeline or a component is missing
-    or unreadable (diffusers' own errors do not say which file broke)."""
+    or unreadable (diffusers' own errors do not say which file broke). `variant` names the weights files to look
+    for, as `save_pretrained(..., variant=)` wrote them."""
     index_file = os.path.join(path, "model_index.json")
     try:
         with open(index_file) as f:
@@ -157,11 +167,30 @@ def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME) -> N
             continue  # an optional component saved as absent
         for alternatives in required:
             names = (alternatives,) if isinstance(alternatives, str) else alternatives
+            if component == "model" and names != ("config.json",):
+                names = tuple(variant_name(name, variant) for name in names)
             files = [os.path.join(path, component, name) for name in names]
             existing = next((f for f in files if os.path.isfile(f)), None)
             if existing is None:
-                raise OSError(f"{files[0]} is missing: the {component!r} component cannot be loaded.")
+                raise OSError(
+                    f"{files[0]} is missing: the {component!r} component cannot be loaded."
+                    + saved_variants_hint(os.path.join(path, component), variant)
+                )
             check_readable(existing)
+
+
+def saved_variants_hint(folder: str, variant: str | None) -> str:
+    """What to pass instead, when the folder holds weights of other variants than the one asked for."""
+    if not os.path.isdir(folder):
+        return ""
+    saved = sorted(
+        {name.split(".")[1] for name in os.listdir(folder) if name.startswith("model.") and name.count(".") == 2}
+        - {"safetensors"}
+    )
+    if not saved:
+        return ""
+    asked = "without a variant" if variant is None else f"as variant={variant!r}"
+    return f" It was saved with variant={saved[0]!r}, not {asked}: pass variant={saved[0]!r}."
 
 
 def upload_pipeline_folder(
