@@ -155,13 +155,45 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
         (["generate", "MODEL", "ls", "--canvas-margin", "2"], "CodeFusionScheduler commits nothing"),
         (["generate", "MODEL", "ls", "--init-code", "ls", "--strength", "2"], "strength must be a number in (0, 1]"),
         (["push", "/no/such/folder", "user/repo"], "model_index.json is missing"),
+        (["generate", "MODEL", "ls", "-k", "10000000000000"], "not enough memory for this many candidates"),
+        (["generate", "MODEL", "ls", "--seed", str(2**64)], "--seed: must be an integer from 0 to 2**64 - 1"),
+        (["evaluate", "MODEL", "EMPTY", "--output-dir", "OUT"], "EMPTY is empty: it holds no rows"),
+        (["evaluate", "MODEL", "BROKEN", "--output-dir", "OUT"], "BROKEN could not be read as jsonl: line 2 is not"),
+        (["evaluate", "MODEL", "DATA", "--output-dir", "OUT", "--device", "bogus"], "'bogus' is not a torch device"),
+        (["evaluate", "MODEL", "DATA", "--output-dir", "OUT", "--device", "cuda:0"], "has no usable cuda device"),
+        (["evaluate", "MODEL", "DATA", "--output-dir", "DATA/out"], "DATA/out cannot be created (Not a directory)"),
+        (["generate", "GARBLED", "ls"], "model_index.json is not valid JSON"),
     ],
 )
-def test_user_mistakes_are_one_line_with_exit_code_2(saved_pipeline, args, message):
-    result = run(*[saved_pipeline if a == "MODEL" else a for a in args])
+def test_user_mistakes_are_one_line_with_exit_code_2(saved_pipeline, tmp_path, args, message):
+    garbled = tmp_path / "garbled"
+    shutil.copytree(saved_pipeline, garbled)
+    (garbled / "model_index.json").write_bytes(bytes(range(128, 256)))
+    files = {
+        "EMPTY": "\n",
+        "BROKEN": '{"prompt": "ls", "code": "ls"}\n{"prompt": \n',
+        "DATA": '{"prompt": "a", "code": "b"}',
+    }
+    for name, text in files.items():
+        (tmp_path / f"{name}.jsonl").write_text(text)
+    places = {"MODEL": saved_pipeline, "GARBLED": str(garbled), "OUT": str(tmp_path / "out")}
+    places |= {name: str(tmp_path / f"{name}.jsonl") for name in files}
+    result = run(*[places.get(a, a).replace("DATA/", places["DATA"] + "/") for a in args])
+    message = message.replace("EMPTY", places["EMPTY"]).replace("BROKEN", places["BROKEN"])
+    message = message.replace("DATA/", places["DATA"] + "/")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_prompt_that_is_not_utf8_is_named(saved_pipeline):
+    result = subprocess.run([CODEFUSION, "generate", saved_pipeline, b"ls \xff\xfe"], capture_output=True, timeout=120)
+    stderr = result.stderr.decode()
+    assert result.returncode == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert (
+        "prompt[0] 'ls \\udcff\\udcfe' holds '\\udcff' at position 3" in stderr
+        and "decode the text as UTF-8" in stderr
+    )
 
 
 def test_push_to_an_unreachable_hub(saved_pipeline):

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -215,6 +216,11 @@ def make_code_tokenizer():
         ({"prompt": ["ok", "   "]}, r"prompt\[1\]"),
         ({"prompt": ["ok", 3]}, r"prompt\[1\]"),
         ({"prompt": None}, "prompt"),
+        ({"prompt": {"list files", "show disk usage"}}, "got a set: its order is not the order of the outputs"),
+        ({"prompt": {"list files": 1}}, "got a dict"),
+        ({"prompt": ["ok", "ls \udcff"]}, r"prompt\[1\] 'ls \\udcff' holds '\\udcff' at position 3"),
+        ({"generator": 0}, "generator must be a torch.Generator, a list of them or None, got int"),
+        ({"generator": [torch.Generator()] * 2}, "a list of 2 generators, but the call draws 1 candidates"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_inference_steps": 101}, "num_inference_steps"),
         ({"num_inference_steps": True}, "num_inference_steps"),
@@ -720,3 +726,12 @@ def test_a_variant_saves_and_loads_by_its_name(tiny_pipeline, tmp_path):
         OSError, match="model.safetensors is missing.*saved with variant=.fp16., not without a variant"
     ):
         CodeFusionPipeline.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS)
+def test_a_model_whose_outputs_are_not_finite_raises(tiny_pipeline, scheduler_class):
+    pipe = with_scheduler(copy.deepcopy(tiny_pipeline), scheduler_class)  # the fixture stays intact
+    with torch.no_grad():
+        pipe.model.denoiser.norm.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="outputs became NaN or inf while sampling"):
+        seeded(pipe, "list all files")

@@ -10,6 +10,7 @@ from .constants import LANGUAGE_HELP, RANKINGS, ROUNDINGS
 
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
 USER_ERRORS = (ValueError, OSError, HfHubHTTPError)
+MEMORY_HINT = "not enough memory for this many candidates: lower -k or the number of prompts (evaluate: --batch-size)."
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -37,6 +38,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64 - 1 (a torch seed), got {value}")
     return value
 
 
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompts", nargs="+", metavar="prompt", help="What the code should do (one or more).")
     generate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5, help="Candidates (default 5).")
     generate.add_argument("--steps", type=positive_int, default=50, help="Denoising steps (default 50).")
-    generate.add_argument("--seed", type=int, default=0, help="Seed of the starting noise (default 0).")
+    generate.add_argument("--seed", type=seed_int, default=0, help="Seed of the starting noise (default 0).")
     generate.add_argument("--show-steps", action="store_true", help="Show the best candidate being revised.")
     generate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
     generate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
@@ -124,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--max-samples", type=positive_int, default=None)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=seed_int, default=0)
     evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available).")
     evaluate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
     evaluate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
@@ -184,10 +192,14 @@ def generate(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    import datasets
     import torch
 
     from .evaluation_codefusion import evaluate_file
 
+    # Reading one file: the bars and datasets' own log of a parse error would bury the one-line message.
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     metrics = evaluate_file(
         args.model,
         args.test_file,
@@ -231,6 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     try:
         {"generate": generate, "evaluate": evaluate, "push": push}[args.command](args)
+    except MemoryError:
+        print(f"codefusion {args.command}: error: {MEMORY_HINT}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:  # torch's allocators say it this way
+        if "can't allocate memory" not in str(error) and "out of memory" not in str(error):
+            raise
+        print(f"codefusion {args.command}: error: {MEMORY_HINT}", file=sys.stderr)
+        return 2
     except USER_ERRORS as error:
         # Hub errors spread what went wrong over several lines ("404 Client Error." first): keep them all, on one.
         message = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

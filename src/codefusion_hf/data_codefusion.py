@@ -2,6 +2,7 @@
 identifiers and keywords, and the collators of both training phases."""
 
 import io
+import json
 import os
 import re
 import tokenize
@@ -13,6 +14,7 @@ import bashlex
 import torch
 import torch.nn.functional as F
 from datasets import Array2D, Dataset, load_dataset
+from datasets.exceptions import DatasetGenerationError
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
@@ -38,7 +40,7 @@ def load_code_dataset(
     if os.path.isfile(data):
         if suffix not in DATA_FORMATS:
             raise ValueError(f"{data}: unsupported file type {suffix!r}; use one of {sorted(DATA_FORMATS)}.")
-        dataset = load_dataset(DATA_FORMATS[suffix], data_files=data, split="train")
+        dataset = read_data_file(data, suffix)
     elif suffix in DATA_FORMATS:
         raise ValueError(f"Data file {data} does not exist.")
     else:
@@ -58,6 +60,38 @@ def load_code_dataset(
     if len(dataset) == 0:
         raise ValueError(f"{data} has no usable rows (need non-empty strings in {list(columns)}).")
     return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
+
+
+def read_data_file(path: str, suffix: str) -> Dataset:
+    """A local data file as a `datasets` table; an empty or malformed file fails naming the file (and, for JSON
+    Lines, the first line that is not JSON) instead of with the builder's generic error."""
+    try:
+        return load_dataset(DATA_FORMATS[suffix], data_files=path, split="train")
+    except (DatasetGenerationError, ValueError) as error:
+        with open(path, "rb") as f:
+            if not any(line.strip() for line in f):
+                raise ValueError(f"{path} is empty: it holds no rows.") from None
+        cause = error.__cause__ or error
+        if suffix == ".jsonl":
+            cause = first_invalid_json_line(path) or cause
+        raise ValueError(f"{path} could not be read as {suffix[1:]}: {cause}") from None
+
+
+def first_invalid_json_line(path: str) -> str | None:
+    """Where a JSON Lines file stops being JSON Lines, in words, or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        return f"line {number} is not valid JSON ({error.msg}, column {error.colno})"
+                    if not isinstance(row, dict):
+                        return f"line {number} is a JSON {type(row).__name__}, not an object of columns"
+    except UnicodeDecodeError as error:
+        return f"it is not UTF-8 text (byte {error.start} of the file)"
+    return None
 
 
 def tokenize_dataset(

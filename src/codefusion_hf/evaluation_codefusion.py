@@ -196,14 +196,37 @@ def evaluate_file(
     return metrics."""
     from .data_codefusion import load_code_dataset
 
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_writable(output_dir)  # before the generation, which takes the time
     data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column, max_samples=max_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
-    pipe = CodeFusionPipeline.from_pretrained(model, torch_dtype=torch_dtype)
-    pipe = pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = CodeFusionPipeline.from_pretrained(model, torch_dtype=torch_dtype).to(device)
     candidates, scores, metrics = evaluate_pipeline(pipe, prompts, references, **evaluate_kwargs)
     metrics |= {"model": model, "test_file": test_file, "dtype": str(pipe.model.dtype).removeprefix("torch.")}
     write_evaluation(output_dir, prompts, references, candidates, scores, metrics)
     return metrics
+
+
+def check_device(device: str) -> torch.device:
+    """`device` as a torch device that this machine has, or a ValueError that says why not."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
+    backend = getattr(torch, parsed.type, None)
+    if parsed.type != "cpu" and not (backend is not None and backend.is_available()):
+        raise ValueError(f"device {device!r} was asked for, but this torch has no usable {parsed.type} device.")
+    return parsed
+
+
+def check_writable(output_dir: str) -> None:
+    """Create `output_dir` and make sure files can be written there, or fail with an OSError naming it."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"output directory {output_dir} cannot be created ({error.strerror}).") from None
+    if not os.access(output_dir, os.W_OK):
+        raise OSError(f"{output_dir} is not writable: choose another output directory.")
 
 
 def write_evaluation(

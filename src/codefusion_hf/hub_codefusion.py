@@ -158,8 +158,10 @@ def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME, vari
             index = json.load(f)
     except FileNotFoundError:
         raise OSError(f"{index_file} is missing: {path} is not a saved diffusers pipeline.") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise OSError(f"{index_file} is not valid JSON ({error}).") from None
+    if not isinstance(index, dict):
+        raise OSError(f"{index_file} must hold a JSON object, got a {type(index).__name__}.")
     if index.get("_class_name") != class_name:
         raise OSError(f"{path} holds a {index.get('_class_name')!r} pipeline, not a {class_name}.")
     for component, required in REQUIRED_FILES.items():

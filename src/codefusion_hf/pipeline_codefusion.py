@@ -3,7 +3,7 @@
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,6 +258,11 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             return None, prompt_embeds.shape[0]
         if prompt_attention_mask is not None:
             raise ValueError("prompt_attention_mask goes with prompt_embeds: pass both, or only prompt.")
+        if isinstance(prompt, (set, frozenset, Mapping)):
+            raise ValueError(
+                f"prompt must be a string or a list of strings, got a {type(prompt).__name__}: its order is not "
+                "the order of the outputs. Pass list(...) of the prompts in the order you want them back."
+            )
         # Any sequence of strings works, e.g. a `datasets` column.
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, Iterable) else prompt
         if not isinstance(prompts, list) or len(prompts) == 0:
@@ -267,7 +272,29 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 raise ValueError(f"prompt[{index}] must be a string, got {type(text).__name__}.")
             if not text.strip():
                 raise ValueError(f"prompt[{index}] is empty: describe the code to generate.")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"prompt[{index}] {text!r} holds {text[error.start]!r} at position {error.start}, which is not "
+                    "a character (a lone surrogate, e.g. from bytes that were not UTF-8): decode the text as UTF-8 "
+                    "first."
+                ) from None
         return prompts, len(prompts)
+
+    def check_generator(self, generator: Any, num_candidates: int) -> None:
+        """A `torch.Generator`, None, or a list of one generator per candidate (prompts x num_return_sequences)."""
+        if generator is None or isinstance(generator, torch.Generator):
+            return
+        if not isinstance(generator, list) or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError(
+                f"generator must be a torch.Generator, a list of them or None, got {type(generator).__name__}."
+            )
+        if len(generator) != num_candidates:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators, but the call draws {num_candidates} candidates "
+                "(prompts x num_return_sequences): give one generator per candidate, or a single one."
+            )
 
     def check_init_code(
         self,
@@ -576,6 +603,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             prompt_attention_mask,
             condition_enhanced_timestep,
         )
+        self.check_generator(generator, num_prompts * num_return_sequences)
         drafts = self.check_init_code(init_code, strength, num_prompts, num_return_sequences, latents, timesteps)
         rounding = self.resolve_rounding(rounding)
         device = self._execution_device
@@ -735,6 +763,11 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 all_latents[rows.indices, :length] = rows.latents
             token_ids, lengths, scores = self.score_tokens(all_token_ids, all_log_probs, ranking, num_return_sequences)
             latents = all_latents
+            if not torch.isfinite(latents).all() or all_log_probs.isnan().any():
+                raise ValueError(
+                    "The model's outputs became NaN or inf while sampling, so the code would be meaningless: its "
+                    f"weights may be damaged, or {self.model.dtype} overflows (sample in float32 or bfloat16)."
+                )
         finally:
             self.model.train(was_training)
 
