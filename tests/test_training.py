@@ -1,6 +1,8 @@
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -550,18 +552,150 @@ def test_lr_decay_minutes_bad_input(tmp_path):
         training_args(tmp_path, max_train_minutes=10, lr_decay_minutes=20)
 
 
-def test_resume_from_missing_or_corrupted_checkpoint(code_tokenizer, tmp_path):
+def test_resume_skips_an_incomplete_or_damaged_last_checkpoint(code_tokenizer, tmp_path, monkeypatch):
+    """A last checkpoint with a file missing or unloadable (model, Trainer state, optimizer, schedule, random states:
+    Trainer would resume without the last three in silence) is skipped for the last complete one, with a warning
+    naming it and why; given explicitly, it is an error, and so is an output_dir with no complete checkpoint."""
     with pytest.raises(ValueError, match="does not exist"):
         find_resume_checkpoint(training_args(tmp_path, resume_from_checkpoint=str(tmp_path / "nowhere")))
-    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    out = tmp_path / "out"
+    (out / "checkpoint-1.tmp" / "checkpoint-1").mkdir(parents=True)  # a first save that never finished
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    assert find_resume_checkpoint(training_args(tmp_path)) is None
+    assert len(messages) == 1 and "checkpoint-1.tmp (a save that never finished" in messages[0]
+    assert "starting afresh" in messages[0]
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
     trainer.train()
-    checkpoint = tmp_path / "out" / "checkpoint-2"
-    (checkpoint / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="corrupted.*model.safetensors"):
+    assert sorted(os.listdir(out)) == ["checkpoint-1", "checkpoint-2"]  # the save at step 1 cleared the leftover
+    first, last = out / "checkpoint-1", out / "checkpoint-2"
+    shutil.copytree(last, tmp_path / "complete")
+    damages = {  # file: new content (None: removed), what the message says
+        "model.safetensors": (b"garbage", "model.safetensors is corrupted"),
+        "trainer_state.json": (None, "trainer_state.json is missing"),
+        "optimizer.pt": (None, "optimizer.pt is missing"),
+        "scheduler.pt": (b"garbage", "scheduler.pt is corrupted"),
+        "rng_state.pth": (b"", "rng_state.pth is corrupted"),
+    }
+    for name, (content, problem) in damages.items():
+        shutil.rmtree(last)
+        shutil.copytree(tmp_path / "complete", last)
+        if content is None:
+            (last / name).unlink()
+        else:
+            (last / name).write_bytes(content)
+        messages.clear()
+        assert find_resume_checkpoint(trainer.args) == str(first)
+        assert len(messages) == 1 and f"Resuming from {first}" in messages[0]
+        assert re.search(f"skipping {re.escape(str(last))} \\(.*{problem}", messages[0]), messages[0]
+        with pytest.raises(ValueError, match=f"{re.escape(str(last))} cannot be resumed from: .*{problem}"):
+            find_resume_checkpoint(training_args(tmp_path, resume_from_checkpoint=str(last)))
+    # Saved with save_only_model=True: no optimizer, schedule or random states, which only that flag does not need.
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (last / name).unlink()
+    with pytest.raises(ValueError, match="missing \\(saved with save_only_model=True\\? Pass --save_only_model True"):
+        find_resume_checkpoint(training_args(tmp_path, resume_from_checkpoint=str(last)))
+    messages.clear()
+    assert find_resume_checkpoint(training_args(tmp_path, max_steps=2, save_only_model=True)) == str(last)
+    assert messages == []
+    (last / "model.safetensors").write_bytes(b"garbage")
+    (first / "optimizer.pt").unlink()
+    with pytest.raises(ValueError, match="No checkpoint in .* can be resumed from: .*checkpoint-2 .*checkpoint-1 "):
         find_resume_checkpoint(trainer.args)
-    (checkpoint / "trainer_state.json").unlink()
-    with pytest.raises(ValueError, match="trainer_state.json is missing"):
-        find_resume_checkpoint(trainer.args)
+
+
+def test_checkpoints_are_renamed_into_place_once_complete(code_tokenizer, tmp_path, monkeypatch):
+    """Trainer writes a checkpoint in place; CodeFusionTrainer writes it into checkpoint-N.tmp and renames it once
+    complete, schedule.json included, then rotates: with save_total_limit=2 the best (the first) and the last
+    stay, the best recorded at its final path."""
+    trainer = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        max_steps=3,
+        save_strategy="steps",
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="eval_loss",
+        save_total_limit=2,
+    )
+    monkeypatch.setattr(trainer, "evaluate", lambda **kwargs: {"eval_loss": float(trainer.state.global_step)})
+    out, seen = tmp_path / "out", []
+    save_rng_state = trainer._save_rng_state
+    monkeypatch.setattr(
+        trainer, "_save_rng_state", lambda folder: seen.append((folder, os.listdir(out))) or save_rng_state(folder)
+    )
+    trainer.train()
+    assert [folder for folder, _ in seen] == [str(out / f"checkpoint-{n}.tmp" / f"checkpoint-{n}") for n in (1, 2, 3)]
+    assert all(f"checkpoint-{n}" not in listing for n, (_, listing) in zip((1, 2, 3), seen))
+    assert trainer.state.best_model_checkpoint == str(out / "checkpoint-1")  # the lowest eval_loss
+    assert sorted(os.listdir(out)) == ["checkpoint-1", "checkpoint-3"]
+    state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(out / "checkpoint-1")
+    assert all((out / name / "schedule.json").is_file() for name in ("checkpoint-1", "checkpoint-3"))
+
+
+class Killed(BaseException):
+    """A kill in the middle of a save: no `except Exception` cleans up after it."""
+
+
+def test_a_save_killed_halfway_resumes_from_the_last_complete_checkpoint(code_tokenizer, tmp_path, monkeypatch):
+    """A save killed after part of its files leaves checkpoint-4.tmp, never a checkpoint-4: resuming says so, goes on
+    from checkpoint-2 and ends with the weights of the run that was not killed; its own save clears the leftover."""
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    save_rng_state = trainer._save_rng_state
+
+    def killed_at_step_4(folder):
+        if trainer.state.global_step == 4:
+            raise Killed
+        save_rng_state(folder)
+
+    monkeypatch.setattr(trainer, "_save_rng_state", killed_at_step_4)  # after the model, optimizer and schedule
+    with pytest.raises(Killed):
+        trainer.train()
+    out = tmp_path / "out"
+    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-4.tmp"]
+    assert (out / "checkpoint-4.tmp" / "checkpoint-4" / "optimizer.pt").is_file()
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    resumed = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=find_resume_checkpoint(resumed.args))
+    assert len(messages) == 1 and f"Resuming from {out / 'checkpoint-2'}" in messages[0]
+    assert "checkpoint-4.tmp (a save that never finished" in messages[0]
+    trained = trainer.model.state_dict()  # trained through step 4 when its save was killed
+    assert all(torch.equal(tensor, trained[name]) for name, tensor in resumed.model.state_dict().items())
+    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_a_full_disk_during_a_save_is_named_and_leaves_the_last_checkpoint(code_tokenizer, tmp_path, monkeypatch):
+    """A full disk while a checkpoint is written: an error naming the folder and the fix, not a traceback deep in
+    torch, and no trace of the partial checkpoint, so that resuming takes the one before."""
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    save = torch.save
+
+    def save_to_a_full_disk(obj, path, *args, **kwargs):
+        if "checkpoint-4" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_to_a_full_disk)  # optimizer.pt, after model.safetensors
+    out = tmp_path / "out"
+    message = f"No space left on device to save checkpoint-4 in {re.escape(str(out))} .*: free some space"
+    with pytest.raises(OSError, match=message + " there or choose another output_dir"):
+        trainer.train()
+    assert sorted(os.listdir(out)) == ["checkpoint-2"]  # no checkpoint-4, no staging folder
+    assert find_resume_checkpoint(trainer.args) == str(out / "checkpoint-2")
+
+
+def test_writer_errors_on_a_full_disk_count_as_a_full_disk(tmp_path, monkeypatch):
+    """torch.save and safetensors raise their own errors on a full disk (as measured on a full tmpfs): a save that
+    fails while the disk has no space left is a full disk, one that fails with space left is not."""
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 110400 vs 110292")
+    assert not training_codefusion.is_disk_full(torch_error, str(tmp_path))
+    assert training_codefusion.is_disk_full(OSError(errno.ENOSPC, "No space left on device"), str(tmp_path))
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=4096))
+    assert training_codefusion.is_disk_full(torch_error, str(tmp_path))
 
 
 def test_non_finite_loss_stops_training(code_tokenizer, tmp_path):

@@ -1,8 +1,11 @@
 """Training CodeFusion with the transformers `Trainer`: phase 1 (code-only pre-training) and phase 2 (fine-tuning)."""
 
+import errno
 import json
 import os
 import platform
+import re
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -17,8 +20,10 @@ from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_pt_utils import safe_globals
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from .constants import ROUNDINGS
@@ -318,6 +323,8 @@ class CodeFusionTrainer(Trainer):
     loss_is_scaled_for_ga = False
     # The phase the saved model card names.
     training_phase = "2, fine-tuning on (prompt, code) pairs"
+    # The folder `_save_checkpoint` is writing into, while it does.
+    _staging_dir: str | None = None
 
     def __init__(
         self,
@@ -363,7 +370,6 @@ class CodeFusionTrainer(Trainer):
                     self.eval_dataset = {name: self.with_encoder_states(d) for name, d in self.eval_dataset.items()}
                 else:
                     self.eval_dataset = self.with_encoder_states(self.eval_dataset)
-        self.add_callback(ScheduleRecordCallback())
         if args.max_train_minutes is not None:
             self.add_callback(TimeLimitCallback(args.max_train_minutes, args.lr_decay_minutes))
             if not args.disable_tqdm:
@@ -529,6 +535,68 @@ class CodeFusionTrainer(Trainer):
             self.log(extra)
             metrics.update(extra)
         return metrics
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Trainer's checkpoint, written into a staging folder (`checkpoint-N.tmp`) and renamed to `checkpoint-N`
+        once complete: Trainer writes in place, so a run killed or out of disk space during a save would leave a
+        `checkpoint-N` that looks like the last one. A save that fails removes its staging folder, and says so when
+        the disk is full. Rotation (`save_total_limit`), the best checkpoint and Hub pushes see finished folders."""
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        checkpoint, staging_dir = os.path.join(run_dir, name), os.path.join(run_dir, name + STAGING_SUFFIX)
+        staged = os.path.join(staging_dir, name)
+        if self.args.should_save:
+            remove_staging_folders(run_dir)  # left by killed saves: only one save runs at a time
+        self.accelerator.wait_for_everyone()  # before any process writes its random states into the staging folder
+        self._staging_dir = staging_dir
+        try:
+            super()._save_checkpoint(model, trial)  # into `staged`, through `_get_output_dir`
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = checkpoint
+                if self.args.should_save:  # Trainer saved the staging path as the best one
+                    self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+            if self.args.should_save:
+                write_schedule_record(staged, self.args)
+        except Exception as error:
+            disk_full = is_disk_full(error, run_dir)  # before the partial files are removed
+            if self.args.should_save:
+                shutil.rmtree(staging_dir, ignore_errors=True)
+            if disk_full:
+                raise OSError(
+                    errno.ENOSPC,
+                    f"No space left on device to save {name} in {run_dir} ({error}): free some space there or "
+                    "choose another output_dir. The partial checkpoint was removed and any earlier one there is "
+                    "intact: resuming continues from the last of them.",
+                ) from error
+            raise
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every process's files are in the staging folder
+        if not self.args.should_save:
+            return
+        if os.path.isdir(checkpoint):  # a damaged one left by an earlier run, or Trainer's JIT checkpoint marker
+            shutil.rmtree(checkpoint)
+        os.replace(staged, checkpoint)
+        os.rmdir(staging_dir)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(checkpoint)
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
+
+    def _get_output_dir(self, trial: Any) -> str:
+        """Trainer's run folder, or while `_save_checkpoint` writes a checkpoint, its staging folder: Trainer saves
+        into `<this folder>/checkpoint-N`."""
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push of a checkpoint, skipped while it is staged: `_save_checkpoint` pushes the renamed one (an
+        upload runs in the background, and would lose its files to the rename)."""
+        if self._staging_dir is None:
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def make_pipeline(
         self, model: CodeFusionModel, scheduler_class: type[CodeFusionScheduler] = CodeFusionScheduler
@@ -723,33 +791,139 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     )
 
 
-def find_resume_checkpoint(args: CodeFusionTrainingArguments) -> str | None:
-    """The checkpoint to resume from: `args.resume_from_checkpoint` if given (checked), else the last one in
-    `args.output_dir`. A missing or unreadable checkpoint is an error, never a silent fresh start."""
+# `CodeFusionTrainer` writes `checkpoint-N` as `checkpoint-N.tmp/checkpoint-N` and renames it once complete. The
+# suffix keeps the staging folder out of Trainer's and this package's Hub uploads, which skip `checkpoint-*`.
+STAGING_SUFFIX = ".tmp"
+CHECKPOINT_FOLDER = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+STAGING_FOLDER = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+){re.escape(STAGING_SUFFIX)}")
+RNG_STATE_FILE = re.compile(r"rng_state(_\d+)?\.pth")  # `rng_state_<process>.pth` under several processes
+# Free space under which a failed save counts as a full disk: torch.save and safetensors raise their own errors
+# (torch's reads "unexpected pos 704 vs 598"), not an OSError, once their writes have filled the disk.
+FULL_DISK_BYTES = 1 << 20
+
+
+def numbered_folders(folder: str, pattern: re.Pattern) -> dict[int, str]:
+    """The folders in `folder` whose names match `pattern`, by the step number it captures."""
+    matches = {name: pattern.fullmatch(name) for name in os.listdir(folder)}
+    return {
+        int(match.group(1)): os.path.join(folder, name)
+        for name, match in matches.items()
+        if match and os.path.isdir(os.path.join(folder, name))
+    }
+
+
+def remove_staging_folders(folder: str) -> None:
+    """Remove the staging folders of saves into `folder` that never finished."""
+    if os.path.isdir(folder):
+        for staging_dir in numbered_folders(folder, STAGING_FOLDER).values():
+            shutil.rmtree(staging_dir, ignore_errors=True)
+
+
+def is_disk_full(error: Exception, folder: str) -> bool:
+    """Whether `error`, raised while saving into `folder`, comes from a full disk (or quota): an OSError says so, the
+    writers of torch and safetensors do not, so a disk left with under `FULL_DISK_BYTES` free counts too."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return os.path.isdir(folder) and shutil.disk_usage(folder).free < FULL_DISK_BYTES
+
+
+def check_loadable(path: str) -> None:
+    """Raise an `OSError` naming `path` when a checkpoint file does not load: torch files (optimizer, schedule, random
+    states) as Trainer loads them, their tensors memory-mapped rather than read; the others by `check_readable`."""
+    if not path.endswith((".pt", ".pth", ".bin")):
+        check_readable(path)
+        return
+    try:
+        with safe_globals():  # the numpy types of the random states
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # any load failure means a corrupted file
+        raise OSError(f"{path} is corrupted: {error}") from None
+
+
+def checkpoint_problem(checkpoint: str, args: TrainingArguments) -> str | None:
+    """Why `checkpoint` cannot be resumed from (a file missing or unloadable), or None. Besides the model and
+    Trainer state, the optimizer, schedule and random states are required unless `args.save_only_model` (Trainer
+    saves none then): Trainer would resume without them in silence, with a fresh optimizer. Every file Trainer would
+    load is checked when present."""
+    names = set(os.listdir(checkpoint))
+    optimizer = OPTIMIZER_NAME_BIN if OPTIMIZER_NAME_BIN in names else OPTIMIZER_NAME  # .bin: saved under FSDP
+    rng_states = sorted(name for name in names if RNG_STATE_FILE.fullmatch(name)) or ["rng_state.pth"]
+    training_state = [optimizer, SCHEDULER_NAME, *rng_states]
+    required = [TRAINER_STATE_NAME, "config.json", "model.safetensors"]
+    if not args.save_only_model:
+        required += training_state
+    missing = [name for name in required if name not in names]
+    if missing:
+        problem = f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        if set(training_state) <= set(missing):
+            problem += " (saved with save_only_model=True? Pass --save_only_model True to resume with a new optimizer)"
+        return problem
+    for name in sorted(names & {*required, *training_state, SCALER_NAME, SCHEDULE_FILE}):
+        try:
+            check_loadable(os.path.join(checkpoint, name))
+        except OSError as error:
+            return str(error)
+    return None
+
+
+def find_resume_checkpoint(args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from: `args.resume_from_checkpoint` if given, which must be complete, else the last
+    complete one in `args.output_dir`, with a warning naming the later ones skipped and why (a save that never
+    finished, a file missing or unloadable). Never a silent fresh start or fresh optimizer: a damaged checkpoint
+    given explicitly, or an `output_dir` none of whose checkpoints is complete, is an error."""
     if args.resume_from_checkpoint:
         checkpoint = args.resume_from_checkpoint
-    elif os.path.isdir(args.output_dir):
-        checkpoint = get_last_checkpoint(args.output_dir)
+        if not os.path.isdir(checkpoint):
+            raise ValueError(f"resume_from_checkpoint={checkpoint} does not exist.")
+        problem = checkpoint_problem(checkpoint, args)
+        if problem is not None:
+            raise ValueError(
+                f"Checkpoint {checkpoint} cannot be resumed from: {problem}. Pass another --resume_from_checkpoint, "
+                "or none to resume from the last complete checkpoint in output_dir."
+            )
     else:
-        checkpoint = None
-    if checkpoint is None:
-        return None
-    if not os.path.isdir(checkpoint):
-        raise ValueError(f"resume_from_checkpoint={checkpoint} does not exist.")
-    for name in ("trainer_state.json", "config.json", "model.safetensors"):
-        path = os.path.join(checkpoint, name)
-        if not os.path.isfile(path):
-            raise ValueError(f"Checkpoint {checkpoint} is incomplete: {name} is missing.")
-        try:
-            check_readable(path)
-        except OSError as error:
-            raise ValueError(f"Checkpoint {checkpoint} is corrupted: {error}") from None
+        checkpoint = last_complete_checkpoint(args)
+        if checkpoint is None:
+            return None
     warn_if_resuming_another_learning_rate(checkpoint, args)
     return checkpoint
 
 
-# The arguments that shape the learning rate, recorded in every checkpoint (`schedule.json`) by
-# `ScheduleRecordCallback`, so that a resumed run can say what it does with changed ones.
+def last_complete_checkpoint(args: TrainingArguments) -> str | None:
+    """The last complete checkpoint in `args.output_dir` (see `find_resume_checkpoint`), or None when it has none."""
+    if not os.path.isdir(args.output_dir):
+        return None
+    checkpoints = numbered_folders(args.output_dir, CHECKPOINT_FOLDER)
+    skipped = []  # (step, folder, why)
+    last_step = None
+    for step in sorted(checkpoints, reverse=True):
+        problem = checkpoint_problem(checkpoints[step], args)
+        if problem is None:
+            last_step = step
+            break
+        skipped.append((step, checkpoints[step], problem))
+    skipped += [
+        (step, staging_dir, "a save that never finished; delete it")
+        for step, staging_dir in numbered_folders(args.output_dir, STAGING_FOLDER).items()
+        if last_step is None or step > last_step
+    ]
+    reasons = "; ".join(f"{folder} ({why})" for _, folder, why in sorted(skipped, reverse=True))
+    if last_step is None and checkpoints:
+        raise ValueError(
+            f"No checkpoint in {args.output_dir} can be resumed from: {reasons}. Repair them, pass "
+            "--resume_from_checkpoint, or choose another output_dir to start afresh."
+        )
+    if last_step is None:
+        if skipped:
+            logger.warning(f"{args.output_dir} has no checkpoint to resume from, only {reasons}: starting afresh.")
+        return None
+    if skipped:
+        logger.warning(f"Resuming from {checkpoints[last_step]}, the last complete checkpoint, skipping {reasons}.")
+    return checkpoints[last_step]
+
+
+# The arguments that shape the learning rate, recorded in every checkpoint (`schedule.json`) by `CodeFusionTrainer`
+# and, for a plain Trainer, `ScheduleRecordCallback`, so that a resumed run can say what it does with changed ones.
 SCHEDULE_ARGUMENTS = (
     "learning_rate",
     "lr_scheduler_type",
@@ -770,16 +944,21 @@ def schedule_arguments(args: TrainingArguments) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=lambda value: getattr(value, "value", str(value))))
 
 
+def write_schedule_record(checkpoint: str, args: TrainingArguments) -> None:
+    """Write the learning-rate arguments of `args` into `checkpoint`, so that resuming with other ones can say so."""
+    with open(os.path.join(checkpoint, SCHEDULE_FILE), "w") as f:
+        json.dump(schedule_arguments(args), f, indent=2)
+
+
 class ScheduleRecordCallback(TrainerCallback):
-    """Writes the learning-rate arguments into each checkpoint, so that resuming with other ones can say so. Shared by
-    the CodeFusion and autoregressive runs."""
+    """Writes the learning-rate arguments into each checkpoint of a plain `Trainer` (the autoregressive runs) once
+    saved; `CodeFusionTrainer` writes them itself, into the checkpoint before it is complete."""
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
             if os.path.isdir(checkpoint):
-                with open(os.path.join(checkpoint, SCHEDULE_FILE), "w") as f:
-                    json.dump(schedule_arguments(args), f, indent=2)
+                write_schedule_record(checkpoint, args)
 
 
 def warn_if_resuming_another_learning_rate(checkpoint: str, args: TrainingArguments) -> None:
