@@ -94,3 +94,20 @@ def overfit_pipeline(code_tokenizer):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     return make_pipeline(model.eval(), code_tokenizer)
+
+
+def record_denoiser_passes(model, monkeypatch, outputs=None):
+    """Record every denoiser pass of the model's forward calls (the gradient-free ones and the trained one) as
+    (positional arguments: noisy canvas, timesteps, prompt states, prompt mask, self-condition, ...; whether
+    gradients were on), and their model outputs in `outputs` when given."""
+    calls, states = [], model._denoiser_states
+
+    def recording(*args, **kwargs):
+        calls.append((args, torch.is_grad_enabled()))
+        result = states(*args, **kwargs)
+        if outputs is not None:
+            outputs.append(model.denoiser_out(result.last_hidden_state))
+        return result
+
+    monkeypatch.setattr(model, "_denoiser_states", recording)
+    return calls

@@ -171,3 +171,23 @@ def test_distillation_writes_the_teachers_top_beam(tmp_path, code_tokenizer, tin
         with pytest.raises(ValueError, match=message):
             distill_autoregressive.main([*common[2:], "--teacher", folder, "--output", str(tmp_path / "x.jsonl")])
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_early_stopping_ends_at_the_best_validation_loss(tmp_path, code_tokenizer):
+    """--early_stopping_patience: at learning rate 0 the validation loss never improves after the first
+    evaluation, so a patience of 1 stops at the second; without evaluations the flag is refused."""
+    code_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS) * 2)
+    flags = ["--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--model_overrides", json.dumps(TINY_T5)]
+    flags += ["--max_code_length", "12", "--train_file", str(data), "--validation_file", str(data)]
+    flags += ["--output_dir", str(tmp_path / "ar"), "--max_steps", "10", "--per_device_train_batch_size", "4"]
+    flags += ["--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True", "--do_train"]
+    with pytest.raises(ValueError, match="early_stopping_patience=1 needs .*--eval_strategy steps"):
+        train_autoregressive.main([*flags, "--early_stopping_patience", "1"])
+    trainer = train_autoregressive.main(
+        [*flags, "--early_stopping_patience", "1", "--eval_strategy", "steps", "--eval_steps", "1"]
+        + ["--save_steps", "1", "--learning_rate", "0", "--warmup_steps", "0"]
+    )
+    assert trainer.state.global_step == 2
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-1")

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import record_denoiser_passes, tiny_config
 from transformers import AutoConfig, AutoModel, BertModel, T5EncoderModel
 
 from codefusion_hf import CodeFusionConfig, CodeFusionModel
@@ -297,17 +297,13 @@ def test_self_conditioning_first_pass_feeds_the_second(code_tokenizer, monkeypat
     torch.manual_seed(0)
     model = CodeFusionModel(tiny_config(code_tokenizer, self_condition=True, self_condition_probability=1.0))
     assert model.denoiser.input_proj.in_features == 2 * model.config.latent_dim
-    calls = []
-    denoise = model.denoise
-    monkeypatch.setattr(
-        model, "denoise", lambda *a, **k: calls.append((a, torch.is_grad_enabled())) or denoise(*a, **k)
-    )
+    calls = record_denoiser_passes(model, monkeypatch)
     output = fixed_forward(model, *batch(code_tokenizer))
     (first_args, first_grad), (second_args, second_grad) = calls
-    assert len(first_args) == 4 and not first_grad and second_grad
+    assert first_args[4] is None and not first_grad and second_grad
     noisy, timesteps = second_args[0], second_args[1]
     expected = model.noise_scheduler.clip_original_sample(
-        model.noise_scheduler.predict_original_sample(denoise(*first_args), timesteps, noisy)
+        model.noise_scheduler.predict_original_sample(model.denoise(*first_args[:4]), timesteps, noisy)
     )
     torch.testing.assert_close(second_args[4], expected)
     assert second_args[4].abs().sum() > 0
@@ -326,12 +322,10 @@ def test_self_conditioning_pass_runs_on_the_conditioned_rows_only(code_tokenizer
     """The gradient-free pass gets the rows that use its estimate and no others; the other rows read zeros."""
     torch.manual_seed(0)
     model = CodeFusionModel(tiny_config(code_tokenizer, self_condition=True, self_condition_probability=0.5))
-    calls = []
-    denoise = model.denoise
-    monkeypatch.setattr(model, "denoise", lambda *a, **k: calls.append(a) or denoise(*a, **k))
+    calls = record_denoiser_passes(model, monkeypatch)
     input_ids, attention_mask, labels = (tensor.repeat(8, 1) for tensor in batch(code_tokenizer))
     model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    (first, second) = calls
+    (first, _), (second, _) = calls
     conditioned = second[4].abs().sum(dim=(1, 2)) > 0
     assert 0 < conditioned.sum() < len(labels) and len(first[0]) == conditioned.sum()
     torch.testing.assert_close(first[0], second[0][conditioned])
@@ -346,14 +340,12 @@ def test_self_conditioning_estimate_rounded_through_the_decoder(code_tokenizer, 
         code_tokenizer, self_condition=True, self_condition_probability=1.0, self_condition_rounding=rounding
     )
     model = CodeFusionModel(config)
-    calls = []
-    denoise = model.denoise
-    monkeypatch.setattr(model, "denoise", lambda *a, **k: calls.append(a) or denoise(*a, **k))
+    calls = record_denoiser_passes(model, monkeypatch)
     fixed_forward(model, *batch(code_tokenizer))
-    first_args, second_args = calls
-    noisy, timesteps, states, mask = first_args
+    (first_args, _), (second_args, _) = calls
+    noisy, timesteps, states, mask = first_args[:4]
     estimate = model.noise_scheduler.clip_original_sample(
-        model.noise_scheduler.predict_original_sample(denoise(*first_args), timesteps, noisy)
+        model.noise_scheduler.predict_original_sample(model.denoise(*first_args[:4]), timesteps, noisy)
     )
     logits = model.decode(estimate, states, mask)
     if rounding == "decoder":
@@ -382,20 +374,17 @@ def test_unrolled_canvas_is_a_ddim_step_from_the_models_own_draft(code_tokenizer
     torch.manual_seed(0)
     model = CodeFusionModel(tiny_config(code_tokenizer, unroll_probability=1.0))
     scheduler, last = model.noise_scheduler, model.config.num_train_timesteps - 1
-    calls = []
-    denoise = model.denoise
-    monkeypatch.setattr(
-        model, "denoise", lambda *a, **k: calls.append((a, torch.is_grad_enabled())) or denoise(*a, **k)
-    )
+    calls = record_denoiser_passes(model, monkeypatch)
     input_ids, attention_mask, labels = batch(code_tokenizer)
     timesteps = torch.tensor([3, last])
     noise = torch.randn(2, model.config.max_code_length, model.config.latent_dim)
     model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
     (unroll_args, unroll_grad), (trained_args, trained_grad) = calls
     assert not unroll_grad and trained_grad
-    start, higher, states, mask = unroll_args
+    start, higher, states, mask = unroll_args[:4]
     assert higher.shape == (1,) and higher[0] > 3  # the gradient-free pass runs on the unrolled row only
-    estimate = scheduler.clip_original_sample(scheduler.predict_original_sample(denoise(*unroll_args), higher, start))
+    estimate = scheduler.predict_original_sample(model.denoise(*unroll_args[:4]), higher, start)
+    estimate = scheduler.clip_original_sample(estimate)
     draft = model.round_estimate(estimate, "decoder", states, mask)
     stepped = scheduler.add_noise(draft, scheduler.predict_noise(draft, higher, start), timesteps[:1])
     length = labels.shape[1]
@@ -420,16 +409,13 @@ def test_unrolled_rows_target_the_reference(code_tokenizer, monkeypatch, predict
     torch.manual_seed(0)
     model = CodeFusionModel(tiny_config(code_tokenizer, unroll_probability=1.0, prediction_type=prediction_type))
     scheduler, last = model.noise_scheduler, model.config.num_train_timesteps - 1
-    calls, outputs = [], []
-    denoise = model.denoise
-    monkeypatch.setattr(
-        model, "denoise", lambda *a, **k: calls.append(a) or outputs.append(denoise(*a, **k)) or outputs[-1]
-    )
+    outputs = []
+    calls = record_denoiser_passes(model, monkeypatch, outputs)
     input_ids, attention_mask, labels = batch(code_tokenizer)
     timesteps = torch.tensor([3, last])
     noise = torch.randn(2, model.config.max_code_length, model.config.latent_dim)
     output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
-    canvas, model_output = calls[-1][0], outputs[-1]
+    canvas, model_output = calls[-1][0][0], outputs[-1]
     padded = torch.nn.functional.pad(
         labels, (0, model.config.max_code_length - labels.shape[1]), value=model.config.pad_token_id
     )
@@ -449,17 +435,14 @@ def test_committed_positions_are_clean_at_timestep_zero_and_not_learned(code_tok
     torch.manual_seed(0)
     model = CodeFusionModel(tiny_config(code_tokenizer, commit_probability=1.0))
     scheduler, canvas_length = model.noise_scheduler, model.config.max_code_length
-    calls, outputs = [], []
-    denoise = model.denoise
-    monkeypatch.setattr(
-        model, "denoise", lambda *a, **k: calls.append(a) or outputs.append(denoise(*a, **k)) or outputs[-1]
-    )
+    outputs = []
+    calls = record_denoiser_passes(model, monkeypatch, outputs)
     input_ids, attention_mask, labels = batch(code_tokenizer)
     timesteps = torch.tensor([50, 90])
     noise = torch.randn(2, canvas_length, model.config.latent_dim)
     output = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
 
-    canvas, position_timesteps = calls[0][:2]
+    canvas, position_timesteps = calls[0][0][:2]
     committed = position_timesteps == 0
     assert position_timesteps.shape == (2, canvas_length)
     assert committed.any() and not committed.all(dim=1).any()
@@ -478,7 +461,7 @@ def test_committed_positions_are_clean_at_timestep_zero_and_not_learned(code_tok
     model.eval()
     calls.clear()
     model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, timesteps=timesteps, noise=noise)
-    assert calls[0][1].shape == (2,)  # evaluation commits nothing
+    assert calls[0][0][1].shape == (2,)  # evaluation commits nothing
 
 
 def test_per_position_timesteps_condition_each_position(tiny_model):
@@ -620,3 +603,31 @@ def test_row_losses_are_each_rows_own_loss_and_weights_scale_them(tiny_model, co
         input_ids=input_ids, attention_mask=attention_mask, labels=labels, row_loss_weights=weights, **draws
     )
     torch.testing.assert_close(weighted.loss, (weights * output.row_losses * positions).sum() / positions.sum())
+
+
+def test_output_hidden_states_and_attentions(code_tokenizer):
+    """As other transformers models: every stack's states (its input, one per layer, the last normed) and attention
+    weights of the pass that computes the loss, which stays what the fused attention kernel gives."""
+    model = CodeFusionModel(tiny_config(code_tokenizer, num_denoiser_layers=2, num_decoder_layers=3)).eval()
+    input_ids, attention_mask, labels = batch(code_tokenizer, prompts=("list all files", "show the disk usage now"))
+    config, canvas, prompt = model.config, model.config.max_code_length, input_ids.shape[1]
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    inputs |= {"timesteps": torch.tensor([5, 90]), "noise": torch.randn(2, canvas, config.latent_dim)}
+    plain = model(**inputs)
+    assert plain.denoiser_hidden_states is None and plain.decoder_attentions is None
+    output = model(**inputs, output_hidden_states=True, output_attentions=True)
+    torch.testing.assert_close(output.loss, plain.loss)
+    torch.testing.assert_close(output.logits, plain.logits)
+    for name, layers in (("denoiser", 2), ("decoder", 3)):
+        states = getattr(output, f"{name}_hidden_states")
+        assert len(states) == layers + 1 and all(s.shape == (2, canvas, config.hidden_size) for s in states)
+        for kind, keys in (("attentions", canvas), ("cross_attentions", prompt)):
+            weights = getattr(output, f"{name}_{kind}")
+            assert len(weights) == layers
+            assert all(w.shape == (2, config.num_attention_heads, canvas, keys) for w in weights)
+            torch.testing.assert_close(weights[0].sum(-1), torch.ones(2, config.num_attention_heads, canvas))
+        padded_keys = getattr(output, f"{name}_cross_attentions")[0][0, :, :, attention_mask[0] == 0]
+        assert padded_keys.numel() > 0 and (padded_keys == 0).all()
+    torch.testing.assert_close(model.lm_head(output.decoder_hidden_states[-1]), output.logits)
+    from_config = CodeFusionModel(tiny_config(code_tokenizer, output_hidden_states=True))
+    assert len(from_config(**inputs).decoder_hidden_states) == 2

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PAIRS, tiny_config, write_jsonl
+from conftest import PAIRS, record_denoiser_passes, tiny_config, write_jsonl
 from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -98,16 +98,15 @@ def test_canvas_margin_trims_the_training_canvas(code_tokenizer, tmp_path, monke
     """canvas_margin: training batches denoise their longest code plus the margin, never more than the canvas;
     evaluation keeps the full canvas, as sampling has it."""
     trainer = make_trainer("finetune", code_tokenizer, tmp_path, canvas_margin=2)
-    model, shapes = trainer.model, []
-    denoise = model.denoise
-    monkeypatch.setattr(model, "denoise", lambda *a, **k: shapes.append(a[0].shape[1]) or denoise(*a, **k))
+    model = trainer.model
+    calls = record_denoiser_passes(model, monkeypatch)
     batch = first_batch(trainer)
     model.train()
     trainer.compute_loss(model, batch)
-    assert shapes == [min(batch["labels"].shape[1] + 2, model.config.max_code_length)]
+    assert [args[0].shape[1] for args, _ in calls] == [min(batch["labels"].shape[1] + 2, model.config.max_code_length)]
     model.eval()
     trainer.compute_loss(model, batch)
-    assert shapes[-1] == model.config.max_code_length
+    assert calls[-1][0][0].shape[1] == model.config.max_code_length
     with pytest.raises(ValueError, match="canvas_margin"):
         training_args(tmp_path, canvas_margin=-1)
 
@@ -312,22 +311,17 @@ def test_pretrain_tasks_reach_the_model(code_tokenizer, tmp_path, monkeypatch):
     batch["unconditional"] = torch.tensor([True, False, True, False])
     mask_id = code_tokenizer.mask_token_id
     assert (batch["input_ids"] == mask_id).any(), "CPD input must contain masked identifiers"
-    encoded, seen = {}, []
-    encode, denoise = model.encode, model.denoise
+    encoded, encode = {}, model.encode
 
     def recording_encode(input_ids, attention_mask):
         encoded["ids"], encoded["states"] = input_ids, encode(input_ids, attention_mask)
         return encoded["states"]
 
-    def recording_denoise(*args):
-        seen.append(args)
-        return denoise(*args)
-
     monkeypatch.setattr(model, "encode", recording_encode)
-    monkeypatch.setattr(model, "denoise", recording_denoise)
+    calls = record_denoiser_passes(model, monkeypatch)
     trainer.compute_loss(model, batch)
     assert torch.equal(encoded["ids"], batch["input_ids"])  # the masked snippet went through the encoder
-    _, _, states, attention_mask, *_ = seen[0]  # what the denoiser reads as the prompt
+    _, _, states, attention_mask, *_ = calls[0][0]  # what the denoiser reads as the prompt
     cpd, noise = ~batch["unconditional"], batch["unconditional"]
     torch.testing.assert_close(states[cpd], encoded["states"][cpd])
     assert not torch.allclose(states[noise], encoded["states"][noise])  # replaced by fresh Gaussian noise
@@ -341,9 +335,8 @@ def test_prompt_dropout_replaces_prompts_by_noise_in_finetuning(code_tokenizer, 
     evaluation loss stays fully conditional."""
     trainer = make_trainer("finetune", code_tokenizer, tmp_path, prompt_dropout_probability=0.5)
     model = trainer.model
-    seen, encoded = [], []
-    denoise, encode = model.denoise, model.encode
-    monkeypatch.setattr(model, "denoise", lambda *args: seen.append(args) or denoise(*args))
+    encoded, encode = [], model.encode
+    calls = record_denoiser_passes(model, monkeypatch)
     monkeypatch.setattr(model, "encode", lambda *args: encoded.append(encode(*args)) or encoded[-1])
     batch = first_batch(trainer)
     batch = {k: v.repeat(8, *[1] * (v.ndim - 1)) for k, v in batch.items()}  # 32 rows: both kinds appear
@@ -351,16 +344,16 @@ def test_prompt_dropout_replaces_prompts_by_noise_in_finetuning(code_tokenizer, 
     torch.manual_seed(0)
     trainer.compute_loss(model, batch).backward()
     assert all(p.grad is not None for p in model.encoder.parameters())
-    _, _, states, mask, *_ = seen[0]  # what the denoiser reads as the prompt
+    _, _, states, mask, *_ = calls[0][0]  # what the denoiser reads as the prompt
     kept = (states == encoded[0]).flatten(1).all(dim=1)
     assert 0 < kept.sum() < len(kept)
     assert torch.equal(mask[kept], batch["attention_mask"][kept]) and (mask[~kept] == 1).all()
     assert abs(states[~kept].std().item() - 1) < 0.1  # fresh N(0, 1) noise, not a scaled prompt
     model.eval()
-    seen.clear()
+    calls.clear()
     encoded.clear()
     trainer.compute_loss(model, batch)
-    assert torch.equal(seen[0][2], encoded[0])  # every prompt kept
+    assert torch.equal(calls[0][0][2], encoded[0])  # every prompt kept
 
 
 @pytest.mark.parametrize("kind", ["finetune", "pretrain"])

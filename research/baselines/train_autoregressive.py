@@ -35,6 +35,7 @@ from transformers import (
     BertConfig,
     BertLMHeadModel,
     DataCollatorForSeq2Seq,
+    EarlyStoppingCallback,
     EncoderDecoderModel,
     GenerationConfig,
     HfArgumentParser,
@@ -135,8 +136,23 @@ class AutoregressiveTrainingArguments(Seq2SeqTrainingArguments):
         default=None,
         metadata={"help": "Scale the learning rate down linearly to 0 over the last minutes of max_train_minutes."},
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without a lower validation loss, and end with the best "
+            "checkpoint's model (transformers' EarlyStoppingCallback; needs a validation file and eval_strategy)."
+        },
+    )
 
     def __post_init__(self):
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1 or self.eval_strategy in ("no", None):
+                raise ValueError(
+                    f"early_stopping_patience={self.early_stopping_patience} needs a positive patience and "
+                    "evaluations during training (--eval_strategy steps and a --validation_file)."
+                )
+            # Early stopping keeps the model of the lowest validation loss; Trainer needs these to track it.
+            self.load_best_model_at_end, self.metric_for_best_model, self.greater_is_better = True, "eval_loss", False
         super().__post_init__()
         check_time_budget(self.max_train_minutes, self.lr_decay_minutes)
         warn_if_cpu_bf16_is_emulated(self)
@@ -256,6 +272,10 @@ def train(
         processing_class=code_tokenizer,  # saved with every checkpoint and with the final model
     )
     trainer.add_callback(ScheduleRecordCallback())
+    if training_args.early_stopping_patience is not None:
+        if eval_data is None:
+            raise ValueError("--early_stopping_patience needs a --validation_file to evaluate on.")
+        trainer.add_callback(EarlyStoppingCallback(training_args.early_stopping_patience))
     if training_args.max_train_minutes is not None:
         trainer.add_callback(TimeLimitCallback(training_args.max_train_minutes, training_args.lr_decay_minutes))
     trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))

@@ -9,6 +9,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, T5EncoderModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions
 from transformers.utils import ModelOutput
 
 from .configuration_codefusion import CodeFusionConfig
@@ -31,6 +32,13 @@ class CodeFusionModelOutput(ModelOutput):
             (`config.commit_probability`).
         row_losses: `(batch_size,)` each row's own loss (the weighted terms, averaged over its supervised
             positions), detached: what a loss-aware timestep sampler tracks.
+        denoiser_hidden_states, decoder_hidden_states: With `output_hidden_states`, each stack's states: its input
+            (projected canvas plus positions, and the timestep for the denoiser), the output of every layer but the
+            last, and the last one's after the final layer norm, `(batch_size, canvas_length, hidden_size)` each.
+        denoiser_attentions, denoiser_cross_attentions, decoder_attentions, decoder_cross_attentions: With
+            `output_attentions`, every layer's self-attention weights over the canvas `(batch_size, num_heads,
+            canvas_length, canvas_length)` and cross-attention weights over the prompt `(batch_size, num_heads,
+            canvas_length, prompt_length)`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -40,6 +48,12 @@ class CodeFusionModelOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     timesteps: torch.LongTensor | None = None
     row_losses: torch.FloatTensor | None = None
+    denoiser_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    denoiser_attentions: tuple[torch.FloatTensor, ...] | None = None
+    denoiser_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class CodeFusionAttention(nn.Module):
@@ -70,9 +84,12 @@ class CodeFusionAttention(nn.Module):
         key_value_states: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from `hidden_states` to `key_value_states` (the same tensor for self-attention), or to their
-        projected `key_value` when given; `key_padding_mask` is True at keys to ignore."""
+        projected `key_value` when given; `key_padding_mask` is True at keys to ignore. Returns the output and, with
+        `output_attentions`, the attention weights, computed by an explicit softmax instead of the fused kernel,
+        which does not return them."""
         width = hidden_states.shape[-1]
         if key_value_states is hidden_states:
             query, key, value = F.linear(hidden_states, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
@@ -81,11 +98,18 @@ class CodeFusionAttention(nn.Module):
             query = F.linear(hidden_states, self.in_proj_weight[:width], self.in_proj_bias[:width])
             key, value = self.project_key_value(key_value_states) if key_value is None else key_value
         query = query.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out_proj(attended.transpose(1, 2).flatten(-2))
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions:
+            scores = query @ key.transpose(-2, -1) * query.shape[-1] ** -0.5
+            if key_padding_mask is not None:
+                scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            weights = scores.softmax(dim=-1)
+            attended = F.dropout(weights, dropout, self.training) @ value
+        else:
+            mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout)
+        return self.out_proj(attended.transpose(1, 2).flatten(-2)), weights
 
 
 class CodeFusionLayer(GradientCheckpointingLayer):
@@ -110,13 +134,19 @@ class CodeFusionLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,
         encoder_padding_mask: torch.Tensor,
         prompt_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The new states, and with `output_attentions` the self- and cross-attention weights."""
         normed = self.self_attn_norm(hidden_states)
-        hidden_states = hidden_states + self.dropout(self.self_attn(normed, normed))
-        normed = self.cross_attn_norm(hidden_states)
-        attended = self.cross_attn(normed, encoder_hidden_states, encoder_padding_mask, prompt_key_value)
+        attended, self_weights = self.self_attn(normed, normed, output_attentions=output_attentions)
         hidden_states = hidden_states + self.dropout(attended)
-        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+        normed = self.cross_attn_norm(hidden_states)
+        attended, cross_weights = self.cross_attn(
+            normed, encoder_hidden_states, encoder_padding_mask, prompt_key_value, output_attentions
+        )
+        hidden_states = hidden_states + self.dropout(attended)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+        return hidden_states, self_weights, cross_weights
 
 
 class CodeFusionCodeEmbedding(nn.Embedding):
@@ -153,15 +183,31 @@ class CodeFusionStack(nn.Module):
         encoder_padding_mask: torch.Tensor,
         conditioning: torch.Tensor | None = None,
         prompt_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> torch.Tensor:
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithCrossAttentions:
+        """The normed states of the last layer, and on request every layer's input states (the last replaced by the
+        output, as T5 reports them) and attention weights."""
         positions = torch.arange(latents.shape[1], device=latents.device)
         hidden_states = self.input_proj(latents) + self.position_embedding(positions)
         if conditioning is not None:  # one vector per row, or one per position
             hidden_states = hidden_states + (conditioning[:, None, :] if conditioning.ndim == 2 else conditioning)
+        all_states, self_weights, cross_weights = [], [], []
         for index, layer in enumerate(self.layers):
+            all_states.append(hidden_states)
             key_value = None if prompt_key_values is None else prompt_key_values[index]
-            hidden_states = layer(hidden_states, encoder_hidden_states, encoder_padding_mask, key_value)
-        return self.norm(hidden_states)
+            hidden_states, self_attention, cross_attention = layer(
+                hidden_states, encoder_hidden_states, encoder_padding_mask, key_value, output_attentions
+            )
+            self_weights.append(self_attention)
+            cross_weights.append(cross_attention)
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithCrossAttentions(
+            last_hidden_state=hidden_states,
+            hidden_states=(*all_states, hidden_states) if output_hidden_states else None,
+            attentions=tuple(self_weights) if output_attentions else None,
+            cross_attentions=tuple(cross_weights) if output_attentions else None,
+        )
 
     def prompt_key_values(self, encoder_hidden_states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every layer's cross-attention keys and values of the prompt."""
@@ -381,6 +427,23 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         the previous x0 estimate, shaped like the canvas, for a model trained with `config.self_condition` (zeros
         when not given, as at the first sampling step). `prompt_cache` ([`~CodeFusionModel.cache_prompt`] of
         `encoder_hidden_states`) saves projecting the prompt again."""
+        states = self._denoiser_states(
+            noisy_latents, timesteps, encoder_hidden_states, encoder_attention_mask, self_condition, prompt_cache
+        )
+        return self.denoiser_out(states.last_hidden_state)
+
+    def _denoiser_states(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None,
+        self_condition: torch.Tensor | None,
+        prompt_cache: CodeFusionPromptCache | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithCrossAttentions:
+        """The denoiser stack's output before its projection to the latent space (see `denoise`)."""
         if self.config.self_condition:
             if self_condition is None:
                 self_condition = torch.zeros_like(noisy_latents)
@@ -390,14 +453,15 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         timesteps = timesteps.expand(noisy_latents.shape[0]) if timesteps.ndim == 0 else timesteps
         time_embedding = self.time_embedding(self.time_proj(timesteps.flatten()).to(noisy_latents.dtype))
         time_embedding = time_embedding.view(*timesteps.shape, time_embedding.shape[-1])  # also for 0 rows
-        hidden_states = self.denoiser(
+        return self.denoiser(
             noisy_latents,
             encoder_hidden_states,
             _padding_mask(encoder_attention_mask),
             conditioning=time_embedding,
             prompt_key_values=None if prompt_cache is None else prompt_cache.denoiser,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        return self.denoiser_out(hidden_states)
 
     def decode(
         self,
@@ -413,7 +477,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             encoder_hidden_states,
             _padding_mask(encoder_attention_mask),
             prompt_key_values=None if prompt_cache is None else prompt_cache.decoder,
-        )
+        ).last_hidden_state
         return self.lm_head(hidden_states)
 
     def round_estimate(
@@ -463,6 +527,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         prompt_noise: torch.Tensor | None = None,
         canvas_length: int | None = None,
         row_loss_weights: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> CodeFusionModelOutput | tuple:
         r"""
@@ -489,6 +555,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 past the code (see the trainer's `canvas_margin`).
             row_loss_weights: `(batch_size,)` weights of each row's terms in the loss (default 1): the importance
                 weights of a non-uniform timestep sampler, which keep the loss an unbiased estimate of the uniform one.
+            output_hidden_states, output_attentions: Also return the states / attention weights of the denoiser and
+                the decoder in the pass that computes the loss (default: the config's), computed by an explicit
+                softmax, slower than the fused kernel. The prompt encoder is a transformers model of its own: call
+                `model.encoder(..., output_hidden_states=True)` for its states.
             return_dict: Return a [`CodeFusionModelOutput`] (default: `config.return_dict`) rather than a tuple
                 of its fields that are set.
         """
@@ -503,6 +573,11 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         prompts["encoder_last_hidden_state"] = encoder_last_hidden_state
         if sum(value is not None for value in prompts.values()) != 1:
             raise ValueError(f"Pass exactly one of {', '.join(prompts)} (the prompt, in one of its forms).")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
         if encoder_last_hidden_state is not None:
             encoder_hidden_states = self.encoder_proj(encoder_last_hidden_state)
         elif input_ids is not None:
@@ -561,9 +636,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 estimate = self._clipped_estimate(noisy_latents[rows], timesteps[rows], states, mask)
                 estimate = self.round_estimate(estimate, self.config.self_condition_rounding, states, mask)
             self_condition[rows] = estimate.to(self_condition.dtype)
-        model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition)
+        denoiser_states = self._denoiser_states(
+            noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition, **flags
+        )
+        model_output = self.denoiser_out(denoiser_states.last_hidden_state)
         denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
-        logits = self.decode(denoised_latents, encoder_hidden_states, attention_mask)
+        padding_mask = _padding_mask(attention_mask)
+        decoder_states = self.decoder(denoised_latents, encoder_hidden_states, padding_mask, **flags)
+        logits = self.lm_head(decoder_states.last_hidden_state)
 
         # Each term sums over the supervised positions of the batch, each row weighted by `row_loss_weights`, and
         # divides by their count: with unit weights, the mean over every supervised position.
@@ -604,6 +684,12 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             logits=logits,
             timesteps=timesteps,
             row_losses=row_losses,
+            denoiser_hidden_states=denoiser_states.hidden_states,
+            denoiser_attentions=denoiser_states.attentions,
+            denoiser_cross_attentions=denoiser_states.cross_attentions,
+            decoder_hidden_states=decoder_states.hidden_states,
+            decoder_attentions=decoder_states.attentions,
+            decoder_cross_attentions=decoder_states.cross_attentions,
         )
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
