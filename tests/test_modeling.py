@@ -631,3 +631,32 @@ def test_output_hidden_states_and_attentions(code_tokenizer):
     torch.testing.assert_close(model.lm_head(output.decoder_hidden_states[-1]), output.logits)
     from_config = CodeFusionModel(tiny_config(code_tokenizer, output_hidden_states=True))
     assert len(from_config(**inputs).decoder_hidden_states) == 2
+
+
+def test_every_construction_path_initialises_like_the_constructor(code_tokenizer, tmp_path):
+    """Built on the meta device and initialised after, or loaded with missing weights: each weight gets the spread
+    its own module's initialisation gives (T5's attention projections too), as a directly built model has."""
+    from safetensors.torch import load_file, save_file
+
+    config = tiny_config(code_tokenizer, encoder_config={"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2})
+    torch.manual_seed(0)
+    built = CodeFusionModel(config)
+    with torch.device("meta"):
+        on_meta = CodeFusionModel(config)
+    on_meta.to_empty(device="cpu")
+    on_meta.init_weights()
+    built.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    kept = {
+        name: tensor for name, tensor in weights.items() if ".SelfAttention." not in name and "lm_head" not in name
+    }
+    save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded, info = CodeFusionModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert any(".SelfAttention.q." in name for name in info["missing_keys"])
+    expected = {name: p.std().item() for name, p in built.named_parameters() if p.numel() >= 256}
+    for model in (on_meta, loaded):
+        spreads = {name: p.std().item() for name, p in model.named_parameters() if p.numel() >= 256}
+        wrong = {name: (spreads[name], std) for name, std in expected.items() if abs(spreads[name] - std) > 0.3 * std}
+        assert wrong == {}
+    query = loaded.encoder.encoder.block[1].layer[0].SelfAttention.q.weight
+    assert abs(query.std().item() - (64 * 16) ** -0.5) < 0.01

@@ -260,6 +260,14 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["CodeFusionLayer"]
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, although this code lives outside transformers: transformers then takes any module whose own
+        parameters are all loaded as initialised, which wrongly includes modules with none of their own (T5's
+        attention: a missing projection kept the generic std 1.0, not T5's). Every init here goes through
+        `transformers.initialization`, which skips loaded weights by itself, as transformers' own models rely on."""
+        return False
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, CodeFusionCodeEmbedding):
             # Unit-scale code embeddings share the scale of the Gaussian noise, as in Diffusion-LM.
