@@ -71,6 +71,9 @@ def test_json_object_rejects_non_objects():
     assert training_setup.json_object('{"a": 1}', "config_overrides") == {"a": 1}
     with pytest.raises(ValueError, match="config_overrides must be a JSON object"):
         training_setup.json_object("[1, 2]", "config_overrides")
+    # A shell that ate the double quotes: named, with how to quote it.
+    with pytest.raises(ValueError, match="config_overrides is not valid JSON .*double-quoted keys.*'{a:1}'"):
+        training_setup.json_object("{a:1}", "config_overrides")
 
 
 def test_missing_training_data(monkeypatch):

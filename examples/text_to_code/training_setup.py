@@ -87,7 +87,15 @@ def parse_args_with_config_file(parser: HfArgumentParser, argv: list[str]) -> tu
 
 def json_object(value: str | dict | None, name: str) -> dict:
     """A dict given as a JSON string (command line) or as a mapping (config file); None is empty."""
-    value = json.loads(value) if isinstance(value, str) else value or {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{name} is not valid JSON ({error}): give an object such as '{{\"dropout\": 0.1}}', with double-"
+                f"quoted keys (in a shell, inside single quotes). Got {value!r}."
+            ) from None
+    value = value or {}
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object, got {value!r}.")
     return dict(value)
