@@ -4,21 +4,24 @@ Trainer checkpoint pushes) against the local Hub-compatible server of hub_server
 import http.client
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import transformers.utils.hub as transformers_hub
+from conftest import make_pipeline, tiny_config
 from hub_server import HubServer
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 from huggingface_hub.hf_api import api as default_api
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_training import make_trainer
 from transformers import AutoTokenizer, TrainerCallback
 
@@ -510,3 +513,137 @@ def test_finetune_script_trains_on_a_hub_dataset_and_pushes(hub, api, tiny_pipel
     pushed = CodeFusionPipeline.from_pretrained(model_id, token=TOKEN, cache_dir=tmp_path / "cache")
     assert generate(pushed) == generate(CodeFusionPipeline.from_pretrained(tmp_path / "phase2"))
     assert generate(pushed) != generate(tiny_pipeline)  # trained on the dataset's rows
+
+
+def edit_json(relative: str, edit) -> Callable[[Path], None]:
+    """Damage one JSON file of a saved pipeline with `edit(data)`, which changes it in place or returns a new value."""
+
+    def damage(root: Path) -> None:
+        path = root / relative
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps(edit(data) or data))
+
+    return damage
+
+
+def set_key(relative: str, key: str, value) -> Callable[[Path], None]:
+    return edit_json(relative, lambda data: data.__setitem__(key, value))
+
+
+def edit_weights(edit) -> Callable[[Path], None]:
+    def damage(root: Path) -> None:
+        path = root / "model" / "model.safetensors"
+        state = load_file(path)
+        edit(state)
+        save_file(state, path, metadata={"format": "pt"})
+
+    return damage
+
+
+MODEL, SCHEDULER, TOKENIZER = "model/config.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"
+
+# Each damage, and what the error must name: the file and the key or tensor, and what was expected.
+DAMAGED_MODELS = {
+    "missing tensor": (edit_weights(lambda s: s.pop("lm_head.bias")), r"model\.safetensors.*missing.*lm_head\.bias"),
+    "renamed tensor": (
+        edit_weights(lambda s: s.__setitem__("lm_head.b", s.pop("lm_head.bias"))),
+        r"model\.safetensors.*missing from the file: lm_head\.bias; in the file but not in the model: lm_head\.b\.",
+    ),
+    "extra tensor": (
+        edit_weights(lambda s: s.__setitem__("extra.weight", torch.zeros(2))),
+        r"model\.safetensors.*in the file but not in the model: extra\.weight",
+    ),
+    "more denoiser layers": (
+        set_key(MODEL, "num_denoiser_layers", 2),
+        r"model\.safetensors.*missing from the file: denoiser\.layers\.1\.\* \(18 tensors\)",
+    ),
+    # T5EncoderModel's ignore pattern r"decoder" must not hide CodeFusion's own decoder tensors.
+    "fewer decoder layers": (
+        set_key(MODEL, "num_decoder_layers", 0),
+        r"model\.safetensors.*in the file but not in the model: decoder\.layers\.0\.\* \(18 tensors\)",
+    ),
+    "wider hidden size": (
+        set_key(MODEL, "hidden_size", 64),
+        r"model\.safetensors.*lm_head\.weight has shape \(300, 32\) in the file but \(300, 64\) in the model "
+        r"\(config\.json: .*hidden_size=64",
+    ),
+    "pad id past the vocabulary": (
+        set_key(MODEL, "pad_token_id", 300),
+        r"config\.json.*pad_token_id=300 is outside the code vocabulary \(vocab_size=300",
+    ),
+    "negative mask id": (set_key(MODEL, "mask_token_id", -1), r"config\.json.*mask_token_id=-1 .*vocab_size=300"),
+    "layer count as a string": (
+        set_key(MODEL, "num_denoiser_layers", "2"),
+        r"config\.json.*'num_denoiser_layers' expected int, got str",
+    ),
+    "fractional hidden size": (set_key(MODEL, "hidden_size", 256.5), r"config\.json.*'hidden_size' expected int"),
+    "encoder config as a list": (set_key(MODEL, "encoder_config", []), r"config\.json.*'encoder_config'"),
+}
+DAMAGED_PIPELINES = {
+    "DDPM scheduler": (
+        set_key("model_index.json", "scheduler", ["diffusers", "DDPMScheduler"]),
+        r"model_index\.json: 'scheduler' is \['diffusers', 'DDPMScheduler'\].*takes a .*CodeFusionScheduler",
+    ),
+    "encoder as the model": (
+        set_key("model_index.json", "model", ["transformers", "T5EncoderModel"]),
+        r"model_index\.json: 'model' is .*T5EncoderModel.*takes a .*CodeFusionModel",
+    ),
+    "model from a module not imported": (
+        set_key("model_index.json", "model", ["not_a_module", "CodeFusionModel"]),
+        r"model_index\.json: 'model' is .*not_a_module.*takes a .*CodeFusionModel",
+    ),
+    "component as a dict": (
+        set_key("model_index.json", "model", {"library": "codefusion_hf"}),
+        r"model_index\.json: 'model' must be a \[library, class name\] pair",
+    ),
+    "timesteps as a string": (
+        set_key(SCHEDULER, "num_train_timesteps", "100"),
+        r"scheduler_config\.json: Field 'num_train_timesteps' expected int, got str",
+    ),
+    "clip range as a string": (set_key(SCHEDULER, "clip_sample_range", "3"), r"'clip_sample_range' expected float"),
+    "clip flag as a string": (set_key(SCHEDULER, "clip_sample", "yes"), r"'clip_sample' expected bool"),
+    "betas as a dict": (set_key(SCHEDULER, "trained_betas", {}), r"scheduler_config\.json: .*'trained_betas'"),
+    "scheduler config as a list": (edit_json(SCHEDULER, lambda data: [data]), r"scheduler_config\.json must hold"),
+    "max length as a string": (
+        set_key(TOKENIZER, "model_max_length", "128"),
+        r"tokenizer_config\.json: Field 'model_max_length' expected int",
+    ),
+    "pad token as a number": (set_key(TOKENIZER, "pad_token", 5), r"tokenizer_config\.json: .*'pad_token'"),
+    "added tokens as a list": (
+        set_key(TOKENIZER, "added_tokens_decoder", []),
+        r"tokenizer_config\.json: Field 'added_tokens_decoder' expected dict",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_pipeline(code_tokenizer, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("saved") / "pipeline"
+    pipe = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer)), code_tokenizer)
+    pipe.save_pretrained(folder, model_card=False)
+    return folder
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_MODELS) + sorted(DAMAGED_PIPELINES))
+def test_a_damaged_folder_fails_to_load_naming_the_file_and_key(saved_pipeline, tmp_path, case):
+    """Nothing wrong loads in silence: the pipeline (and, for a damaged model, the model folder alone) raises."""
+    damage, message = DAMAGED_MODELS.get(case) or DAMAGED_PIPELINES[case]
+    folder = Path(shutil.copytree(saved_pipeline, tmp_path / "damaged"))
+    damage(folder)
+    with pytest.raises((ValueError, OSError), match=f"(?s){re.escape(str(folder))}.*{message}"):
+        CodeFusionPipeline.from_pretrained(folder)
+    if case in DAMAGED_MODELS:
+        with pytest.raises(ValueError, match=f"(?s){message}"):
+            CodeFusionModel.from_pretrained(folder / "model")
+
+
+def test_a_partial_load_on_purpose_reports_instead_of_raising(saved_pipeline, tmp_path):
+    """output_loading_info=True is the documented way to load a model whose weights do not all fit."""
+    folder = Path(shutil.copytree(saved_pipeline / "model", tmp_path / "model"))
+    edit_weights(lambda s: s.pop("lm_head.bias"))(folder.parent)
+    model, info = CodeFusionModel.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == {"lm_head.bias"} and not info["unexpected_keys"]
+    assert isinstance(model, CodeFusionModel)
+    _, intact = CodeFusionModel.from_pretrained(saved_pipeline / "model", output_loading_info=True)
+    assert not any(intact.values())  # tied encoder embeddings and buffers do not count as missing

@@ -1,10 +1,13 @@
 """CodeFusion model configuration."""
 
+import os
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import CONFIG_NAME
 
 from .constants import DECODER_ROUNDINGS
 from .scheduling_codefusion import NOISE_SCHEDULES, PREDICTION_TYPES
@@ -185,6 +188,25 @@ class CodeFusionConfig(PreTrainedConfig):
         for name in ("vocab_size", "latent_dim", "max_code_length", "max_prompt_length", "num_train_timesteps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        # transformers only warns about these; an id past the vocabulary fails at the first pad or eos, or not at all.
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is outside the code vocabulary (vocab_size={self.vocab_size}, "
+                    f"ids 0 to {self.vocab_size - 1}): set it to the code tokenizer's id of that token."
+                )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "CodeFusionConfig":
+        """As transformers', but a config.json whose values do not make a valid config (a wrong JSON type, a size or
+        id out of range) raises a `ValueError` naming the file and the key, not an error from deep inside."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (ValueError, TypeError, StrictDataclassError) as error:
+            path = str(pretrained_model_name_or_path)
+            if not os.path.isfile(path):
+                path = os.path.join(path, kwargs.get("subfolder") or "", CONFIG_NAME)
+            raise ValueError(f"{path} is not a valid CodeFusion config: {error}") from error
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "CodeFusionConfig":

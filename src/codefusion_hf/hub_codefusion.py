@@ -4,14 +4,16 @@ every save and push, and uploads of a saved folder as it is."""
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, get_type_hints
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors mean the Hub endpoint could not be reached
 from diffusers.utils import logging
 from huggingface_hub import CommitInfo, constants, create_repo, hf_hub_download, snapshot_download, upload_folder
+from huggingface_hub.dataclasses import type_validator
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors import safe_open
 
@@ -27,6 +29,18 @@ REQUIRED_FILES = {
     "tokenizer": ("tokenizer_config.json", "tokenizer.json"),
     "prompt_tokenizer": ("tokenizer_config.json", "tokenizer.json"),
 }
+# The types transformers expects of the tokenizer_config.json keys it reads: it has no schema to check them against,
+# and a wrong one loads silently (model_max_length "128") or fails deep inside.
+TOKENIZER_CONFIG_TYPES: dict[str, Any] = {
+    "model_max_length": int,
+    "padding_side": str,
+    "truncation_side": str,
+    "clean_up_tokenization_spaces": bool,
+    "tokenizer_class": str,
+    "backend": str,
+    "model_input_names": list[str],
+    "added_tokens_decoder": dict,
+} | {f"{name}_token": str | dict | None for name in ("bos", "eos", "unk", "sep", "pad", "cls", "mask")}
 
 
 class CodeFusionPipelineHubMixin:
@@ -164,8 +178,9 @@ def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME, vari
         raise OSError(f"{index_file} must hold a JSON object, got a {type(index).__name__}.")
     if index.get("_class_name") != class_name:
         raise OSError(f"{path} holds a {index.get('_class_name')!r} pipeline, not a {class_name}.")
+    component_classes = check_component_classes(index_file, index)
     for component, required in REQUIRED_FILES.items():
-        if index.get(component, [None, None])[0] is None:
+        if component_classes[component] is None:
             continue  # an optional component saved as absent
         for alternatives in required:
             names = (alternatives,) if isinstance(alternatives, str) else alternatives
@@ -179,6 +194,64 @@ def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME, vari
                     + saved_variants_hint(os.path.join(path, component), variant)
                 )
             check_readable(existing)
+            if existing.endswith(".json"):
+                check_config_types(existing, component, component_classes[component])
+
+
+def check_component_classes(index_file: str, index: dict[str, Any]) -> dict[str, type | None]:
+    """The class model_index.json names for each component of [`CodeFusionPipeline`] (None for an optional one saved
+    as absent), checked against the types its `__init__` takes: diffusers only warns about a wrong model class and
+    does not check schedulers, so a DDPMScheduler would load and sample wrongly."""
+    from .pipeline_codefusion import CodeFusionPipeline  # here: that module imports this one
+
+    classes = {}
+    for component, accepted in CodeFusionPipeline._get_signature_types().items():
+        names = " or ".join(f"{t.__module__}.{t.__name__}" for t in accepted if t is not type(None))
+        entry = index.get(component)
+        if not (isinstance(entry, list) and len(entry) == 2 and all(p is None or isinstance(p, str) for p in entry)):
+            raise OSError(
+                f"{index_file}: {component!r} must be a [library, class name] pair naming a {names}, got {entry!r}."
+            )
+        library, class_name = entry
+        if library is None and class_name is None and type(None) in accepted:
+            classes[component] = None
+            continue
+        # Only modules already imported: naming a module in a JSON file must not run its code (as in diffusers).
+        class_obj = getattr(sys.modules.get(library or ""), class_name or "", None)
+        if not (isinstance(class_obj, type) and issubclass(class_obj, accepted)):
+            raise OSError(
+                f"{index_file}: {component!r} is {entry!r}, which {CodeFusionPipeline.__name__} cannot run: it takes "
+                f"a {names} (or a subclass). Set {component!r} to the class the component was saved with."
+            )
+        classes[component] = class_obj
+    return classes
+
+
+def check_config_types(config_file: str, component: str, class_obj: type) -> None:
+    """Raise an `OSError` naming the file, the key and the expected type when a scheduler or tokenizer config holds
+    a value of the wrong JSON type (`"num_train_timesteps": "1000"`), which would otherwise load silently or fail
+    deep inside with `'<' not supported between 'str' and 'int'`. The model's config.json is checked by
+    `CodeFusionConfig` itself; a scheduler's types are its `__init__`'s annotations."""
+    with open(config_file) as f:
+        config = json.load(f)
+    if component == "scheduler":
+        expected_types = get_type_hints(class_obj.__init__)
+    elif os.path.basename(config_file) == "tokenizer_config.json":
+        expected_types = TOKENIZER_CONFIG_TYPES
+    else:
+        return
+    for key, value in config.items():
+        if key not in expected_types:
+            continue
+        candidates = [value, float(value)] if type(value) is int else [value]  # JSON writes 3.0 as 3
+        errors = []
+        for candidate in candidates:
+            try:
+                type_validator(key, candidate, expected_types[key])
+            except TypeError as error:
+                errors.append(error)
+        if len(errors) == len(candidates):
+            raise OSError(f"{config_file}: {errors[0]}. Fix the value of {key!r}.")
 
 
 def saved_variants_hint(folder: str, variant: str | None) -> str:
@@ -227,16 +300,19 @@ def reaching_the_hub(repo_id: str) -> Iterator[None]:
 
 
 def check_readable(path: str) -> None:
-    """Raise an `OSError` naming `path` when a JSON or safetensors file does not parse."""
+    """Raise an `OSError` naming `path` when a JSON or safetensors file does not parse, or a JSON file holds no
+    object."""
     try:
         if path.endswith(".safetensors"):
             with safe_open(path, framework="pt"):
                 pass
         else:
             with open(path) as f:
-                json.load(f)
+                content = json.load(f)
     except Exception as error:  # any parse failure means a corrupted file
         raise OSError(f"{path} is corrupted: {error}") from None
+    if not path.endswith(".safetensors") and not isinstance(content, dict):
+        raise OSError(f"{path} must hold a JSON object, got a {type(content).__name__}.")
 
 
 __all__ = ["CodeFusionPipelineHubMixin", "check_pipeline_folder", "check_readable", "upload_pipeline_folder"]

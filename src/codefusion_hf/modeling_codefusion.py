@@ -1,5 +1,8 @@
 """CodeFusion: a diffusion model for natural-language-to-code generation (Singh et al., EMNLP 2023)."""
 
+import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -277,6 +280,69 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
             init.zeros_(module.in_proj_bias)
         else:
             super()._init_weights(module)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs):
+        """As transformers', but weights that do not fit the model config.json describes (a tensor missing,
+        unexpected, or of another shape) raise a `ValueError` naming the file, the tensors, their shapes and the config
+        keys of those sizes: transformers only warns and initialises the missing ones at random, a silently wrong
+        model. Tied weights and non-persistent buffers are not counted. For a partial load on purpose, pass
+        `output_loading_info=True` (the mismatches are returned, as transformers does, not raised) and
+        `ignore_mismatched_sizes=True` to reinitialise tensors of another shape."""
+        if kwargs.get("output_loading_info"):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        # Mismatched shapes are collected here: transformers' own error only points at a logged report.
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+
+        def listed(keys: set[str]) -> str:  # a layer's tensors as one entry: "denoiser.layers.1.* (16 tensors)"
+            layers = Counter(re.sub(r"^(.+?\.(?:layers|block|layer)\.\d+)\..+$", r"\1.*", key) for key in keys)
+            return ", ".join(name if n == 1 else f"{name} ({n} tensors)" for name, n in sorted(layers.items()))
+
+        config = model.config
+        sizes = {f"encoder_config.{k}": v for k, v in config.encoder_config.to_dict().items() if type(v) is int}
+        sizes |= {k: v for k, v in config.to_dict().items() if type(v) is int and not k.endswith("_token_id")}
+        problems = []
+        if info["missing_keys"]:
+            problems.append(f"missing from the file: {listed(info['missing_keys'])}")
+        if info["unexpected_keys"]:
+            problems.append(f"in the file but not in the model: {listed(info['unexpected_keys'])}")
+        for key, saved, built in [] if ignore_mismatched_sizes else sorted(info["mismatched_keys"]):
+            differing = set(built) if len(built) != len(saved) else {b for b, s in zip(built, saved) if b != s}
+            keys = [f"{name}={value}" for name, value in sizes.items() if value in differing]
+            problems.append(
+                f"{key} has shape {tuple(saved)} in the file but {tuple(built)} in the model"
+                + (f" (config.json: {', '.join(keys)})" if keys else "")
+            )
+        if problems:
+            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            variant = kwargs.get("variant")
+            weights = os.path.join(folder, f"model.{variant}.safetensors" if variant else "model.safetensors")
+            source = weights if os.path.isfile(weights) else folder
+            raise ValueError(
+                f"{source} does not hold the weights of the {cls.__name__} that {os.path.join(folder, 'config.json')} "
+                f"describes: {'; '.join(problems)}. Load the config.json saved with these weights (layer counts and "
+                "sizes as they were trained), or pass output_loading_info=True to load the rest and get this report."
+            )
+        return model
+
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """Ignore only this class's own key patterns: transformers also gathers the prompt encoder's, unanchored
+        regexes meant for that architecture's checkpoints (T5EncoderModel's r"decoder" would hide every unexpected
+        tensor of CodeFusion's decoder), while a CodeFusion checkpoint stores exactly the encoder's tensors."""
+        gathered = self._keys_to_ignore_on_load_unexpected, self._keys_to_ignore_on_load_missing
+        self._keys_to_ignore_on_load_unexpected = set(type(self)._keys_to_ignore_on_load_unexpected or ())
+        self._keys_to_ignore_on_load_missing = set(type(self)._keys_to_ignore_on_load_missing or ())
+        try:
+            super()._adjust_missing_and_unexpected_keys(loading_info)
+        finally:
+            self._keys_to_ignore_on_load_unexpected, self._keys_to_ignore_on_load_missing = gathered
 
 
 class CodeFusionModel(CodeFusionPreTrainedModel):
