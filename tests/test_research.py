@@ -315,3 +315,34 @@ def test_refine_drafts_reports_each_strength_beside_the_drafts(overfit_pipeline,
     drafts.write_text('{"prompt": "ls"}\n')
     with pytest.raises(ValueError, match="must hold prompt, reference and candidates"):
         refine_drafts.main(common)
+
+
+def test_summarize_ab_collects_every_arm(tmp_path):
+    """research/summarize_ab.py: each arm's steps and last eval loss, its metrics, its sign tests, and extra
+    evaluations of an arm with their own sign tests; a folder with no arm is an error."""
+    from research import summarize_ab
+
+    for name, loss in (("control", 3.0), ("clip", 2.5)):
+        (tmp_path / name).mkdir()
+        history = [{"loss": 4.0, "step": 5}, {"eval_loss": loss + 1, "step": 5}, {"eval_loss": loss, "step": 10}]
+        (tmp_path / name / "trainer_state.json").write_text(json.dumps({"global_step": 10, "log_history": history}))
+        (tmp_path / f"eval-{name}").mkdir()
+        (tmp_path / f"eval-{name}" / "metrics.json").write_text(json.dumps({"template_match@1": loss / 100}))
+    (tmp_path / "eval-control-cedi").mkdir()
+    (tmp_path / "eval-control-cedi" / "metrics.json").write_text(json.dumps({"template_match@1": 0.5}))
+    (tmp_path / "eval-control-cedi.log").write_text("a log, not an evaluation")
+    (tmp_path / "control-cedi_vs_control.json").write_text(json.dumps({"comparisons": [{"p_value": 0.5}]}))
+    (tmp_path / "clip_vs_control.json").write_text(json.dumps({"comparisons": [{"p_value": 0.04}]}))
+    arms = summarize_ab.summarize(tmp_path)
+    assert arms["clip"] == {
+        "steps": 10,
+        "eval_loss": 2.5,
+        "validation": {"template_match@1": 0.025},
+        "extra_evaluations": {},
+        "sign_tests": {"control": [{"p_value": 0.04}]},
+    }
+    assert arms["control"]["extra_evaluations"] == {
+        "cedi": {"validation": {"template_match@1": 0.5}, "sign_tests": [{"p_value": 0.5}]}
+    }
+    with pytest.raises(SystemExit, match="no arm"):
+        summarize_ab.summarize(tmp_path / "control")
