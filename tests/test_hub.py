@@ -3,6 +3,7 @@ Trainer checkpoint pushes) against the local Hub-compatible server of hub_server
 
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -578,6 +579,11 @@ DAMAGED_MODELS = {
     ),
     "fractional hidden size": (set_key(MODEL, "hidden_size", 256.5), r"config\.json.*'hidden_size' expected int"),
     "encoder config as a list": (set_key(MODEL, "encoder_config", []), r"config\.json.*'encoder_config'"),
+    "no attention heads": (
+        set_key(MODEL, "num_attention_heads", 0),
+        r"config\.json.*num_attention_heads must be a positive integer, got 0",
+    ),
+    "unknown dtype": (set_key(MODEL, "dtype", "float99"), r"config\.json.*dtype must name a torch dtype.*'float99'"),
 }
 DAMAGED_PIPELINES = {
     "DDPM scheduler": (
@@ -647,3 +653,24 @@ def test_a_partial_load_on_purpose_reports_instead_of_raising(saved_pipeline, tm
     assert isinstance(model, CodeFusionModel)
     _, intact = CodeFusionModel.from_pretrained(saved_pipeline / "model", output_loading_info=True)
     assert not any(intact.values())  # tied encoder embeddings and buffers do not count as missing
+
+
+def test_a_model_that_does_not_fit_its_weights_says_so_once(saved_pipeline, tmp_path):
+    """The error replaces transformers' load report (a table saying the tensors were "newly initialized"), so the
+    CLI shows one line; a size mismatch the caller allows with ignore_mismatched_sizes still gets the report."""
+    reports = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage())
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        folder = Path(shutil.copytree(saved_pipeline, tmp_path / "damaged"))
+        edit_weights(lambda s: s.pop("lm_head.bias"))(folder)
+        with pytest.raises(ValueError, match="missing from the file: lm_head.bias"):
+            CodeFusionModel.from_pretrained(folder / "model")
+        assert not any("LOAD REPORT" in report for report in reports)
+        set_key(MODEL, "latent_dim", 32)(Path(shutil.copytree(saved_pipeline, tmp_path / "wider")))
+        CodeFusionModel.from_pretrained(tmp_path / "wider" / "model", ignore_mismatched_sizes=True)
+        assert any("LOAD REPORT" in report and "MISMATCH" in report for report in reports)
+    finally:
+        logger.removeHandler(handler)

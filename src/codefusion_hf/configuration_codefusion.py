@@ -3,6 +3,7 @@
 import os
 from typing import Any
 
+import torch
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig
@@ -159,6 +160,13 @@ class CodeFusionConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        # transformers turns a dtype name into `getattr(torch, name)`: a wrong one would be an AttributeError of torch.
+        if (
+            isinstance(self.dtype, str)
+            and self.dtype != "auto"
+            and not isinstance(getattr(torch, self.dtype, None), torch.dtype)
+        ):
+            raise ValueError(f"dtype must name a torch dtype (e.g. 'float32', 'bfloat16'), got {self.dtype!r}.")
         super().__post_init__(**kwargs)
         if self.noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"noise_schedule must be one of {NOISE_SCHEDULES}, got {self.noise_schedule!r}.")
@@ -180,14 +188,18 @@ class CodeFusionConfig(PreTrainedConfig):
                 )
             if not self.self_condition:
                 raise ValueError("self_condition_rounding needs self_condition=True: it rounds that estimate.")
+        positive = ("vocab_size", "latent_dim", "hidden_size", "intermediate_size", "num_attention_heads")
+        positive += ("num_denoiser_layers", "max_code_length", "max_prompt_length", "num_train_timesteps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.num_decoder_layers < 0:
+            raise ValueError(f"num_decoder_layers must be at least 0, got {self.num_decoder_layers}.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})."
             )
-        for name in ("vocab_size", "latent_dim", "max_code_length", "max_prompt_length", "num_train_timesteps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         # transformers only warns about these; an id past the vocabulary fails at the first pad or eos, or not at all.
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:

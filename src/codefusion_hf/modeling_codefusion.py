@@ -1,8 +1,10 @@
 """CodeFusion: a diffusion model for natural-language-to-code generation (Singh et al., EMNLP 2023)."""
 
+import logging
 import os
 import re
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -256,6 +258,30 @@ def build_encoder(encoder_config, pretrained_name_or_path: str | None = None, **
     return encoder
 
 
+# The logger of transformers' load report: a table of the tensors loaded wrongly, which says they were "newly
+# initialized". `CodeFusionPreTrainedModel.from_pretrained` raises on those instead, in one message.
+LOADING_LOGGER = logging.getLogger("transformers.modeling_utils")
+
+
+@contextmanager
+def held_load_reports():
+    """Hold back transformers' load reports logged inside the block (yielded as a list of log records), so that an
+    error raised in their place is the only message; a caller re-emits them when it does not raise."""
+    reports = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            reports.append(record)
+            return False
+        return True
+
+    LOADING_LOGGER.addFilter(hold)
+    try:
+        yield reports
+    finally:
+        LOADING_LOGGER.removeFilter(hold)
+
+
 class CodeFusionPreTrainedModel(PreTrainedModel):
     config_class = CodeFusionConfig
     base_model_prefix = "codefusion"
@@ -293,13 +319,14 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
         # Mismatched shapes are collected here: transformers' own error only points at a logged report.
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path,
-            *model_args,
-            output_loading_info=True,
-            ignore_mismatched_sizes=True,
-            **kwargs,
-        )
+        with held_load_reports() as reports:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
 
         def listed(keys: set[str]) -> str:  # a layer's tensors as one entry: "denoiser.layers.1.* (16 tensors)"
             layers = Counter(re.sub(r"^(.+?\.(?:layers|block|layer)\.\d+)\..+$", r"\1.*", key) for key in keys)
@@ -330,6 +357,8 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
                 f"describes: {'; '.join(problems)}. Load the config.json saved with these weights (layer counts and "
                 "sizes as they were trained), or pass output_loading_info=True to load the rest and get this report."
             )
+        for report in reports:  # what was reinitialised on request (ignore_mismatched_sizes), as transformers says
+            LOADING_LOGGER.handle(report)
         return model
 
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
