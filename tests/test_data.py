@@ -101,3 +101,19 @@ def test_load_code_dataset_max_samples(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"p{i}", "code": f"c{i}"} for i in range(5)])
     assert load_code_dataset(path, max_samples=2)["code"] == ["c0", "c1"]
     assert len(load_code_dataset(path, max_samples=50)) == 5
+
+
+def test_a_ragged_csv_or_a_file_of_empty_objects_names_the_file_and_the_fix(tmp_path):
+    """A CSV row with more fields than the header would load with its extra fields as the columns; a file of `{}`
+    failed with the builder's "corresponds to no data"."""
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("prompt,code\na,ls,extra,more\n")
+    with pytest.raises(ValueError, match=r"ragged\.csv could not be read as csv: line 2 has 4 fields but the header"):
+        load_code_dataset(str(ragged))
+    short = tmp_path / "short.csv"
+    short.write_text('prompt,code\n"list, all",ls\n\nonly\n')
+    with pytest.raises(ValueError, match=r"short\.csv could not be read as csv: line 4 has 1 fields .* has 2"):
+        load_code_dataset(str(short))
+    empty_objects = write_jsonl(tmp_path / "empty_objects.jsonl", [{}, {}])
+    with pytest.raises(ValueError, match=r"empty_objects\.jsonl .*empty object .*columns \['code', 'prompt'\]"):
+        load_code_dataset(empty_objects)

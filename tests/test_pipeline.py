@@ -735,3 +735,16 @@ def test_a_model_whose_outputs_are_not_finite_raises(tiny_pipeline, scheduler_cl
         pipe.model.denoiser.norm.weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="outputs became NaN or inf while sampling"):
         seeded(pipe, "list all files")
+
+
+def test_scheduler_with_other_betas_is_refused(code_tokenizer):
+    """The check compares the schedules themselves, not only their names: an edited beta_end or trained_betas with
+    the same num_train_timesteps, noise_schedule and prediction_type would sample on noise levels never trained on."""
+    model = CodeFusionModel(tiny_config(code_tokenizer, noise_schedule="linear"))
+    trained = model.noise_scheduler.config
+    other_betas = torch.linspace(1e-3, 0.05, trained.num_train_timesteps).tolist()
+    for changed, field in ((dict(trained_betas=other_betas), "trained_betas"), (dict(beta_end=0.03), "beta_end")):
+        scheduler = CodeFusionScheduler.from_config(trained, **changed)
+        with pytest.raises(ValueError, match=rf"{field}=.*from_config\(model\.noise_scheduler\.config\)"):
+            CodeFusionPipeline(model=model, scheduler=scheduler, tokenizer=code_tokenizer)
+    CodeFusionPipeline(model=model, scheduler=CodeFusionScheduler.from_config(trained), tokenizer=code_tokenizer)

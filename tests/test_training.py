@@ -439,15 +439,19 @@ def test_a_run_resumes_from_its_folder_copied_elsewhere(code_tokenizer, tmp_path
     assert counter.steps == [3, 4] and (moved / "out" / "checkpoint-4").is_dir()
 
 
-def test_resuming_with_another_learning_rate_says_what_it_does(code_tokenizer, tmp_path, monkeypatch):
+def test_resuming_with_another_learning_rate_is_refused(code_tokenizer, tmp_path, monkeypatch):
+    """Trainer would keep the checkpoint's rate and ignore the new one: refused, saying both rates and the ways out."""
     trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()
     messages = []
     monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
-    find_resume_checkpoint(training_args(tmp_path, max_steps=2))
+    assert find_resume_checkpoint(training_args(tmp_path, max_steps=2)).endswith("checkpoint-2")
     assert messages == []
-    find_resume_checkpoint(training_args(tmp_path, max_steps=2, learning_rate=1e-4))
-    assert len(messages) == 1 and "continues that schedule, not learning_rate=0.0001" in messages[0]
+    with pytest.raises(ValueError) as refused:
+        find_resume_checkpoint(training_args(tmp_path, max_steps=2, learning_rate=1e-4))
+    message = str(refused.value)
+    assert "checkpoint-2" in message and "starts from 0.003" in message and "learning_rate=0.0001" in message
+    assert "--learning_rate 0.003" in message and "another output_dir" in message and "--model_name_or_path" in message
 
 
 def test_resuming_with_another_schedule_says_what_it_does_and_does_it(code_tokenizer, tmp_path, monkeypatch):

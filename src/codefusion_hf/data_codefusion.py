@@ -1,6 +1,7 @@
 """Training data for CodeFusion: loading (prompt, code) files, tokenizing them onto the canvas, CPD masking of
 identifiers and keywords, and the collators of both training phases."""
 
+import csv
 import io
 import json
 import os
@@ -36,17 +37,17 @@ def load_code_dataset(
     """Load (prompt, code) rows, or code-only rows with `prompt_column=None`, from a local JSON Lines / CSV / Parquet
     file or a Hub dataset id. Columns are renamed to `prompt` / `code`; rows whose values are not non-empty strings
     are dropped and counted. `max_samples` keeps only the first N usable rows."""
+    columns = {code_column: "code"} | ({prompt_column: "prompt"} if prompt_column else {})
     suffix = Path(data).suffix.lower()
     if os.path.isfile(data):
         if suffix not in DATA_FORMATS:
             raise ValueError(f"{data}: unsupported file type {suffix!r}; use one of {sorted(DATA_FORMATS)}.")
-        dataset = read_data_file(data, suffix)
+        dataset = read_data_file(data, suffix, list(columns))
     elif suffix in DATA_FORMATS:
         raise ValueError(f"Data file {data} does not exist.")
     else:
         dataset = load_dataset(data, split=split)
 
-    columns = {code_column: "code"} | ({prompt_column: "prompt"} if prompt_column else {})
     for column in columns:
         if column not in dataset.column_names:
             raise ValueError(f"{data} has no column {column!r}; its columns are {dataset.column_names}.")
@@ -62,23 +63,32 @@ def load_code_dataset(
     return dataset.select(range(min(max_samples, len(dataset)))) if max_samples else dataset
 
 
-def read_data_file(path: str, suffix: str) -> Dataset:
-    """A local data file as a `datasets` table; an empty or malformed file fails naming the file (and, for JSON
-    Lines, the first line that is not JSON) instead of with the builder's generic error."""
+def read_data_file(path: str, suffix: str, columns: list[str]) -> Dataset:
+    """A local data file as a `datasets` table; an empty or malformed file fails naming the file, the `columns` it
+    should hold and, for JSON Lines and CSV, the first bad line, instead of with the builder's generic error. A CSV
+    row with more fields than the header is refused up front: the builder would take its extra fields as an index
+    and read the wrong ones as the columns."""
     try:
+        ragged = first_ragged_csv_line(path) if suffix == ".csv" else None
+        if ragged is not None:
+            raise ValueError(ragged)
         return load_dataset(DATA_FORMATS[suffix], data_files=path, split="train")
     except (DatasetGenerationError, ValueError) as error:
         with open(path, "rb") as f:
             if not any(line.strip() for line in f):
                 raise ValueError(f"{path} is empty: it holds no rows.") from None
-        cause = error.__cause__ or error
+        cause = str(error.__cause__ or error).rstrip(". \n")
         if suffix == ".jsonl":
             cause = first_invalid_json_line(path) or cause
-        raise ValueError(f"{path} could not be read as {suffix[1:]}: {cause}") from None
+        raise ValueError(
+            f"{path} could not be read as {suffix[1:]}: {cause}. Its rows need the columns {columns}."
+        ) from None
 
 
 def first_invalid_json_line(path: str) -> str | None:
-    """Where a JSON Lines file stops being JSON Lines, in words, or None."""
+    """Where a JSON Lines file stops being JSON Lines, in words, or None; also a file of empty objects (`{}`), which
+    has rows but no columns."""
+    has_columns = False
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
@@ -89,8 +99,29 @@ def first_invalid_json_line(path: str) -> str | None:
                         return f"line {number} is not valid JSON ({error.msg}, column {error.colno})"
                     if not isinstance(row, dict):
                         return f"line {number} is a JSON {type(row).__name__}, not an object of columns"
+                    has_columns = has_columns or bool(row)
     except UnicodeDecodeError as error:
         return f"it is not UTF-8 text (byte {error.start} of the file)"
+    return None if has_columns else "every line is an empty object ({}), with no columns"
+
+
+def first_ragged_csv_line(path: str) -> str | None:
+    """The first CSV row whose number of fields is not the header's, in words, or None (blank lines are skipped, as
+    the builder skips them)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            for row in reader:
+                if row and len(row) != len(header):
+                    return (
+                        f"line {reader.line_num} has {len(row)} fields but the header {header} has {len(header)}; "
+                        "quote fields that hold commas"
+                    )
+    except UnicodeDecodeError as error:
+        return f"it is not UTF-8 text (byte {error.start} of the file)"
+    except csv.Error as error:
+        return f"line {reader.line_num} is not valid CSV ({error})"
     return None
 
 

@@ -74,6 +74,29 @@ class DenoisingRows:
         )
 
 
+def check_same_noise_schedule(scheduler: CodeFusionScheduler, trained: CodeFusionScheduler) -> None:
+    """Refuse a sampling schedule other than the training one even when the named fields agree: another
+    `beta_start`, `beta_end` or `trained_betas` (an edited scheduler_config.json) samples on untrained noise levels."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(trained.alphas_cumprod.device)
+    if torch.allclose(alphas_cumprod, trained.alphas_cumprod, rtol=1e-5, atol=1e-8):
+        return
+
+    def shown(value: Any) -> str:
+        return f"<{len(value)} values>" if isinstance(value, (list, tuple)) else repr(value)
+
+    differing = [
+        f"scheduler.config.{name}={shown(scheduler.config.get(name))} but the model's is {shown(trained.config[name])}"
+        for name in ("trained_betas", "beta_start", "beta_end")
+        if scheduler.config.get(name) != trained.config[name]
+    ]
+    largest = (alphas_cumprod - trained.alphas_cumprod).abs().max().item()
+    raise ValueError(
+        f"scheduler.alphas_cumprod differs from the model's training schedule by up to {largest:.3g} "
+        f"({'; '.join(differing) or 'its betas differ'}): sample with the schedule the model was trained with, "
+        f"built by {type(scheduler).__name__}.from_config(model.noise_scheduler.config)."
+    )
+
+
 class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
     r"""
     Generates code from natural language with a [`CodeFusionModel`]: the prompt is encoded once, `k` Gaussian
@@ -126,6 +149,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     f"scheduler.config.{name}={scheduler.config[name]!r} does not match the model's "
                     f"{name}={getattr(config, name)!r}: sample with the schedule the model was trained with."
                 )
+        check_same_noise_schedule(scheduler, model.noise_scheduler)
         self.register_modules(model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=prompt_tokenizer)
 
     @property

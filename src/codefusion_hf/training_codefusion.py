@@ -885,7 +885,7 @@ def find_resume_checkpoint(args: TrainingArguments) -> str | None:
         checkpoint = last_complete_checkpoint(args)
         if checkpoint is None:
             return None
-    warn_if_resuming_another_learning_rate(checkpoint, args)
+    check_resumed_schedule(checkpoint, args)
     return checkpoint
 
 
@@ -961,19 +961,20 @@ class ScheduleRecordCallback(TrainerCallback):
                 write_schedule_record(checkpoint, args)
 
 
-def warn_if_resuming_another_learning_rate(checkpoint: str, args: TrainingArguments) -> None:
-    """Say what resuming does with learning-rate arguments that differ from the checkpoint's: Trainer restores the
-    checkpoint's optimizer and schedule state, so the run keeps the checkpoint's base learning rate (and its current
-    rate for one step), while the shape of the schedule (type, warmup, length, time budget) is rebuilt from the
-    arguments given now."""
+def check_resumed_schedule(checkpoint: str, args: TrainingArguments) -> None:
+    """Refuse, or say what resuming does with, learning-rate arguments that differ from the checkpoint's: Trainer
+    restores the checkpoint's optimizer and schedule state, so another `learning_rate` would be silently ignored (an
+    error), while the shape of the schedule (type, warmup, length, time budget) is rebuilt from the arguments given
+    now (a warning)."""
     path = os.path.join(checkpoint, "scheduler.pt")
     base_rates = (torch.load(path, weights_only=True).get("base_lrs") or []) if os.path.isfile(path) else []
     if any(rate != args.learning_rate for rate in base_rates):
-        logger.warning(
-            f"Resuming from {checkpoint}, whose learning-rate schedule starts from {base_rates[0]:g}: the run "
-            f"continues that schedule, not learning_rate={args.learning_rate:g} (Trainer restores a checkpoint's "
-            "optimizer and schedule). To train at the new rate, start a new run in another output_dir from the "
-            "pipeline this run saves when it ends (--model_name_or_path)."
+        raise ValueError(
+            f"Resuming from {checkpoint}, whose learning-rate schedule starts from {base_rates[0]:g}, with "
+            f"learning_rate={args.learning_rate:g}: Trainer restores a checkpoint's optimizer and schedule, so the "
+            f"new rate would be ignored. Resume with --learning_rate {base_rates[0]:g}, or, to train at the new rate, "
+            "start a new run in another output_dir from the pipeline this run saves when it ends "
+            "(--model_name_or_path)."
         )
     record = os.path.join(checkpoint, SCHEDULE_FILE)
     if not os.path.isfile(record):
