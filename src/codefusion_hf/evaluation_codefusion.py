@@ -216,6 +216,11 @@ def check_device(device: str) -> torch.device:
     backend = getattr(torch, parsed.type, None)
     if parsed.type != "cpu" and not (backend is not None and backend.is_available()):
         raise ValueError(f"device {device!r} was asked for, but this torch has no usable {parsed.type} device.")
+    count = getattr(backend, "device_count", None)
+    if parsed.type != "cpu" and parsed.index is not None and count is not None and parsed.index >= count():
+        raise ValueError(
+            f"device {device!r} was asked for, but this machine has only {count()} {parsed.type} device(s)."
+        )
     return parsed
 
 
