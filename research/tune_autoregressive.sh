@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The tuned autoregressive baseline (issue 21's fair comparison): research/configs/nl2bash_autoregressive.json
 # trained once per learning rate, side by side on this machine's CPU (one thread each, the same seed and wall-clock
-# budget, the last quarter annealed), with weight decay 0.01, the decoder's dropout (BERT's 0.1) and early stopping
-# on the validation loss (patience 3 evaluations of 250 steps); each run ends with its best checkpoint's model and is
-# evaluated on the full NL2Bash validation split (beam 5, k = 5). The learning rate to keep is the one of the lowest
-# validation loss (printed at the end; each run's trainer_state.json has its log).
+# budget, the last quarter annealed), with weight decay 0.01, the decoder's dropout (BERT's 0.1), 100 warmup steps
+# and early stopping on the validation loss (patience 3 evaluations, one every 100 steps); each run ends with its
+# best checkpoint's model and is evaluated on the full NL2Bash validation split (beam 5, k = 5). The learning rate
+# to keep is the one of the lowest validation loss (printed at the end; each run's trainer_state.json has its log).
 #
 #   bash research/tune_autoregressive.sh OUTPUT_DIR MINUTES CODE_TOKENIZER LEARNING_RATE [LEARNING_RATE ...]
 #
@@ -25,7 +25,7 @@ decay=$("$python" -c "print(float('$minutes') / 4)")
 for rate in "$@"; do
   (cd "$root" && "$python" -m research.baselines.train_autoregressive research/configs/nl2bash_autoregressive.json \
     --tokenizer_name_or_path "$tokenizer" --output_dir "$out/lr$rate" --learning_rate "$rate" --weight_decay 0.01 \
-    --max_train_minutes "$minutes" --lr_decay_minutes "$decay" --eval_steps 250 --save_steps 250 \
+    --max_train_minutes "$minutes" --lr_decay_minutes "$decay" --warmup_steps 100 --eval_steps 100 --save_steps 100 \
     --early_stopping_patience 3 --test_file data/nl2bash/validation.jsonl --eval_output_dir "$out/eval-lr$rate") \
     >"$out/lr$rate.log" 2>&1 &
 done

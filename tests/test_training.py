@@ -492,6 +492,26 @@ def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 1
     assert (tmp_path / "out" / "checkpoint-1" / "model.safetensors").is_file()
+    assert not any("eval_loss" in row for row in trainer.state.log_history)  # this run does not evaluate
+
+
+def test_max_train_minutes_evaluates_the_last_checkpoint(code_tokenizer, tmp_path):
+    """A run that evaluates every N steps and stops on the clock evaluates its last checkpoint too, so that the best
+    model of load_best_model_at_end is chosen among all checkpoints, the annealed last one included."""
+    trainer = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        max_steps=1000,
+        max_train_minutes=0.0,
+        eval_strategy="steps",
+        eval_steps=500,
+        save_strategy="steps",
+        save_steps=500,
+    )
+    trainer.train()
+    evaluated = [row["step"] for row in trainer.state.log_history if "eval_loss" in row]
+    assert trainer.state.global_step == 1 and evaluated == [1]
 
 
 def test_time_budget_progress_bar(code_tokenizer, tmp_path, monkeypatch):

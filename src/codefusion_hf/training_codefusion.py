@@ -230,11 +230,12 @@ def check_time_budget(max_train_minutes: float | None, lr_decay_minutes: float |
 
 class TimeLimitCallback(TrainerCallback):
     """
-    Ends training, with a final checkpoint, once `max_train_minutes` of wall time have passed in this run. With
-    `lr_decay_minutes`, the learning rate of the schedule is also scaled down linearly to 0 over the last
-    `lr_decay_minutes` of the budget: a run that stops on the clock cannot know its step count, so a step-based
-    decaying schedule cannot end on time, and a constant rate leaves the gain of annealing on the table. The clock is
-    the main process's, broadcast at every step, so every process stops at the same step with the same rate.
+    Ends training, with a final checkpoint (evaluated when the run evaluates), once `max_train_minutes` of wall time
+    have passed in this run. With `lr_decay_minutes`, the learning rate of the schedule is also scaled down linearly
+    to 0 over the last `lr_decay_minutes` of the budget: a run that stops on the clock cannot know its step count,
+    so a step-based decaying schedule cannot end on time, and a constant rate leaves the gain of annealing on the
+    table. The clock is the main process's, broadcast at every step, so every process stops at the same step with
+    the same rate.
     """
 
     def __init__(self, max_train_minutes: float, lr_decay_minutes: float | None = None):
@@ -274,6 +275,9 @@ class TimeLimitCallback(TrainerCallback):
             )
             control.should_training_stop = True
             control.should_save = True
+            # Evaluated too when the run evaluates: the last checkpoint, the most annealed, then counts for the best
+            # model (load_best_model_at_end, early stopping) instead of being passed over for an earlier one.
+            control.should_evaluate = args.eval_strategy != "no"
 
 
 class TimeBudgetProgressCallback(ProgressCallback):
