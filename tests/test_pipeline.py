@@ -717,7 +717,7 @@ def test_a_variant_saves_and_loads_by_its_name(tiny_pipeline, tmp_path):
     tiny_pipeline.to(dtype=torch.float32)
     assert (tmp_path / "model" / "model.fp16.safetensors").is_file()
     assert not (tmp_path / "model" / "model.safetensors").exists()
-    loaded = CodeFusionPipeline.from_pretrained(tmp_path, variant="fp16", torch_dtype=torch.float16)
+    loaded = CodeFusionPipeline.from_pretrained(tmp_path, variant="fp16", dtype=torch.float16)
     assert loaded.model.dtype == torch.float16
     loaded_weights = loaded.model.state_dict()
     for name, parameter in tiny_pipeline.model.named_parameters():  # T5 keeps its `wo` in fp32, as in transformers

@@ -159,8 +159,7 @@ def generate(args: argparse.Namespace) -> None:
     for prompt in args.prompts:
         if not prompt.strip():
             raise ValueError("a prompt is empty: describe the code to generate.")
-    torch_dtype = getattr(torch, args.dtype) if args.dtype else None
-    pipe = CodeFusionPipeline.from_pretrained(args.model, torch_dtype=torch_dtype)
+    pipe = CodeFusionPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)
     if args.commit_tokens:
         pipe.scheduler = CodeFusionCommitScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -221,7 +220,7 @@ def evaluate(args: argparse.Namespace) -> None:
         ranking=args.ranking,
         condition_enhanced_timestep=args.condition_enhanced_timestep,
         device=args.device,
-        torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
     )
     print(json.dumps(metrics, indent=2))
 

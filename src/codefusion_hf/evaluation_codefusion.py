@@ -186,13 +186,13 @@ def evaluate_file(
     code_column: str = "code",
     max_samples: int | None = None,
     device: str | None = None,
-    torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     **evaluate_kwargs,
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
     language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
     guidance_scale, stop_when_stable, canvas_margin, ranking, condition_enhanced_timestep) on
-    `device` (default: CUDA when available) in `torch_dtype` (default: as saved), write the results to `output_dir`,
+    `device` (default: CUDA when available) in `dtype` (default: as saved), write the results to `output_dir`,
     return metrics."""
     from .data_codefusion import load_code_dataset
 
@@ -200,7 +200,7 @@ def evaluate_file(
     check_writable(output_dir)  # before the generation, which takes the time
     data = load_code_dataset(test_file, prompt_column=prompt_column, code_column=code_column, max_samples=max_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
-    pipe = CodeFusionPipeline.from_pretrained(model, torch_dtype=torch_dtype).to(device)
+    pipe = CodeFusionPipeline.from_pretrained(model, dtype=dtype).to(device)
     candidates, scores, metrics = evaluate_pipeline(pipe, prompts, references, **evaluate_kwargs)
     metrics |= {"model": model, "test_file": test_file, "dtype": str(pipe.model.dtype).removeprefix("torch.")}
     write_evaluation(output_dir, prompts, references, candidates, scores, metrics)
