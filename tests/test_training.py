@@ -479,39 +479,26 @@ def test_resuming_with_another_schedule_says_what_it_does_and_does_it(code_token
     assert math.isclose(rates(resumed)[3], 3e-3 * (4 - 2) / 4)  # step 3 of the 4-step schedule
 
 
-def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path):
+@pytest.mark.parametrize("eval_strategy", ["no", "steps"])
+def test_max_train_minutes_stops_with_a_checkpoint(code_tokenizer, tmp_path, eval_strategy):
+    """Stopped on the clock, a run saves its last checkpoint, and evaluates it when the run evaluates (every 500
+    steps here), so that load_best_model_at_end chooses among all checkpoints, the annealed last one included."""
     trainer = make_trainer(
         "finetune",
         code_tokenizer,
         tmp_path,
         max_steps=1000,
         max_train_minutes=0.0,
+        eval_strategy=eval_strategy,
+        eval_steps=500,
         save_strategy="steps",
         save_steps=500,
     )
     trainer.train()
     assert trainer.state.global_step == 1
     assert (tmp_path / "out" / "checkpoint-1" / "model.safetensors").is_file()
-    assert not any("eval_loss" in row for row in trainer.state.log_history)  # this run does not evaluate
-
-
-def test_max_train_minutes_evaluates_the_last_checkpoint(code_tokenizer, tmp_path):
-    """A run that evaluates every N steps and stops on the clock evaluates its last checkpoint too, so that the best
-    model of load_best_model_at_end is chosen among all checkpoints, the annealed last one included."""
-    trainer = make_trainer(
-        "finetune",
-        code_tokenizer,
-        tmp_path,
-        max_steps=1000,
-        max_train_minutes=0.0,
-        eval_strategy="steps",
-        eval_steps=500,
-        save_strategy="steps",
-        save_steps=500,
-    )
-    trainer.train()
     evaluated = [row["step"] for row in trainer.state.log_history if "eval_loss" in row]
-    assert trainer.state.global_step == 1 and evaluated == [1]
+    assert evaluated == ([1] if eval_strategy == "steps" else [])
 
 
 def test_time_budget_progress_bar(code_tokenizer, tmp_path, monkeypatch):
