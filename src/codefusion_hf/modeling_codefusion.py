@@ -197,15 +197,17 @@ class CodeFusionStack(nn.Module):
         hidden_states = self.input_proj(latents) + self.position_embedding(positions)
         if conditioning is not None:  # one vector per row, or one per position
             hidden_states = hidden_states + (conditioning[:, None, :] if conditioning.ndim == 2 else conditioning)
-        all_states, self_weights, cross_weights = [], [], []
+        all_states, self_weights, cross_weights = [], [], []  # filled only when asked for
         for index, layer in enumerate(self.layers):
-            all_states.append(hidden_states)
+            if output_hidden_states:
+                all_states.append(hidden_states)
             key_value = None if prompt_key_values is None else prompt_key_values[index]
             hidden_states, self_attention, cross_attention = layer(
                 hidden_states, encoder_hidden_states, encoder_padding_mask, key_value, output_attentions
             )
-            self_weights.append(self_attention)
-            cross_weights.append(cross_attention)
+            if output_attentions:
+                self_weights.append(self_attention)
+                cross_weights.append(cross_attention)
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithCrossAttentions(
             last_hidden_state=hidden_states,
