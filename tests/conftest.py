@@ -75,25 +75,39 @@ def tiny_pipeline(tiny_model, code_tokenizer):
     return make_pipeline(tiny_model, code_tokenizer)
 
 
-@pytest.fixture(scope="session")
-def overfit_pipeline(code_tokenizer):
-    """A tiny model trained with a plain loop until it has memorised PAIRS (about 5 s on one CPU core)."""
+def overfit(code_tokenizer, canvas_margin: int | None = None, **config_overrides) -> CodeFusionPipeline:
+    """A tiny model trained with a plain loop until it has memorised PAIRS (about 5 s on one CPU core); with
+    `canvas_margin`, each pair on a canvas of its code plus that margin, as the trainer's option trains batches of
+    code of one length."""
     torch.manual_seed(0)
-    model = CodeFusionModel(tiny_config(code_tokenizer))
-    prompts = code_tokenizer([prompt for prompt, _ in PAIRS], padding=True, return_tensors="pt")
-    labels = code_tokenizer([code for _, code in PAIRS], padding=True, return_tensors="pt")["input_ids"]
+    model = CodeFusionModel(tiny_config(code_tokenizer, canvas_margin=canvas_margin, **config_overrides))
+    pairs = [PAIRS] if canvas_margin is None else [[pair] for pair in PAIRS]  # batches: one canvas length each
+    batches = []
+    for batch in pairs:
+        prompts = code_tokenizer([prompt for prompt, _ in batch], padding=True, return_tensors="pt")
+        labels = code_tokenizer([code for _, code in batch], padding=True, return_tensors="pt")["input_ids"]
+        repeats = 8 * len(PAIRS) // len(batch)
+        batches.append(
+            {
+                "input_ids": prompts["input_ids"].repeat(repeats, 1),
+                "attention_mask": prompts["attention_mask"].repeat(repeats, 1),
+                "labels": labels.repeat(repeats, 1),
+                "canvas_length": None if canvas_margin is None else labels.shape[1] + canvas_margin,
+            }
+        )
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(400):
-        loss = model(
-            input_ids=prompts["input_ids"].repeat(8, 1),
-            attention_mask=prompts["attention_mask"].repeat(8, 1),
-            labels=labels.repeat(8, 1),
-        ).loss
+    for step in range(400):
+        loss = model(**batches[step % len(batches)]).loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     return make_pipeline(model.eval(), code_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def overfit_pipeline(code_tokenizer):
+    return overfit(code_tokenizer)
 
 
 def record_denoiser_passes(model, monkeypatch, outputs=None):

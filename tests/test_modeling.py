@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import record_denoiser_passes, tiny_config
 from transformers import AutoConfig, AutoModel, BertModel, T5EncoderModel
 
@@ -260,6 +261,8 @@ def test_pretrained_minilm_encoder():
         ({"self_condition_rounding": "decoder"}, "self_condition_rounding needs self_condition"),
         ({"unroll_probability": -0.1}, "unroll_probability"),
         ({"commit_probability": 2.0}, "commit_probability"),
+        ({"length_loss_weight": -1.0}, "length_loss_weight"),
+        ({"canvas_margin": -1}, "canvas_margin"),
     ],
 )
 def test_bad_config(kwargs, name):
@@ -270,6 +273,45 @@ def test_bad_config(kwargs, name):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset 'huge'"):
         CodeFusionConfig.from_preset("huge")
+
+
+def test_length_head_learns_each_rows_code_length(code_tokenizer):
+    """predict_length adds the length head's cross-entropy against the code's length (trailing pad or -100 are not
+    code), weighted into the loss; prompts replaced by noise teach no length."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, predict_length=True, length_loss_weight=0.5)).eval()
+    pad = model.config.pad_token_id
+    prompts = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    labels = torch.tensor([[10, 11, 12, pad], [13, pad, pad, pad]])
+    fixed = {"timesteps": torch.tensor([3, 50]), "noise": torch.randn(2, 16, model.config.latent_dim)}
+    output = model(input_ids=prompts, attention_mask=mask, labels=labels, **fixed)
+    states = model.encode(prompts, mask)
+    expected = F.cross_entropy(model.length_logits(states, mask), torch.tensor([3, 1]))
+    torch.testing.assert_close(output.length_loss, expected)
+    diffusion = output.noise_loss + output.embedding_loss + output.decoder_loss
+    torch.testing.assert_close(output.loss, diffusion + 0.5 * expected)
+    # The same code padded with -100, as Hugging Face collators pad labels: the same length.
+    ignored = labels.masked_fill(labels == pad, -100)
+    relabelled = model(input_ids=prompts, attention_mask=mask, labels=ignored, **fixed)
+    torch.testing.assert_close(relabelled.length_loss, expected)
+    # The pooled prompt skips padding: a padded prompt predicts as it does alone.
+    torch.testing.assert_close(
+        model.length_logits(states[1:, :2], mask[1:, :2]), model.length_logits(states, mask)[1:]
+    )
+    unconditional = model(
+        input_ids=prompts, attention_mask=mask, labels=labels, unconditional=torch.tensor([False, True]), **fixed
+    )
+    first_row = F.cross_entropy(model.length_logits(states[:1], mask[:1]), torch.tensor([3]))
+    torch.testing.assert_close(unconditional.length_loss, first_row)
+
+
+def test_no_length_head_without_predict_length(tiny_model, code_tokenizer):
+    labels = torch.tensor([[10, 11]])
+    assert tiny_model.length_head is None
+    assert tiny_model(input_ids=torch.tensor([[5, 6]]), labels=labels).length_loss is None
+    with pytest.raises(ValueError, match="no length head"):
+        tiny_model.length_logits(torch.zeros(1, 2, tiny_model.config.hidden_size))
 
 
 def test_labels_longer_than_canvas(tiny_model):

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import PAIRS, make_pipeline, tiny_config, with_scheduler
+from conftest import PAIRS, make_pipeline, overfit, tiny_config, with_scheduler
 from transformers import AutoModel, AutoTokenizer
 
 from codefusion_hf import (
@@ -583,6 +583,73 @@ def test_canvas_margin_stops_computing_the_committed_tail(overfit_pipeline, monk
     whole = seeded(pipe, prompts, canvas_margin=canvas, output_type="pt")
     assert {shape[1] for shape in shapes} == {canvas}
     assert torch.equal(whole.code, seeded(pipe, prompts, output_type="pt").code)
+
+
+@pytest.fixture(scope="module")
+def length_pipeline(code_tokenizer):
+    """PAIRS memorised with a length head, on canvases of the longest code plus 2 pad positions."""
+    return overfit(code_tokenizer, canvas_margin=2, predict_length=True)
+
+
+def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipeline, code_tokenizer, monkeypatch):
+    pipe = length_pipeline
+    prompts = [prompt for prompt, _ in PAIRS]
+    lengths = [len(code_tokenizer(code, add_special_tokens=False)["input_ids"]) for _, code in PAIRS]
+    states, mask = pipe.encode_prompt(prompts, torch.device("cpu"))
+    assert pipe.model.length_logits(states, mask).argmax(dim=-1).tolist() == lengths
+    shapes = record_denoised_shapes(pipe, monkeypatch)
+    for (prompt, code), length in zip(PAIRS, lengths):  # one prompt a call: a canvas of its own length
+        assert seeded(pipe, prompt, num_return_sequences=2).code[0][0] == code
+        assert shapes[-1][1] == length + 2
+    # Prompts of different lengths: one pass per canvas length, each prompt as it would be sampled alone.
+    shapes.clear()
+    latents = torch.randn(2 * len(PAIRS), pipe.model.config.max_code_length, pipe.model.config.latent_dim)
+    kwargs = {"num_inference_steps": 5, "num_return_sequences": 2, "return_trajectory": [4]}
+    output = pipe(prompts, latents=latents, output_type="pt", **kwargs)
+    assert sorted({canvas for _, canvas in shapes}) == sorted({length + 2 for length in lengths})
+    assert output.code.shape == (len(PAIRS), 2, max(lengths) + 2)
+    for i, prompt in enumerate(prompts):
+        alone = pipe(prompt, latents=latents[2 * i : 2 * i + 2], output_type="pt", **kwargs)
+        assert torch.equal(output.code[i, :, : lengths[i] + 2], alone.code[0])
+        assert (output.code[i, :, lengths[i] + 2 :] == pipe.model.config.pad_token_id).all()
+        assert output.scores[i] == pytest.approx(alone.scores[0], abs=1e-5)
+        assert output.trajectory[0]["code"][i] == alone.trajectory[0]["code"][0]
+    assert [code[0] for code in seeded(pipe, prompts).code] == [code for _, code in PAIRS]
+    seeded(pipe, prompts[0], code_length="full")
+    assert shapes[-1][1] == pipe.model.config.max_code_length
+    seeded(pipe, prompts[0], init_code="ls", strength=0.5)  # refining keeps the whole canvas by default
+    assert shapes[-1][1] == pipe.model.config.max_code_length
+
+
+def test_code_length_cuts_the_canvas_and_its_noise(tiny_pipeline, monkeypatch):
+    """An integer code_length samples on that many positions plus config.canvas_margin, from the first positions
+    of the noise of the whole canvas."""
+    pipe = tiny_pipeline
+    pipe.model.config.canvas_margin = 2
+    seen, denoise = [], pipe.model.denoise
+    monkeypatch.setattr(
+        pipe.model, "denoise", lambda latents, *a, **k: seen.append(latents) or denoise(latents, *a, **k)
+    )
+    latents = torch.randn(2, pipe.model.config.max_code_length, pipe.model.config.latent_dim)
+    kwargs = {"num_inference_steps": 3, "num_return_sequences": 2, "output_type": "pt"}
+    output = pipe("list all files", latents=latents, code_length=5, **kwargs)
+    assert output.code.shape == (1, 2, 7) and torch.equal(seen[0], latents[:, :7])
+    assert seeded(pipe, "list all files", code_length=16, output_type="pt").code.shape[-1] == 16  # at most the canvas
+
+
+@pytest.mark.parametrize(
+    "code_length, match",
+    [
+        (0, "code_length must be None"),
+        (17, "code_length must be None"),
+        (2.5, "code_length must be None"),
+        ("short", "code_length must be None"),
+        ("predicted", "needs a model with a length head"),
+    ],
+)
+def test_code_length_is_checked(tiny_pipeline, code_length, match):
+    with pytest.raises(ValueError, match=match):
+        seeded(tiny_pipeline, "list all files", code_length=code_length)
 
 
 @pytest.mark.parametrize(

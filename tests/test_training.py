@@ -111,6 +111,22 @@ def test_canvas_margin_trims_the_training_canvas(code_tokenizer, tmp_path, monke
         training_args(tmp_path, canvas_margin=-1)
 
 
+def test_length_head_trains_and_the_margin_is_recorded(code_tokenizer, tmp_path):
+    """With predict_length the length loss is logged and falls; the saved model records the canvas_margin it was
+    trained with, which sampling on a predicted length adds to it."""
+    trainer = make_trainer(
+        "finetune", code_tokenizer, tmp_path, config_overrides={"predict_length": True}, canvas_margin=3
+    )
+    assert trainer.model.config.canvas_margin == 3
+    before = trainer.evaluate()["eval_length_loss"]
+    trainer.train()
+    assert trainer.evaluate()["eval_length_loss"] < before
+    assert all("length_loss" in entry for entry in trainer.state.log_history if "loss" in entry)
+    trainer.save_model()
+    assert CodeFusionConfig.from_pretrained(tmp_path / "out").canvas_margin == 3
+    assert "eval_length_loss" not in make_trainer("finetune", code_tokenizer, tmp_path / "plain").evaluate()
+
+
 def test_group_by_length_groups_by_code_length(code_tokenizer, tmp_path):
     """train_sampling_strategy="group_by_length" batches code of similar length (not prompts: the canvas holds
     the code)."""

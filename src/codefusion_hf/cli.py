@@ -55,6 +55,15 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def code_length_value(text: str) -> int | str:
+    if text in ("predicted", "full"):
+        return text
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'predicted', 'full' or a positive integer, got {text!r}") from None
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stop-when-stable",
@@ -85,6 +94,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="Tell the denoiser this timestep at every step (DINOISER's condition-enhanced sampling, e.g. the "
         "noisiest, num_train_timesteps - 1), so it leans on the prompt (default: off).",
+    )
+    parser.add_argument(
+        "--code-length",
+        type=code_length_value,
+        default=None,
+        metavar="LENGTH",
+        help="Sample on a canvas for this many code tokens, 'predicted' (the model's length head) or 'full' "
+        "(default: 'predicted' for a model with a length head, else 'full').",
     )
 
 
@@ -174,6 +191,7 @@ def generate(args: argparse.Namespace) -> None:
         canvas_margin=args.canvas_margin,
         ranking=args.ranking,
         condition_enhanced_timestep=args.condition_enhanced_timestep,
+        code_length=args.code_length,
         init_code=args.init_code[0] if args.init_code and len(args.init_code) == 1 else args.init_code,
         strength=args.strength,
     )
@@ -219,6 +237,7 @@ def evaluate(args: argparse.Namespace) -> None:
         canvas_margin=args.canvas_margin,
         ranking=args.ranking,
         condition_enhanced_timestep=args.condition_enhanced_timestep,
+        code_length=args.code_length,
         device=args.device,
         dtype=getattr(torch, args.dtype) if args.dtype else None,
     )

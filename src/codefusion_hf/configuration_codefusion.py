@@ -116,6 +116,15 @@ class CodeFusionConfig(PreTrainedConfig):
             timestep, and only the noised positions are learned. Teaches the denoiser to complete a partly committed
             canvas, as mask-predict (Ghazvininejad et al., 2019) does, for the pipeline's `commit` sampling. Not in
             the paper; 0 (off) by default.
+        predict_length (`bool`): A length head on the mean of the prompt encoding predicts the code's token count,
+            trained with the other terms (Mask-Predict's length prediction, Ghazvininejad et al., 2019), so that
+            sampling runs on a canvas of the predicted length plus `canvas_margin` instead of the whole canvas: the
+            canvas a model trained on trimmed canvases saw, at a fraction of the cost. Not in the paper; off by
+            default.
+        length_loss_weight (`float`): Weight of the length head's cross-entropy in the loss (Mask-Predict: 0.1).
+        canvas_margin (`int`, *optional*): Pad positions after the longest code of a batch that training computed
+            (the trainer's `canvas_margin`, recorded in the config when training starts); a canvas for a predicted
+            length is that length plus this margin. None: trained on the whole canvas.
         noise_loss_weight, embedding_loss_weight, decoder_loss_weight (`float`): Weights of the three loss terms
             `||eps_hat - eps||`, `||D_s - L(y)||` and `-log p(y | D_s)`.
         code_embedding_init_std (`float`): Initial std of the code embedding; 1.0 puts it on the scale of the noise.
@@ -152,6 +161,9 @@ class CodeFusionConfig(PreTrainedConfig):
     self_condition_rounding: str = "none"
     unroll_probability: float = 0.0
     commit_probability: float = 0.0
+    predict_length: bool = False
+    length_loss_weight: float = 0.1
+    canvas_margin: int | None = None
     noise_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
     decoder_loss_weight: float = 1.0
@@ -178,6 +190,10 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"unroll_probability must be in [0, 1], got {self.unroll_probability}.")
         if not 0 <= self.commit_probability <= 1:
             raise ValueError(f"commit_probability must be in [0, 1], got {self.commit_probability}.")
+        if self.length_loss_weight < 0:
+            raise ValueError(f"length_loss_weight must be at least 0, got {self.length_loss_weight}.")
+        if self.canvas_margin is not None and self.canvas_margin < 0:
+            raise ValueError(f"canvas_margin must be None or at least 0, got {self.canvas_margin}.")
         if self.self_condition_rounding is None:
             self.self_condition_rounding = "none"
         if self.self_condition_rounding != "none":

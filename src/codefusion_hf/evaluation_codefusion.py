@@ -49,13 +49,15 @@ def evaluate_pipeline(
     init_code: list[str] | list[list[str]] | None = None,
     strength: float | None = None,
     condition_enhanced_timestep: int | None = None,
+    code_length: int | str | None = None,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
     seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
     `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
     samples with [`CodeFusionCommitScheduler`] (mask-predict) instead of the pipeline's scheduler; `guidance_scale`,
-    `stop_when_stable`, `canvas_margin`, `ranking` and `condition_enhanced_timestep` are the pipeline's, and so are
+    `stop_when_stable`, `canvas_margin`, `ranking`, `condition_enhanced_timestep` and `code_length` are the pipeline's,
+    and so are
     `init_code` (one program, or list of programs, per prompt: refine them instead of starting from noise) and
     `strength`."""
     if init_code is not None and len(init_code) != len(prompts):
@@ -89,6 +91,7 @@ def evaluate_pipeline(
             canvas_margin=canvas_margin,
             ranking=ranking,
             condition_enhanced_timestep=condition_enhanced_timestep,
+            code_length=code_length,
             init_code=drafts,
             strength=strength,
         )
@@ -107,6 +110,7 @@ def evaluate_pipeline(
         "canvas_margin": canvas_margin,
         "ranking": ranking,
         "condition_enhanced_timestep": condition_enhanced_timestep,
+        "code_length": pipe.resolve_code_length(code_length, refining=init_code is not None),
         "init_code": init_code is not None,
         "strength": strength,
         "seconds_per_prompt": seconds / len(prompts),
@@ -191,7 +195,7 @@ def evaluate_file(
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
     language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
-    guidance_scale, stop_when_stable, canvas_margin, ranking, condition_enhanced_timestep) on
+    guidance_scale, stop_when_stable, canvas_margin, ranking, condition_enhanced_timestep, code_length) on
     `device` (default: CUDA when available) in `dtype` (default: as saved), write the results to `output_dir`,
     return metrics."""
     from .data_codefusion import load_code_dataset

@@ -32,6 +32,8 @@ class CodeFusionModelOutput(ModelOutput):
         embedding_loss: Mean squared error between the denoised embedding D_s (the x0 estimate) and the code
             embedding L(y).
         decoder_loss: Cross-entropy of the decoder's tokens read from D_s, -log p(y | D_s).
+        length_loss: With `config.predict_length`, the length head's cross-entropy of each row's code length (rows
+            whose prompt is replaced by noise, `unconditional`, excluded).
         logits: `(batch_size, canvas_length, vocab_size)` decoder logits for D_s.
         timesteps: The diffusion timestep of each row, or of each canvas position for rows with committed positions
             (`config.commit_probability`).
@@ -50,6 +52,7 @@ class CodeFusionModelOutput(ModelOutput):
     noise_loss: torch.FloatTensor | None = None
     embedding_loss: torch.FloatTensor | None = None
     decoder_loss: torch.FloatTensor | None = None
+    length_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     timesteps: torch.LongTensor | None = None
     row_losses: torch.FloatTensor | None = None
@@ -406,6 +409,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         self.denoiser_out = nn.Linear(config.hidden_size, config.latent_dim)
         self.decoder = CodeFusionStack(config, config.num_decoder_layers, config.latent_dim)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        # Code lengths 0 to max_code_length, read from the mean of the prompt encoding.
+        self.length_head = nn.Linear(config.hidden_size, config.max_code_length + 1) if config.predict_length else None
         # The training noise schedule; sampling uses the pipeline's scheduler (which must match it). Built on the CPU
         # explicitly: from_pretrained constructs models on the meta device, and these tensors are not weights.
         with torch.device("cpu"):
@@ -507,6 +512,22 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             self.denoiser.prompt_key_values(encoder_hidden_states),
             self.decoder.prompt_key_values(encoder_hidden_states),
         )
+
+    def length_logits(
+        self, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`(batch_size, max_code_length + 1)` logits of each prompt's code length (`config.predict_length`), from
+        the mean of its encoded positions."""
+        if self.length_head is None:
+            raise ValueError(
+                "This model has no length head (config.predict_length=False): train one with predict_length=True "
+                "to predict code lengths."
+            )
+        if attention_mask is None:
+            return self.length_head(encoder_hidden_states.mean(dim=1))
+        weights = attention_mask[..., None].to(encoder_hidden_states.dtype)
+        pooled = (encoder_hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return self.length_head(pooled)
 
     def embed_code(self, code_ids: torch.LongTensor) -> torch.Tensor:
         """L(y): the continuous embedding of code tokens, the space diffusion runs in."""
@@ -695,6 +716,9 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             encoder_hidden_states = torch.where(rows[:, None, None], prompt_noise, encoder_hidden_states)
             if attention_mask is not None:
                 attention_mask = attention_mask.masked_fill(rows[:, None], 1)
+        length_loss = None
+        if self.config.predict_length:
+            length_loss = self._length_loss(labels, encoder_hidden_states, attention_mask, unconditional)
 
         canvas_length = self.config.max_code_length if canvas_length is None else canvas_length
         if not labels.shape[1] <= canvas_length <= self.config.max_code_length:
@@ -776,6 +800,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             + self.config.embedding_loss_weight * embedding_loss
             + self.config.decoder_loss_weight * decoder_loss
         )
+        if length_loss is not None:
+            loss = loss + self.config.length_loss_weight * length_loss
         row_losses = (
             self.config.noise_loss_weight * noise_sums
             + self.config.embedding_loss_weight * embedding_sums
@@ -786,6 +812,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             noise_loss=noise_loss,
             embedding_loss=embedding_loss,
             decoder_loss=decoder_loss,
+            length_loss=length_loss,
             logits=logits,
             timesteps=timesteps,
             row_losses=row_losses,
@@ -797,6 +824,26 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             decoder_cross_attentions=decoder_states.cross_attentions,
         )
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+    def _length_loss(
+        self,
+        labels: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        unconditional: torch.BoolTensor | None,
+    ) -> torch.Tensor:
+        """Cross-entropy of the length head against each row's code length: up to its last position that is neither
+        pad nor -100 (labels padded either way count only their code)."""
+        is_code = (labels != self.config.pad_token_id) & (labels != -100)
+        positions = torch.arange(1, labels.shape[1] + 1, device=labels.device)
+        lengths = (positions * is_code).max(dim=1).values
+        losses = F.cross_entropy(
+            self.length_logits(encoder_hidden_states, attention_mask).float(), lengths, reduction="none"
+        )
+        if unconditional is None:
+            return losses.mean()
+        conditioned = ~unconditional.to(labels.device)
+        return (losses * conditioned).sum() / conditioned.sum().clamp(min=1)
 
     def _clipped_estimate(
         self,

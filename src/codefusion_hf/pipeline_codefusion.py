@@ -22,6 +22,7 @@ from .scheduling_codefusion_commit import most_likely_tokens
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("text", "pt", "latent")
+CODE_LENGTHS = ("predicted", "full")
 
 
 @dataclass
@@ -182,6 +183,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         condition_enhanced_timestep: int | None = None,
+        code_length: int | str | None = None,
     ) -> tuple[list[str] | None, int]:
         """The prompts as a list (None with `prompt_embeds`) and their number, after checking every argument."""
         prompts, num_prompts = self.check_prompt(prompt, prompt_embeds, prompt_attention_mask)
@@ -237,6 +239,20 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             raise ValueError(
                 f"condition_enhanced_timestep must be None (off) or an integer from 0 to {num_train_timesteps - 1}, "
                 f"got {condition_enhanced_timestep!r}."
+            )
+        if (
+            code_length is not None
+            and code_length not in CODE_LENGTHS
+            and (not is_integer(code_length) or not 1 <= code_length <= canvas)
+        ):
+            raise ValueError(
+                f"code_length must be None, one of {CODE_LENGTHS} or an integer from 1 to {canvas}, "
+                f"got {code_length!r}."
+            )
+        if code_length == "predicted" and not config.predict_length:
+            raise ValueError(
+                "code_length='predicted' needs a model with a length head (config.predict_length=True); this one has "
+                "none: give the code length as an integer, or 'full' for the whole canvas."
             )
         expected_shape = (num_prompts * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
@@ -400,6 +416,83 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         shape = (batch_size, config.max_code_length, config.latent_dim)
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
+    def resolve_code_length(self, code_length: int | str | None, refining: bool = False) -> int | str:
+        """The `code_length` a call uses: the one asked for, else `"predicted"` for a model with a length head
+        (unless `refining` given code, whose length is its own), else `"full"`."""
+        if code_length is not None:
+            return code_length
+        return "predicted" if self.model.config.predict_length and not refining else "full"
+
+    def code_lengths(
+        self, code_length: int | str, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.LongTensor | None:
+        """The code length to make room for on each prompt's canvas: the given one, or the length head's most
+        likely one (at least 1 token); None for the whole canvas (`"full"`)."""
+        if code_length == "full":
+            return None
+        if code_length == "predicted":
+            return self.model.length_logits(encoder_hidden_states, attention_mask).argmax(dim=-1).clamp(min=1)
+        return torch.full((len(encoder_hidden_states),), code_length, device=encoder_hidden_states.device)
+
+    def canvas_lengths(self, code_lengths: torch.LongTensor) -> torch.LongTensor:
+        """The canvas for each code length: the length plus the pad positions the model was trained with after the
+        code (`config.canvas_margin`), at most the whole canvas."""
+        config = self.model.config
+        return (code_lengths + (config.canvas_margin or 0)).clamp(max=config.max_code_length)
+
+    def sample_by_canvas_length(
+        self,
+        canvas_lengths: torch.LongTensor,
+        code_lengths: torch.LongTensor,
+        prompt_embeds: torch.Tensor,
+        prompt_attention_mask: torch.Tensor,
+        latents: torch.Tensor | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        drafts: list[str] | None,
+        num_return_sequences: int,
+        output_type: str,
+        return_dict: bool,
+        **call_kwargs: Any,
+    ) -> CodeFusionPipelineOutput | tuple:
+        """Prompts whose canvases differ, sampled one canvas length at a time (a short program on a long canvas is
+        not what the model was trained on), from their rows of the call's `latents` or `drafts`; the outputs are
+        merged in the prompts' order, token ids and latents padded to the longest canvas with pad."""
+        k, num_prompts = num_return_sequences, len(canvas_lengths)
+        code, scores, trajectory = [None] * num_prompts, [None] * num_prompts, None
+        longest = int(canvas_lengths.max())
+        for canvas_length in canvas_lengths.unique().tolist():
+            prompt_rows = (canvas_lengths == canvas_length).nonzero().flatten()
+            rows = (prompt_rows[:, None] * k + torch.arange(k, device=prompt_rows.device)).flatten()
+            output = self(
+                prompt_embeds=prompt_embeds[prompt_rows],
+                prompt_attention_mask=prompt_attention_mask[prompt_rows],
+                num_return_sequences=k,
+                latents=None if latents is None else latents[rows],
+                generator=[generator[i] for i in rows.tolist()] if isinstance(generator, list) else generator,
+                init_code=None if drafts is None else [drafts[i : i + k] for i in (prompt_rows * k).tolist()],
+                code_length=int(code_lengths[prompt_rows].max()),
+                output_type=output_type,
+                **call_kwargs,
+            )
+            group_code = output.code
+            if output_type != "text":  # pad to the longest canvas, as the committed tail of a canvas would be
+                pad = torch.tensor(self.model.config.pad_token_id, device=group_code.device)
+                if output_type == "latent":
+                    pad = self.model.embed_code(pad).to(group_code.dtype)
+                fill = pad.expand(*group_code.shape[:2], longest - group_code.shape[2], *group_code.shape[3:])
+                group_code = torch.cat([group_code, fill], dim=2)
+            if output.trajectory and trajectory is None:
+                trajectory = [entry | {"code": [None] * num_prompts} for entry in output.trajectory]
+            for position, prompt_index in enumerate(prompt_rows.tolist()):
+                code[prompt_index], scores[prompt_index] = group_code[position], output.scores[position]
+                for entry, group_entry in zip(trajectory or [], output.trajectory or []):
+                    entry["code"][prompt_index] = group_entry["code"][position]
+        if output_type != "text":
+            code = torch.stack(code)
+        if not return_dict:
+            return (code, scores, trajectory)
+        return CodeFusionPipelineOutput(code=code, scores=scores, trajectory=trajectory)
+
     def read_tokens(
         self, step: BaseOutput, canvas: torch.Tensor, rows: DenoisingRows
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -548,6 +641,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         condition_enhanced_timestep: int | None = None,
+        code_length: int | str | None = None,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -569,7 +663,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
             eta: 0 for deterministic DDIM updates, 1 for DDPM ancestral sampling (schedulers with an `eta`).
             latents: The starting canvas, `(num_prompts * num_return_sequences, max_code_length, latent_dim)`, with
-                each prompt's candidates next to each other; drawn from `generator` when not given.
+                each prompt's candidates next to each other; drawn from `generator` when not given. Cut to the
+                call's canvas when `code_length` makes it shorter.
             rounding: How each step's x0 estimate is pulled onto code tokens (see
                 [`~CodeFusionModel.round_estimate`]): `"none"` (not at all, the paper), `"nearest"`, `"decoder"` or
                 `"decoder_mean"`. [`CodeFusionScheduler`] steps towards the rounded estimate;
@@ -604,6 +699,12 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 the denoiser is told this timestep at every step (e.g. `num_train_timesteps - 1`, the noisiest)
                 instead of the step's own, so that it leans on the prompt rather than on the canvas; the x0
                 estimate is still read at the true noise level. None (default): off.
+            code_length: How long a canvas to sample on: `"predicted"`, room for the longest code length the
+                model's length head predicts for the call's prompts (`config.predict_length`); an integer, room for
+                code of that many tokens; `"full"`, the whole canvas of `max_code_length` positions. The room is the
+                length plus `config.canvas_margin`, the pad positions the model saw after the code in training.
+                Prompts of similar length batch best: a call's canvas fits its longest one. None (default):
+                `"predicted"` for a model with a length head, except with `init_code`; else `"full"`.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -626,6 +727,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             prompt_embeds,
             prompt_attention_mask,
             condition_enhanced_timestep,
+            code_length,
         )
         self.check_generator(generator, num_prompts * num_return_sequences)
         drafts = self.check_init_code(init_code, strength, num_prompts, num_return_sequences, latents, timesteps)
@@ -639,8 +741,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         if drafts is not None:  # the end of the schedule only, as diffusers' img2img pipelines run it
             kept = max(1, round(len(self.scheduler.timesteps) * (0.6 if strength is None else strength)))
             self.scheduler.set_timesteps(device=device, timesteps=self.scheduler.timesteps[-kept:].tolist())
-        num_inference_steps = len(self.scheduler.timesteps)
-        record_steps = self.trajectory_steps(return_trajectory, num_inference_steps)
+        record_steps = self.trajectory_steps(return_trajectory, len(self.scheduler.timesteps))
         self._guidance_scale, self._num_timesteps = guidance_scale, len(self.scheduler.timesteps)
         step_parameters = self.scheduler_step_parameters()
         reads_tokens = "logits" in step_parameters  # the scheduler commits the decoder's tokens
@@ -654,12 +755,50 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     attention_mask = prompt_attention_mask.to(device=device, dtype=torch.long)
             else:
                 encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
+            code_length = self.resolve_code_length(code_length, refining=drafts is not None)
+            code_lengths = self.code_lengths(code_length, encoder_hidden_states, attention_mask)
+            canvas_length = self.model.config.max_code_length
+            dtype = encoder_hidden_states.dtype
+            if code_lengths is not None:
+                canvas_lengths = self.canvas_lengths(code_lengths)
+                canvas_length = int(canvas_lengths.max())
+                if (canvas_lengths != canvas_length).any():
+                    if drafts is None:  # the call's starting noise, as one canvas would draw it
+                        latents = self.prepare_latents(
+                            num_prompts * num_return_sequences, dtype, device, generator, latents
+                        )
+                    return self.sample_by_canvas_length(
+                        canvas_lengths,
+                        code_lengths,
+                        encoder_hidden_states,
+                        attention_mask,
+                        latents,
+                        generator,
+                        drafts,
+                        num_return_sequences,
+                        output_type,
+                        return_dict,
+                        num_inference_steps=num_inference_steps,
+                        max_length=max_length,
+                        return_trajectory=return_trajectory,
+                        callback_on_step_end=callback_on_step_end,
+                        callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                        timesteps=timesteps,
+                        eta=eta,
+                        rounding=rounding,
+                        guidance_scale=guidance_scale,
+                        stop_when_stable=stop_when_stable,
+                        canvas_margin=canvas_margin,
+                        ranking=ranking,
+                        strength=strength,
+                        condition_enhanced_timestep=condition_enhanced_timestep,
+                    )
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
-            dtype = encoder_hidden_states.dtype
             latents = self.prepare_latents(num_prompts * num_return_sequences, dtype, device, generator, latents)
+            latents = latents[:, :canvas_length]  # the same noise as on the whole canvas, where the canvases overlap
             if drafts is not None:  # the drafts' embeddings noised to the first step, with the drawn noise
-                clean = self.model.embed_code(self.code_to_ids(drafts).to(device)).to(dtype)
+                clean = self.model.embed_code(self.code_to_ids(drafts)[:, :canvas_length].to(device)).to(dtype)
                 first = self.scheduler.timesteps[:1].expand(len(drafts))
                 latents = self.scheduler.add_noise(clean, latents, first)
             rows = DenoisingRows(

@@ -135,7 +135,8 @@ class CodeFusionTrainingArguments(TrainingArguments):
             "pad only that far past the code, and micro-batches of gradient accumulation weigh positions unequally. "
             "Evaluation losses keep the full canvas. None (default): the full canvas. Pair it with "
             "--train_sampling_strategy group_by_length, which batches code of similar length (the trainer adds "
-            "the `length` column)."
+            "the `length` column). Recorded as the model's `config.canvas_margin`: a model that predicts code lengths "
+            "(`predict_length`) samples on the predicted length plus it."
         },
     )
     max_train_minutes: float | None = field(
@@ -348,6 +349,8 @@ class CodeFusionTrainer(Trainer):
                     f"{getattr(model.config, f'{name}_weight')} (saved with the model)."
                 )
                 setattr(model.config, f"{name}_weight", weight)
+        # Sampling on a predicted length builds the canvas this training computes: the code plus this margin.
+        model.config.canvas_margin = args.canvas_margin
         self.prepare_model(model, args)
         train_dataset = kwargs.get("train_dataset")
         if (
@@ -485,8 +488,9 @@ class CodeFusionTrainer(Trainer):
                 self.accelerator.gather(inputs["timesteps"]).cpu(), self.accelerator.gather(outputs.row_losses).cpu()
             )
         mode = "train" if model.training else "eval"
-        for name in LOSS_TERMS:
-            self._loss_term_sums[mode][name] += getattr(outputs, name).item()
+        for name in (*LOSS_TERMS, "length_loss"):
+            if getattr(outputs, name) is not None:  # a length loss only with config.predict_length
+                self._loss_term_sums[mode][name] += getattr(outputs, name).item()
         self._loss_term_counts[mode] += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
