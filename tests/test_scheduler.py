@@ -218,13 +218,13 @@ def test_commit_scheduler_steps():
     tokens elsewhere, and commits everything after the last step; set_timesteps starts a new sampling, of any batch
     size, and a step before it is an error."""
     scheduler = CodeFusionCommitScheduler(num_train_timesteps=100)
-    embeddings = torch.randn(7, 3)
+    embeddings = torch.randn(7, 16, generator=torch.Generator().manual_seed(0))  # far apart: rounding is exact
     with pytest.raises(ValueError, match="set_timesteps"):
         scheduler.step(
-            torch.zeros(2, 5, 3), 99, torch.zeros(2, 5, 3), logits=torch.zeros(2, 5, 7), code_embeddings=embeddings
+            torch.zeros(2, 5, 16), 99, torch.zeros(2, 5, 16), logits=torch.zeros(2, 5, 7), code_embeddings=embeddings
         )
     scheduler.set_timesteps(4)
-    sample, generator = torch.randn(2, 5, 3), torch.Generator().manual_seed(0)
+    sample, generator = torch.randn(2, 5, 16), torch.Generator().manual_seed(0)
     for index, timestep in enumerate(scheduler.timesteps):
         denoiser_timesteps = scheduler.denoiser_timesteps(timestep, sample)
         assert (denoiser_timesteps == 0).sum(dim=1).tolist() == [math.ceil(5 * index / 4)] * 2
@@ -243,13 +243,52 @@ def test_commit_scheduler_steps():
     scheduler.set_timesteps(2)
     assert scheduler.committed_positions is None
     output = scheduler.step(
-        torch.zeros(1, 4, 3),
+        torch.zeros(1, 4, 16),
         scheduler.timesteps[0],
-        torch.zeros(1, 4, 3),
+        torch.zeros(1, 4, 16),
         logits=torch.randn(1, 4, 7),
         code_embeddings=embeddings,
     )
     assert output.token_ids.shape == (1, 4) and scheduler.committed_positions.sum() == 2
+
+
+def test_commit_scheduler_reads_logits_only_where_it_uses_them():
+    """`logits_at` is asked only for the positions not committed before the step and the ones it releases, and the
+    step equals the one given every position's logits; exactly one of the two is required."""
+    embeddings = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
+    steps = {}
+    for mode in ("logits", "logits_at"):
+        scheduler = CodeFusionCommitScheduler(num_train_timesteps=100)
+        scheduler.set_timesteps(4)
+        sample, generator = torch.randn(3, 6, 3), torch.Generator().manual_seed(0)
+        logits_generator, asked, released = torch.Generator().manual_seed(1), [], []
+        outputs = []
+        for index, timestep in enumerate(scheduler.timesteps):
+            before = None if scheduler.committed_positions is None else scheduler.committed_positions.clone()
+            # Sharper logits at every step: fresh positions outscore some committed ones, which are released.
+            logits = torch.randn(3, 6, 7, generator=logits_generator) * 3 * (index + 1)
+
+            def logits_at(positions, logits=logits):
+                asked.append(positions.clone())
+                return logits[positions]
+
+            given = {"logits": logits} if mode == "logits" else {"logits_at": logits_at}
+            output = scheduler.step(
+                torch.zeros_like(sample), timestep, sample, generator, code_embeddings=embeddings, **given
+            )
+            if before is not None:
+                released.append(before & ~scheduler.committed_positions)
+            outputs.append(output)
+            sample = output.prev_sample
+        steps[mode] = outputs
+    for plain, selective in zip(steps["logits"], steps["logits_at"]):
+        assert torch.equal(plain.prev_sample, selective.prev_sample) and torch.equal(
+            plain.token_ids, selective.token_ids
+        )
+    assert asked[0].all() and not asked[1].all()  # the first step reads everything, the later ones less
+    assert any(mask.any() for mask in released)  # this draw releases positions, so their reads are tested too
+    with pytest.raises(ValueError, match="either as `logits` or as `logits_at`"):
+        scheduler.step(torch.zeros_like(sample), scheduler.timesteps[0], sample, code_embeddings=embeddings)
 
 
 def test_diffusers_scheduler_interface():

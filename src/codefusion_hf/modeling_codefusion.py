@@ -598,13 +598,23 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
     ) -> torch.Tensor:
         """The decoder D and head: logits over the code vocabulary for each canvas position of a denoised canvas.
         `prompt_cache` as in [`~CodeFusionModel.denoise`]."""
-        hidden_states = self.decoder(
+        return self.lm_head(self.decoder_states(latents, encoder_hidden_states, encoder_attention_mask, prompt_cache))
+
+    def decoder_states(
+        self,
+        latents: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        prompt_cache: CodeFusionPromptCache | None = None,
+    ) -> torch.Tensor:
+        """The decoder's last states, `(batch_size, canvas_length, hidden_size)`, before the vocabulary head
+        (`lm_head`), for a sampler that needs logits at some positions only."""
+        return self.decoder(
             latents,
             encoder_hidden_states,
             _padding_mask(encoder_attention_mask),
             prompt_key_values=None if prompt_cache is None else prompt_cache.decoder,
         ).last_hidden_state
-        return self.lm_head(hidden_states)
 
     def round_estimate(
         self,

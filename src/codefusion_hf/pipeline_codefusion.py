@@ -854,12 +854,19 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
                 )
                 logits = None
-                if reads_tokens or rounding in DECODER_ROUNDINGS:  # one decoder pass serves both
+                if rounding in DECODER_ROUNDINGS:  # every position's logits: one decoder pass serves both
                     logits = self.model.decode(
                         estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
                     )
-                if reads_tokens:
-                    step_kwargs["logits"] = logits
+                    if reads_tokens:
+                        step_kwargs["logits"] = logits
+                elif reads_tokens:  # the head runs only where the scheduler reads tokens
+                    decoder_states = self.model.decoder_states(
+                        estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
+                    )
+                    step_kwargs["logits_at"] = lambda positions, states=decoder_states: self.model.lm_head(
+                        states[positions]
+                    )
                 if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
                     estimate = self.model.round_estimate(
                         estimate, rounding, logits=logits, code_embeddings=code_embeddings

@@ -2,6 +2,7 @@
 code canvas."""
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,9 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
 
     Same schedule and configuration as [`CodeFusionScheduler`], so either loads the other's config:
     `pipe.scheduler = CodeFusionCommitScheduler.from_config(pipe.scheduler.config)`. Its `step` reads the decoder's
-    `logits` of the step's x0 estimate and the `code_embeddings` matrix; it has no `eta` (every step draws fresh
-    noise). The committed state is reset by `set_timesteps`.
+    `logits` of the step's x0 estimate (or `logits_at`, which computes them only where they are read) and the
+    `code_embeddings` matrix; it has no `eta` (every step draws fresh noise). The committed state is reset by
+    `set_timesteps`.
     """
 
     # The committed state of the running sampling: which positions are committed, and the latest token and its
@@ -114,7 +116,8 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
         *,
-        logits: torch.Tensor,
+        logits: torch.Tensor | None = None,
+        logits_at: Callable[[torch.BoolTensor], torch.Tensor] | None = None,
         code_embeddings: torch.Tensor,
         pred_original_sample: torch.Tensor | None = None,
     ) -> CodeFusionCommitSchedulerOutput | tuple:
@@ -128,10 +131,21 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             generator: Random generator(s) for the re-noising.
             return_dict: Return a [`CodeFusionCommitSchedulerOutput`] rather than a tuple.
             logits: The decoder's `(batch_size, canvas_length, vocab_size)` logits of this step's x0 estimate.
+            logits_at: Instead of `logits`, a function from a `(batch_size, canvas_length)` mask to the logits at its
+                positions, `(positions, vocab_size)`: called for the positions not committed before this step and
+                for those it releases, the only ones whose tokens it reads (the vocabulary head is a large share of
+                a step, and committed positions are most of the canvas by the end).
             code_embeddings: `(vocab_size, latent_dim)` code embeddings, to re-embed tokens.
             pred_original_sample: This step's x0 estimate as the sampler hands it on (rounded or not); the clipped
                 estimate read from `model_output` when not given.
         """
+        if (logits is None) == (logits_at is None):
+            raise ValueError("Pass the decoder's logits either as `logits` or as `logits_at`, not both or neither.")
+        if logits_at is None:
+
+            def logits_at(positions: torch.BoolTensor) -> torch.Tensor:
+                return logits[positions]
+
         step_index = self.index_for_timestep(timestep)
         batch_size, canvas_length = sample.shape[:2]
         device, dtype = sample.device, sample.dtype
@@ -144,7 +158,11 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             self.committed_positions = torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device)
             self.committed_tokens = torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device)
             self.committed_log_probs = torch.zeros(batch_size, canvas_length, device=device)
-        step_log_probs, step_tokens = most_likely_tokens(logits)
+        # The decoder's tokens where nothing is committed; committed positions keep theirs.
+        fresh = ~self.committed_positions
+        step_log_probs = torch.zeros(batch_size, canvas_length, device=device)
+        step_tokens = torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device)
+        step_log_probs[fresh], step_tokens[fresh] = most_likely_tokens(logits_at(fresh))
         tokens = torch.where(self.committed_positions, self.committed_tokens, step_tokens)
         token_log_probs = torch.where(self.committed_positions, self.committed_log_probs, step_log_probs)
         # The schedule is of the whole canvas: positions cut off its end count as committed.
@@ -159,6 +177,9 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             timesteps = torch.full((batch_size,), noised_timestep, device=device)
             return self.add_noise(code_embeddings[token_ids].to(dtype), noise, timesteps)
 
+        released = self.committed_positions & ~positions  # re-noised from the decoder's new token there
+        if released.any():
+            step_tokens[released] = most_likely_tokens(logits_at(released))[1]
         prev_sample = noised(tokens, 0)
         prev_timestep = self.previous_timestep(timestep)
         if prev_timestep is not None:
