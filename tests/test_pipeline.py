@@ -619,6 +619,12 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
     assert shapes[-1][1] == pipe.model.config.max_code_length
     seeded(pipe, prompts[0], init_code="ls", strength=0.5)  # refining keeps the whole canvas by default
     assert shapes[-1][1] == pipe.model.config.max_code_length
+    pipe.model.config.canvas_margin = None  # as if trained on the whole canvas: sampled there by default
+    try:
+        seeded(pipe, prompts[0])
+        assert shapes[-1][1] == pipe.model.config.max_code_length
+    finally:
+        pipe.model.config.canvas_margin = 2
 
 
 def test_code_length_cuts_the_canvas_and_its_noise(tiny_pipeline, monkeypatch):

@@ -417,11 +417,14 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     def resolve_code_length(self, code_length: int | str | None, refining: bool = False) -> int | str:
-        """The `code_length` a call uses: the one asked for, else `"predicted"` for a model with a length head
-        (unless `refining` given code, whose length is its own), else `"full"`."""
+        """The `code_length` a call uses: the one asked for, else `"predicted"` for a model with a length head that
+        was trained on trimmed canvases (`config.canvas_margin` set; one trained on the whole canvas saw code only
+        there), unless `refining` given code, whose length is its own; else `"full"`."""
         if code_length is not None:
             return code_length
-        return "predicted" if self.model.config.predict_length and not refining else "full"
+        config = self.model.config
+        trimmed = config.predict_length and config.canvas_margin is not None
+        return "predicted" if trimmed and not refining else "full"
 
     def code_lengths(
         self, code_length: int | str, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
@@ -703,8 +706,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 model's length head predicts for the call's prompts (`config.predict_length`); an integer, room for
                 code of that many tokens; `"full"`, the whole canvas of `max_code_length` positions. The room is the
                 length plus `config.canvas_margin`, the pad positions the model saw after the code in training.
-                Prompts of similar length batch best: a call's canvas fits its longest one. None (default):
-                `"predicted"` for a model with a length head, except with `init_code`; else `"full"`.
+                None (default): `"predicted"` for a model with a length head trained on trimmed canvases
+                (`config.canvas_margin` set), except with `init_code`; else `"full"`.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
