@@ -141,7 +141,7 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["stop_when_stable"] == 2 and metrics["canvas_margin"] == 1 and metrics["ranking"] == "consensus"
-    assert metrics["exact_match@1"] == 1.0 and metrics["code_length"] == "full"
+    assert metrics["exact_match@1"] == 1.0 and metrics["code_length"] == "full" and metrics["length_beam"] == 1
     result = run_here(capsys, "evaluate", saved_pipeline, str(data), "--output-dir", out, "--code-length", "12")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["code_length"] == 12
@@ -159,6 +159,8 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
         (["generate", "MODEL", "ls", "--code-length", "short"], "--code-length: must be 'predicted', 'full' or a"),
         (["generate", "MODEL", "ls", "--code-length", "0"], "--code-length: must be a positive integer"),
         (["generate", "MODEL", "ls", "--code-length", "predicted"], "needs a model with a length head"),
+        (["generate", "MODEL", "ls", "-k", "2", "--length-beam", "2"], "pass code_length='predicted'"),
+        (["generate", "MODEL", "ls", "--length-beam", "99"], "length_beam must be an integer from 1 to"),
         (["generate", "MODEL", "ls", "--init-code", "ls", "--strength", "2"], "strength must be a number in (0, 1]"),
         (["push", "/no/such/folder", "user/repo"], "model_index.json is missing"),
         (["generate", "MODEL", "ls", "-k", "10000000000000"], "not enough memory for this many candidates"),

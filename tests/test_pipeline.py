@@ -627,6 +627,51 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
         pipe.model.config.canvas_margin = 2
 
 
+def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pipeline, monkeypatch):
+    """Candidate i of a prompt samples on the (i % length_beam)-th likeliest length, as it would with that
+    code_length alone; the candidates of all lengths are ranked together."""
+    pipe = length_pipeline
+    prompt, margin = PAIRS[0][0], pipe.model.config.canvas_margin
+    states, mask = pipe.encode_prompt([prompt], torch.device("cpu"))
+    likeliest = pipe.model.length_logits(states, mask).topk(2, dim=-1).indices[0].clamp(min=1).tolist()
+    shapes = record_denoised_shapes(pipe, monkeypatch)
+    latents = torch.randn(4, pipe.model.config.max_code_length, pipe.model.config.latent_dim)
+    kwargs = {"num_inference_steps": 5, "output_type": "pt"}
+    output = pipe(prompt, latents=latents, num_return_sequences=4, length_beam=2, **kwargs)
+    assert sorted({canvas for _, canvas in shapes}) == sorted(length + margin for length in likeliest)
+    assert output.scores[0] == sorted(output.scores[0], reverse=True)
+    longest = max(likeliest) + margin
+    expected = []  # (score, token ids padded to the longest canvas) of each length's candidates sampled alone
+    for rank, length in enumerate(likeliest):
+        alone = pipe(prompt, latents=latents[rank::2], num_return_sequences=2, code_length=length, **kwargs)
+        pad = pipe.model.config.pad_token_id
+        padded = torch.nn.functional.pad(alone.code[0], (0, longest - alone.code.shape[-1]), value=pad)
+        expected += list(zip(alone.scores[0], padded))
+    assert sorted(output.scores[0]) == pytest.approx(sorted(score for score, _ in expected), abs=1e-5)
+    for score, ids in zip(output.scores[0], output.code[0]):
+        assert any(torch.equal(ids, other) for other_score, other in expected if abs(other_score - score) < 1e-5)
+    # A beam of 1 is the default: every candidate on the likeliest length.
+    assert (
+        seeded(pipe, prompt, num_return_sequences=2, length_beam=1).code
+        == seeded(pipe, prompt, num_return_sequences=2).code
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"length_beam": 0}, "length_beam must be an integer from 1 to num_return_sequences=2"),
+        ({"length_beam": 3}, "length_beam must be an integer from 1 to num_return_sequences=2"),
+        ({"length_beam": 1.5}, "length_beam must be an integer"),
+        ({"length_beam": 2, "code_length": "full"}, "pass code_length='predicted'"),
+        ({"length_beam": 2, "code_length": 3}, "pass code_length='predicted'"),
+    ],
+)
+def test_length_beam_is_checked(length_pipeline, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        seeded(length_pipeline, PAIRS[0][0], num_return_sequences=2, **kwargs)
+
+
 def test_code_length_cuts_the_canvas_and_its_noise(tiny_pipeline, monkeypatch):
     """An integer code_length samples on that many positions plus config.canvas_margin, from the first positions
     of the noise of the whole canvas."""

@@ -103,6 +103,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="Sample on a canvas for this many code tokens, 'predicted' (the model's length head) or 'full' "
         "(default: 'predicted' for a model with a length head, else 'full').",
     )
+    parser.add_argument(
+        "--length-beam",
+        type=positive_int,
+        default=1,
+        metavar="LENGTHS",
+        help="With a predicted code length: spread the candidates over this many of the likeliest lengths "
+        "(default: 1, all on the likeliest).",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +200,7 @@ def generate(args: argparse.Namespace) -> None:
         ranking=args.ranking,
         condition_enhanced_timestep=args.condition_enhanced_timestep,
         code_length=args.code_length,
+        length_beam=args.length_beam,
         init_code=args.init_code[0] if args.init_code and len(args.init_code) == 1 else args.init_code,
         strength=args.strength,
     )
@@ -238,6 +247,7 @@ def evaluate(args: argparse.Namespace) -> None:
         ranking=args.ranking,
         condition_enhanced_timestep=args.condition_enhanced_timestep,
         code_length=args.code_length,
+        length_beam=args.length_beam,
         device=args.device,
         dtype=getattr(torch, args.dtype) if args.dtype else None,
     )

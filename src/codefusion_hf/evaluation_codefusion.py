@@ -50,16 +50,16 @@ def evaluate_pipeline(
     strength: float | None = None,
     condition_enhanced_timestep: int | None = None,
     code_length: int | str | None = None,
+    length_beam: int = 1,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
     seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
     `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
     samples with [`CodeFusionCommitScheduler`] (mask-predict) instead of the pipeline's scheduler; `guidance_scale`,
-    `stop_when_stable`, `canvas_margin`, `ranking`, `condition_enhanced_timestep` and `code_length` are the pipeline's,
-    and so are
-    `init_code` (one program, or list of programs, per prompt: refine them instead of starting from noise) and
-    `strength`."""
+    `stop_when_stable`, `canvas_margin`, `ranking`, `condition_enhanced_timestep`, `code_length` and `length_beam` are
+    the pipeline's, and so are `init_code` (one program, or list of programs, per prompt: refine them instead of
+    starting from noise) and `strength`."""
     if init_code is not None and len(init_code) != len(prompts):
         raise ValueError(f"init_code has {len(init_code)} entries for {len(prompts)} prompts: give one per prompt.")
     if len(prompts) != len(references):
@@ -92,6 +92,7 @@ def evaluate_pipeline(
             ranking=ranking,
             condition_enhanced_timestep=condition_enhanced_timestep,
             code_length=code_length,
+            length_beam=length_beam,
             init_code=drafts,
             strength=strength,
         )
@@ -111,6 +112,7 @@ def evaluate_pipeline(
         "ranking": ranking,
         "condition_enhanced_timestep": condition_enhanced_timestep,
         "code_length": pipe.resolve_code_length(code_length, refining=init_code is not None),
+        "length_beam": length_beam,
         "init_code": init_code is not None,
         "strength": strength,
         "seconds_per_prompt": seconds / len(prompts),
@@ -195,7 +197,7 @@ def evaluate_file(
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
     language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
-    guidance_scale, stop_when_stable, canvas_margin, ranking, condition_enhanced_timestep, code_length) on
+    guidance_scale, stop_when_stable, canvas_margin, ranking, condition_enhanced_timestep, code_length, length_beam) on
     `device` (default: CUDA when available) in `dtype` (default: as saved), write the results to `output_dir`,
     return metrics."""
     from .data_codefusion import load_code_dataset

@@ -184,6 +184,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         prompt_attention_mask: torch.Tensor | None = None,
         condition_enhanced_timestep: int | None = None,
         code_length: int | str | None = None,
+        length_beam: int = 1,
     ) -> tuple[list[str] | None, int]:
         """The prompts as a list (None with `prompt_embeds`) and their number, after checking every argument."""
         prompts, num_prompts = self.check_prompt(prompt, prompt_embeds, prompt_attention_mask)
@@ -253,6 +254,11 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             raise ValueError(
                 "code_length='predicted' needs a model with a length head (config.predict_length=True); this one has "
                 "none: give the code length as an integer, or 'full' for the whole canvas."
+            )
+        if not is_integer(length_beam) or not 1 <= length_beam <= num_return_sequences:
+            raise ValueError(
+                f"length_beam must be an integer from 1 to num_return_sequences={num_return_sequences} (one code "
+                f"length per candidate at most), got {length_beam!r}."
             )
         expected_shape = (num_prompts * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
@@ -427,74 +433,31 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         return "predicted" if trimmed and not refining else "full"
 
     def code_lengths(
-        self, code_length: int | str, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        code_length: int | str,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        num_return_sequences: int = 1,
+        length_beam: int = 1,
     ) -> torch.LongTensor | None:
-        """The code length to make room for on each prompt's canvas: the given one, or the length head's most
-        likely one (at least 1 token); None for the whole canvas (`"full"`)."""
+        """The code length to make room for on each candidate's canvas, `(num_prompts * num_return_sequences,)`: the
+        given one, or one of the length head's `length_beam` most likely ones (candidate `i` of a prompt gets the
+        `i % length_beam`-th, at least 1 token); None for the whole canvas (`"full"`)."""
         if code_length == "full":
             return None
         if code_length == "predicted":
-            return self.model.length_logits(encoder_hidden_states, attention_mask).argmax(dim=-1).clamp(min=1)
-        return torch.full((len(encoder_hidden_states),), code_length, device=encoder_hidden_states.device)
+            logits = self.model.length_logits(encoder_hidden_states, attention_mask)
+            likeliest = logits.topk(length_beam, dim=-1).indices
+            ranks = torch.arange(num_return_sequences, device=likeliest.device) % length_beam
+            return likeliest[:, ranks].flatten().clamp(min=1)
+        num_rows = len(encoder_hidden_states) * num_return_sequences
+        return torch.full((num_rows,), code_length, device=encoder_hidden_states.device)
 
     def canvas_lengths(self, code_lengths: torch.LongTensor) -> torch.LongTensor:
         """The canvas for each code length: the length plus the pad positions the model was trained with after the
         code (`config.canvas_margin`), at most the whole canvas."""
         config = self.model.config
         return (code_lengths + (config.canvas_margin or 0)).clamp(max=config.max_code_length)
-
-    def sample_by_canvas_length(
-        self,
-        canvas_lengths: torch.LongTensor,
-        code_lengths: torch.LongTensor,
-        prompt_embeds: torch.Tensor,
-        prompt_attention_mask: torch.Tensor,
-        latents: torch.Tensor | None,
-        generator: torch.Generator | list[torch.Generator] | None,
-        drafts: list[str] | None,
-        num_return_sequences: int,
-        output_type: str,
-        return_dict: bool,
-        **call_kwargs: Any,
-    ) -> CodeFusionPipelineOutput | tuple:
-        """Prompts whose canvases differ, sampled one canvas length at a time (a short program on a long canvas is
-        not what the model was trained on), from their rows of the call's `latents` or `drafts`; the outputs are
-        merged in the prompts' order, token ids and latents padded to the longest canvas with pad."""
-        k, num_prompts = num_return_sequences, len(canvas_lengths)
-        code, scores, trajectory = [None] * num_prompts, [None] * num_prompts, None
-        longest = int(canvas_lengths.max())
-        for canvas_length in canvas_lengths.unique().tolist():
-            prompt_rows = (canvas_lengths == canvas_length).nonzero().flatten()
-            rows = (prompt_rows[:, None] * k + torch.arange(k, device=prompt_rows.device)).flatten()
-            output = self(
-                prompt_embeds=prompt_embeds[prompt_rows],
-                prompt_attention_mask=prompt_attention_mask[prompt_rows],
-                num_return_sequences=k,
-                latents=None if latents is None else latents[rows],
-                generator=[generator[i] for i in rows.tolist()] if isinstance(generator, list) else generator,
-                init_code=None if drafts is None else [drafts[i : i + k] for i in (prompt_rows * k).tolist()],
-                code_length=int(code_lengths[prompt_rows].max()),
-                output_type=output_type,
-                **call_kwargs,
-            )
-            group_code = output.code
-            if output_type != "text":  # pad to the longest canvas, as the committed tail of a canvas would be
-                pad = torch.tensor(self.model.config.pad_token_id, device=group_code.device)
-                if output_type == "latent":
-                    pad = self.model.embed_code(pad).to(group_code.dtype)
-                fill = pad.expand(*group_code.shape[:2], longest - group_code.shape[2], *group_code.shape[3:])
-                group_code = torch.cat([group_code, fill], dim=2)
-            if output.trajectory and trajectory is None:
-                trajectory = [entry | {"code": [None] * num_prompts} for entry in output.trajectory]
-            for position, prompt_index in enumerate(prompt_rows.tolist()):
-                code[prompt_index], scores[prompt_index] = group_code[position], output.scores[position]
-                for entry, group_entry in zip(trajectory or [], output.trajectory or []):
-                    entry["code"][prompt_index] = group_entry["code"][position]
-        if output_type != "text":
-            code = torch.stack(code)
-        if not return_dict:
-            return (code, scores, trajectory)
-        return CodeFusionPipelineOutput(code=code, scores=scores, trajectory=trajectory)
 
     def read_tokens(
         self, step: BaseOutput, canvas: torch.Tensor, rows: DenoisingRows
@@ -523,6 +486,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         token_log_probs: torch.Tensor,
         ranking: str = "log_prob",
         num_return_sequences: int = 1,
+        canvas_lengths: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids, the kept length of each row (up to the first pad or eos) and each row's ranking score.
 
@@ -530,7 +494,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         ends them; `"length_normalized"`, the mean over the kept tokens alone, -inf for empty code (the confident
         pad that ends short code no longer lifts it); `"consensus"`, the mean token-overlap F1 of the row's kept
         tokens with those of its prompt's other candidates (rows in groups of `num_return_sequences`), the
-        minimum-Bayes-risk choice that DiffuSeq and DINOISER make, 1 for a lone candidate."""
+        minimum-Bayes-risk choice that DiffuSeq and DINOISER make, 1 for a lone candidate. `canvas_lengths`: each
+        row's own canvas, when rows were sampled on canvases of different lengths (the positions past it hold pad and
+        are not scored)."""
         config = self.model.config
         is_stop = (token_ids == config.pad_token_id) | (token_ids == config.eos_token_id)
         canvas = token_ids.shape[1]
@@ -541,6 +507,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         scored = positions[None, :] <= lengths[:, None]
         if ranking == "length_normalized":
             scored = positions[None, :] < lengths[:, None]
+        if canvas_lengths is not None:
+            scored &= positions[None, :] < canvas_lengths[:, None]
         scores = (token_log_probs * scored).sum(dim=1) / scored.sum(dim=1)
         return token_ids, lengths, scores.nan_to_num(nan=-math.inf)  # 0 / 0: empty code, length-normalised
 
@@ -645,6 +613,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         prompt_attention_mask: torch.Tensor | None = None,
         condition_enhanced_timestep: int | None = None,
         code_length: int | str | None = None,
+        length_beam: int = 1,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
         Args:
@@ -708,6 +677,11 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 length plus `config.canvas_margin`, the pad positions the model saw after the code in training.
                 None (default): `"predicted"` for a model with a length head trained on trimmed canvases
                 (`config.canvas_margin` set), except with `init_code`; else `"full"`.
+            length_beam: With `code_length="predicted"`, spread each prompt's candidates over the length head's
+                `length_beam` most likely code lengths (candidate `i` on the `i % length_beam`-th), as Mask-Predict's
+                length beam does, so that the candidates differ where one length would make them alike; they are
+                ranked together. From 1 (default: every candidate on the likeliest length) to
+                `num_return_sequences`.
 
         Returns:
             [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
@@ -731,9 +705,17 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             prompt_attention_mask,
             condition_enhanced_timestep,
             code_length,
+            length_beam,
         )
         self.check_generator(generator, num_prompts * num_return_sequences)
         drafts = self.check_init_code(init_code, strength, num_prompts, num_return_sequences, latents, timesteps)
+        code_length = self.resolve_code_length(code_length, refining=drafts is not None)
+        if length_beam != 1 and code_length != "predicted":
+            raise ValueError(
+                f"length_beam={length_beam} spreads the candidates over the length head's likeliest code lengths, "
+                f"but this call samples on code_length={code_length!r}: pass code_length='predicted', or leave "
+                "length_beam at 1."
+            )
         rounding = self.resolve_rounding(rounding)
         device = self._execution_device
         # Before the model changes mode: bad custom timesteps fail here with the model as it was.
@@ -758,184 +740,182 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                     attention_mask = prompt_attention_mask.to(device=device, dtype=torch.long)
             else:
                 encoder_hidden_states, attention_mask = self.encode_prompt(prompts, device)
-            code_length = self.resolve_code_length(code_length, refining=drafts is not None)
-            code_lengths = self.code_lengths(code_length, encoder_hidden_states, attention_mask)
-            canvas_length = self.model.config.max_code_length
-            dtype = encoder_hidden_states.dtype
+            code_lengths = self.code_lengths(
+                code_length, encoder_hidden_states, attention_mask, num_return_sequences, length_beam
+            )
+            num_rows = num_prompts * num_return_sequences
+            config = self.model.config
+            canvas_lengths = torch.full((num_rows,), config.max_code_length, device=device)
             if code_lengths is not None:
                 canvas_lengths = self.canvas_lengths(code_lengths)
-                canvas_length = int(canvas_lengths.max())
-                if (canvas_lengths != canvas_length).any():
-                    if drafts is None:  # the call's starting noise, as one canvas would draw it
-                        latents = self.prepare_latents(
-                            num_prompts * num_return_sequences, dtype, device, generator, latents
-                        )
-                    return self.sample_by_canvas_length(
-                        canvas_lengths,
-                        code_lengths,
-                        encoder_hidden_states,
-                        attention_mask,
-                        latents,
-                        generator,
-                        drafts,
-                        num_return_sequences,
-                        output_type,
-                        return_dict,
-                        num_inference_steps=num_inference_steps,
-                        max_length=max_length,
-                        return_trajectory=return_trajectory,
-                        callback_on_step_end=callback_on_step_end,
-                        callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                        timesteps=timesteps,
-                        eta=eta,
-                        rounding=rounding,
-                        guidance_scale=guidance_scale,
-                        stop_when_stable=stop_when_stable,
-                        canvas_margin=canvas_margin,
-                        ranking=ranking,
-                        strength=strength,
-                        condition_enhanced_timestep=condition_enhanced_timestep,
-                    )
+            longest = int(canvas_lengths.max())
+            dtype = encoder_hidden_states.dtype
             encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
-            latents = self.prepare_latents(num_prompts * num_return_sequences, dtype, device, generator, latents)
-            latents = latents[:, :canvas_length]  # the same noise as on the whole canvas, where the canvases overlap
+            # The noise of the whole canvas: a shorter canvas takes its first positions, the same noise as where the
+            # canvases overlap.
+            latents = self.prepare_latents(num_rows, dtype, device, generator, latents)
             if drafts is not None:  # the drafts' embeddings noised to the first step, with the drawn noise
-                clean = self.model.embed_code(self.code_to_ids(drafts)[:, :canvas_length].to(device)).to(dtype)
+                clean = self.model.embed_code(self.code_to_ids(drafts).to(device)).to(dtype)
                 first = self.scheduler.timesteps[:1].expand(len(drafts))
                 latents = self.scheduler.add_noise(clean, latents, first)
-            rows = DenoisingRows(
-                indices=torch.arange(len(latents), device=device),
-                latents=latents,
-                encoder_hidden_states=encoder_hidden_states,
-                attention_mask=attention_mask,
-                prompt_cache=self.model.cache_prompt(encoder_hidden_states),  # the prompt is the same at every step
-                generator=generator,
-            )
-            if guidance_scale > 1:  # drawn after the canvas, so guidance leaves the starting noise as it was
-                rows.unconditional_states = randn_tensor(
-                    encoder_hidden_states.shape, generator=generator, device=device, dtype=dtype
-                )
             code_embeddings = self.model.code_embedding_matrix() if reads_tokens or rounding == "nearest" else None
             step_kwargs = {"eta": eta} if "eta" in step_parameters else {}
             if reads_tokens:
                 step_kwargs["code_embeddings"] = code_embeddings
             # The latest tokens, their log-probabilities and the canvas of every candidate, kept up to date where
-            # candidates finish early or the canvas is cut.
-            config = self.model.config
-            all_token_ids = torch.full(latents.shape[:2], config.pad_token_id, dtype=torch.long, device=device)
-            all_log_probs = torch.zeros(latents.shape[:2], device=device)
-            all_latents = latents.clone()
-            stable_steps = torch.full((len(latents),), -1, device=device)  # steps each candidate's tokens held
+            # candidates finish early or the canvas is cut; past a candidate's own canvas, pad.
+            all_token_ids = torch.full((num_rows, longest), config.pad_token_id, dtype=torch.long, device=device)
+            all_log_probs = torch.zeros(num_rows, longest, device=device)
+            all_latents = latents[:, :longest].clone()
+            past_canvas = torch.arange(longest, device=device)[None, :] >= canvas_lengths[:, None]
+            all_latents[past_canvas] = self.model.embed_code(torch.tensor(config.pad_token_id, device=device)).to(
+                dtype
+            )
+            stable_steps = torch.full((num_rows,), -1, device=device)  # steps each candidate's tokens held
             shrinks = stop_when_stable is not None or canvas_margin is not None  # rows or positions may be dropped
+            schedule = self.scheduler.timesteps.tolist()
+            # The tokens of every candidate after each recorded step, and the steps some candidate reached.
+            snapshots = {step_index: all_token_ids.clone() for step_index in record_steps}
+            reached = set()
 
-            trajectory = []
-            for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                if self.guidance_scale > 1 and rows.unconditional_states is None:  # turned on by a callback
+            # Candidates of different canvas lengths are denoised one canvas length at a time, each as it would be
+            # sampled alone: a short program on a long canvas is not what the model was trained on.
+            for canvas_length in canvas_lengths.unique().tolist():
+                group = (canvas_lengths == canvas_length).nonzero().flatten()
+                self.scheduler.set_timesteps(device=device, timesteps=schedule)  # a new sampling, nothing committed
+                rows = DenoisingRows(
+                    indices=group,
+                    latents=latents[group, :canvas_length],
+                    encoder_hidden_states=encoder_hidden_states[group],
+                    attention_mask=attention_mask[group],
+                    prompt_cache=self.model.cache_prompt(encoder_hidden_states[group]),  # the same at every step
+                    generator=[generator[i] for i in group.tolist()] if isinstance(generator, list) else generator,
+                )
+                if guidance_scale > 1:  # drawn after the canvas, so guidance leaves the starting noise as it was
                     rows.unconditional_states = randn_tensor(
                         rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
                     )
-                if self.guidance_scale > 1 and rows.unconditional_cache is None:
-                    rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
-                denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
-                model_timesteps = denoiser_timesteps
-                if condition_enhanced_timestep is not None:
-                    told = timestep.new_tensor(condition_enhanced_timestep)
-                    model_timesteps = self.scheduler.denoiser_timesteps(told, rows.latents)
-                model_output = self.guided_denoise(
-                    rows.latents,
-                    model_timesteps,
-                    rows.encoder_hidden_states,
-                    rows.attention_mask,
-                    rows.self_condition,
-                    self.guidance_scale,
-                    rows.unconditional_states,
-                    rows.prompt_cache,
-                    rows.unconditional_cache,
-                )
-                estimate = self.scheduler.clip_original_sample(
-                    self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
-                )
-                logits = None
-                if rounding in DECODER_ROUNDINGS:  # every position's logits: one decoder pass serves both
-                    logits = self.model.decode(
-                        estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
-                    )
-                    if reads_tokens:
-                        step_kwargs["logits"] = logits
-                elif reads_tokens:  # the head runs only where the scheduler reads tokens
-                    decoder_states = self.model.decoder_states(
-                        estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
-                    )
-                    step_kwargs["logits_at"] = lambda positions, states=decoder_states: self.model.lm_head(
-                        states[positions]
-                    )
-                if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
-                    estimate = self.model.round_estimate(
-                        estimate, rounding, logits=logits, code_embeddings=code_embeddings
-                    )
-                step = self.scheduler.step(
-                    model_output,
-                    timestep,
-                    rows.latents,
-                    generator=rows.generator,
-                    pred_original_sample=estimate,
-                    **step_kwargs,
-                )
-                rows.latents = step.prev_sample
-                if config.self_condition:
-                    rows.self_condition = step.pred_original_sample
-                is_last = step_index + 1 == len(self.scheduler.timesteps)
-                if step_index in record_steps or (shrinks and not is_last):
-                    token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
-                    length = token_ids.shape[1]
-                    changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
-                    stable_steps[rows.indices] = torch.where(changed, 0, stable_steps[rows.indices] + 1)
-                    all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = (
-                        token_ids,
-                        token_log_probs,
-                    )
-                if step_index in record_steps:
-                    token_ids, lengths, _ = self.score_tokens(all_token_ids, all_log_probs)
-                    trajectory.append(
-                        {
-                            "step": step_index,
-                            "timestep": int(timestep),
-                            "code": self.ids_to_text(token_ids, lengths, max_length),
-                        }
-                    )
-                if callback_on_step_end is not None:
-                    callback_kwargs = {
-                        name: {"latents": rows.latents}[name] for name in callback_on_step_end_tensor_inputs
-                    }
-                    callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
-                    rows.latents = callback_outputs.pop("latents", rows.latents)
-                if shrinks and not is_last:
-                    keep = torch.ones_like(rows.indices, dtype=torch.bool)
-                    if stop_when_stable is not None:
-                        keep = stable_steps[rows.indices] < stop_when_stable
-                    length = rows.latents.shape[1]
-                    if canvas_margin is not None and keep.any():
-                        length = self.settled_canvas_length(
-                            all_token_ids[rows.indices[keep], :length],
-                            self.scheduler.committed_positions[keep],
-                            canvas_margin,
+                last_step = -1
+                for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                    last_step = step_index
+                    if self.guidance_scale > 1 and rows.unconditional_states is None:  # turned on by a callback
+                        rows.unconditional_states = randn_tensor(
+                            rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
                         )
-                    if not keep.all() or length < rows.latents.shape[1]:
-                        all_latents[rows.indices, : rows.latents.shape[1]] = rows.latents
-                        rows = rows.select(keep, length)
-                        self.scheduler.select(keep, length)
-                        if len(rows.indices) == 0:
-                            break
+                    if self.guidance_scale > 1 and rows.unconditional_cache is None:
+                        rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
+                    denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
+                    model_timesteps = denoiser_timesteps
+                    if condition_enhanced_timestep is not None:
+                        told = timestep.new_tensor(condition_enhanced_timestep)
+                        model_timesteps = self.scheduler.denoiser_timesteps(told, rows.latents)
+                    model_output = self.guided_denoise(
+                        rows.latents,
+                        model_timesteps,
+                        rows.encoder_hidden_states,
+                        rows.attention_mask,
+                        rows.self_condition,
+                        self.guidance_scale,
+                        rows.unconditional_states,
+                        rows.prompt_cache,
+                        rows.unconditional_cache,
+                    )
+                    estimate = self.scheduler.clip_original_sample(
+                        self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
+                    )
+                    logits = None
+                    if rounding in DECODER_ROUNDINGS:  # every position's logits: one decoder pass serves both
+                        logits = self.model.decode(
+                            estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
+                        )
+                        if reads_tokens:
+                            step_kwargs["logits"] = logits
+                    elif reads_tokens:  # the head runs only where the scheduler reads tokens
+                        decoder_states = self.model.decoder_states(
+                            estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
+                        )
+                        step_kwargs["logits_at"] = lambda positions, states=decoder_states: self.model.lm_head(
+                            states[positions]
+                        )
+                    if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
+                        estimate = self.model.round_estimate(
+                            estimate, rounding, logits=logits, code_embeddings=code_embeddings
+                        )
+                    step = self.scheduler.step(
+                        model_output,
+                        timestep,
+                        rows.latents,
+                        generator=rows.generator,
+                        pred_original_sample=estimate,
+                        **step_kwargs,
+                    )
+                    rows.latents = step.prev_sample
+                    if config.self_condition:
+                        rows.self_condition = step.pred_original_sample
+                    is_last = step_index + 1 == len(self.scheduler.timesteps)
+                    if step_index in record_steps or (shrinks and not is_last):
+                        token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
+                        length = token_ids.shape[1]
+                        changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
+                        stable_steps[rows.indices] = torch.where(changed, 0, stable_steps[rows.indices] + 1)
+                        all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = (
+                            token_ids,
+                            token_log_probs,
+                        )
+                    if step_index in record_steps:
+                        snapshots[step_index][group] = all_token_ids[group]
+                        reached.add(step_index)
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {
+                            name: {"latents": rows.latents}[name] for name in callback_on_step_end_tensor_inputs
+                        }
+                        callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
+                        rows.latents = callback_outputs.pop("latents", rows.latents)
+                    if shrinks and not is_last:
+                        keep = torch.ones_like(rows.indices, dtype=torch.bool)
+                        if stop_when_stable is not None:
+                            keep = stable_steps[rows.indices] < stop_when_stable
+                        length = rows.latents.shape[1]
+                        if canvas_margin is not None and keep.any():
+                            length = self.settled_canvas_length(
+                                all_token_ids[rows.indices[keep], :length],
+                                self.scheduler.committed_positions[keep],
+                                canvas_margin,
+                            )
+                        if not keep.all() or length < rows.latents.shape[1]:
+                            all_latents[rows.indices, : rows.latents.shape[1]] = rows.latents
+                            rows = rows.select(keep, length)
+                            self.scheduler.select(keep, length)
+                            if len(rows.indices) == 0:
+                                break
 
-            if len(rows.indices):
-                # A committing scheduler's text is its committed tokens (a callback changes only the canvas it reads).
-                token_ids, token_log_probs = self.read_tokens(step, rows.latents, rows)
-                length = token_ids.shape[1]
-                all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = token_ids, token_log_probs
-                all_latents[rows.indices, :length] = rows.latents
-            token_ids, lengths, scores = self.score_tokens(all_token_ids, all_log_probs, ranking, num_return_sequences)
+                if len(rows.indices):
+                    # A committing scheduler's text is its committed tokens (a callback changes only the canvas it
+                    # reads).
+                    token_ids, token_log_probs = self.read_tokens(step, rows.latents, rows)
+                    length = token_ids.shape[1]
+                    all_token_ids[rows.indices, :length] = token_ids
+                    all_log_probs[rows.indices, :length] = token_log_probs
+                    all_latents[rows.indices, :length] = rows.latents
+                for step_index in record_steps:  # steps after this group finished show its final tokens
+                    if step_index > last_step:
+                        snapshots[step_index][group] = all_token_ids[group]
+            token_ids, lengths, scores = self.score_tokens(
+                all_token_ids, all_log_probs, ranking, num_return_sequences, canvas_lengths
+            )
             latents = all_latents
+            trajectory = []
+            for step_index in sorted(reached):
+                step_token_ids = snapshots[step_index]
+                step_lengths = self.score_tokens(step_token_ids, all_log_probs)[1]
+                trajectory.append(
+                    {
+                        "step": step_index,
+                        "timestep": schedule[step_index],
+                        "code": self.ids_to_text(step_token_ids, step_lengths, max_length),
+                    }
+                )
             if not torch.isfinite(latents).all() or all_log_probs.isnan().any():
                 raise ValueError(
                     "The model's outputs became NaN or inf while sampling, so the code would be meaningless: its "
