@@ -563,6 +563,11 @@ DAMAGED_MODELS = {
         set_key(MODEL, "num_decoder_layers", 0),
         r"model\.safetensors.*in the file but not in the model: decoder\.layers\.0\.\* \(18 tensors\)",
     ),
+    # A length head the config asks for but the weights lack is damage; from_pretrained(predict_length=True) adds one.
+    "length head without its weights": (
+        set_key(MODEL, "predict_length", True),
+        r"model\.safetensors.*missing from the file: length_head\.bias, length_head\.weight",
+    ),
     "wider hidden size": (
         set_key(MODEL, "hidden_size", 64),
         r"model\.safetensors.*lm_head\.weight has shape \(300, 32\) in the file but \(300, 64\) in the model "

@@ -314,6 +314,18 @@ def test_no_length_head_without_predict_length(tiny_model, code_tokenizer):
         tiny_model.length_logits(torch.zeros(1, 2, tiny_model.config.hidden_size))
 
 
+def test_from_pretrained_with_predict_length_adds_a_new_length_head(tiny_model, tmp_path):
+    """Phase 2 with a length head, from a phase-1 model saved without one: the saved weights load, the head is new."""
+    tiny_model.save_pretrained(tmp_path)
+    model = CodeFusionModel.from_pretrained(tmp_path, predict_length=True)
+    assert model.config.predict_length and model.length_head is not None
+    assert model.length_head.weight.std() < 0.1  # initialised as the model's other linear layers, not left empty
+    saved = tiny_model.state_dict()
+    loaded = {key: value for key, value in model.state_dict().items() if not key.startswith("length_head.")}
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[key], saved[key]) for key in saved)
+    assert CodeFusionModel.from_pretrained(tmp_path).length_head is None
+
+
 def test_labels_longer_than_canvas(tiny_model):
     with pytest.raises(ValueError, match="max_code_length"):
         tiny_model(input_ids=torch.tensor([[5, 6]]), labels=torch.ones(1, 17, dtype=torch.long))

@@ -319,7 +319,8 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
         keys of those sizes: transformers only warns and initialises the missing ones at random, a silently wrong
         model. Tied weights and non-persistent buffers are not counted. For a partial load on purpose, pass
         `output_loading_info=True` (the mismatches are returned, as transformers does, not raised) and
-        `ignore_mismatched_sizes=True` to reinitialise tensors of another shape."""
+        `ignore_mismatched_sizes=True` to reinitialise tensors of another shape. `predict_length=True` given here may
+        add a length head to a model saved without one (e.g. phase 2 after phase 1): that head starts new."""
         if kwargs.get("output_loading_info"):
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
@@ -341,8 +342,14 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
         sizes = {f"encoder_config.{k}": v for k, v in config.encoder_config.to_dict().items() if type(v) is int}
         sizes |= {k: v for k, v in config.to_dict().items() if type(v) is int and not k.endswith("_token_id")}
         problems = []
-        if info["missing_keys"]:
-            problems.append(f"missing from the file: {listed(info['missing_keys'])}")
+        missing = set(info["missing_keys"])
+        if kwargs.get("predict_length") is True:  # asked for here: a length head the saved model may not have
+            new_head = {key for key in missing if key.startswith("length_head.")}
+            if new_head:
+                LOADING_LOGGER.info(f"A new length head ({listed(new_head)}) starts from its initialisation.")
+            missing -= new_head
+        if missing:
+            problems.append(f"missing from the file: {listed(missing)}")
         if info["unexpected_keys"]:
             problems.append(f"in the file but not in the model: {listed(info['unexpected_keys'])}")
         for key, saved, built in [] if ignore_mismatched_sizes else sorted(info["mismatched_keys"]):

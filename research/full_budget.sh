@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 21's full-budget comparison on this machine's CPU: CodeFusion with the levers that won their A/Bs (the
+# quickstart recipe with a length head, the clip min_train_timestep=600, trained on TRAIN_FILE, e.g. the mixed
+# distilled file of research/distill_autoregressive.py) against the tuned autoregressive baseline (lr 1e-3, the best
+# of four rates on validation; research/tune_autoregressive.sh), both MINUTES on one thread each, side by side, the
+# last quarter annealed. Then both on the NL2Bash validation and test splits (CodeFusion: committing sampler, 10
+# steps, k = 5, bf16, the predicted canvas; the baseline: beam 5), the TF-IDF retrieval floor on both, and paired
+# sign tests of CodeFusion against each.
+#
+#   bash research/full_budget.sh OUT_DIR MINUTES CODE_TOKENIZER TRAIN_FILE [NAME="EVALUATE FLAGS" ...]
+#
+# Each NAME="FLAGS" is one more CodeFusion sampler setting on validation (e.g. beam5="--length-beam 5"), with its sign
+# test against the default setting. TEST_FLAGS (default none) are the CodeFusion flags of the test evaluation, chosen
+# before it runs. STAGE=evaluate skips the training (both models already in OUT_DIR/cf and OUT_DIR/ar/lr1e-3).
+# PYTHON picks the interpreter (default python3). Two CPU cores: two jobs at a time, one thread each.
+set -euo pipefail
+python=${PYTHON:-python3}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if (($# < 4)); then
+  echo "full_budget.sh: give OUT_DIR MINUTES CODE_TOKENIZER TRAIN_FILE [NAME=\"FLAGS\" ...]" >&2
+  exit 2
+fi
+out=$(mkdir -p "$1" && cd "$1" && pwd) minutes=$2 tokenizer=$3 train_file=$4
+shift 4
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+cd "$root"
+
+if [[ ${STAGE:-all} != evaluate ]]; then
+  decay=$("$python" -c "print(float('$minutes') / 4)")
+  recipe='{"normalize_code_embeddings": true, "prediction_type": "sample", "self_condition": true,
+    "unroll_probability": 0.5, "predict_length": true}'
+  "$python" examples/text_to_code/finetune.py examples/text_to_code/configs/quickstart.json \
+    --tokenizer_name_or_path "$tokenizer" --output_dir "$out/cf" --train_file "$train_file" \
+    --min_train_timestep 600 --max_train_minutes "$minutes" --lr_decay_minutes "$decay" --disable_tqdm True \
+    --generation_eval_samples 0 --save_steps 500 --config_overrides "$recipe" >"$out/cf.log" 2>&1 &
+  PYTHON=$python bash research/tune_autoregressive.sh "$out/ar" "$minutes" "$tokenizer" 1e-3 >"$out/ar.log" 2>&1 &
+  wait
+fi
+
+codefusion() {  # NAME SPLIT [FLAGS]
+  # shellcheck disable=SC2086
+  "$python" -m codefusion_hf.cli evaluate "$out/cf" "data/nl2bash/$2.jsonl" --commit-tokens --steps 10 -k 5 \
+    --dtype bfloat16 ${3:-} --output-dir "$out/eval-$1" >"$out/eval-$1.log" 2>&1
+}
+compare() {  # BASELINE CANDIDATE OUTPUT
+  "$python" research/compare_predictions.py --baseline "$out/$1/predictions.jsonl" \
+    --candidate "$out/$2/predictions.jsonl" --language bash --ks 1 5 --output "$out/$3.json" >/dev/null
+}
+
+(
+  codefusion cf-validation validation
+  for variant in "$@"; do
+    codefusion "cf-validation-${variant%%=*}" validation "${variant#*=}"
+    compare eval-cf-validation "eval-cf-validation-${variant%%=*}" "cf-${variant%%=*}_vs_cf-validation"
+  done
+) &
+(
+  "$python" -m research.baselines.train_autoregressive research/configs/nl2bash_autoregressive.json --do_train False \
+    --model_name_or_path "$out/ar/lr1e-3" --output_dir "$out/ar/lr1e-3" --test_file data/nl2bash/test.jsonl \
+    --eval_output_dir "$out/eval-ar-test" >"$out/eval-ar-test.log" 2>&1
+  codefusion cf-test test "${TEST_FLAGS:-}"
+) &
+wait
+mkdir -p "$out/eval-ar-validation"
+cp "$out/ar/eval-lr1e-3/"{metrics.json,predictions.jsonl} "$out/eval-ar-validation/"
+for split in validation test; do
+  "$python" research/baselines/retrieval.py --train_file data/nl2bash/train.jsonl \
+    --test_file "data/nl2bash/$split.jsonl" --output_dir "$out/eval-retrieval-$split" >/dev/null
+  compare "eval-ar-$split" "eval-cf-$split" "cf_vs_ar-$split"
+  compare "eval-retrieval-$split" "eval-cf-$split" "cf_vs_retrieval-$split"
+done
+echo "full_budget.sh: done; metrics in $out/eval-*/metrics.json, sign tests in $out/*_vs_*.json"
