@@ -346,3 +346,41 @@ def test_summarize_ab_collects_every_arm(tmp_path):
     }
     with pytest.raises(SystemExit, match="no arm"):
         summarize_ab.summarize(tmp_path / "control")
+
+
+def test_summarize_full_budget_collects_training_evaluations_and_sign_tests(tmp_path, monkeypatch, capsys):
+    """research/summarize_full_budget.py: both models' steps and best eval loss, every evaluation's metrics and
+    every sign test, the predictions gzipped; a folder without both models is an error."""
+    import gzip
+
+    from research import summarize_full_budget
+
+    for folder, losses in (("cf", []), ("ar/lr1e-3", [3.0, 2.5, 2.7])):
+        (tmp_path / folder).mkdir(parents=True)
+        history = [{"loss": 4.0, "step": 5}] + [{"eval_loss": loss, "step": 10} for loss in losses]
+        state = {"global_step": 30, "log_history": history, "best_model_checkpoint": None}
+        (tmp_path / folder / "trainer_state.json").write_text(json.dumps(state))
+    for name in ("cf-validation", "ar-test"):
+        (tmp_path / f"eval-{name}").mkdir()
+        (tmp_path / f"eval-{name}" / "metrics.json").write_text(json.dumps({"template_match@1": 0.1}))
+        (tmp_path / f"eval-{name}" / "predictions.jsonl").write_text(f'{{"prompt": "{name}"}}\n')
+    (tmp_path / "eval-cf-test.log").write_text("a log, not an evaluation")
+    (tmp_path / "cf_vs_ar-test.json").write_text(json.dumps({"comparisons": [{"p_value": 0.5}]}))
+    summary = summarize_full_budget.summarize(tmp_path)
+    assert summary["training"]["autoregressive"] == {
+        "steps": 30,
+        "eval_losses": 3,
+        "best_eval_loss": 2.5,
+        "best_model_checkpoint": None,
+    }
+    assert summary["training"]["codefusion"]["best_eval_loss"] is None
+    assert set(summary["evaluations"]) == {"cf-validation", "ar-test"}
+    assert summary["sign_tests"] == {"cf_vs_ar-test": [{"p_value": 0.5}]}
+    output, predictions = tmp_path / "summary.json", tmp_path / "predictions"
+    argv = ["x", str(tmp_path), "--command", "c", "--machine", "m", "--date", "d", "--output", str(output)]
+    monkeypatch.setattr("sys.argv", [*argv, "--predictions", str(predictions)])
+    summarize_full_budget.main()
+    assert json.loads(output.read_text())["date"] == "d"
+    assert gzip.decompress((predictions / "ar-test.jsonl.gz").read_bytes()) == b'{"prompt": "ar-test"}\n'
+    with pytest.raises(SystemExit, match="no trainer_state.json in cf"):
+        summarize_full_budget.summarize(tmp_path / "ar")
