@@ -263,6 +263,8 @@ def test_pretrained_minilm_encoder():
         ({"commit_probability": 2.0}, "commit_probability"),
         ({"length_loss_weight": -1.0}, "length_loss_weight"),
         ({"canvas_margin": -1}, "canvas_margin"),
+        ({"min_train_timestep": 100}, r"min_train_timestep must be in \[0, num_train_timesteps=100\)"),
+        ({"min_train_timestep": -1}, "min_train_timestep"),
     ],
 )
 def test_bad_config(kwargs, name):

@@ -482,6 +482,22 @@ def test_given_latents_and_timesteps(tiny_pipeline, monkeypatch):
     torch.testing.assert_close(calls[0][0], start)
 
 
+def test_a_clipped_model_is_sampled_where_it_was_trained(code_tokenizer, monkeypatch):
+    """config.min_train_timestep (recorded by the trainer's clip) keeps the evenly placed steps at or above it;
+    custom timesteps are used as given."""
+    model = CodeFusionModel(tiny_config(code_tokenizer, num_train_timesteps=100, min_train_timestep=60))
+    pipe = make_pipeline(model, code_tokenizer)
+    seen, denoise = [], model.denoise
+    monkeypatch.setattr(model, "denoise", lambda latents, t, *a: seen.append(int(t)) or denoise(latents, t, *a))
+    pipe("list all files", num_inference_steps=4)
+    assert seen == [99, 89, 79, 69]  # 60 + 40 * k // 4 - 1 for k = 4 .. 1
+    seen.clear()
+    pipe("list all files", timesteps=[50, 10])
+    assert seen == [50, 10]
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1 to 40, the timesteps"):
+        pipe("list all files", num_inference_steps=41)
+
+
 def test_timesteps_replace_num_inference_steps(code_tokenizer):
     """With `timesteps`, the default num_inference_steps (50) is not checked against a schedule shorter than it."""
     pipe = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer, num_train_timesteps=20)), code_tokenizer)

@@ -71,6 +71,26 @@ def test_timesteps_strictly_decreasing_for_every_step_count(spacing, num_train_t
             assert timesteps[0] == num_train_timesteps - 1  # sampling starts from pure noise
 
 
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+def test_min_timestep_places_the_steps_where_the_model_was_trained(spacing):
+    """Within [min_timestep, T): the placement of the spacing over T - min_timestep timesteps, shifted by it."""
+    clipped = CodeFusionScheduler(num_train_timesteps=1200, timestep_spacing=spacing)
+    shorter = CodeFusionScheduler(num_train_timesteps=600, timestep_spacing=spacing)
+    for num_inference_steps in (1, 7, 10, 600):
+        clipped.set_timesteps(num_inference_steps, min_timestep=600)
+        shorter.set_timesteps(num_inference_steps)
+        assert clipped.timesteps.tolist() == (shorter.timesteps + 600).tolist()
+        assert clipped.timesteps.min() >= 600 and clipped.timesteps.max() <= 1199
+    clipped.set_timesteps(10, min_timestep=600)
+    if spacing == "trailing":
+        assert clipped.timesteps.tolist() == [1199, 1139, 1079, 1019, 959, 899, 839, 779, 719, 659]
+    full = CodeFusionScheduler(timestep_spacing=spacing)
+    full.set_timesteps(10, min_timestep=0)
+    default = CodeFusionScheduler(timestep_spacing=spacing)
+    default.set_timesteps(10)
+    assert torch.equal(full.timesteps, default.timesteps)
+
+
 def test_trailing_timesteps_of_a_step_count_that_does_not_divide_t():
     scheduler = CodeFusionScheduler()
     scheduler.set_timesteps(7)
@@ -189,6 +209,9 @@ def test_custom_timesteps_are_used_as_given():
         ({"timesteps": [1, 5]}, "strictly decreasing"),
         ({"timesteps": [1200, 10]}, r"lie in \[0, 1200\)"),
         ({"timesteps": [10, -1]}, r"lie in \[0, 1200\)"),
+        ({"num_inference_steps": 5, "min_timestep": 1200}, r"min_timestep must be in \[0, 1200\)"),
+        ({"num_inference_steps": 5, "min_timestep": -1}, r"min_timestep must be in \[0, 1200\)"),
+        ({"num_inference_steps": 601, "min_timestep": 600}, "between 1 and 600 .*min_timestep=600"),
     ],
 )
 def test_bad_custom_timesteps(kwargs, message):

@@ -757,6 +757,7 @@ def test_timestep_weights(strategy, code_tokenizer, tmp_path):
 def test_min_train_timestep_clips_the_smallest_noise(code_tokenizer, tmp_path, monkeypatch):
     """No timestep below min_train_timestep is drawn, alone or with a bias, and the rest keep their ratios."""
     trainer = make_trainer("finetune", code_tokenizer, tmp_path, min_train_timestep=30)  # of the tiny model's 100
+    assert trainer.model.config.min_train_timestep == 30  # recorded: the pipeline samples at or above it
     weights = trainer.timestep_weights(1200)
     assert weights[:30].sum() == 0 and torch.allclose(weights[30:], torch.full((1170,), 1 / 1170))
     biased = make_trainer(

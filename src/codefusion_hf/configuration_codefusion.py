@@ -125,6 +125,9 @@ class CodeFusionConfig(PreTrainedConfig):
         canvas_margin (`int`, *optional*): Pad positions after the longest code of a batch that training computed
             (the trainer's `canvas_margin`, recorded in the config when training starts); a canvas for a predicted
             length is that length plus this margin. None: trained on the whole canvas.
+        min_train_timestep (`int`): The smallest timestep training drew (the trainer's `min_train_timestep`,
+            DINOISER's clip, recorded when training starts): the pipeline places its steps at or above it, where the
+            model was trained. 0: every timestep (the paper).
         noise_loss_weight, embedding_loss_weight, decoder_loss_weight (`float`): Weights of the three loss terms
             `||eps_hat - eps||`, `||D_s - L(y)||` and `-log p(y | D_s)`.
         code_embedding_init_std (`float`): Initial std of the code embedding; 1.0 puts it on the scale of the noise.
@@ -164,6 +167,7 @@ class CodeFusionConfig(PreTrainedConfig):
     predict_length: bool = False
     length_loss_weight: float = 0.1
     canvas_margin: int | None = None
+    min_train_timestep: int = 0
     noise_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
     decoder_loss_weight: float = 1.0
@@ -194,6 +198,11 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"length_loss_weight must be at least 0, got {self.length_loss_weight}.")
         if self.canvas_margin is not None and self.canvas_margin < 0:
             raise ValueError(f"canvas_margin must be None or at least 0, got {self.canvas_margin}.")
+        if not 0 <= self.min_train_timestep < self.num_train_timesteps:
+            raise ValueError(
+                f"min_train_timestep must be in [0, num_train_timesteps={self.num_train_timesteps}), "
+                f"got {self.min_train_timestep}."
+            )
         if self.self_condition_rounding is None:
             self.self_condition_rounding = "none"
         if self.self_condition_rounding != "none":

@@ -189,11 +189,13 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         """The prompts as a list (None with `prompt_embeds`) and their number, after checking every argument."""
         prompts, num_prompts = self.check_prompt(prompt, prompt_embeds, prompt_attention_mask)
         num_train_timesteps = self.scheduler.config.num_train_timesteps
+        trained_timesteps = num_train_timesteps - self.model.config.min_train_timestep
         if timesteps is None and (
-            not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= num_train_timesteps
+            not is_integer(num_inference_steps) or not 1 <= num_inference_steps <= trained_timesteps
         ):
             raise ValueError(
-                f"num_inference_steps must be an integer from 1 to {num_train_timesteps}, got {num_inference_steps!r}."
+                f"num_inference_steps must be an integer from 1 to {trained_timesteps}, the timesteps the model was "
+                f"trained on, got {num_inference_steps!r}."
             )
         if not is_integer(num_return_sequences) or num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be a positive integer, got {num_return_sequences!r}.")
@@ -618,7 +620,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         r"""
         Args:
             prompt: One natural-language description or a list of them (or `prompt_embeds` instead).
-            num_inference_steps: Denoising steps (1 to `num_train_timesteps`); 10-50 is the useful range.
+            num_inference_steps: Denoising steps, placed among the timesteps the model was trained on (from
+                `config.min_train_timestep` to `num_train_timesteps - 1`), at most as many; 10-50 is the useful range.
             num_return_sequences: Candidates per prompt (k), each from its own starting noise.
             generator: Seeds the starting noise (and the noise of stochastic steps).
             max_length: Return at most this many code tokens per candidate (defaults to the whole canvas).
@@ -719,8 +722,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         rounding = self.resolve_rounding(rounding)
         device = self._execution_device
         # Before the model changes mode: bad custom timesteps fail here with the model as it was.
-        if timesteps is None:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if timesteps is None:  # where the model was trained
+            self.scheduler.set_timesteps(
+                num_inference_steps, device=device, min_timestep=self.model.config.min_train_timestep
+            )
         else:
             self.scheduler.set_timesteps(device=device, timesteps=timesteps)
         if drafts is not None:  # the end of the schedule only, as diffusers' img2img pipelines run it

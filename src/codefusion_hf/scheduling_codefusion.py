@@ -116,10 +116,12 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
+        min_timestep: int = 0,
     ) -> None:
         """Choose `num_inference_steps` strictly decreasing timesteps out of the T training steps, placed by
-        `timestep_spacing`; or use `timesteps` as given (strictly decreasing, each in [0, T)), e.g. to start
-        sampling from a partly noised canvas."""
+        `timestep_spacing` within `[min_timestep, T)` (a model trained only there, `config.min_train_timestep`, is
+        sampled there); or use `timesteps` as given (strictly decreasing, each in [0, T)), e.g. to start sampling
+        from a partly noised canvas."""
         num_train_timesteps = self.config.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("Pass exactly one of num_inference_steps and timesteps.")
@@ -132,21 +134,24 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             self.num_inference_steps = len(timesteps)
             self.timesteps = torch.tensor(timesteps, dtype=torch.int64, device=device)
             return
-        if not 1 <= num_inference_steps <= num_train_timesteps:
+        if not 0 <= min_timestep < num_train_timesteps:
+            raise ValueError(f"min_timestep must be in [0, {num_train_timesteps}), got {min_timestep}.")
+        span = num_train_timesteps - min_timestep  # the timesteps to place the steps among
+        if not 1 <= num_inference_steps <= span:
             raise ValueError(
-                f"num_inference_steps must be between 1 and num_train_timesteps={num_train_timesteps}, "
-                f"got {num_inference_steps}."
+                f"num_inference_steps must be between 1 and {span} (num_train_timesteps={num_train_timesteps} minus "
+                f"min_timestep={min_timestep}), got {num_inference_steps}."
             )
         if self.config.timestep_spacing == "trailing":
             # Integer arithmetic: the float stride of diffusers' `arange(T, 0, -T / n)` can yield n + 1 steps, the
             # last one negative (T = 1200, n = 7 ends at t = -1, which indexes the noisiest alpha_bar).
-            timesteps = num_train_timesteps * np.arange(num_inference_steps, 0, -1) // num_inference_steps - 1
+            timesteps = span * np.arange(num_inference_steps, 0, -1) // num_inference_steps - 1
         elif self.config.timestep_spacing == "leading":
-            timesteps = np.arange(num_inference_steps)[::-1] * (num_train_timesteps // num_inference_steps)
+            timesteps = np.arange(num_inference_steps)[::-1] * (span // num_inference_steps)
         else:
-            timesteps = np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1]
+            timesteps = np.linspace(0, span - 1, num_inference_steps).round()[::-1]
         self.num_inference_steps = num_inference_steps
-        self.timesteps = torch.from_numpy(timesteps.astype(np.int64)).to(device)
+        self.timesteps = torch.from_numpy((min_timestep + timesteps).astype(np.int64)).to(device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser reads the canvas as it is: the identity, for pipelines written against diffusers'

@@ -78,9 +78,10 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
+        min_timestep: int = 0,
     ) -> None:
         """As [`CodeFusionScheduler.set_timesteps`]; also starts a new sampling with nothing committed."""
-        super().set_timesteps(num_inference_steps, device, timesteps)
+        super().set_timesteps(num_inference_steps, device, timesteps, min_timestep)
         self.committed_positions = self.committed_tokens = self.committed_log_probs = None
         self.cut_positions = 0
 

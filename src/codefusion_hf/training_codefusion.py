@@ -369,6 +369,7 @@ class CodeFusionTrainer(Trainer):
         self._loss_term_counts = {"train": 0, "eval": 0}
         self._eval_generator = None
         self._timestep_weights = self.timestep_weights(model.config.num_train_timesteps)  # drawn from every step
+        model.config.min_train_timestep = args.min_train_timestep  # sampling stays within the timesteps trained
         self.timestep_sampler = LossAwareTimestepSampler(self._timestep_weights) if args.loss_aware_timesteps else None
         if self.caches_encoder_states():
             with args.main_process_first(desc="encoding the prompts once"):
