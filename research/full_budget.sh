@@ -10,9 +10,10 @@
 #   bash research/full_budget.sh OUT_DIR MINUTES CODE_TOKENIZER TRAIN_FILE [NAME="EVALUATE FLAGS" ...]
 #
 # Each NAME="FLAGS" is one more CodeFusion sampler setting on validation (e.g. beam5="--length-beam 5"), with its sign
-# test against the default setting. TEST_FLAGS (default none) are the CodeFusion flags of the test evaluation, chosen
-# before it runs. STAGE=evaluate skips the training (both models already in OUT_DIR/cf and OUT_DIR/ar/lr1e-3).
-# PYTHON picks the interpreter (default python3). Two CPU cores: two jobs at a time, one thread each.
+# test against the default setting. The test evaluation takes the setting of the best validation template match
+# (top-1 plus top-5; the default on a tie), written to OUT_DIR/test_flags.txt, unless TEST_FLAGS gives its flags. STAGE=evaluate skips the training (both models already in OUT_DIR/cf and OUT_DIR/ar/lr1e-3).
+# DATA: the folder of train/validation/test.jsonl to evaluate on (default data/nl2bash; a few rows of each for a dry
+# run). PYTHON picks the interpreter (default python3). Two CPU cores: two jobs at a time, one thread each.
 set -euo pipefail
 python=${PYTHON:-python3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +21,7 @@ if (($# < 4)); then
   echo "full_budget.sh: give OUT_DIR MINUTES CODE_TOKENIZER TRAIN_FILE [NAME=\"FLAGS\" ...]" >&2
   exit 2
 fi
-out=$(mkdir -p "$1" && cd "$1" && pwd) minutes=$2 tokenizer=$3 train_file=$4
+out=$(mkdir -p "$1" && cd "$1" && pwd) minutes=$2 tokenizer=$3 train_file=$4 data=${DATA:-data/nl2bash}
 shift 4
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 cd "$root"
@@ -39,7 +40,7 @@ fi
 
 codefusion() {  # NAME SPLIT [FLAGS]
   # shellcheck disable=SC2086
-  "$python" -m codefusion_hf.cli evaluate "$out/cf" "data/nl2bash/$2.jsonl" --commit-tokens --steps 10 -k 5 \
+  "$python" -m codefusion_hf.cli evaluate "$out/cf" "$data/$2.jsonl" --commit-tokens --steps 10 -k 5 \
     --dtype bfloat16 ${3:-} --output-dir "$out/eval-$1" >"$out/eval-$1.log" 2>&1
 }
 compare() {  # BASELINE CANDIDATE OUTPUT
@@ -47,7 +48,14 @@ compare() {  # BASELINE CANDIDATE OUTPUT
     --candidate "$out/$2/predictions.jsonl" --language bash --ks 1 5 --output "$out/$3.json" >/dev/null
 }
 
+score() {  # EVALUATION: template match at top-1 plus top-5, the validation score that picks the test setting
+  "$python" -c "import json, sys; m = json.load(open(sys.argv[1])); print(m['template_match@1'] + m['template_match@5'])" \
+    "$out/eval-$1/metrics.json"
+}
+
+rm -f "$out/validation.done"
 (
+  trap 'touch "$out/validation.done"' EXIT  # the test evaluation waits for this, also after a failure
   codefusion cf-validation validation
   for variant in "$@"; do
     codefusion "cf-validation-${variant%%=*}" validation "${variant#*=}"
@@ -56,16 +64,27 @@ compare() {  # BASELINE CANDIDATE OUTPUT
 ) &
 (
   "$python" -m research.baselines.train_autoregressive research/configs/nl2bash_autoregressive.json --do_train False \
-    --model_name_or_path "$out/ar/lr1e-3" --output_dir "$out/ar/lr1e-3" --test_file data/nl2bash/test.jsonl \
+    --model_name_or_path "$out/ar/lr1e-3" --output_dir "$out/ar/lr1e-3" --test_file "$data/test.jsonl" \
     --eval_output_dir "$out/eval-ar-test" >"$out/eval-ar-test.log" 2>&1
-  codefusion cf-test test "${TEST_FLAGS:-}"
+  if [[ -z ${TEST_FLAGS+set} ]]; then  # the setting of the best validation score, the default on a tie
+    until [[ -e $out/validation.done ]]; do sleep 10; done
+    TEST_FLAGS="" best=$(score cf-validation)
+    for variant in "$@"; do
+      candidate=$(score "cf-validation-${variant%%=*}")
+      if "$python" -c "import sys; sys.exit(not float(sys.argv[1]) > float(sys.argv[2]))" "$candidate" "$best"; then
+        TEST_FLAGS=${variant#*=} best=$candidate
+      fi
+    done
+  fi
+  echo "test flags: ${TEST_FLAGS:-none}" >"$out/test_flags.txt"
+  codefusion cf-test test "$TEST_FLAGS"
 ) &
 wait
 mkdir -p "$out/eval-ar-validation"
 cp "$out/ar/eval-lr1e-3/"{metrics.json,predictions.jsonl} "$out/eval-ar-validation/"
 for split in validation test; do
-  "$python" research/baselines/retrieval.py --train_file data/nl2bash/train.jsonl \
-    --test_file "data/nl2bash/$split.jsonl" --output_dir "$out/eval-retrieval-$split" >/dev/null
+  "$python" research/baselines/retrieval.py --train_file "$data/train.jsonl" \
+    --test_file "$data/$split.jsonl" --output_dir "$out/eval-retrieval-$split" >/dev/null
   compare "eval-ar-$split" "eval-cf-$split" "cf_vs_ar-$split"
   compare "eval-retrieval-$split" "eval-cf-$split" "cf_vs_retrieval-$split"
 done
