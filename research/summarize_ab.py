@@ -43,14 +43,19 @@ def summarize(out: Path) -> dict:
     return arms
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="The OUTPUT_DIR of research/lever_ab.sh.")
-    parser.add_argument("--command", required=True, help="The command that ran the A/B.")
+def results_parser(description: str, runs: str) -> argparse.ArgumentParser:
+    """The arguments of a script that collects the OUT_DIR of `runs` into a results JSON, with how it ran."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help=f"The OUTPUT_DIR of {runs}.")
+    parser.add_argument("--command", required=True, help="The command that ran it.")
     parser.add_argument("--machine", required=True, help="The machine and threads it ran on.")
     parser.add_argument("--date", required=True, help="The day it ran (YYYY-MM-DD).")
     parser.add_argument("--output", type=Path, required=True, help="The results JSON to write.")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = results_parser(__doc__, "research/lever_ab.sh").parse_args()
     summary = {"date": args.date, "command": args.command, "machine": args.machine, "arms": summarize(args.out)}
     args.output.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {args.output}: arms {', '.join(summary['arms'])}")

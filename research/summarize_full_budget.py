@@ -2,15 +2,16 @@
 losses, from its trainer_state.json), the metrics of every evaluation (eval-NAME/metrics.json) and every paired sign
 test (NAME_vs_OTHER.json), and, with --predictions, each evaluation's predictions gzipped into that folder.
 
-    python research/summarize_full_budget.py OUT --command "<the full_budget.sh command>" --machine "<the CPU>" \
+    python -m research.summarize_full_budget OUT --command "<the full_budget.sh command>" --machine "<the CPU>" \
         --date YYYY-MM-DD --output research/results/<name>.json --predictions research/results/<name>/
 """
 
-import argparse
 import gzip
 import json
 import shutil
 from pathlib import Path
+
+from research.summarize_ab import results_parser
 
 MODELS = {"codefusion": "cf", "autoregressive": "ar/lr1e-3"}
 
@@ -44,12 +45,7 @@ def summarize(out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="The OUT_DIR of research/full_budget.sh.")
-    parser.add_argument("--command", required=True, help="The command that ran it.")
-    parser.add_argument("--machine", required=True, help="The machine and threads it ran on.")
-    parser.add_argument("--date", required=True, help="The day it ran (YYYY-MM-DD).")
-    parser.add_argument("--output", type=Path, required=True, help="The results JSON to write.")
+    parser = results_parser(__doc__, "research/full_budget.sh")
     parser.add_argument("--predictions", type=Path, help="A folder for each evaluation's predictions, gzipped.")
     args = parser.parse_args()
     summary = {"date": args.date, "command": args.command, "machine": args.machine} | summarize(args.out)
