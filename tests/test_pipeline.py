@@ -649,7 +649,7 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     pipe = length_pipeline
     prompt, margin = PAIRS[0][0], pipe.model.config.canvas_margin
     states, mask = pipe.encode_prompt([prompt], torch.device("cpu"))
-    likeliest = pipe.model.length_logits(states, mask).topk(2, dim=-1).indices[0].clamp(min=1).tolist()
+    likeliest = (pipe.model.length_logits(states, mask)[0, 1:].topk(2).indices + 1).tolist()
     shapes = record_denoised_shapes(pipe, monkeypatch)
     latents = torch.randn(4, pipe.model.config.max_code_length, pipe.model.config.latent_dim)
     kwargs = {"num_inference_steps": 5, "output_type": "pt"}
@@ -673,11 +673,33 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     )
 
 
+def test_each_canvas_length_starts_with_the_calls_guidance(length_pipeline):
+    """A callback that turns guidance off after a step does so within each canvas length's steps, not for the
+    canvas lengths denoised after it."""
+    seen = []
+
+    def guidance_off_after_step_1(pipe, step_index, timestep, callback_kwargs):
+        seen.append(pipe.guidance_scale)
+        if step_index == 1:
+            pipe._guidance_scale = 1.0
+        return callback_kwargs
+
+    seeded(
+        length_pipeline,
+        PAIRS[0][0],
+        num_return_sequences=2,
+        length_beam=2,
+        guidance_scale=3.0,
+        callback_on_step_end=guidance_off_after_step_1,
+    )
+    assert seen == [3.0, 3.0, 1.0, 1.0, 1.0] * 2  # two canvas lengths, five steps each
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"length_beam": 0}, "length_beam must be an integer from 1 to num_return_sequences=2"),
-        ({"length_beam": 3}, "length_beam must be an integer from 1 to num_return_sequences=2"),
+        ({"length_beam": 0}, "length_beam must be an integer from 1 to 2 .*num_return_sequences=2"),
+        ({"length_beam": 3}, "length_beam must be an integer from 1 to 2 .*num_return_sequences=2"),
         ({"length_beam": 1.5}, "length_beam must be an integer"),
         ({"length_beam": 2, "code_length": "full"}, "pass code_length='predicted'"),
         ({"length_beam": 2, "code_length": 3}, "pass code_length='predicted'"),

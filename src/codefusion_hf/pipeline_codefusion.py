@@ -257,10 +257,11 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 "code_length='predicted' needs a model with a length head (config.predict_length=True); this one has "
                 "none: give the code length as an integer, or 'full' for the whole canvas."
             )
-        if not is_integer(length_beam) or not 1 <= length_beam <= num_return_sequences:
+        most_lengths = min(num_return_sequences, canvas)
+        if not is_integer(length_beam) or not 1 <= length_beam <= most_lengths:
             raise ValueError(
-                f"length_beam must be an integer from 1 to num_return_sequences={num_return_sequences} (one code "
-                f"length per candidate at most), got {length_beam!r}."
+                f"length_beam must be an integer from 1 to {most_lengths} (one code length per candidate at most, "
+                f"num_return_sequences={num_return_sequences}, of the canvas's {canvas}), got {length_beam!r}."
             )
         expected_shape = (num_prompts * num_return_sequences, canvas, config.latent_dim)
         if latents is not None and tuple(latents.shape) != expected_shape:
@@ -444,14 +445,17 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
     ) -> torch.LongTensor | None:
         """The code length to make room for on each candidate's canvas, `(num_prompts * num_return_sequences,)`: the
         given one, or one of the length head's `length_beam` most likely ones (candidate `i` of a prompt gets the
-        `i % length_beam`-th, at least 1 token); None for the whole canvas (`"full"`)."""
+        `i % length_beam`-th; each at least 1 token, and distinct); None for the whole canvas (`"full"`)."""
         if code_length == "full":
             return None
         if code_length == "predicted":
             logits = self.model.length_logits(encoder_hidden_states, attention_mask)
-            likeliest = logits.topk(length_beam, dim=-1).indices
+            if length_beam == 1:
+                likeliest = logits.argmax(dim=-1, keepdim=True).clamp(min=1)
+            else:  # distinct lengths, of at least one token
+                likeliest = logits[:, 1:].topk(length_beam, dim=-1).indices + 1
             ranks = torch.arange(num_return_sequences, device=likeliest.device) % length_beam
-            return likeliest[:, ranks].flatten().clamp(min=1)
+            return likeliest[:, ranks].flatten()
         num_rows = len(encoder_hidden_states) * num_return_sequences
         return torch.full((num_rows,), code_length, device=encoder_hidden_states.device)
 
@@ -632,7 +636,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 it may return a dict with a replacement `"latents"`, and read `pipe.num_timesteps` and
                 `pipe.guidance_scale` (or set `pipe._guidance_scale` for the steps after it). With
                 `stop_when_stable` or `canvas_margin`, its `latents` are those of the candidates still denoised,
-                cut to the canvas still computed.
+                cut to the canvas still computed. Candidates on canvases of different lengths (`code_length`,
+                `length_beam`) are denoised one canvas length at a time: the steps, and the callback, run once for
+                each, with the `latents` of its candidates and the call's `guidance_scale` at its first step.
             callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
             timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
                 e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
@@ -674,8 +680,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 the denoiser is told this timestep at every step (e.g. `num_train_timesteps - 1`, the noisiest)
                 instead of the step's own, so that it leans on the prompt rather than on the canvas; the x0
                 estimate is still read at the true noise level. None (default): off.
-            code_length: How long a canvas to sample on: `"predicted"`, room for the longest code length the
-                model's length head predicts for the call's prompts (`config.predict_length`); an integer, room for
+            code_length: How long a canvas to sample on: `"predicted"`, room for the code length the model's
+                length head predicts for each prompt (`config.predict_length`); an integer, room for
                 code of that many tokens; `"full"`, the whole canvas of `max_code_length` positions. The room is the
                 length plus `config.canvas_margin`, the pad positions the model saw after the code in training.
                 None (default): `"predicted"` for a model with a length head trained on trimmed canvases
@@ -788,6 +794,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             # sampled alone: a short program on a long canvas is not what the model was trained on.
             for canvas_length in canvas_lengths.unique().tolist():
                 group = (canvas_lengths == canvas_length).nonzero().flatten()
+                self._guidance_scale = guidance_scale  # a callback's change lasts for its own canvas length
                 self.scheduler.set_timesteps(device=device, timesteps=schedule)  # a new sampling, nothing committed
                 rows = DenoisingRows(
                     indices=group,
