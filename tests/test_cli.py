@@ -160,7 +160,7 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
         (["generate", "MODEL", "ls", "--code-length", "0"], "--code-length: must be a positive integer"),
         (["generate", "MODEL", "ls", "--code-length", "predicted"], "needs a model with a length head"),
         (["generate", "MODEL", "ls", "-k", "2", "--length-beam", "2"], "pass code_length='predicted'"),
-        (["generate", "MODEL", "ls", "--length-beam", "99"], "length_beam must be an integer from 1 to"),
+        (["generate", "MODEL", "ls", "--length-beam", "99"], "length_beam must be None or an integer from 1 to"),
         (["generate", "MODEL", "ls", "--init-code", "ls", "--strength", "2"], "strength must be a number in (0, 1]"),
         (["push", "/no/such/folder", "user/repo"], "model_index.json is missing"),
         (["generate", "MODEL", "ls", "-k", "10000000000000"], "not enough memory for this many candidates"),

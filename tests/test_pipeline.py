@@ -615,12 +615,12 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
     assert pipe.model.length_logits(states, mask).argmax(dim=-1).tolist() == lengths
     shapes = record_denoised_shapes(pipe, monkeypatch)
     for (prompt, code), length in zip(PAIRS, lengths):  # one prompt a call: a canvas of its own length
-        assert seeded(pipe, prompt, num_return_sequences=2).code[0][0] == code
+        assert seeded(pipe, prompt, num_return_sequences=2, length_beam=1).code[0][0] == code
         assert shapes[-1][1] == length + 2
     # Prompts of different lengths: one pass per canvas length, each prompt as it would be sampled alone.
     shapes.clear()
     latents = torch.randn(2 * len(PAIRS), pipe.model.config.max_code_length, pipe.model.config.latent_dim)
-    kwargs = {"num_inference_steps": 5, "num_return_sequences": 2, "return_trajectory": [4]}
+    kwargs = {"num_inference_steps": 5, "num_return_sequences": 2, "return_trajectory": [4], "length_beam": 1}
     output = pipe(prompts, latents=latents, output_type="pt", **kwargs)
     assert sorted({canvas for _, canvas in shapes}) == sorted({length + 2 for length in lengths})
     assert output.code.shape == (len(PAIRS), 2, max(lengths) + 2)
@@ -666,11 +666,17 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     assert sorted(output.scores[0]) == pytest.approx(sorted(score for score, _ in expected), abs=1e-5)
     for score, ids in zip(output.scores[0], output.code[0]):
         assert any(torch.equal(ids, other) for other_score, other in expected if abs(other_score - score) < 1e-5)
-    # A beam of 1 is the default: every candidate on the likeliest length.
-    assert (
-        seeded(pipe, prompt, num_return_sequences=2, length_beam=1).code
-        == seeded(pipe, prompt, num_return_sequences=2).code
-    )
+    # The default on the predicted canvas: DEFAULT_LENGTH_BEAM lengths, at most one per candidate.
+    assert pipeline_codefusion.DEFAULT_LENGTH_BEAM == 3
+    for k, beam in ((1, 1), (2, 2), (4, 3)):
+        assert seeded(pipe, prompt, num_return_sequences=k).code == seeded(
+            pipe, prompt, num_return_sequences=k, length_beam=beam
+        ).code
+    # Elsewhere every candidate is on the one canvas, without an error.
+    shapes.clear()
+    seeded(pipe, prompt, num_return_sequences=4, code_length=3)
+    assert {canvas for _, canvas in shapes} == {3 + margin}
+    assert pipe.resolve_length_beam(None, "full", 4) == 1 and pipe.resolve_length_beam(2, "predicted", 4) == 2
 
 
 def test_each_canvas_length_starts_with_the_calls_guidance(length_pipeline):
@@ -698,9 +704,9 @@ def test_each_canvas_length_starts_with_the_calls_guidance(length_pipeline):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"length_beam": 0}, "length_beam must be an integer from 1 to 2 .*num_return_sequences=2"),
-        ({"length_beam": 3}, "length_beam must be an integer from 1 to 2 .*num_return_sequences=2"),
-        ({"length_beam": 1.5}, "length_beam must be an integer"),
+        ({"length_beam": 0}, "length_beam must be None or an integer from 1 to 2 .*num_return_sequences=2"),
+        ({"length_beam": 3}, "length_beam must be None or an integer from 1 to 2 .*num_return_sequences=2"),
+        ({"length_beam": 1.5}, "length_beam must be None or an integer"),
         ({"length_beam": 2, "code_length": "full"}, "pass code_length='predicted'"),
         ({"length_beam": 2, "code_length": 3}, "pass code_length='predicted'"),
     ],

@@ -106,10 +106,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--length-beam",
         type=positive_int,
-        default=1,
+        default=None,
         metavar="LENGTHS",
         help="With a predicted code length: spread the candidates over this many of the likeliest lengths "
-        "(default: 1, all on the likeliest).",
+        "(default: 3 on a predicted canvas, at most one per candidate; 1 puts all on the likeliest).",
     )
 
 

@@ -50,7 +50,7 @@ def evaluate_pipeline(
     strength: float | None = None,
     condition_enhanced_timestep: int | None = None,
     code_length: int | str | None = None,
-    length_beam: int = 1,
+    length_beam: int | None = None,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
     """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
     them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
@@ -99,6 +99,7 @@ def evaluate_pipeline(
         return output.code, output.scores
 
     candidates, scores, seconds = generate_candidates(generate_fn, prompts, batch_size)
+    resolved_code_length = pipe.resolve_code_length(code_length, refining=init_code is not None)
     metrics = score_candidates(candidates, references, language) | {
         "num_return_sequences": num_return_sequences,
         "num_inference_steps": len(timesteps) if timesteps else num_inference_steps,
@@ -111,8 +112,8 @@ def evaluate_pipeline(
         "canvas_margin": canvas_margin,
         "ranking": ranking,
         "condition_enhanced_timestep": condition_enhanced_timestep,
-        "code_length": pipe.resolve_code_length(code_length, refining=init_code is not None),
-        "length_beam": length_beam,
+        "code_length": resolved_code_length,
+        "length_beam": pipe.resolve_length_beam(length_beam, resolved_code_length, num_return_sequences),
         "init_code": init_code is not None,
         "strength": strength,
         "seconds_per_prompt": seconds / len(prompts),
