@@ -88,16 +88,22 @@ def test_generation_benchmark_reports_every_setting(tiny_pipeline, code_tokenize
     monkeypatch.setattr(
         benchmark_generation, "build_autoregressive", lambda args, tokenizer: (baseline, tokenizer, tokenizer)
     )
-    monkeypatch.setattr(benchmark_generation, "matmul_peak", lambda *args: 1e12)
+    monkeypatch.setattr(benchmark_generation, "matmul_peak", lambda *args: 1e12 * torch.get_num_threads())
     output = tmp_path / "generation.json"
-    argv = ["--batches", "1", "2", "--threads", "1", "--repeats", "1", "--steps", "2", "--autoregressive_length", "3"]
+    argv = ["--batches", "1", "2", "--threads", "1", "2", "--repeats", "1", "--steps", "2"]
+    argv += ["--autoregressive_length", "3"]
     report = benchmark_generation.main(
         [*argv, "--pipeline_kwargs", '{"stop_when_stable": 1}', "--output", str(output)]
     )
     assert json.loads(output.read_text()) == report
     assert report["weights"] == "random" and report["pipeline_kwargs"] == {"stop_when_stable": 1}
-    assert [(row["threads"], row["prompts"]) for row in report["results"]] == [(1, 1), (1, 2)]
-    for row in report["results"]:
+    assert [(row["threads"], row["prompts"]) for row in report["results"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for row in report["results"]:  # each row against the peak of its own thread count
+        assert row["matmul_peak_flops_per_second"] == 1e12 * row["threads"]
+        for setting in row["settings"].values():
+            assert setting["share_of_matmul_peak"] == pytest.approx(
+                setting["flops_per_second"] / (1e12 * row["threads"])
+            )
         assert set(row["settings"]) == {
             "autoregressive, beam 5",
             "autoregressive, 5 samples",

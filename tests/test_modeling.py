@@ -129,6 +129,32 @@ def test_the_prompt_cache_gives_the_outputs_of_the_prompt(code_tokenizer):
     )
 
 
+def test_code_attention_mask_computes_each_row_on_its_own_canvas(code_tokenizer):
+    """Rows on canvases of different lengths in one batch: with the mask, each row's positions on its canvas get
+    what the model gives that canvas alone, in the denoiser and the decoder; without it they would not."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, hidden_size=48)).eval()
+    input_ids, attention_mask, _ = batch(code_tokenizer)
+    states = model.encode(input_ids, attention_mask)
+    canvas = torch.randn(2, 9, model.config.latent_dim)
+    timesteps, lengths = torch.tensor([3, 40]), [9, 5]
+    code_attention_mask = (torch.arange(9)[None, :] < torch.tensor(lengths)[:, None]).long()
+    denoised = model.denoise(canvas, timesteps, states, attention_mask, code_attention_mask=code_attention_mask)
+    logits = model.decode(canvas, states, attention_mask, code_attention_mask=code_attention_mask)
+    for row, length in enumerate(lengths):
+        alone = slice(row, row + 1), slice(0, length)
+        torch.testing.assert_close(
+            denoised[row, :length],
+            model.denoise(
+                canvas[alone], timesteps[row : row + 1], states[row : row + 1], attention_mask[row : row + 1]
+            )[0],
+        )
+        torch.testing.assert_close(
+            logits[row, :length], model.decode(canvas[alone], states[row : row + 1], attention_mask[row : row + 1])[0]
+        )
+    assert not torch.allclose(logits[1, :5], model.decode(canvas, states, attention_mask)[1, :5])
+
+
 def test_gradient_checkpointing_gives_same_gradients(code_tokenizer):
     torch.manual_seed(0)
     model = CodeFusionModel(tiny_config(code_tokenizer)).eval()  # no dropout: both passes must match exactly

@@ -617,12 +617,12 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
     for (prompt, code), length in zip(PAIRS, lengths):  # one prompt a call: a canvas of its own length
         assert seeded(pipe, prompt, num_return_sequences=2, length_beam=1).code[0][0] == code
         assert shapes[-1][1] == length + 2
-    # Prompts of different lengths: one pass per canvas length, each prompt as it would be sampled alone.
+    # Prompts of different lengths: one batch on the longest canvas, each prompt as it would be sampled alone.
     shapes.clear()
     latents = torch.randn(2 * len(PAIRS), pipe.model.config.max_code_length, pipe.model.config.latent_dim)
     kwargs = {"num_inference_steps": 5, "num_return_sequences": 2, "return_trajectory": [4], "length_beam": 1}
     output = pipe(prompts, latents=latents, output_type="pt", **kwargs)
-    assert sorted({canvas for _, canvas in shapes}) == sorted({length + 2 for length in lengths})
+    assert {canvas for _, canvas in shapes} == {max(lengths) + 2}
     assert output.code.shape == (len(PAIRS), 2, max(lengths) + 2)
     for i, prompt in enumerate(prompts):
         alone = pipe(prompt, latents=latents[2 * i : 2 * i + 2], output_type="pt", **kwargs)
@@ -654,7 +654,7 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     latents = torch.randn(4, pipe.model.config.max_code_length, pipe.model.config.latent_dim)
     kwargs = {"num_inference_steps": 5, "output_type": "pt"}
     output = pipe(prompt, latents=latents, num_return_sequences=4, length_beam=2, **kwargs)
-    assert sorted({canvas for _, canvas in shapes}) == sorted(length + margin for length in likeliest)
+    assert {canvas for _, canvas in shapes} == {max(likeliest) + margin}  # one batch, each row on its canvas
     assert output.scores[0] == sorted(output.scores[0], reverse=True)
     longest = max(likeliest) + margin
     expected = []  # (score, token ids padded to the longest canvas) of each length's candidates sampled alone
@@ -669,9 +669,10 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     # The default on the predicted canvas: DEFAULT_LENGTH_BEAM lengths, at most one per candidate.
     assert pipeline_codefusion.DEFAULT_LENGTH_BEAM == 3
     for k, beam in ((1, 1), (2, 2), (4, 3)):
-        assert seeded(pipe, prompt, num_return_sequences=k).code == seeded(
-            pipe, prompt, num_return_sequences=k, length_beam=beam
-        ).code
+        assert (
+            seeded(pipe, prompt, num_return_sequences=k).code
+            == seeded(pipe, prompt, num_return_sequences=k, length_beam=beam).code
+        )
     # Elsewhere every candidate is on the one canvas, without an error.
     shapes.clear()
     seeded(pipe, prompt, num_return_sequences=4, code_length=3)
@@ -679,26 +680,29 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     assert pipe.resolve_length_beam(None, "full", 4) == 1 and pipe.resolve_length_beam(2, "predicted", 4) == 2
 
 
-def test_each_canvas_length_starts_with_the_calls_guidance(length_pipeline):
-    """A callback that turns guidance off after a step does so within each canvas length's steps, not for the
-    canvas lengths denoised after it."""
-    seen = []
+def test_canvases_of_different_lengths_share_each_step(length_pipeline):
+    """With a length beam the candidates of every length are denoised together: the callback runs once per step,
+    with the latents of all of them on the longest canvas, and a change of guidance there holds for all."""
+    pipe, seen = length_pipeline, []
+    states, mask = pipe.encode_prompt([PAIRS[0][0]], torch.device("cpu"))
+    longest = int(pipe.model.length_logits(states, mask)[0, 1:].topk(2).indices.max()) + 1
+    longest += pipe.model.config.canvas_margin
 
     def guidance_off_after_step_1(pipe, step_index, timestep, callback_kwargs):
-        seen.append(pipe.guidance_scale)
+        seen.append((pipe.guidance_scale, tuple(callback_kwargs["latents"].shape[:2])))
         if step_index == 1:
             pipe._guidance_scale = 1.0
         return callback_kwargs
 
     seeded(
-        length_pipeline,
+        pipe,
         PAIRS[0][0],
         num_return_sequences=2,
         length_beam=2,
         guidance_scale=3.0,
         callback_on_step_end=guidance_off_after_step_1,
     )
-    assert seen == [3.0, 3.0, 1.0, 1.0, 1.0] * 2  # two canvas lengths, five steps each
+    assert seen == [(scale, (2, longest)) for scale in (3.0, 3.0, 1.0, 1.0, 1.0)]
 
 
 @pytest.mark.parametrize(

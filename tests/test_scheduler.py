@@ -275,6 +275,47 @@ def test_commit_scheduler_steps():
     assert output.token_ids.shape == (1, 4) and scheduler.committed_positions.sum() == 2
 
 
+def test_commit_scheduler_follows_each_rows_own_canvas():
+    """With `canvas_lengths`, each row commits ceil(length * (i + 1) / n) positions of its own canvas and never one
+    past it, whose logits it does not read; after `select` cuts the canvas, the cut positions count as committed."""
+    scheduler = CodeFusionCommitScheduler(num_train_timesteps=100)
+    embeddings = torch.randn(7, 16, generator=torch.Generator().manual_seed(0))
+    scheduler.set_timesteps(4)
+    sample, generator = torch.randn(3, 6, 16), torch.Generator().manual_seed(0)
+    lengths, asked = torch.tensor([6, 3, 1]), []
+
+    def logits_at(positions):
+        asked.append(positions.clone())
+        return torch.randn(int(positions.sum()), 7, generator=generator)
+
+    past = torch.arange(6)[None, :] >= lengths[:, None]
+    for index, timestep in enumerate(scheduler.timesteps[:2]):
+        output = scheduler.step(
+            torch.zeros_like(sample),
+            timestep,
+            sample,
+            generator,
+            logits_at=logits_at,
+            code_embeddings=embeddings,
+            canvas_lengths=lengths,
+        )
+        committed = scheduler.committed_positions
+        assert committed.sum(dim=1).tolist() == [math.ceil(n * (index + 1) / 4) for n in lengths.tolist()]
+        assert not committed[past].any() and not asked[-1][past].any()
+        sample = output.prev_sample
+    # The committed tail cut off: the first row keeps 4 positions, 2 of its 6 counted as committed.
+    scheduler.select(torch.tensor([True, True, False]), 4)
+    scheduler.step(
+        torch.zeros(2, 4, 16),
+        scheduler.timesteps[2],
+        sample[:2, :4],
+        generator,
+        logits_at=logits_at,
+        code_embeddings=embeddings,
+    )
+    assert scheduler.committed_positions.sum(dim=1).tolist() == [math.ceil(6 * 3 / 4) - 2, math.ceil(3 * 3 / 4)]
+
+
 def test_commit_scheduler_reads_logits_only_where_it_uses_them():
     """`logits_at` is asked only for the positions not committed before the step and the ones it releases, and the
     step equals the one given every position's logits; exactly one of the two is required."""

@@ -143,10 +143,12 @@ class CodeFusionLayer(GradientCheckpointingLayer):
         encoder_padding_mask: torch.Tensor,
         prompt_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
         output_attentions: bool = False,
+        code_padding_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """The new states, and with `output_attentions` the self- and cross-attention weights."""
+        """The new states, and with `output_attentions` the self- and cross-attention weights. `code_padding_mask`
+        is True at canvas positions past a row's own canvas, which its self-attention ignores."""
         normed = self.self_attn_norm(hidden_states)
-        attended, self_weights = self.self_attn(normed, normed, output_attentions=output_attentions)
+        attended, self_weights = self.self_attn(normed, normed, code_padding_mask, output_attentions=output_attentions)
         hidden_states = hidden_states + self.dropout(attended)
         normed = self.cross_attn_norm(hidden_states)
         attended, cross_weights = self.cross_attn(
@@ -193,9 +195,10 @@ class CodeFusionStack(nn.Module):
         prompt_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        code_padding_mask: torch.Tensor | None = None,
     ) -> BaseModelOutputWithCrossAttentions:
         """The normed states of the last layer, and on request every layer's input states (the last replaced by the
-        output, as T5 reports them) and attention weights."""
+        output, as T5 reports them) and attention weights. `code_padding_mask` as in `CodeFusionLayer`."""
         positions = torch.arange(latents.shape[1], device=latents.device)
         hidden_states = self.input_proj(latents) + self.position_embedding(positions)
         if conditioning is not None:  # one vector per row, or one per position
@@ -206,7 +209,12 @@ class CodeFusionStack(nn.Module):
                 all_states.append(hidden_states)
             key_value = None if prompt_key_values is None else prompt_key_values[index]
             hidden_states, self_attention, cross_attention = layer(
-                hidden_states, encoder_hidden_states, encoder_padding_mask, key_value, output_attentions
+                hidden_states,
+                encoder_hidden_states,
+                encoder_padding_mask,
+                key_value,
+                output_attentions,
+                code_padding_mask,
             )
             if output_attentions:
                 self_weights.append(self_attention)
@@ -552,6 +560,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         encoder_attention_mask: torch.Tensor | None = None,
         self_condition: torch.Tensor | None = None,
         prompt_cache: CodeFusionPromptCache | None = None,
+        code_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoiser N: predicts the noise (or x0, see `config.prediction_type`) in a noisy canvas.
 
@@ -559,9 +568,17 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         canvas_length)` (a canvas with committed positions, see `config.commit_probability`). `self_condition` is
         the previous x0 estimate, shaped like the canvas, for a model trained with `config.self_condition` (zeros
         when not given, as at the first sampling step). `prompt_cache` ([`~CodeFusionModel.cache_prompt`] of
-        `encoder_hidden_states`) saves projecting the prompt again."""
+        `encoder_hidden_states`) saves projecting the prompt again. `code_attention_mask`, `(batch_size,
+        canvas_length)` with 1 on a row's canvas and 0 past it, lets rows on canvases of different lengths share a
+        batch: a row's positions are then computed as on its own canvas (the outputs past it are meaningless)."""
         states = self._denoiser_states(
-            noisy_latents, timesteps, encoder_hidden_states, encoder_attention_mask, self_condition, prompt_cache
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            self_condition,
+            prompt_cache,
+            code_attention_mask=code_attention_mask,
         )
         return self.denoiser_out(states.last_hidden_state)
 
@@ -575,6 +592,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         prompt_cache: CodeFusionPromptCache | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        code_attention_mask: torch.Tensor | None = None,
     ) -> BaseModelOutputWithCrossAttentions:
         """The denoiser stack's output before its projection to the latent space (see `denoise`)."""
         if self.config.self_condition:
@@ -594,6 +612,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             prompt_key_values=None if prompt_cache is None else prompt_cache.denoiser,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            code_padding_mask=_padding_mask(code_attention_mask),
         )
 
     def decode(
@@ -602,10 +621,15 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         prompt_cache: CodeFusionPromptCache | None = None,
+        code_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The decoder D and head: logits over the code vocabulary for each canvas position of a denoised canvas.
-        `prompt_cache` as in [`~CodeFusionModel.denoise`]."""
-        return self.lm_head(self.decoder_states(latents, encoder_hidden_states, encoder_attention_mask, prompt_cache))
+        `prompt_cache` and `code_attention_mask` as in [`~CodeFusionModel.denoise`]."""
+        return self.lm_head(
+            self.decoder_states(
+                latents, encoder_hidden_states, encoder_attention_mask, prompt_cache, code_attention_mask
+            )
+        )
 
     def decoder_states(
         self,
@@ -613,6 +637,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         prompt_cache: CodeFusionPromptCache | None = None,
+        code_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The decoder's last states, `(batch_size, canvas_length, hidden_size)`, before the vocabulary head
         (`lm_head`), for a sampler that needs logits at some positions only."""
@@ -621,6 +646,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             encoder_hidden_states,
             _padding_mask(encoder_attention_mask),
             prompt_key_values=None if prompt_cache is None else prompt_cache.decoder,
+            code_padding_mask=_padding_mask(code_attention_mask),
         ).last_hidden_state
 
     def round_estimate(

@@ -51,6 +51,7 @@ class DenoisingRows:
     it as candidates finish and as the tail of the canvas settles, so that settled work is not computed again."""
 
     indices: torch.LongTensor  # each row's candidate in the call
+    canvas_lengths: torch.LongTensor  # each row's own canvas; the positions past it are masked
     latents: torch.Tensor
     encoder_hidden_states: torch.Tensor
     attention_mask: torch.Tensor
@@ -67,6 +68,7 @@ class DenoisingRows:
             generator = [g for g, kept in zip(generator, keep.tolist()) if kept]
         return DenoisingRows(
             indices=self.indices[keep],
+            canvas_lengths=self.canvas_lengths[keep],
             latents=self.latents[keep, :canvas_length],
             encoder_hidden_states=self.encoder_hidden_states[keep],
             attention_mask=self.attention_mask[keep],
@@ -76,6 +78,16 @@ class DenoisingRows:
             unconditional_states=None if self.unconditional_states is None else self.unconditional_states[keep],
             unconditional_cache=None if self.unconditional_cache is None else self.unconditional_cache[keep],
         )
+
+    def past_canvas(self) -> torch.BoolTensor:
+        """`(rows, canvas_length)`: True at the positions past each row's own canvas."""
+        positions = torch.arange(self.latents.shape[1], device=self.latents.device)
+        return positions[None, :] >= self.canvas_lengths[:, None]
+
+    def code_attention_mask(self) -> torch.Tensor | None:
+        """The model's `code_attention_mask` for these rows: None when every row fills the canvas."""
+        past = self.past_canvas()
+        return (~past).long() if past.any() else None
 
 
 def check_same_noise_schedule(scheduler: CodeFusionScheduler, trained: CodeFusionScheduler) -> None:
@@ -482,12 +494,17 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         self, step: BaseOutput, canvas: torch.Tensor, rows: DenoisingRows
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The token ids of a step and their log-probabilities: those a committing scheduler holds, else the decoder's
-        most likely token at every position of `canvas` (the rows' canvas or x0 estimate)."""
+        most likely token at every position of `canvas` (the rows' canvas or x0 estimate); pad, of log-probability 0,
+        past each row's own canvas."""
         if getattr(step, "token_ids", None) is not None:
-            return step.token_ids, step.token_log_probs
-        logits = self.model.decode(canvas, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache)
-        token_log_probs, token_ids = most_likely_tokens(logits)
-        return token_ids, token_log_probs
+            token_ids, token_log_probs = step.token_ids, step.token_log_probs
+        else:
+            logits = self.model.decode(
+                canvas, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache, rows.code_attention_mask()
+            )
+            token_log_probs, token_ids = most_likely_tokens(logits)
+        past = rows.past_canvas()
+        return token_ids.masked_fill(past, self.model.config.pad_token_id), token_log_probs.masked_fill(past, 0.0)
 
     def settled_canvas_length(self, token_ids: torch.Tensor, committed: torch.Tensor, canvas_margin: int) -> int:
         """How much of the canvas is still worth computing: up to the last position, in any row, that is not a
@@ -542,16 +559,23 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         unconditional_states: torch.Tensor | None = None,
         prompt_cache: CodeFusionPromptCache | None = None,
         unconditional_cache: CodeFusionPromptCache | None = None,
+        code_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The denoiser's output; with `guidance_scale > 1`, classifier-free guidance (Ho & Salimans, 2022): the
         conditional and the unconditional outputs come from one batch of twice the rows, and the result is
         `unconditional + guidance_scale * (conditional - unconditional)`. The unconditional rows read
         `unconditional_states` (Gaussian noise, the prompt encoding of unconditional training) over an unmasked
         prompt, as the model saw them in training. `prompt_cache` and `unconditional_cache` are the
-        [`~CodeFusionModel.cache_prompt`] of both prompt encodings."""
+        [`~CodeFusionModel.cache_prompt`] of both prompt encodings; `code_attention_mask` as the model takes it."""
         if guidance_scale == 1:
             return self.model.denoise(
-                latents, timesteps, encoder_hidden_states, attention_mask, self_condition, prompt_cache
+                latents,
+                timesteps,
+                encoder_hidden_states,
+                attention_mask,
+                self_condition,
+                prompt_cache,
+                code_attention_mask,
             )
         cache = None
         if prompt_cache is not None and unconditional_cache is not None:
@@ -563,6 +587,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             torch.cat([attention_mask, torch.ones_like(attention_mask)]),
             None if self_condition is None else torch.cat([self_condition, self_condition]),
             cache,
+            None if code_attention_mask is None else torch.cat([code_attention_mask, code_attention_mask]),
         )
         conditional, unconditional = output.chunk(2)
         return unconditional + guidance_scale * (conditional - unconditional)
@@ -650,8 +675,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 `pipe.guidance_scale` (or set `pipe._guidance_scale` for the steps after it). With
                 `stop_when_stable` or `canvas_margin`, its `latents` are those of the candidates still denoised,
                 cut to the canvas still computed. Candidates on canvases of different lengths (`code_length`,
-                `length_beam`) are denoised one canvas length at a time: the steps, and the callback, run once for
-                each, with the `latents` of its candidates and the call's `guidance_scale` at its first step.
+                `length_beam`) are denoised in one batch on the longest canvas, the positions past each one's own
+                canvas masked: the `latents` there are meaningless, and the returned ones are pad.
             callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
             timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
                 e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
@@ -793,10 +818,6 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             all_token_ids = torch.full((num_rows, longest), config.pad_token_id, dtype=torch.long, device=device)
             all_log_probs = torch.zeros(num_rows, longest, device=device)
             all_latents = latents[:, :longest].clone()
-            past_canvas = torch.arange(longest, device=device)[None, :] >= canvas_lengths[:, None]
-            all_latents[past_canvas] = self.model.embed_code(torch.tensor(config.pad_token_id, device=device)).to(
-                dtype
-            )
             stable_steps = torch.full((num_rows,), -1, device=device)  # steps each candidate's tokens held
             shrinks = stop_when_stable is not None or canvas_margin is not None  # rows or positions may be dropped
             schedule = self.scheduler.timesteps.tolist()
@@ -804,129 +825,137 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             snapshots = {step_index: all_token_ids.clone() for step_index in record_steps}
             reached = set()
 
-            # Candidates of different canvas lengths are denoised one canvas length at a time, each as it would be
-            # sampled alone: a short program on a long canvas is not what the model was trained on.
-            for canvas_length in canvas_lengths.unique().tolist():
-                group = (canvas_lengths == canvas_length).nonzero().flatten()
-                self._guidance_scale = guidance_scale  # a callback's change lasts for its own canvas length
-                self.scheduler.set_timesteps(device=device, timesteps=schedule)  # a new sampling, nothing committed
-                rows = DenoisingRows(
-                    indices=group,
-                    latents=latents[group, :canvas_length],
-                    encoder_hidden_states=encoder_hidden_states[group],
-                    attention_mask=attention_mask[group],
-                    prompt_cache=self.model.cache_prompt(encoder_hidden_states[group]),  # the same at every step
-                    generator=[generator[i] for i in group.tolist()] if isinstance(generator, list) else generator,
+            # Candidates on canvases of different lengths share one batch: the model masks the positions past each
+            # row's own canvas, so each row is computed as it would be on that canvas alone, where it was trained
+            # (a short program on a long canvas was not).
+            rows = DenoisingRows(
+                indices=torch.arange(num_rows, device=device),
+                canvas_lengths=canvas_lengths,
+                latents=latents[:, :longest],
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=attention_mask,
+                prompt_cache=self.model.cache_prompt(encoder_hidden_states),  # the same at every step
+                generator=generator,
+            )
+            if guidance_scale > 1:  # drawn after the canvas, so guidance leaves the starting noise as it was
+                rows.unconditional_states = randn_tensor(
+                    rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
                 )
-                if guidance_scale > 1:  # drawn after the canvas, so guidance leaves the starting noise as it was
+            if "canvas_lengths" in step_parameters:
+                step_kwargs["canvas_lengths"] = canvas_lengths
+            last_step = -1
+            for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                last_step = step_index
+                if self.guidance_scale > 1 and rows.unconditional_states is None:  # turned on by a callback
                     rows.unconditional_states = randn_tensor(
                         rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
                     )
-                last_step = -1
-                for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                    last_step = step_index
-                    if self.guidance_scale > 1 and rows.unconditional_states is None:  # turned on by a callback
-                        rows.unconditional_states = randn_tensor(
-                            rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
-                        )
-                    if self.guidance_scale > 1 and rows.unconditional_cache is None:
-                        rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
-                    denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
-                    model_timesteps = denoiser_timesteps
-                    if condition_enhanced_timestep is not None:
-                        told = timestep.new_tensor(condition_enhanced_timestep)
-                        model_timesteps = self.scheduler.denoiser_timesteps(told, rows.latents)
-                    model_output = self.guided_denoise(
-                        rows.latents,
-                        model_timesteps,
-                        rows.encoder_hidden_states,
-                        rows.attention_mask,
-                        rows.self_condition,
-                        self.guidance_scale,
-                        rows.unconditional_states,
-                        rows.prompt_cache,
-                        rows.unconditional_cache,
+                if self.guidance_scale > 1 and rows.unconditional_cache is None:
+                    rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
+                code_attention_mask = rows.code_attention_mask()
+                denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
+                model_timesteps = denoiser_timesteps
+                if condition_enhanced_timestep is not None:
+                    told = timestep.new_tensor(condition_enhanced_timestep)
+                    model_timesteps = self.scheduler.denoiser_timesteps(told, rows.latents)
+                model_output = self.guided_denoise(
+                    rows.latents,
+                    model_timesteps,
+                    rows.encoder_hidden_states,
+                    rows.attention_mask,
+                    rows.self_condition,
+                    self.guidance_scale,
+                    rows.unconditional_states,
+                    rows.prompt_cache,
+                    rows.unconditional_cache,
+                    code_attention_mask,
+                )
+                estimate = self.scheduler.clip_original_sample(
+                    self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
+                )
+                logits = None
+                decoder_inputs = (
+                    rows.encoder_hidden_states,
+                    rows.attention_mask,
+                    rows.prompt_cache,
+                    code_attention_mask,
+                )
+                if rounding in DECODER_ROUNDINGS:  # every position's logits: one decoder pass serves both
+                    logits = self.model.decode(estimate, *decoder_inputs)
+                    if reads_tokens:
+                        step_kwargs["logits"] = logits
+                elif reads_tokens:  # the head runs only where the scheduler reads tokens
+                    decoder_states = self.model.decoder_states(estimate, *decoder_inputs)
+                    step_kwargs["logits_at"] = lambda positions, states=decoder_states: self.model.lm_head(
+                        states[positions]
                     )
-                    estimate = self.scheduler.clip_original_sample(
-                        self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
+                if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
+                    estimate = self.model.round_estimate(
+                        estimate, rounding, logits=logits, code_embeddings=code_embeddings
                     )
-                    logits = None
-                    if rounding in DECODER_ROUNDINGS:  # every position's logits: one decoder pass serves both
-                        logits = self.model.decode(
-                            estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
-                        )
-                        if reads_tokens:
-                            step_kwargs["logits"] = logits
-                    elif reads_tokens:  # the head runs only where the scheduler reads tokens
-                        decoder_states = self.model.decoder_states(
-                            estimate, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache
-                        )
-                        step_kwargs["logits_at"] = lambda positions, states=decoder_states: self.model.lm_head(
-                            states[positions]
-                        )
-                    if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
-                        estimate = self.model.round_estimate(
-                            estimate, rounding, logits=logits, code_embeddings=code_embeddings
-                        )
-                    step = self.scheduler.step(
-                        model_output,
-                        timestep,
-                        rows.latents,
-                        generator=rows.generator,
-                        pred_original_sample=estimate,
-                        **step_kwargs,
-                    )
-                    rows.latents = step.prev_sample
-                    if config.self_condition:
-                        rows.self_condition = step.pred_original_sample
-                    is_last = step_index + 1 == len(self.scheduler.timesteps)
-                    if step_index in record_steps or (shrinks and not is_last):
-                        token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
-                        length = token_ids.shape[1]
-                        changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
-                        stable_steps[rows.indices] = torch.where(changed, 0, stable_steps[rows.indices] + 1)
-                        all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = (
-                            token_ids,
-                            token_log_probs,
-                        )
-                    if step_index in record_steps:
-                        snapshots[step_index][group] = all_token_ids[group]
-                        reached.add(step_index)
-                    if callback_on_step_end is not None:
-                        callback_kwargs = {
-                            name: {"latents": rows.latents}[name] for name in callback_on_step_end_tensor_inputs
-                        }
-                        callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
-                        rows.latents = callback_outputs.pop("latents", rows.latents)
-                    if shrinks and not is_last:
-                        keep = torch.ones_like(rows.indices, dtype=torch.bool)
-                        if stop_when_stable is not None:
-                            keep = stable_steps[rows.indices] < stop_when_stable
-                        length = rows.latents.shape[1]
-                        if canvas_margin is not None and keep.any():
-                            length = self.settled_canvas_length(
-                                all_token_ids[rows.indices[keep], :length],
-                                self.scheduler.committed_positions[keep],
-                                canvas_margin,
-                            )
-                        if not keep.all() or length < rows.latents.shape[1]:
-                            all_latents[rows.indices, : rows.latents.shape[1]] = rows.latents
-                            rows = rows.select(keep, length)
-                            self.scheduler.select(keep, length)
-                            if len(rows.indices) == 0:
-                                break
-
-                if len(rows.indices):
-                    # A committing scheduler's text is its committed tokens (a callback changes only the canvas it
-                    # reads).
-                    token_ids, token_log_probs = self.read_tokens(step, rows.latents, rows)
+                step = self.scheduler.step(
+                    model_output,
+                    timestep,
+                    rows.latents,
+                    generator=rows.generator,
+                    pred_original_sample=estimate,
+                    **step_kwargs,
+                )
+                rows.latents = step.prev_sample
+                if config.self_condition:
+                    rows.self_condition = step.pred_original_sample
+                is_last = step_index + 1 == len(self.scheduler.timesteps)
+                if step_index in record_steps or (shrinks and not is_last):
+                    token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
                     length = token_ids.shape[1]
-                    all_token_ids[rows.indices, :length] = token_ids
-                    all_log_probs[rows.indices, :length] = token_log_probs
-                    all_latents[rows.indices, :length] = rows.latents
-                for step_index in record_steps:  # steps after this group finished show its final tokens
-                    if step_index > last_step:
-                        snapshots[step_index][group] = all_token_ids[group]
+                    changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
+                    stable_steps[rows.indices] = torch.where(changed, 0, stable_steps[rows.indices] + 1)
+                    all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = (
+                        token_ids,
+                        token_log_probs,
+                    )
+                if step_index in record_steps:
+                    snapshots[step_index] = all_token_ids.clone()
+                    reached.add(step_index)
+                if callback_on_step_end is not None:
+                    callback_kwargs = {
+                        name: {"latents": rows.latents}[name] for name in callback_on_step_end_tensor_inputs
+                    }
+                    callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
+                    rows.latents = callback_outputs.pop("latents", rows.latents)
+                if shrinks and not is_last:
+                    keep = torch.ones_like(rows.indices, dtype=torch.bool)
+                    if stop_when_stable is not None:
+                        keep = stable_steps[rows.indices] < stop_when_stable
+                    length = rows.latents.shape[1]
+                    if canvas_margin is not None and keep.any():
+                        length = self.settled_canvas_length(
+                            all_token_ids[rows.indices[keep], :length],
+                            self.scheduler.committed_positions[keep] | rows.past_canvas()[keep],
+                            canvas_margin,
+                        )
+                    if not keep.all() or length < rows.latents.shape[1]:
+                        all_latents[rows.indices, : rows.latents.shape[1]] = rows.latents
+                        rows = rows.select(keep, length)
+                        self.scheduler.select(keep, length)
+                        if len(rows.indices) == 0:
+                            break
+
+            if len(rows.indices):
+                # A committing scheduler's text is its committed tokens (a callback changes only the canvas it
+                # reads).
+                token_ids, token_log_probs = self.read_tokens(step, rows.latents, rows)
+                length = token_ids.shape[1]
+                all_token_ids[rows.indices, :length] = token_ids
+                all_log_probs[rows.indices, :length] = token_log_probs
+                all_latents[rows.indices, :length] = rows.latents
+            for step_index in record_steps:  # steps after every candidate finished show the final tokens
+                if step_index > last_step:
+                    snapshots[step_index] = all_token_ids.clone()
+            past_canvas = torch.arange(longest, device=device)[None, :] >= canvas_lengths[:, None]
+            all_latents[past_canvas] = self.model.embed_code(torch.tensor(config.pad_token_id, device=device)).to(
+                dtype
+            )
             token_ids, lengths, scores = self.score_tokens(
                 all_token_ids, all_log_probs, ranking, num_return_sequences, canvas_lengths
             )

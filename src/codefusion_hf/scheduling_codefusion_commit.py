@@ -70,8 +70,9 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
     committed_positions: torch.BoolTensor | None = None
     committed_tokens: torch.LongTensor | None = None
     committed_log_probs: torch.Tensor | None = None
-    # Positions cut off the end of the canvas by `select`, every one committed: the schedule still counts them.
-    cut_positions: int = 0
+    # Each row's own canvas length, `(batch_size,)`, which its schedule counts: set at the first step, it stays as
+    # `select` cuts the committed tail off the canvas (the cut positions count as committed).
+    canvas_lengths: torch.LongTensor | None = None
 
     def set_timesteps(
         self,
@@ -82,24 +83,24 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
     ) -> None:
         """As [`CodeFusionScheduler.set_timesteps`]; also starts a new sampling with nothing committed."""
         super().set_timesteps(num_inference_steps, device, timesteps, min_timestep)
-        self.committed_positions = self.committed_tokens = self.committed_log_probs = None
-        self.cut_positions = 0
+        self.committed_positions = self.committed_tokens = self.committed_log_probs = self.canvas_lengths = None
 
     def select(self, keep: torch.BoolTensor, canvas_length: int) -> None:
         """Keep the committed state of the rows `keep` and of the first `canvas_length` positions, as the pipeline
         does when candidates finish early or the committed tail of the canvas is no longer computed."""
         if self.committed_positions is None:
             return
-        self.cut_positions += self.committed_positions.shape[1] - canvas_length
         self.committed_positions, self.committed_tokens, self.committed_log_probs = (
             state[keep, :canvas_length]
             for state in (self.committed_positions, self.committed_tokens, self.committed_log_probs)
         )
+        self.canvas_lengths = self.canvas_lengths[keep]
 
-    def commit_count(self, step_index: int, canvas_length: int) -> int:
-        """How many positions are committed after step `step_index`: mask-predict's linear schedule, all of them
-        after the last step."""
-        return math.ceil(canvas_length * (step_index + 1) / len(self.timesteps))
+    def commit_count(self, step_index: int, canvas_length: int | torch.LongTensor) -> int | torch.LongTensor:
+        """How many positions of a canvas of `canvas_length` (an integer, or one per row) are committed after step
+        `step_index`: mask-predict's linear schedule, `ceil(canvas_length * (step_index + 1) / n)`, all of them after
+        the last step."""
+        return -(-canvas_length * (step_index + 1) // len(self.timesteps))
 
     def denoiser_timesteps(self, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """`(batch_size, canvas_length)` timesteps: `timestep` at every position, 0 at the committed ones."""
@@ -121,6 +122,7 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
         logits_at: Callable[[torch.BoolTensor], torch.Tensor] | None = None,
         code_embeddings: torch.Tensor,
         pred_original_sample: torch.Tensor | None = None,
+        canvas_lengths: torch.LongTensor | None = None,
     ) -> CodeFusionCommitSchedulerOutput | tuple:
         """
         One committing step from the canvas `sample` at `timestep` (one of `self.timesteps`).
@@ -139,6 +141,10 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             code_embeddings: `(vocab_size, latent_dim)` code embeddings, to re-embed tokens.
             pred_original_sample: This step's x0 estimate as the sampler hands it on (rounded or not); the clipped
                 estimate read from `model_output` when not given.
+            canvas_lengths: At the first step after `set_timesteps`, each row's own canvas length, `(batch_size,)`,
+                for rows on canvases of different lengths in one batch (the model masking the positions past them):
+                each row's schedule counts its own positions, and nothing past them is read or committed. Default:
+                the whole `sample`.
         """
         if (logits is None) == (logits_at is None):
             raise ValueError("Pass the decoder's logits either as `logits` or as `logits_at`, not both or neither.")
@@ -159,19 +165,26 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             self.committed_positions = torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device)
             self.committed_tokens = torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device)
             self.committed_log_probs = torch.zeros(batch_size, canvas_length, device=device)
+            self.canvas_lengths = torch.full((batch_size,), canvas_length, device=device)
+            if canvas_lengths is not None:
+                self.canvas_lengths = canvas_lengths.to(device).clamp(max=canvas_length)
+        # Each row's positions still on the canvas; those cut off its end by `select` count as committed.
+        on_canvas = self.canvas_lengths.clamp(max=canvas_length)
+        in_row = torch.arange(canvas_length, device=device)[None, :] < on_canvas[:, None]
         # The decoder's tokens where nothing is committed; committed positions keep theirs.
-        fresh = ~self.committed_positions
+        fresh = ~self.committed_positions & in_row
         step_log_probs = torch.zeros(batch_size, canvas_length, device=device)
         step_tokens = torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device)
         step_log_probs[fresh], step_tokens[fresh] = most_likely_tokens(logits_at(fresh))
         tokens = torch.where(self.committed_positions, self.committed_tokens, step_tokens)
         token_log_probs = torch.where(self.committed_positions, self.committed_log_probs, step_log_probs)
-        # The schedule is of the whole canvas: positions cut off its end count as committed.
-        count = self.commit_count(step_index, canvas_length + self.cut_positions) - self.cut_positions
-        count = min(max(count, 0), canvas_length)
-        positions = torch.zeros_like(self.committed_positions).scatter(
-            1, token_log_probs.topk(count, dim=1).indices, True
-        )
+        # The schedule is of each row's whole canvas: positions cut off its end count as committed.
+        count = self.commit_count(step_index, self.canvas_lengths) - (self.canvas_lengths - on_canvas)
+        count = torch.minimum(count.clamp(min=0), on_canvas)
+        # Each row's `count` most likely positions on its canvas.
+        order = token_log_probs.masked_fill(~in_row, -math.inf).argsort(dim=1, descending=True, stable=True)
+        ranked = torch.arange(canvas_length, device=device)[None, :] < count[:, None]
+        positions = torch.zeros_like(self.committed_positions).scatter(1, order, ranked)
 
         def noised(token_ids: torch.Tensor, noised_timestep: int) -> torch.Tensor:
             noise = randn_tensor(sample.shape, generator=generator, device=device, dtype=dtype)
