@@ -617,12 +617,13 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
     for (prompt, code), length in zip(PAIRS, lengths):  # one prompt a call: a canvas of its own length
         assert seeded(pipe, prompt, num_return_sequences=2, length_beam=1).code[0][0] == code
         assert shapes[-1][1] == length + 2
-    # Prompts of different lengths: one batch on the longest canvas, each prompt as it would be sampled alone.
+    # Prompts of different lengths: batches of similar canvases, each prompt as it would be sampled alone.
     shapes.clear()
     latents = torch.randn(2 * len(PAIRS), pipe.model.config.max_code_length, pipe.model.config.latent_dim)
     kwargs = {"num_inference_steps": 5, "num_return_sequences": 2, "return_trajectory": [4], "length_beam": 1}
     output = pipe(prompts, latents=latents, output_type="pt", **kwargs)
-    assert {canvas for _, canvas in shapes} == {max(lengths) + 2}
+    canvases = torch.tensor([length + 2 for length in lengths]).repeat_interleave(2)
+    assert {canvas for _, canvas in shapes} == {int(canvases[group].max()) for group in pipe.canvas_groups(canvases)}
     assert output.code.shape == (len(PAIRS), 2, max(lengths) + 2)
     for i, prompt in enumerate(prompts):
         alone = pipe(prompt, latents=latents[2 * i : 2 * i + 2], output_type="pt", **kwargs)
@@ -643,9 +644,12 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
         pipe.model.config.canvas_margin = 2
 
 
-def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pipeline, monkeypatch):
+@pytest.mark.parametrize("max_padding", [1.25, 100.0])
+def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pipeline, monkeypatch, max_padding):
     """Candidate i of a prompt samples on the (i % length_beam)-th likeliest length, as it would with that
-    code_length alone; the candidates of all lengths are ranked together."""
+    code_length alone, in a batch of its own or (any padding allowed) in one batch with the others; the candidates of
+    all lengths are ranked together."""
+    monkeypatch.setattr(pipeline_codefusion, "MAX_CANVAS_PADDING", max_padding)
     pipe = length_pipeline
     prompt, margin = PAIRS[0][0], pipe.model.config.canvas_margin
     states, mask = pipe.encode_prompt([prompt], torch.device("cpu"))
@@ -654,7 +658,8 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     latents = torch.randn(4, pipe.model.config.max_code_length, pipe.model.config.latent_dim)
     kwargs = {"num_inference_steps": 5, "output_type": "pt"}
     output = pipe(prompt, latents=latents, num_return_sequences=4, length_beam=2, **kwargs)
-    assert {canvas for _, canvas in shapes} == {max(likeliest) + margin}  # one batch, each row on its canvas
+    canvases = torch.tensor([length + margin for length in likeliest]).repeat(2)
+    assert {canvas for _, canvas in shapes} == {int(canvases[group].max()) for group in pipe.canvas_groups(canvases)}
     assert output.scores[0] == sorted(output.scores[0], reverse=True)
     longest = max(likeliest) + margin
     expected = []  # (score, token ids padded to the longest canvas) of each length's candidates sampled alone
@@ -680,13 +685,24 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pi
     assert pipe.resolve_length_beam(None, "full", 4) == 1 and pipe.resolve_length_beam(2, "predicted", 4) == 2
 
 
-def test_canvases_of_different_lengths_share_each_step(length_pipeline):
-    """With a length beam the candidates of every length are denoised together: the callback runs once per step,
-    with the latents of all of them on the longest canvas, and a change of guidance there holds for all."""
+def test_canvas_groups_batch_similar_canvases_only(length_pipeline):
+    """A length beam's neighbouring canvases share one batch; canvases whose padding would cost more than
+    MAX_CANVAS_PADDING times their own positions do not."""
+    groups = length_pipeline.canvas_groups(torch.tensor([18, 17, 16, 18, 17]))
+    assert [sorted(group.tolist()) for group in groups] == [[0, 1, 2, 3, 4]]
+    groups = length_pipeline.canvas_groups(torch.tensor([40, 10, 10, 39, 9]))
+    assert [sorted(group.tolist()) for group in groups] == [[0, 3], [1, 2, 4]]
+    assert pipeline_codefusion.MAX_CANVAS_PADDING == 1.25
+
+
+def test_canvases_of_a_group_share_each_step(length_pipeline):
+    """Candidates are denoised in their canvas groups: the callback runs once per group and step, with the latents
+    of that group's candidates on its longest canvas, and a change of guidance lasts for that group's steps."""
     pipe, seen = length_pipeline, []
     states, mask = pipe.encode_prompt([PAIRS[0][0]], torch.device("cpu"))
-    longest = int(pipe.model.length_logits(states, mask)[0, 1:].topk(2).indices.max()) + 1
-    longest += pipe.model.config.canvas_margin
+    likeliest = pipe.model.length_logits(states, mask)[0, 1:].topk(2).indices + 1
+    canvases = likeliest + pipe.model.config.canvas_margin
+    groups = pipe.canvas_groups(canvases)
 
     def guidance_off_after_step_1(pipe, step_index, timestep, callback_kwargs):
         seen.append((pipe.guidance_scale, tuple(callback_kwargs["latents"].shape[:2])))
@@ -702,7 +718,10 @@ def test_canvases_of_different_lengths_share_each_step(length_pipeline):
         guidance_scale=3.0,
         callback_on_step_end=guidance_off_after_step_1,
     )
-    assert seen == [(scale, (2, longest)) for scale in (3.0, 3.0, 1.0, 1.0, 1.0)]
+    expected = []
+    for group in groups:
+        expected += [(scale, (len(group), int(canvases[group].max()))) for scale in (3.0, 3.0, 1.0, 1.0, 1.0)]
+    assert seen == expected
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,9 @@ CODE_LENGTHS = ("predicted", "full")
 # The predicted canvas spreads a prompt's candidates over this many likeliest lengths by default: on NL2Bash
 # validation it raised template match at top-5 from 7.2% to 8.9% (research/NOTES.md, the full-budget entry).
 DEFAULT_LENGTH_BEAM = 3
+# Candidates on canvases of different lengths share a batch while padding them to its longest canvas computes at most
+# this many times their own positions (`CodeFusionPipeline.canvas_groups`).
+MAX_CANVAS_PADDING = 1.25
 
 
 @dataclass
@@ -490,6 +493,24 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         config = self.model.config
         return (code_lengths + (config.canvas_margin or 0)).clamp(max=config.max_code_length)
 
+    def canvas_groups(self, canvas_lengths: torch.LongTensor) -> list[torch.LongTensor]:
+        """The candidates denoised together, as index tensors: from the longest canvas down, each group takes the
+        next shorter canvases while its rows padded to its longest canvas stay within `MAX_CANVAS_PADDING` times
+        their own positions (a length beam's few canvases share one batch and one loop of steps, where a batch of
+        prompts of very different lengths would compute mostly padding)."""
+        lengths = canvas_lengths.tolist()
+        groups, members, own = [], [], 0
+        for length in sorted(set(lengths), reverse=True):
+            rows = [i for i, row_length in enumerate(lengths) if row_length == length]
+            if members:
+                padded = (len(members) + len(rows)) * lengths[members[0]]
+                if padded > MAX_CANVAS_PADDING * (own + len(rows) * length):
+                    groups.append(members)
+                    members, own = [], 0
+            members, own = members + rows, own + len(rows) * length
+        groups.append(members)
+        return [torch.tensor(group, device=canvas_lengths.device) for group in groups]
+
     def read_tokens(
         self, step: BaseOutput, canvas: torch.Tensor, rows: DenoisingRows
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -675,8 +696,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 `pipe.guidance_scale` (or set `pipe._guidance_scale` for the steps after it). With
                 `stop_when_stable` or `canvas_margin`, its `latents` are those of the candidates still denoised,
                 cut to the canvas still computed. Candidates on canvases of different lengths (`code_length`,
-                `length_beam`) are denoised in one batch on the longest canvas, the positions past each one's own
-                canvas masked: the `latents` there are meaningless, and the returned ones are pad.
+                `length_beam`) are denoised in batches of similar canvases (`canvas_groups`), the positions past
+                each one's own canvas masked (the `latents` there are meaningless; the returned ones are pad): the
+                steps, and the callback, run once for each batch, with the call's `guidance_scale` at its first step.
             callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
             timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
                 e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
@@ -825,133 +847,136 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             snapshots = {step_index: all_token_ids.clone() for step_index in record_steps}
             reached = set()
 
-            # Candidates on canvases of different lengths share one batch: the model masks the positions past each
-            # row's own canvas, so each row is computed as it would be on that canvas alone, where it was trained
-            # (a short program on a long canvas was not).
-            rows = DenoisingRows(
-                indices=torch.arange(num_rows, device=device),
-                canvas_lengths=canvas_lengths,
-                latents=latents[:, :longest],
-                encoder_hidden_states=encoder_hidden_states,
-                attention_mask=attention_mask,
-                prompt_cache=self.model.cache_prompt(encoder_hidden_states),  # the same at every step
-                generator=generator,
-            )
-            if guidance_scale > 1:  # drawn after the canvas, so guidance leaves the starting noise as it was
-                rows.unconditional_states = randn_tensor(
-                    rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
+            # Candidates of similar canvas lengths share a batch, the model masking the positions past each row's own
+            # canvas, so each is computed as it would be on that canvas alone, where it was trained (a short program
+            # on a long canvas was not); canvases too different for that padding to pay are denoised apart.
+            for group in self.canvas_groups(canvas_lengths):
+                self._guidance_scale = guidance_scale  # a callback's change lasts for its own group
+                self.scheduler.set_timesteps(device=device, timesteps=schedule)  # a new sampling, nothing committed
+                rows = DenoisingRows(
+                    indices=group,
+                    canvas_lengths=canvas_lengths[group],
+                    latents=latents[group, : int(canvas_lengths[group].max())],
+                    encoder_hidden_states=encoder_hidden_states[group],
+                    attention_mask=attention_mask[group],
+                    prompt_cache=self.model.cache_prompt(encoder_hidden_states[group]),  # the same at every step
+                    generator=[generator[i] for i in group.tolist()] if isinstance(generator, list) else generator,
                 )
-            if "canvas_lengths" in step_parameters:
-                step_kwargs["canvas_lengths"] = canvas_lengths
-            last_step = -1
-            for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-                last_step = step_index
-                if self.guidance_scale > 1 and rows.unconditional_states is None:  # turned on by a callback
+                if guidance_scale > 1:  # drawn after the canvas, so guidance leaves the starting noise as it was
                     rows.unconditional_states = randn_tensor(
                         rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
                     )
-                if self.guidance_scale > 1 and rows.unconditional_cache is None:
-                    rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
-                code_attention_mask = rows.code_attention_mask()
-                denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
-                model_timesteps = denoiser_timesteps
-                if condition_enhanced_timestep is not None:
-                    told = timestep.new_tensor(condition_enhanced_timestep)
-                    model_timesteps = self.scheduler.denoiser_timesteps(told, rows.latents)
-                model_output = self.guided_denoise(
-                    rows.latents,
-                    model_timesteps,
-                    rows.encoder_hidden_states,
-                    rows.attention_mask,
-                    rows.self_condition,
-                    self.guidance_scale,
-                    rows.unconditional_states,
-                    rows.prompt_cache,
-                    rows.unconditional_cache,
-                    code_attention_mask,
-                )
-                estimate = self.scheduler.clip_original_sample(
-                    self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
-                )
-                logits = None
-                decoder_inputs = (
-                    rows.encoder_hidden_states,
-                    rows.attention_mask,
-                    rows.prompt_cache,
-                    code_attention_mask,
-                )
-                if rounding in DECODER_ROUNDINGS:  # every position's logits: one decoder pass serves both
-                    logits = self.model.decode(estimate, *decoder_inputs)
-                    if reads_tokens:
-                        step_kwargs["logits"] = logits
-                elif reads_tokens:  # the head runs only where the scheduler reads tokens
-                    decoder_states = self.model.decoder_states(estimate, *decoder_inputs)
-                    step_kwargs["logits_at"] = lambda positions, states=decoder_states: self.model.lm_head(
-                        states[positions]
-                    )
-                if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
-                    estimate = self.model.round_estimate(
-                        estimate, rounding, logits=logits, code_embeddings=code_embeddings
-                    )
-                step = self.scheduler.step(
-                    model_output,
-                    timestep,
-                    rows.latents,
-                    generator=rows.generator,
-                    pred_original_sample=estimate,
-                    **step_kwargs,
-                )
-                rows.latents = step.prev_sample
-                if config.self_condition:
-                    rows.self_condition = step.pred_original_sample
-                is_last = step_index + 1 == len(self.scheduler.timesteps)
-                if step_index in record_steps or (shrinks and not is_last):
-                    token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
-                    length = token_ids.shape[1]
-                    changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
-                    stable_steps[rows.indices] = torch.where(changed, 0, stable_steps[rows.indices] + 1)
-                    all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = (
-                        token_ids,
-                        token_log_probs,
-                    )
-                if step_index in record_steps:
-                    snapshots[step_index] = all_token_ids.clone()
-                    reached.add(step_index)
-                if callback_on_step_end is not None:
-                    callback_kwargs = {
-                        name: {"latents": rows.latents}[name] for name in callback_on_step_end_tensor_inputs
-                    }
-                    callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
-                    rows.latents = callback_outputs.pop("latents", rows.latents)
-                if shrinks and not is_last:
-                    keep = torch.ones_like(rows.indices, dtype=torch.bool)
-                    if stop_when_stable is not None:
-                        keep = stable_steps[rows.indices] < stop_when_stable
-                    length = rows.latents.shape[1]
-                    if canvas_margin is not None and keep.any():
-                        length = self.settled_canvas_length(
-                            all_token_ids[rows.indices[keep], :length],
-                            self.scheduler.committed_positions[keep] | rows.past_canvas()[keep],
-                            canvas_margin,
+                if "canvas_lengths" in step_parameters:
+                    step_kwargs["canvas_lengths"] = rows.canvas_lengths
+                last_step = -1
+                for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                    last_step = step_index
+                    if self.guidance_scale > 1 and rows.unconditional_states is None:  # turned on by a callback
+                        rows.unconditional_states = randn_tensor(
+                            rows.encoder_hidden_states.shape, generator=rows.generator, device=device, dtype=dtype
                         )
-                    if not keep.all() or length < rows.latents.shape[1]:
-                        all_latents[rows.indices, : rows.latents.shape[1]] = rows.latents
-                        rows = rows.select(keep, length)
-                        self.scheduler.select(keep, length)
-                        if len(rows.indices) == 0:
-                            break
+                    if self.guidance_scale > 1 and rows.unconditional_cache is None:
+                        rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
+                    code_attention_mask = rows.code_attention_mask()
+                    denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
+                    model_timesteps = denoiser_timesteps
+                    if condition_enhanced_timestep is not None:
+                        told = timestep.new_tensor(condition_enhanced_timestep)
+                        model_timesteps = self.scheduler.denoiser_timesteps(told, rows.latents)
+                    model_output = self.guided_denoise(
+                        rows.latents,
+                        model_timesteps,
+                        rows.encoder_hidden_states,
+                        rows.attention_mask,
+                        rows.self_condition,
+                        self.guidance_scale,
+                        rows.unconditional_states,
+                        rows.prompt_cache,
+                        rows.unconditional_cache,
+                        code_attention_mask,
+                    )
+                    estimate = self.scheduler.clip_original_sample(
+                        self.scheduler.predict_original_sample(model_output, denoiser_timesteps, rows.latents)
+                    )
+                    logits = None
+                    decoder_inputs = (
+                        rows.encoder_hidden_states,
+                        rows.attention_mask,
+                        rows.prompt_cache,
+                        code_attention_mask,
+                    )
+                    if rounding in DECODER_ROUNDINGS:  # every position's logits: one decoder pass serves both
+                        logits = self.model.decode(estimate, *decoder_inputs)
+                        if reads_tokens:
+                            step_kwargs["logits"] = logits
+                    elif reads_tokens:  # the head runs only where the scheduler reads tokens
+                        decoder_states = self.model.decoder_states(estimate, *decoder_inputs)
+                        step_kwargs["logits_at"] = lambda positions, states=decoder_states: self.model.lm_head(
+                            states[positions]
+                        )
+                    if not reads_tokens or config.self_condition:  # else nothing reads the rounded estimate
+                        estimate = self.model.round_estimate(
+                            estimate, rounding, logits=logits, code_embeddings=code_embeddings
+                        )
+                    step = self.scheduler.step(
+                        model_output,
+                        timestep,
+                        rows.latents,
+                        generator=rows.generator,
+                        pred_original_sample=estimate,
+                        **step_kwargs,
+                    )
+                    rows.latents = step.prev_sample
+                    if config.self_condition:
+                        rows.self_condition = step.pred_original_sample
+                    is_last = step_index + 1 == len(self.scheduler.timesteps)
+                    if step_index in record_steps or (shrinks and not is_last):
+                        token_ids, token_log_probs = self.read_tokens(step, step.pred_original_sample, rows)
+                        length = token_ids.shape[1]
+                        changed = (token_ids != all_token_ids[rows.indices, :length]).any(dim=1)
+                        stable_steps[rows.indices] = torch.where(changed, 0, stable_steps[rows.indices] + 1)
+                        all_token_ids[rows.indices, :length], all_log_probs[rows.indices, :length] = (
+                            token_ids,
+                            token_log_probs,
+                        )
+                    if step_index in record_steps:
+                        snapshots[step_index][group] = all_token_ids[group]
+                        reached.add(step_index)
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {
+                            name: {"latents": rows.latents}[name] for name in callback_on_step_end_tensor_inputs
+                        }
+                        callback_outputs = callback_on_step_end(self, step_index, int(timestep), callback_kwargs) or {}
+                        rows.latents = callback_outputs.pop("latents", rows.latents)
+                    if shrinks and not is_last:
+                        keep = torch.ones_like(rows.indices, dtype=torch.bool)
+                        if stop_when_stable is not None:
+                            keep = stable_steps[rows.indices] < stop_when_stable
+                        length = rows.latents.shape[1]
+                        if canvas_margin is not None and keep.any():
+                            length = self.settled_canvas_length(
+                                all_token_ids[rows.indices[keep], :length],
+                                self.scheduler.committed_positions[keep] | rows.past_canvas()[keep],
+                                canvas_margin,
+                            )
+                        if not keep.all() or length < rows.latents.shape[1]:
+                            all_latents[rows.indices, : rows.latents.shape[1]] = rows.latents
+                            rows = rows.select(keep, length)
+                            self.scheduler.select(keep, length)
+                            if len(rows.indices) == 0:
+                                break
 
-            if len(rows.indices):
-                # A committing scheduler's text is its committed tokens (a callback changes only the canvas it
-                # reads).
-                token_ids, token_log_probs = self.read_tokens(step, rows.latents, rows)
-                length = token_ids.shape[1]
-                all_token_ids[rows.indices, :length] = token_ids
-                all_log_probs[rows.indices, :length] = token_log_probs
-                all_latents[rows.indices, :length] = rows.latents
-            for step_index in record_steps:  # steps after every candidate finished show the final tokens
-                if step_index > last_step:
-                    snapshots[step_index] = all_token_ids.clone()
+                if len(rows.indices):
+                    # A committing scheduler's text is its committed tokens (a callback changes only the canvas it
+                    # reads).
+                    token_ids, token_log_probs = self.read_tokens(step, rows.latents, rows)
+                    length = token_ids.shape[1]
+                    all_token_ids[rows.indices, :length] = token_ids
+                    all_log_probs[rows.indices, :length] = token_log_probs
+                    all_latents[rows.indices, :length] = rows.latents
+                for step_index in record_steps:  # steps after this group finished show its final tokens
+                    if step_index > last_step:
+                        snapshots[step_index][group] = all_token_ids[group]
             past_canvas = torch.arange(longest, device=device)[None, :] >= canvas_lengths[:, None]
             all_latents[past_canvas] = self.model.embed_code(torch.tensor(config.pad_token_id, device=device)).to(
                 dtype
