@@ -644,12 +644,15 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
         pipe.model.config.canvas_margin = 2
 
 
-@pytest.mark.parametrize("max_padding", [1.25, 100.0])
-def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(length_pipeline, monkeypatch, max_padding):
+@pytest.mark.parametrize("max_padding, allowance", [(1.0, 0), (100.0, 256)])
+def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(
+    length_pipeline, monkeypatch, max_padding, allowance
+):
     """Candidate i of a prompt samples on the (i % length_beam)-th likeliest length, as it would with that
-    code_length alone, in a batch of its own or (any padding allowed) in one batch with the others; the candidates of
+    code_length alone, in a batch of its own (no padding allowed) or in one batch with the others; the candidates of
     all lengths are ranked together."""
     monkeypatch.setattr(pipeline_codefusion, "MAX_CANVAS_PADDING", max_padding)
+    monkeypatch.setattr(pipeline_codefusion, "CANVAS_PADDING_ALLOWANCE", allowance)
     pipe = length_pipeline
     prompt, margin = PAIRS[0][0], pipe.model.config.canvas_margin
     states, mask = pipe.encode_prompt([prompt], torch.device("cpu"))
@@ -690,9 +693,12 @@ def test_canvas_groups_batch_similar_canvases_only(length_pipeline):
     MAX_CANVAS_PADDING times their own positions do not."""
     groups = length_pipeline.canvas_groups(torch.tensor([18, 17, 16, 18, 17]))
     assert [sorted(group.tolist()) for group in groups] == [[0, 1, 2, 3, 4]]
-    groups = length_pipeline.canvas_groups(torch.tensor([40, 10, 10, 39, 9]))
-    assert [sorted(group.tolist()) for group in groups] == [[0, 3], [1, 2, 4]]
-    assert pipeline_codefusion.MAX_CANVAS_PADDING == 1.25
+    groups = length_pipeline.canvas_groups(torch.tensor([27, 10, 12, 27, 10]))  # a few padded positions: one batch
+    assert [sorted(group.tolist()) for group in groups] == [[0, 1, 2, 3, 4]]
+    lengths = torch.tensor([40, 10, 10, 39, 9]).repeat_interleave(8)  # 24 rows padded by 30: apart
+    groups = length_pipeline.canvas_groups(lengths)
+    assert [sorted(lengths[group].unique().tolist()) for group in groups] == [[39, 40], [9, 10]]
+    assert (pipeline_codefusion.MAX_CANVAS_PADDING, pipeline_codefusion.CANVAS_PADDING_ALLOWANCE) == (1.25, 256)
 
 
 def test_canvases_of_a_group_share_each_step(length_pipeline):

@@ -27,8 +27,10 @@ CODE_LENGTHS = ("predicted", "full")
 # validation it raised template match at top-5 from 7.2% to 8.9% (research/NOTES.md, the full-budget entry).
 DEFAULT_LENGTH_BEAM = 3
 # Candidates on canvases of different lengths share a batch while padding them to its longest canvas computes at most
-# this many times their own positions (`CodeFusionPipeline.canvas_groups`).
+# this many times their own positions, or at most this many positions more, about what one more loop of steps costs
+# on a CPU at one prompt (`CodeFusionPipeline.canvas_groups`).
 MAX_CANVAS_PADDING = 1.25
+CANVAS_PADDING_ALLOWANCE = 256
 
 
 @dataclass
@@ -496,15 +498,17 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
     def canvas_groups(self, canvas_lengths: torch.LongTensor) -> list[torch.LongTensor]:
         """The candidates denoised together, as index tensors: from the longest canvas down, each group takes the
         next shorter canvases while its rows padded to its longest canvas stay within `MAX_CANVAS_PADDING` times
-        their own positions (a length beam's few canvases share one batch and one loop of steps, where a batch of
-        prompts of very different lengths would compute mostly padding)."""
+        their own positions or `CANVAS_PADDING_ALLOWANCE` positions more (a length beam's few canvases share one
+        batch and one loop of steps, where a batch of prompts of very different lengths would compute mostly
+        padding)."""
         lengths = canvas_lengths.tolist()
         groups, members, own = [], [], 0
         for length in sorted(set(lengths), reverse=True):
             rows = [i for i, row_length in enumerate(lengths) if row_length == length]
             if members:
                 padded = (len(members) + len(rows)) * lengths[members[0]]
-                if padded > MAX_CANVAS_PADDING * (own + len(rows) * length):
+                merged_own = own + len(rows) * length
+                if padded > max(MAX_CANVAS_PADDING * merged_own, merged_own + CANVAS_PADDING_ALLOWANCE):
                     groups.append(members)
                     members, own = [], 0
             members, own = members + rows, own + len(rows) * length
