@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = build_codefusion(args).to(args.device, dtype)
     pipe.set_progress_bar_config(disable=True)
     if args.compile:  # as diffusers' docs compile a pipeline's denoiser: pipe.unet = torch.compile(pipe.unet)
-        pipe.model.denoiser = torch.compile(pipe.model.denoiser, dynamic=False)
-        pipe.model.decoder = torch.compile(pipe.model.decoder, dynamic=False)
+        # Dynamic shapes: the predicted canvas changes length from prompt to prompt, and static graphs would compile
+        # again for each length (falling back to eager past torch's recompile limit).
+        pipe.model.denoiser = torch.compile(pipe.model.denoiser, dynamic=True)
+        pipe.model.decoder = torch.compile(pipe.model.decoder, dynamic=True)
     model, code_tokenizer, prompt_tokenizer = build_autoregressive(args, pipe.tokenizer)
     model = model.to(args.device, dtype).eval()
     schedulers = {"commit": CodeFusionCommitScheduler, "ddim": CodeFusionScheduler}

@@ -8,7 +8,7 @@ from conftest import record_denoiser_passes, tiny_config
 from transformers import AutoConfig, AutoModel, BertModel, T5EncoderModel
 
 from codefusion_hf import CodeFusionConfig, CodeFusionModel
-from codefusion_hf.modeling_codefusion import CodeFusionPromptCache
+from codefusion_hf.modeling_codefusion import CodeFusionPackedCanvas, CodeFusionPromptCache
 
 
 def batch(tokenizer, prompts=("list all files", "show disk usage"), codes=("ls -la", "df -h")):
@@ -153,6 +153,42 @@ def test_code_attention_mask_computes_each_row_on_its_own_canvas(code_tokenizer)
             logits[row, :length], model.decode(canvas[alone], states[row : row + 1], attention_mask[row : row + 1])[0]
         )
     assert not torch.allclose(logits[1, :5], model.decode(canvas, states, attention_mask)[1, :5])
+
+
+def test_packed_canvas_packs_and_pads_the_positions_on_each_rows_canvas():
+    padding_mask = torch.arange(4)[None, :] >= torch.tensor([3, 1, 4])[:, None]
+    packed = CodeFusionPackedCanvas.from_padding_mask(padding_mask)
+    padded = torch.randn(3, 4, 2)
+    tokens = packed.pack(padded)
+    torch.testing.assert_close(tokens, padded[~padding_mask])
+    assert packed.rows.tolist() == [0, 0, 0, 1, 2, 2, 2, 2]
+    assert packed.positions.tolist() == [0, 1, 2, 0, 0, 1, 2, 3]
+    torch.testing.assert_close(packed.pad(tokens), padded.masked_fill(padding_mask[..., None], 0.0))
+
+
+def test_code_attention_mask_computes_only_the_positions_on_the_canvases(code_tokenizer):
+    """The per-position work of every layer runs on the rows' own positions alone (the saving of the mask), and
+    the states a caller gets back, the layers' inputs included, are laid out on the padded canvas."""
+    torch.manual_seed(0)
+    model = CodeFusionModel(tiny_config(code_tokenizer, hidden_size=48)).eval()
+    input_ids, attention_mask, _ = batch(code_tokenizer)
+    states = model.encode(input_ids, attention_mask)
+    canvas, lengths = torch.randn(2, 9, model.config.latent_dim), torch.tensor([9, 5])
+    code_padding_mask = torch.arange(9)[None, :] >= lengths[:, None]
+    mlp_rows = []
+    for layer in model.decoder.layers:
+        layer.mlp.register_forward_hook(lambda module, inputs, output: mlp_rows.append(inputs[0].shape[0]))
+    output = model.decoder(
+        canvas, states, attention_mask == 0, output_hidden_states=True, code_padding_mask=code_padding_mask
+    )
+    assert mlp_rows == [14] * len(model.decoder.layers)
+    for layer_states in (output.last_hidden_state, *output.hidden_states):
+        assert layer_states.shape == (2, 9, model.config.hidden_size)
+        assert not layer_states[1, 5:].any()
+    torch.testing.assert_close(
+        output.hidden_states[1][0],
+        model.decoder(canvas[:1], states[:1], attention_mask[:1] == 0, output_hidden_states=True).hidden_states[1][0],
+    )
 
 
 def test_gradient_checkpointing_gives_same_gradients(code_tokenizer):
