@@ -7,7 +7,9 @@ from datasets import Dataset
 
 from codefusion_hf import data_codefusion
 from codefusion_hf.data_codefusion import (
+    ENCODER_STATES_COLUMN,
     CodeFusionPretrainingCollator,
+    add_encoder_states,
     load_code_dataset,
     mask_code,
     mask_spans,
@@ -17,6 +19,26 @@ from codefusion_hf.data_codefusion import (
 
 def code_dataset(tokenizer, repeat=4):
     return tokenize_dataset(Dataset.from_dict({"code": [c for _, c in PAIRS] * repeat}), tokenizer, 16)
+
+
+def test_encoder_states_encode_each_distinct_prompt_once(tiny_model, code_tokenizer):
+    """Distilled data repeats each prompt with another target: the frozen encoder runs once per distinct prompt,
+    and every row gets the states of its own prompt, as encoding it alone gives them."""
+    prompts = ["list all files", "list all files", "show disk usage", "list all files", "count lines in a.txt"]
+    rows = Dataset.from_dict({"prompt": prompts, "code": ["ls"] * len(prompts)})
+    data = tokenize_dataset(rows, code_tokenizer, 16, prompt_tokenizer=code_tokenizer)
+    encoded_rows = []
+    tiny_model.encoder.register_forward_hook(
+        lambda module, args, kwargs, output: encoded_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    states = add_encoder_states(data, tiny_model.encoder, code_tokenizer)[ENCODER_STATES_COLUMN]
+    assert sum(encoded_rows) == 3
+    tiny_model.encoder.eval()
+    for row, prompt in enumerate(prompts):
+        alone = code_tokenizer(prompt, return_tensors="pt")
+        with torch.no_grad():
+            expected = tiny_model.encoder(**alone).last_hidden_state[0]
+        torch.testing.assert_close(states[row], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_pretraining_collator_draws_differ_across_dataloader_workers_and_epochs(code_tokenizer):

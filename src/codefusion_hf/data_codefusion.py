@@ -179,13 +179,19 @@ def add_encoder_states(
     pads_left = prompt_tokenizer.padding_side == "left"
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        # Prompts of similar length share an encoder batch, so little of it is padding (2.5x less for NL2Bash).
+        # A prompt repeated in the batch is encoded once (distilled data gives every prompt two targets, next to each
+        # other), and prompts of similar length share an encoder batch, so little of it is padding (2.5x less for
+        # NL2Bash).
+        prompts = [(tuple(ids), tuple(mask)) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        first_row = {}
+        for i, prompt in enumerate(prompts):
+            first_row.setdefault(prompt, i)
         lengths = [len(ids) for ids in batch["input_ids"]]
-        order = sorted(range(len(lengths)), key=lengths.__getitem__)
-        states = [None] * len(lengths)
+        order = sorted(first_row.values(), key=lengths.__getitem__)
+        states = {}
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            prompts = prompt_tokenizer.pad(
+            padded = prompt_tokenizer.pad(
                 [{"input_ids": batch["input_ids"][i], "attention_mask": batch["attention_mask"][i]} for i in rows],
                 return_tensors="pt",
             ).to(device)
@@ -193,10 +199,10 @@ def add_encoder_states(
                 torch.inference_mode(),
                 torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None),
             ):
-                encoded = encoder(**prompts).last_hidden_state.float().cpu().numpy()
+                encoded = encoder(**padded).last_hidden_state.float().cpu().numpy()
             for i, state in zip(rows, encoded):
                 states[i] = state[-lengths[i] :] if pads_left else state[: lengths[i]]
-        return {ENCODER_STATES_COLUMN: states}
+        return {ENCODER_STATES_COLUMN: [states[first_row[prompt]] for prompt in prompts]}
 
     was_training = encoder.training
     encoder.eval()
