@@ -1,7 +1,7 @@
 """Results of several models on one benchmark: a markdown table and a plot of top-k accuracy against k from their
 metrics.json files (written by `codefusion evaluate`, baselines/retrieval.py, baselines/train_autoregressive.py),
 and optionally a plot of accuracy and time against the number of denoising steps (benchmark_inference_steps.py)
-and one of accuracy against time of the sampler settings timed by benchmarks/benchmark_generation.py.
+and a table and a plot of accuracy against time of the sampler settings timed by benchmarks/benchmark_generation.py.
 
     python research/plot_results.py --metrics runs/retrieval/nl2bash-test/metrics.json \
         runs/ar/eval-test-beam/metrics.json --labels retrieval AR --output_prefix docs/images/nl2bash_test
@@ -36,8 +36,12 @@ class ResultsArguments:
     steps: str | None = field(default=None, metadata={"help": "JSON from benchmark_inference_steps.py."})
     generation: list[str] = field(
         default_factory=list,
-        metadata={"help": "JSON files of benchmark_generation.py with --eval_samples; writes <prefix>_tradeoff.png."},
+        metadata={
+            "help": "JSON files of benchmark_generation.py with --eval_samples: prints their table and writes "
+            "<prefix>_tradeoff.png."
+        },
     )
+    threads: int = field(default=2, metadata={"help": "The CPU thread count of the --generation table's times."})
 
 
 def percent(value: float) -> str:
@@ -112,6 +116,36 @@ def generation_label(setting: str, report: dict) -> str:
     return ", ".join([setting.removeprefix("codefusion, "), *options])
 
 
+def generation_table(files: list[str], threads: int = 2) -> str:
+    """A markdown row per timed setting of `files`: its median seconds for 1 and for 32 prompts with `threads` CPU
+    threads, each with its ratio to the baseline's beam search timed in the same run, the FLOPs of the 32-prompt
+    call, and the validation scores with the seconds per prompt of that evaluation."""
+    lines = [
+        "| setting | 1 prompt: s (x beam 5) | 32 prompts: s (x beam 5) | GFLOP, 32 prompts | template@1 | template@5 "
+        "| BLEU@1 | s/prompt, validation |",
+        "| --- |" + " ---: |" * 7,
+    ]
+    for path in files:
+        with open(path) as f:
+            report = json.load(f)
+        timed = {row["prompts"]: row for row in report["results"] if row["threads"] == threads}
+        for setting, metrics in report.get("validation", {}).items():
+            cells = [generation_label(setting, report)]
+            for prompts in (1, 32):
+                row = timed.get(prompts)
+                cells.append(
+                    "–"
+                    if row is None
+                    else f"{row['settings'][setting]['median_seconds']:.3f} ({row['ratio_to_beam_5'][setting]:.2f}x)"
+                )
+            flops = timed[32]["settings"][setting].get("flops") if 32 in timed else None
+            cells.append("–" if flops is None else f"{flops / 1e9:,.0f}")
+            cells += [percent(metrics["template_match@1"]), percent(metrics["template_match@5"])]
+            cells += [f"{metrics['bleu@1']:.2f}", f"{metrics['seconds_per_prompt']:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_generation(files: list[str], output: str) -> plt.Figure:
     """Top-1 BLEU and top-5 template match against seconds per prompt (k candidates, the evaluation's batches) of
     every sampler setting in `files`, one point each."""
@@ -146,6 +180,7 @@ def main():
     if args.steps:
         plot_steps(args.steps, f"{args.output_prefix}_steps.png")
     if args.generation:
+        print(generation_table(args.generation, args.threads))
         plot_generation(args.generation, f"{args.output_prefix}_tradeoff.png")
 
 

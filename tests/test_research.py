@@ -132,11 +132,28 @@ def test_generation_tradeoff_plot(tmp_path):
 
     files = []
     for index, options in enumerate([{}, {"stop_when_stable": 2}]):
+        setting = "codefusion, commit, 10 steps"
         metrics = {"seconds_per_prompt": 0.5 + index, "bleu@1": 10.0 + index, "template_match@5": 0.02}
-        report = {"pipeline_kwargs": options, "validation": {"codefusion, commit, 10 steps": metrics}}
+        metrics["template_match@1"] = 0.01
+        timed = [(2, 1, 0.2, 0.9, None), (1, 32, 9.0, 0.8, 2e12), (2, 32, 3.0, 0.6, 1.5e12)][: 3 - 2 * index]
+        results = [
+            {
+                "threads": threads,
+                "prompts": prompts,
+                "settings": {setting: {"median_seconds": seconds, "flops": flops}},
+                "ratio_to_beam_5": {setting: ratio},
+            }
+            for threads, prompts, seconds, ratio, flops in timed
+        ]
+        report = {"pipeline_kwargs": options, "validation": {setting: metrics}, "results": results}
         report |= {"dtype": "torch.bfloat16", "compiled": True} if index else {"dtype": "torch.float32"}
         files.append(str(tmp_path / f"generation_{index}.json"))
         Path(files[-1]).write_text(json.dumps(report))
+    table = plot_results.generation_table(files)
+    assert table.splitlines()[2:] == [
+        "| commit, 10 steps | 0.200 (0.90x) | 3.000 (0.60x) | 1,500 | 1.0 | 2.0 | 10.00 | 0.500 |",
+        "| commit, 10 steps, stop_when_stable=2, bf16, compiled | 0.200 (0.90x) | – | – | 1.0 | 2.0 | 11.00 | 1.500 |",
+    ]
     figure = plot_results.plot_generation(files, str(tmp_path / "tradeoff.png"))
     points = [collection.get_offsets().tolist()[0] for collection in figure.axes[1].collections]
     assert points == [[0.5, 2.0], [1.5, 2.0]]
