@@ -4,21 +4,22 @@
 # by side on the GPU for the same wall-clock budget, both with the learning rate annealed over the last quarter, then
 # evaluate both on NL2Bash validation and test (k = 5; CodeFusion with the commit scheduler in 10 steps, the baseline
 # with beam search and with sampling). On a GPU it first measures training throughput (benchmarks/benchmark_training.py,
-# the paper preset and the quickstart recipe in bf16, against the bf16 matmul peak). OUT_DIR gets at most 7 files:
-# gpu.csv (utilisation every 5 s), unpack.log, benchmark_paper.json, benchmark_small.json, sweep.log, summary.json
-# (the top-k metrics of every evaluation) and results.tar.xz (metrics, predictions, training logs and states; no
-# weights).
+# the paper preset and the quickstart recipe in bf16, against the bf16 matmul peak), and after training times the two
+# trained models' generation against each other (benchmarks/benchmark_generation.py, bf16, at most a minute). OUT_DIR
+# gets at most 8 files: gpu.csv (utilisation every 5 s), unpack.log, benchmark_paper.json, benchmark_small.json,
+# sweep.log, benchmark_generation.json, summary.json (the top-k metrics of every evaluation) and results.tar.xz
+# (metrics, predictions, training logs and states; no weights).
 #
 #   bash research/gpu_window.sh BUNDLE_DIR OUT_DIR [PRETRAIN_MINUTES] [FINETUNE_MINUTES]
 #
 # BUNDLE_DIR comes from `bash research/offline_bundle.sh pack BUNDLE_DIR` and travels with the repository; `none` uses
 # this Python environment and ENCODER, TOKENIZER and DATA from the environment instead, for a dry run on a CPU (with
 # USE_CPU=True BF16=False EVAL_SAMPLES=8 and budgets of a few seconds). PRESET (default small) sizes CodeFusion.
-# The default budget, 1 + 4 minutes of training (phase 1 + 2; the baseline trains 5), leaves about 1 minute for the
-# throughput measurements and 3 for unpacking and evaluating.
+# The default budget, 1 + 3 minutes of training (phase 1 + 2; the baseline trains 4), leaves about 2 minutes for the
+# throughput measurements, 1 for the generation benchmark and 3 for unpacking and evaluating.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bundle=$1 out=$2 pretrain_minutes=${3:-1} finetune_minutes=${4:-4}
+bundle=$1 out=$2 pretrain_minutes=${3:-1} finetune_minutes=${4:-3}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d)
@@ -48,6 +49,12 @@ VARIANTS="codefusion-$preset $pretrain_minutes {$recipe} --timestep_bias_strateg
   bash "$root/research/nl2bash_gpu_sweep.sh" "$work/sweep" "$ENCODER" "$TOKENIZER" "$DATA" "$pretrain_minutes" \
   "$finetune_minutes" >"$out/sweep.log" 2>&1
 status=$?
+if command -v nvidia-smi >/dev/null; then  # the trained models' generation on the GPU (issue 20's CUDA ratios)
+  (cd "$root" && timeout 60 "${PYTHON:-python3}" -m benchmarks.benchmark_generation \
+    --pipeline "$work/sweep/codefusion-$preset/finetune" --baseline "$work/sweep/autoregressive" --device cuda --bf16 \
+    --samplers commit --steps 10 --threads 2 --repeats 5 --output "$out/benchmark_generation.json") \
+    >>"$out/sweep.log" 2>&1
+fi
 [[ -n ${smi:-} ]] && kill "$smi"
 "${PYTHON:-python3}" - "$work/sweep" "$out/summary.json" <<'PY'
 import json, pathlib, sys
