@@ -162,6 +162,22 @@ def test_generation_tradeoff_plot(tmp_path):
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
 
 
+def test_packed_canvas_ab_times_both_layouts_and_restores_the_model(tiny_pipeline, tmp_path, monkeypatch):
+    from codefusion_hf import modeling_codefusion
+    from research import packed_canvas_ab
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    output = tmp_path / "ab.json"
+    argv = ["x", "--pipeline", str(tmp_path / "pipe"), "--lengths", "6", "3", "--calls", "2", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    packed_canvas_ab.main()
+    report = json.loads(output.read_text())
+    assert report["positions"] == {"own": 9, "padded": 12}
+    assert set(report["milliseconds"]) == {"packed", "padded"}
+    assert all(times["median"] > 0 for times in report["milliseconds"].values())
+    assert modeling_codefusion.CodeFusionPackedCanvas is not packed_canvas_ab.PaddedCanvas
+
+
 @pytest.mark.parametrize("rounding", [None, "decoder"])
 def test_diagnose_reports_every_stage(tiny_pipeline, tmp_path, monkeypatch, rounding):
     from research import diagnose

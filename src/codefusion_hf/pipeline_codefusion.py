@@ -5,6 +5,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -84,15 +85,17 @@ class DenoisingRows:
             unconditional_cache=None if self.unconditional_cache is None else self.unconditional_cache[keep],
         )
 
+    # Computed once for these rows: their canvas changes only through `select`, which makes new rows.
+    @cached_property
     def past_canvas(self) -> torch.BoolTensor:
         """`(rows, canvas_length)`: True at the positions past each row's own canvas."""
         positions = torch.arange(self.latents.shape[1], device=self.latents.device)
         return positions[None, :] >= self.canvas_lengths[:, None]
 
+    @cached_property
     def code_attention_mask(self) -> torch.Tensor | None:
         """The model's `code_attention_mask` for these rows: None when every row fills the canvas."""
-        past = self.past_canvas()
-        return (~past).long() if past.any() else None
+        return (~self.past_canvas).long() if self.past_canvas.any() else None
 
 
 def check_same_noise_schedule(scheduler: CodeFusionScheduler, trained: CodeFusionScheduler) -> None:
@@ -525,10 +528,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             token_ids, token_log_probs = step.token_ids, step.token_log_probs
         else:
             logits = self.model.decode(
-                canvas, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache, rows.code_attention_mask()
+                canvas, rows.encoder_hidden_states, rows.attention_mask, rows.prompt_cache, rows.code_attention_mask
             )
             token_log_probs, token_ids = most_likely_tokens(logits)
-        past = rows.past_canvas()
+        past = rows.past_canvas
         return token_ids.masked_fill(past, self.model.config.pad_token_id), token_log_probs.masked_fill(past, 0.0)
 
     def settled_canvas_length(self, token_ids: torch.Tensor, committed: torch.Tensor, canvas_margin: int) -> int:
@@ -881,7 +884,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                         )
                     if self.guidance_scale > 1 and rows.unconditional_cache is None:
                         rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
-                    code_attention_mask = rows.code_attention_mask()
+                    code_attention_mask = rows.code_attention_mask
                     denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
                     model_timesteps = denoiser_timesteps
                     if condition_enhanced_timestep is not None:
@@ -960,7 +963,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                         if canvas_margin is not None and keep.any():
                             length = self.settled_canvas_length(
                                 all_token_ids[rows.indices[keep], :length],
-                                self.scheduler.committed_positions[keep] | rows.past_canvas()[keep],
+                                self.scheduler.committed_positions[keep] | rows.past_canvas[keep],
                                 canvas_margin,
                             )
                         if not keep.all() or length < rows.latents.shape[1]:
