@@ -96,9 +96,7 @@ def main():
         nearest = torch.cdist(rescaled, model.code_embedding_matrix()[None]).argmin(-1)
         report[f"noised@{t}_nearest_embedding_token_accuracy"] = token_accuracy(nearest, labels, code_positions)
         for name, (s, m) in {"": (states, mask), ", shuffled prompts": (states[shuffle], mask[shuffle])}.items():
-            estimate = pipe.scheduler.clip_original_sample(
-                model.noise_scheduler.predict_original_sample(model.denoise(noisy, timesteps, s, m), timesteps, noisy)
-            )
+            estimate = pipe.scheduler.estimate_original_sample(model.denoise(noisy, timesteps, s, m), timesteps, noisy)
             logits = model.decode(estimate, s, m)
             report[f"denoise@{t}{name}_token_accuracy"] = token_accuracy(logits.argmax(-1), labels, code_positions)
             report[f"denoise@{t}{name}_embedding_mse"] = F.mse_loss(estimate, clean).item()

@@ -958,9 +958,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         """The clipped x0 estimate of a denoiser pass without self-conditioning, as a sampler's first step reads it:
         what the gradient-free passes of self-conditioning and unrolling hand on."""
         model_output = self.denoise(noisy_latents, timesteps, encoder_hidden_states, attention_mask)
-        return self.noise_scheduler.clip_original_sample(
-            self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
-        )
+        return self.noise_scheduler.estimate_original_sample(model_output, timesteps, noisy_latents)
 
     @torch.no_grad()
     def _unroll(

@@ -194,6 +194,13 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
             return pred_original_sample
         return pred_original_sample.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
 
+    def estimate_original_sample(
+        self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """The clipped x0 estimate of `sample` at `timesteps` (one for all, per row or per position): what a step
+        moves towards and what the decoder reads."""
+        return self.clip_original_sample(self.predict_original_sample(model_output, timesteps, sample))
+
     def index_for_timestep(self, timestep: int | torch.Tensor) -> int:
         """The position of `timestep` in `self.timesteps`: steps are looked up by timestep, as they are called."""
         if self.num_inference_steps is None:
@@ -258,9 +265,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         )
 
         if pred_original_sample is None:
-            pred_original_sample = self.clip_original_sample(
-                self.predict_original_sample(model_output, timestep, sample)
-            )
+            pred_original_sample = self.estimate_original_sample(model_output, timestep, sample)
         pred_epsilon = self.predict_noise(pred_original_sample, timestep, sample)
 
         variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)

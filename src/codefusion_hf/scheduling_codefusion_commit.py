@@ -158,9 +158,7 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
         device, dtype = sample.device, sample.dtype
         if pred_original_sample is None:
             model_timesteps = self.denoiser_timesteps(timestep, sample)
-            pred_original_sample = self.clip_original_sample(
-                self.predict_original_sample(model_output, model_timesteps, sample)
-            )
+            pred_original_sample = self.estimate_original_sample(model_output, model_timesteps, sample)
         if self.committed_positions is None:
             self.committed_positions = torch.zeros(batch_size, canvas_length, dtype=torch.bool, device=device)
             self.committed_tokens = torch.zeros(batch_size, canvas_length, dtype=torch.long, device=device)
