@@ -24,9 +24,10 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from huggingface_hub.hf_api import api as default_api
 from safetensors.torch import load_file, save_file
 from test_training import make_trainer
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 
-from codefusion_hf import CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler
+from codefusion_hf import CodeFusionCommitScheduler, CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler
+from codefusion_hf.hub_codefusion import check_pipeline_folder
 from codefusion_hf.training_codefusion import CodeFusionTrainer
 
 TOKEN = "hf_test_write_token"
@@ -467,7 +468,7 @@ def test_pushing_to_an_unreachable_hub_names_it(tiny_pipeline, tmp_path):
 
         for push in (
             lambda: CodeFusionPipeline.from_pretrained(sys.argv[1]).push_to_hub("user/x", token="hf_x"),
-            lambda: upload_pipeline_folder(sys.argv[1], "user/x", token="hf_x"),
+            lambda: upload_pipeline_folder(sys.argv[1], "user/x", token="hf_x", pipeline_class=CodeFusionPipeline),
         ):
             try:
                 push()
@@ -679,3 +680,40 @@ def test_a_model_that_does_not_fit_its_weights_says_so_once(saved_pipeline, tmp_
         assert any("LOAD REPORT" in report and "MISMATCH" in report for report in reports)
     finally:
         logger.removeHandler(handler)
+
+
+class CommittingPipeline(CodeFusionPipeline):
+    """A subclass that samples with the committing scheduler only and takes one more optional component."""
+
+    _optional_components = [*CodeFusionPipeline._optional_components, "reranker"]
+
+    def __init__(
+        self,
+        model: CodeFusionModel,
+        scheduler: CodeFusionCommitScheduler,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+        reranker: CodeFusionModel | None = None,
+    ):
+        super().__init__(model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=prompt_tokenizer)
+        self.register_modules(reranker=reranker)
+
+
+def test_a_subclass_folder_is_checked_against_the_subclass_init(saved_pipeline, tmp_path):
+    """The folder check reads the loading class's own `__init__`: its type hints and its extra components, which
+    CodeFusionPipeline's would let through (a plain scheduler; anything as the reranker)."""
+    pipe = CodeFusionPipeline.from_pretrained(saved_pipeline)
+    scheduler = CodeFusionCommitScheduler.from_config(pipe.scheduler.config)
+    CommittingPipeline(**pipe.components | {"scheduler": scheduler}).save_pretrained(
+        tmp_path / "saved", model_card=False
+    )
+    check_pipeline_folder(str(tmp_path / "saved"), CommittingPipeline)
+    loaded = CommittingPipeline.from_pretrained(tmp_path / "saved")
+    assert type(loaded.scheduler) is CodeFusionCommitScheduler and loaded.reranker is None
+    for component, takes in (("scheduler", "CodeFusionCommitScheduler"), ("reranker", "CodeFusionModel")):
+        folder = Path(shutil.copytree(tmp_path / "saved", tmp_path / component))
+        set_key("model_index.json", component, ["codefusion_hf.scheduling_codefusion", "CodeFusionScheduler"])(folder)
+        with pytest.raises(
+            OSError, match=f"'{component}' is .*, which CommittingPipeline cannot run: it takes a .*{takes}"
+        ):
+            CommittingPipeline.from_pretrained(folder)

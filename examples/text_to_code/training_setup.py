@@ -191,7 +191,14 @@ def train_and_save(trainer: CodeFusionTrainer, commit_message: str, model_card: 
         # The saved pipeline folder, card included; Trainer.push_to_hub would replace the card with its own.
         args = trainer.args
         repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
-        upload_pipeline_folder(args.output_dir, repo_id, args.hub_token, args.hub_private_repo, commit_message)
+        upload_pipeline_folder(
+            args.output_dir,
+            repo_id,
+            args.hub_token,
+            args.hub_private_repo,
+            commit_message,
+            pipeline_class=CodeFusionPipeline,
+        )
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return trainer

@@ -256,8 +256,11 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def push(args: argparse.Namespace) -> None:
     from .hub_codefusion import upload_pipeline_folder
+    from .pipeline_codefusion import CodeFusionPipeline
 
-    commit = upload_pipeline_folder(args.model, args.repo_id, token=args.token, private=args.private)
+    commit = upload_pipeline_folder(
+        args.model, args.repo_id, token=args.token, private=args.private, pipeline_class=CodeFusionPipeline
+    )
     print(f"Pushed {args.model} to {commit.repo_url}")
 
 

@@ -21,7 +21,6 @@ from .modelcard_codefusion import create_model_card, save_model_card
 
 logger = logging.get_logger(__name__)
 
-PIPELINE_CLASS_NAME = "CodeFusionPipeline"
 # Files each saved component cannot load without; checked before loading so errors name the file.
 REQUIRED_FILES = {
     "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
@@ -60,7 +59,7 @@ class CodeFusionPipelineHubMixin:
         """
         path = str(pretrained_model_name_or_path)
         if os.path.isdir(path):
-            check_pipeline_folder(path, cls.__name__, kwargs.get("variant"))
+            check_pipeline_folder(path, cls, kwargs.get("variant"))
             return super().from_pretrained(path, **kwargs)
         if path.startswith((".", "/", "~")) or path.count("/") > 1:
             raise OSError(f"{path} is not a folder, nor a Hub repo id (which looks like 'user/name').")
@@ -70,7 +69,7 @@ class CodeFusionPipelineHubMixin:
         except LocalEntryNotFoundError as error:  # offline, or the Hub unreachable, and not in the cache
             raise OSError(f"{path} is not a local folder, and as a Hub repo id it could not be downloaded: {error}")
         try:
-            check_pipeline_folder(folder, cls.__name__, kwargs.get("variant"))
+            check_pipeline_folder(folder, cls, kwargs.get("variant"))
         except OSError as error:
             revision = download_kwargs.get("revision") or "main"
             raise OSError(
@@ -162,10 +161,11 @@ def variant_name(name: str, variant: str | None) -> str:
     return f"{stem}.{variant}.{extension}"
 
 
-def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME, variant: str | None = None) -> None:
-    """Fail early, naming the file, when a saved pipeline is not a CodeFusion pipeline or a component is missing
-    or unreadable (diffusers' own errors do not say which file broke). `variant` names the weights files to look
-    for, as `save_pretrained(..., variant=)` wrote them."""
+def check_pipeline_folder(path: str, pipeline_class: type, variant: str | None = None) -> None:
+    """Fail early, naming the file, when a saved pipeline is not a `pipeline_class` pipeline (the class that loads it:
+    [`CodeFusionPipeline`] or a subclass, whose own `__init__` says which components it takes) or a component is
+    missing or unreadable (diffusers' own errors do not say which file broke). `variant` names the weights files to
+    look for, as `save_pretrained(..., variant=)` wrote them."""
     index_file = os.path.join(path, "model_index.json")
     try:
         with open(index_file) as f:
@@ -176,9 +176,9 @@ def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME, vari
         raise OSError(f"{index_file} is not valid JSON ({error}).") from None
     if not isinstance(index, dict):
         raise OSError(f"{index_file} must hold a JSON object, got a {type(index).__name__}.")
-    if index.get("_class_name") != class_name:
-        raise OSError(f"{path} holds a {index.get('_class_name')!r} pipeline, not a {class_name}.")
-    component_classes = check_component_classes(index_file, index)
+    if index.get("_class_name") != pipeline_class.__name__:
+        raise OSError(f"{path} holds a {index.get('_class_name')!r} pipeline, not a {pipeline_class.__name__}.")
+    component_classes = check_component_classes(index_file, index, pipeline_class)
     for component, required in REQUIRED_FILES.items():
         if component_classes[component] is None:
             continue  # an optional component saved as absent
@@ -198,14 +198,12 @@ def check_pipeline_folder(path: str, class_name: str = PIPELINE_CLASS_NAME, vari
                 check_config_types(existing, component, component_classes[component])
 
 
-def check_component_classes(index_file: str, index: dict[str, Any]) -> dict[str, type | None]:
-    """The class model_index.json names for each component of [`CodeFusionPipeline`] (None for an optional one saved
-    as absent), checked against the types its `__init__` takes: diffusers only warns about a wrong model class and
-    does not check schedulers, so a DDPMScheduler would load and sample wrongly."""
-    from .pipeline_codefusion import CodeFusionPipeline  # here: that module imports this one
-
+def check_component_classes(index_file: str, index: dict[str, Any], pipeline_class: type) -> dict[str, type | None]:
+    """The class model_index.json names for each component of `pipeline_class` (None for an optional one saved as
+    absent), checked against the types its `__init__` takes: diffusers only warns about a wrong model class and does
+    not check schedulers, so a DDPMScheduler would load and sample wrongly."""
     classes = {}
-    for component, accepted in CodeFusionPipeline._get_signature_types().items():
+    for component, accepted in pipeline_class._get_signature_types().items():
         names = " or ".join(f"{t.__module__}.{t.__name__}" for t in accepted if t is not type(None))
         entry = index.get(component)
         if not (isinstance(entry, list) and len(entry) == 2 and all(p is None or isinstance(p, str) for p in entry)):
@@ -220,7 +218,7 @@ def check_component_classes(index_file: str, index: dict[str, Any]) -> dict[str,
         class_obj = getattr(sys.modules.get(library or ""), class_name or "", None)
         if not (isinstance(class_obj, type) and issubclass(class_obj, accepted)):
             raise OSError(
-                f"{index_file}: {component!r} is {entry!r}, which {CodeFusionPipeline.__name__} cannot run: it takes "
+                f"{index_file}: {component!r} is {entry!r}, which {pipeline_class.__name__} cannot run: it takes "
                 f"a {names} (or a subclass). Set {component!r} to the class the component was saved with."
             )
         classes[component] = class_obj
@@ -274,10 +272,13 @@ def upload_pipeline_folder(
     token: str | None = None,
     private: bool | None = None,
     commit_message: str = "Upload CodeFusion pipeline",
+    *,
+    pipeline_class: type,
 ) -> CommitInfo:
     """Upload a saved pipeline folder as it is, model card included (`push_to_hub` would re-save the pipeline and
-    rebuild a card from the pipeline alone, losing what the saver knew). Trainer checkpoints are left out."""
-    check_pipeline_folder(folder)
+    rebuild a card from the pipeline alone, losing what the saver knew), after checking it loads as `pipeline_class`
+    ([`CodeFusionPipeline`] or a subclass). Trainer checkpoints are left out."""
+    check_pipeline_folder(folder, pipeline_class)
     with reaching_the_hub(repo_id):
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         return upload_folder(
