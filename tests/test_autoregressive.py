@@ -1,7 +1,9 @@
 """The autoregressive baseline (research/baselines/train_autoregressive.py): trains, saves, resumes, and writes k
 ranked candidates per prompt."""
 
+import ast
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,6 +46,23 @@ def test_config_parses_and_flags_override():
     assert training_args.lr_decay_minutes == 30  # annealed over the last 30 of the config's 120 minutes
     with pytest.raises(ValueError, match="lr_decay_minutes=121.0 must be positive and at most max_train_minutes=120"):
         train_autoregressive.parse_args([str(config), "--lr_decay_minutes", "121"])
+
+
+def test_the_run_keeping_tools_import_without_the_codefusion_model():
+    """The baseline's training tools (time budget, checkpoints, resuming) come from modules of their own, which a
+    fresh interpreter imports without the CodeFusion model, pipeline or trainer."""
+    tree = ast.parse((ROOT / "research" / "baselines" / "train_autoregressive.py").read_text())
+    tools = sorted(
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("codefusion_hf.training")
+    )
+    assert tools and "codefusion_hf.training_codefusion" not in tools
+    code = f"import json, sys\nfor name in {tools!r}: __import__(name)\nprint(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+    assert set(tools) <= set(loaded)
+    for module in ("modeling_codefusion", "pipeline_codefusion", "training_codefusion"):
+        assert f"codefusion_hf.{module}" not in loaded
 
 
 def test_t5_train_resume_and_evaluate_beam_and_sample(tmp_path, code_tokenizer):

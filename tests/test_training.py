@@ -16,7 +16,14 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from codefusion_hf import CodeFusionConfig, CodeFusionModel, CodeFusionPipeline, training_codefusion
+from codefusion_hf import (
+    CodeFusionConfig,
+    CodeFusionModel,
+    CodeFusionPipeline,
+    training_callbacks_codefusion,
+    training_checkpoints_codefusion,
+    training_codefusion,
+)
 from codefusion_hf.data_codefusion import (
     ENCODER_STATES_COLUMN,
     CodeFusionDataCollator,
@@ -25,12 +32,12 @@ from codefusion_hf.data_codefusion import (
 )
 from codefusion_hf.scheduling_codefusion import CodeFusionScheduler
 from codefusion_hf.scheduling_codefusion_commit import CodeFusionCommitScheduler
+from codefusion_hf.training_callbacks_codefusion import TimeBudgetProgressCallback
+from codefusion_hf.training_checkpoints_codefusion import find_resume_checkpoint
 from codefusion_hf.training_codefusion import (
     CodeFusionPretrainer,
     CodeFusionTrainer,
     CodeFusionTrainingArguments,
-    LossAwareTimestepSampler,
-    find_resume_checkpoint,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +118,25 @@ def test_canvas_margin_trims_the_training_canvas(code_tokenizer, tmp_path, monke
         training_args(tmp_path, canvas_margin=-1)
 
 
+def test_the_trainer_changes_the_config_only_to_record_its_settings(code_tokenizer, tmp_path, monkeypatch):
+    """Every change the trainer makes to `model.config` goes through `record_training_settings`: without it the
+    config is the model's own; with it, exactly the loss weights that the arguments override, the canvas margin and
+    the smallest timestep trained, with a warning naming the weight replaced."""
+    settings = {"canvas_margin": 4, "min_train_timestep": 5, "decoder_loss_weight": 0.5, "noise_loss_weight": 1.0}
+    built = CodeFusionModel(tiny_config(code_tokenizer)).config.to_dict() | {"use_cache": False}  # set by Trainer
+    monkeypatch.setattr(CodeFusionTrainer, "record_training_settings", lambda self, model, args: None)
+    assert make_trainer("finetune", code_tokenizer, tmp_path, **settings).model.config.to_dict() == built
+    monkeypatch.undo()
+    messages = []
+    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    config = make_trainer("finetune", code_tokenizer, tmp_path, **settings).model.config.to_dict()
+    changed = {name: value for name, value in config.items() if built[name] != value}
+    assert changed == {"canvas_margin": 4, "min_train_timestep": 5, "decoder_loss_weight": 0.5}  # noise's is 1 already
+    assert messages == [
+        "args.decoder_loss_weight=0.5 replaces model.config.decoder_loss_weight=1.0 (saved with the model)."
+    ]
+
+
 def test_length_head_trains_and_the_margin_is_recorded(code_tokenizer, tmp_path):
     """With predict_length the length loss is logged and falls; the saved model records the canvas_margin it was
     trained with, which sampling on a predicted length adds to it."""
@@ -139,7 +165,7 @@ def test_group_by_length_groups_by_code_length(code_tokenizer, tmp_path):
 @pytest.mark.parametrize("native", [False, True])
 def test_emulated_cpu_bf16_is_warned_about(tmp_path, monkeypatch, native):
     messages = []
-    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    monkeypatch.setattr(training_callbacks_codefusion.logger, "warning", messages.append)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     training_args(tmp_path, bf16=True)
@@ -421,6 +447,26 @@ def test_generation_metrics_are_logged(code_tokenizer, tmp_path, monkeypatch, co
     assert 0 <= metrics["eval_exact_match"] <= 1
 
 
+@pytest.mark.parametrize("language", ["bash", "sql"])
+def test_generation_metrics_score_the_top_candidates_as_evaluation_does(
+    code_tokenizer, tmp_path, monkeypatch, language
+):
+    """Known top-1 outputs for the four prompts (references: ls -la, df -h, find ..., wc -l a.txt): one exact match,
+    a second one by template (Bash only), one empty output and three distinct ones. A language the evaluation does not
+    know (CPD masks any) is scored as 'other'."""
+    trainer = make_trainer("finetune", code_tokenizer, tmp_path, generation_eval_samples=4, language=language)
+    outputs = dict(zip([prompt for prompt, _ in PAIRS], ["ls -la", "", "ls -la", "wc -l b.txt"]))
+    monkeypatch.setattr(
+        CodeFusionPipeline,
+        "__call__",
+        lambda self, prompts, **k: SimpleNamespace(code=[[outputs[p]] for p in prompts]),
+    )
+    expected = {"exact_match": 0.25, "non_empty_rate": 0.75, "distinct_rate": 0.75}
+    if language == "bash":
+        expected["template_match"] = 0.5
+    assert trainer.generation_metrics() == expected
+
+
 class CountSteps(TrainerCallback):
     def __init__(self):
         self.steps = []
@@ -460,7 +506,7 @@ def test_resuming_with_another_learning_rate_is_refused(code_tokenizer, tmp_path
     trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     trainer.train()
     messages = []
-    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    monkeypatch.setattr(training_checkpoints_codefusion.logger, "warning", messages.append)
     assert find_resume_checkpoint(training_args(tmp_path, max_steps=2)).endswith("checkpoint-2")
     assert messages == []
     with pytest.raises(ValueError) as refused:
@@ -480,7 +526,7 @@ def test_resuming_with_another_schedule_says_what_it_does_and_does_it(code_token
     recorded = json.loads((tmp_path / "out" / "checkpoint-2" / "schedule.json").read_text())
     assert recorded["max_steps"] == 4 and recorded["lr_scheduler_type"] == "linear"
     messages = []
-    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    monkeypatch.setattr(training_checkpoints_codefusion.logger, "warning", messages.append)
     shutil.rmtree(tmp_path / "out" / "checkpoint-4")
     resumed = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=8, **schedule)
     resumed.train(resume_from_checkpoint=find_resume_checkpoint(resumed.args))
@@ -523,14 +569,12 @@ def test_time_budget_progress_bar(code_tokenizer, tmp_path, monkeypatch):
         "finetune", code_tokenizer, tmp_path, max_steps=3, max_train_minutes=2.0, disable_tqdm=False
     )
     callbacks = [type(c) for c in trainer.callback_handler.callbacks]
-    assert training_codefusion.TimeBudgetProgressCallback in callbacks and ProgressCallback not in callbacks
-    (bar,) = [
-        c for c in trainer.callback_handler.callbacks if isinstance(c, training_codefusion.TimeBudgetProgressCallback)
-    ]
+    assert TimeBudgetProgressCallback in callbacks and ProgressCallback not in callbacks
+    (bar,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, TimeBudgetProgressCallback)]
     monkeypatch.setattr(bar, "on_train_end", lambda *args, **kwargs: None)  # keep the bar to look at it
     # A fake clock 30 s further at every reading: the bar follows it, up to the budget.
     seconds = iter(range(0, 10**6, 30))
-    monkeypatch.setattr(training_codefusion, "time", SimpleNamespace(monotonic=lambda: float(next(seconds))))
+    monkeypatch.setattr(training_callbacks_codefusion, "time", SimpleNamespace(monotonic=lambda: float(next(seconds))))
     positions = []
     update = bar.on_step_end
     monkeypatch.setattr(bar, "on_step_end", lambda *a, **k: update(*a, **k) or positions.append(bar.training_bar.n))
@@ -546,7 +590,7 @@ def test_lr_decay_minutes_anneals_over_the_end_of_the_time_budget(code_tokenizer
     """A fake clock that advances one minute at every reading (the start, then once per optimizer step): the rate
     stays at the schedule's until 4 minutes are left, falls linearly to 0 at 10 minutes, and training stops after."""
     minutes = iter(range(1000))
-    monkeypatch.setattr(training_codefusion, "time", SimpleNamespace(monotonic=lambda: 60.0 * next(minutes)))
+    monkeypatch.setattr(training_callbacks_codefusion, "time", SimpleNamespace(monotonic=lambda: 60.0 * next(minutes)))
     trainer = make_trainer(
         "finetune",
         code_tokenizer,
@@ -581,7 +625,7 @@ def test_resume_skips_an_incomplete_or_damaged_last_checkpoint(code_tokenizer, t
     out = tmp_path / "out"
     (out / "checkpoint-1.tmp" / "checkpoint-1").mkdir(parents=True)  # a first save that never finished
     messages = []
-    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    monkeypatch.setattr(training_checkpoints_codefusion.logger, "warning", messages.append)
     assert find_resume_checkpoint(training_args(tmp_path)) is None
     assert len(messages) == 1 and "checkpoint-1.tmp (a save that never finished" in messages[0]
     assert "starting afresh" in messages[0]
@@ -678,7 +722,7 @@ def test_a_save_killed_halfway_resumes_from_the_last_complete_checkpoint(code_to
     assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-4.tmp"]
     assert (out / "checkpoint-4.tmp" / "checkpoint-4" / "optimizer.pt").is_file()
     messages = []
-    monkeypatch.setattr(training_codefusion.logger, "warning", messages.append)
+    monkeypatch.setattr(training_checkpoints_codefusion.logger, "warning", messages.append)
     resumed = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=find_resume_checkpoint(resumed.args))
     assert len(messages) == 1 and f"Resuming from {out / 'checkpoint-2'}" in messages[0]
@@ -708,16 +752,6 @@ def test_a_full_disk_during_a_save_is_named_and_leaves_the_last_checkpoint(code_
     assert find_resume_checkpoint(trainer.args) == str(out / "checkpoint-2")
 
 
-def test_writer_errors_on_a_full_disk_count_as_a_full_disk(tmp_path, monkeypatch):
-    """torch.save and safetensors raise their own errors on a full disk (as measured on a full tmpfs): a save that
-    fails while the disk has no space left is a full disk, one that fails with space left is not."""
-    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 110400 vs 110292")
-    assert not training_codefusion.is_disk_full(torch_error, str(tmp_path))
-    assert training_codefusion.is_disk_full(OSError(errno.ENOSPC, "No space left on device"), str(tmp_path))
-    monkeypatch.setattr(shutil, "disk_usage", lambda folder: SimpleNamespace(free=4096))
-    assert training_codefusion.is_disk_full(torch_error, str(tmp_path))
-
-
 def test_non_finite_loss_stops_training(code_tokenizer, tmp_path):
     trainer = make_trainer("finetune", code_tokenizer, tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
     trainer.model.config.decoder_loss_weight = math.inf
@@ -741,17 +775,6 @@ def test_bad_training_arguments(tmp_path):
         training_args(tmp_path, timestep_bias_portion=0)
     with pytest.raises(ValueError, match="min_train_timestep must be at least 0"):
         training_args(tmp_path, min_train_timestep=-1)
-
-
-@pytest.mark.parametrize("strategy", ["none", "later", "earlier"])
-def test_timestep_weights(strategy, code_tokenizer, tmp_path):
-    """With multiplier 3, 'later' draws the noisiest quarter of the steps half the time, 'earlier' the cleanest."""
-    trainer = make_trainer(
-        "finetune", code_tokenizer, tmp_path, timestep_bias_strategy=strategy, timestep_bias_multiplier=3.0
-    )
-    weights = trainer.timestep_weights(1200)
-    expected = {"none": (0.25, 0.25), "later": (0.5, 1 / 6), "earlier": (1 / 6, 0.5)}[strategy]
-    torch.testing.assert_close((weights[900:].sum().item(), weights[:300].sum().item()), expected)
 
 
 def test_min_train_timestep_clips_the_smallest_noise(code_tokenizer, tmp_path, monkeypatch):
@@ -780,25 +803,6 @@ def test_min_train_timestep_clips_the_smallest_noise(code_tokenizer, tmp_path, m
     with pytest.raises(ValueError, match="min_train_timestep=1200 leaves no timestep to train on"):
         trainer.args.min_train_timestep = 1200
         trainer.timestep_weights(1200)
-
-
-def test_loss_aware_sampler_draws_by_the_root_mean_square_of_recent_losses():
-    base = torch.ones(100).index_fill(0, torch.arange(20), 0)  # min_train_timestep=20: buckets 0 and 1 unused
-    sampler = LossAwareTimestepSampler(base, num_buckets=10, history=2, uniform_share=0.0)
-    torch.testing.assert_close(sampler.probabilities(), base / 80)  # not warm: the base distribution, weight 1
-    timesteps, weights = sampler.sample(50)
-    assert timesteps.min() >= 20 and torch.equal(weights, torch.ones(50))
-    for _ in range(2):  # bucket 9 (timesteps 90-99) has losses 10 times the others'
-        sampler.update(torch.arange(20, 100, 10), torch.tensor([1.0] * 7 + [10.0]))
-    assert sampler.warm
-    probabilities = sampler.probabilities()
-    assert probabilities[:20].sum() == 0 and torch.isclose(probabilities[95] / probabilities[25], torch.tensor(10.0))
-    losses = torch.rand(100)  # the importance weights keep any per-timestep loss's expectation the base one's
-    timesteps = torch.arange(100)
-    weights = (base / 80)[timesteps] / probabilities.clamp(min=1e-12)[timesteps]
-    torch.testing.assert_close((probabilities * weights * losses).sum(), (base / 80 * losses).sum())
-    sampler.update(torch.tensor([[0, 95, 0]]), torch.tensor([5.0]))  # per-position timesteps: the row's largest
-    assert sampler.losses[9, -1] == 5.0
 
 
 def test_loss_aware_timesteps_reach_the_model_with_their_weights(code_tokenizer, tmp_path, monkeypatch):

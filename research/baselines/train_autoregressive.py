@@ -52,13 +52,13 @@ from codefusion_hf.configuration_codefusion import PRESETS
 from codefusion_hf.constants import LANGUAGE_HELP
 from codefusion_hf.data_codefusion import load_code_dataset, tokenize_dataset
 from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation
-from codefusion_hf.training_codefusion import (
+from codefusion_hf.training_callbacks_codefusion import (
     ScheduleRecordCallback,
     TimeLimitCallback,
     check_time_budget,
-    find_resume_checkpoint,
     warn_if_cpu_bf16_is_emulated,
 )
+from codefusion_hf.training_checkpoints_codefusion import find_resume_checkpoint
 from examples.text_to_code.training_setup import MINILM, DataArguments, json_object, parse_args_with_config_file
 
 PROMPT_TOKENIZER_FOLDER = "prompt_tokenizer"  # the same sub-folder a saved CodeFusionPipeline uses

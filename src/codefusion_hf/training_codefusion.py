@@ -1,45 +1,62 @@
-"""Training CodeFusion with the transformers `Trainer`: phase 1 (code-only pre-training) and phase 2 (fine-tuning)."""
+"""Training CodeFusion with the transformers `Trainer`: phase 1 (code-only pre-training) and phase 2 (fine-tuning).
+The run-keeping any Trainer can use lives beside it: callbacks and argument checks in
+`training_callbacks_codefusion`, checkpoints and resuming in `training_checkpoints_codefusion`, the timestep
+distributions in `training_timesteps_codefusion`."""
 
-import errno
-import json
 import os
-import platform
-import re
 import shutil
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
-from .constants import ROUNDINGS
+from .constants import LANGUAGES, ROUNDINGS
 from .data_codefusion import CodeFusionDataCollator, CodeFusionPretrainingCollator, add_encoder_states
-from .hub_codefusion import check_readable
-from .metrics import exact_match, template_match
+from .evaluation_codefusion import score_candidates
 from .modelcard_codefusion import hub_model_id
 from .modeling_codefusion import CodeFusionModel
 from .pipeline_codefusion import CodeFusionPipeline
 from .scheduling_codefusion import CodeFusionScheduler
 from .scheduling_codefusion_commit import CodeFusionCommitScheduler
+from .training_callbacks_codefusion import (
+    ScheduleRecordCallback,
+    TimeBudgetProgressCallback,
+    TimeLimitCallback,
+    check_time_budget,
+    warn_if_cpu_bf16_is_emulated,
+)
+from .training_checkpoints_codefusion import (
+    find_resume_checkpoint,
+    full_disk_error,
+    publish_staged,
+    remove_staging_folders,
+    staging_paths,
+    write_schedule_record,
+)
+from .training_timesteps_codefusion import TIMESTEP_BIAS_STRATEGIES, LossAwareTimestepSampler, timestep_weights
 
 logger = logging.get_logger(__name__)
 
 LOSS_TERMS = ("noise_loss", "embedding_loss", "decoder_loss")
-TIMESTEP_BIAS_STRATEGIES = ("none", "later", "earlier")
+# The top-1 metrics of `score_candidates` that each evaluation logs (with its prefix, e.g. eval_exact_match), by the
+# names training logs them under.
+GENERATION_METRICS = {
+    "exact_match@1": "exact_match",
+    "template_match@1": "template_match",
+    "non_empty_rate": "non_empty_rate",
+    "distinct_top1_rate": "distinct_rate",
+}
 
 
 @dataclass
@@ -203,112 +220,6 @@ class CodeFusionTrainingArguments(TrainingArguments):
             )
 
 
-def warn_if_cpu_bf16_is_emulated(args: TrainingArguments) -> None:
-    """bf16 autocast on a CPU without AVX512-BF16 or AMX is emulated: on this project's 2-core AVX2 machine a bf16
-    matrix product ran 47x slower than fp32 (0.88 against 41 GFLOP/s), so a time-limited run would train for a
-    fraction of its steps without any error. Shared by the CodeFusion and autoregressive runs."""
-    if not args.bf16 or platform.machine().lower() not in ("x86_64", "amd64"):  # the check knows x86 CPUs only
-        return
-    on_cpu = args.use_cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    if on_cpu and not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        logger.warning(
-            "bf16=True on a CPU without native bf16 (no AVX512-BF16 or AMX): PyTorch emulates it, and training runs "
-            "many times slower than in fp32. Pass --bf16 False."
-        )
-
-
-def check_time_budget(max_train_minutes: float | None, lr_decay_minutes: float | None) -> None:
-    """The arguments' own check of `lr_decay_minutes`, shared by the CodeFusion and autoregressive runs."""
-    if lr_decay_minutes is None:
-        return
-    if max_train_minutes is None:
-        raise ValueError("lr_decay_minutes needs max_train_minutes: it decays over the end of that time budget.")
-    if not 0 < lr_decay_minutes <= max_train_minutes:
-        raise ValueError(
-            f"lr_decay_minutes={lr_decay_minutes} must be positive and at most max_train_minutes={max_train_minutes}."
-        )
-
-
-class TimeLimitCallback(TrainerCallback):
-    """
-    Ends training, with a final checkpoint (evaluated when the run evaluates), once `max_train_minutes` of wall time
-    have passed in this run. With `lr_decay_minutes`, the learning rate of the schedule is also scaled down linearly
-    to 0 over the last `lr_decay_minutes` of the budget: a run that stops on the clock cannot know its step count,
-    so a step-based decaying schedule cannot end on time, and a constant rate leaves the gain of annealing on the
-    table. The clock is the main process's, broadcast at every step, so every process stops at the same step with
-    the same rate.
-    """
-
-    def __init__(self, max_train_minutes: float, lr_decay_minutes: float | None = None):
-        check_time_budget(max_train_minutes, lr_decay_minutes)
-        self.max_seconds = max_train_minutes * 60
-        self.decay_seconds = None if lr_decay_minutes is None else lr_decay_minutes * 60
-        self.start = None
-        self.elapsed = 0.0
-
-    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
-        self.start = time.monotonic()
-        self.elapsed = 0.0
-        if self.decay_seconds is None:
-            return
-        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
-        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-            raise ValueError(
-                f"lr_decay_minutes scales a LambdaLR schedule (every lr_scheduler_type of transformers but "
-                f"reduce_lr_on_plateau), got {type(scheduler).__name__}: choose another lr_scheduler_type."
-            )
-        scheduler.lr_lambdas = [
-            lambda step, schedule=schedule: schedule(step) * self.lr_factor() for schedule in scheduler.lr_lambdas
-        ]
-
-    def lr_factor(self) -> float:
-        """1 until the last `lr_decay_minutes` of the budget, then down linearly to 0 at its end."""
-        return min(1.0, max(0.0, (self.max_seconds - self.elapsed) / self.decay_seconds))
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        """Read the clock between the optimizer's step and the schedule's, which sets the next step's rate."""
-        (self.elapsed,) = broadcast_object_list([time.monotonic() - self.start])  # as is with one process
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.elapsed > self.max_seconds:
-            logger.warning(
-                f"max_train_minutes={args.max_train_minutes} reached at step {state.global_step}: stopping."
-            )
-            control.should_training_stop = True
-            control.should_save = True
-            # Evaluated too when the run evaluates: the last checkpoint, the most annealed, then counts for the best
-            # model (load_best_model_at_end, early stopping) instead of being passed over for an earlier one.
-            control.should_evaluate = args.eval_strategy != "no"
-
-
-class TimeBudgetProgressCallback(ProgressCallback):
-    """The training bar of a run with `max_train_minutes`: it counts the time budget in seconds, with the steps done
-    beside it. A run that stops on the clock never reaches `max_steps`, so a bar of steps would show e.g. 0/100000
-    and an estimate of days."""
-
-    def __init__(self, max_train_minutes: float):
-        super().__init__()
-        self.budget_seconds = max_train_minutes * 60
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.training_bar = tqdm(
-                total=round(self.budget_seconds),
-                unit="s",
-                dynamic_ncols=True,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]",
-            )
-        self.current_step = 0
-        self.start = time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            elapsed = min(round(time.monotonic() - self.start), self.training_bar.total)
-            self.training_bar.update(elapsed - self.training_bar.n)
-            self.training_bar.set_postfix(step=state.global_step)
-        self.current_step = state.global_step
-
-
 class CodeFusionTrainer(Trainer):
     """
     Phase 2, supervised fine-tuning on (prompt, code) pairs; every part of the model is trained (unless
@@ -340,17 +251,7 @@ class CodeFusionTrainer(Trainer):
         generation_eval_dataset: Dataset | None = None,
         **kwargs,
     ):
-        for name in LOSS_TERMS:
-            weight = getattr(args, f"{name}_weight")
-            if weight is not None and weight != getattr(model.config, f"{name}_weight"):
-                # On the config, so that the saved model records the weights it was trained with.
-                logger.warning(
-                    f"args.{name}_weight={weight} replaces model.config.{name}_weight="
-                    f"{getattr(model.config, f'{name}_weight')} (saved with the model)."
-                )
-                setattr(model.config, f"{name}_weight", weight)
-        # Sampling on a predicted length builds the canvas this training computes: the code plus this margin.
-        model.config.canvas_margin = args.canvas_margin
+        self.record_training_settings(model, args)
         self.prepare_model(model, args)
         train_dataset = kwargs.get("train_dataset")
         if (
@@ -369,7 +270,6 @@ class CodeFusionTrainer(Trainer):
         self._loss_term_counts = {"train": 0, "eval": 0}
         self._eval_generator = None
         self._timestep_weights = self.timestep_weights(model.config.num_train_timesteps)  # drawn from every step
-        model.config.min_train_timestep = args.min_train_timestep  # sampling stays within the timesteps trained
         self.timestep_sampler = LossAwareTimestepSampler(self._timestep_weights) if args.loss_aware_timesteps else None
         if self.caches_encoder_states():
             with args.main_process_first(desc="encoding the prompts once"):
@@ -383,6 +283,24 @@ class CodeFusionTrainer(Trainer):
             if not args.disable_tqdm:
                 self.remove_callback(ProgressCallback)
                 self.add_callback(TimeBudgetProgressCallback(args.max_train_minutes))
+
+    def record_training_settings(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
+        """Write into `model.config` the training arguments that sampling must follow, the only place the trainer
+        changes the config: the saved model then records how it was trained. The loss weights that `args` override
+        (with a warning); `canvas_margin`, since sampling on a predicted length builds the canvas this training
+        computes, the code plus that margin; `min_train_timestep`, since sampling stays within the timesteps
+        trained."""
+        config = model.config
+        for name in LOSS_TERMS:
+            weight = getattr(args, f"{name}_weight")
+            if weight is not None and weight != getattr(config, f"{name}_weight"):
+                logger.warning(
+                    f"args.{name}_weight={weight} replaces model.config.{name}_weight="
+                    f"{getattr(config, f'{name}_weight')} (saved with the model)."
+                )
+                setattr(config, f"{name}_weight", weight)
+        config.canvas_margin = args.canvas_margin
+        config.min_train_timestep = args.min_train_timestep
 
     def prepare_model(self, model: CodeFusionModel, args: CodeFusionTrainingArguments) -> None:
         model.encoder.requires_grad_(not args.freeze_encoder and args.trained_encoder_layers is None)
@@ -498,19 +416,13 @@ class CodeFusionTrainer(Trainer):
     def timestep_weights(self, num_train_timesteps: int) -> torch.Tensor:
         """Probability of drawing each training timestep under `args.timestep_bias_*` and `args.min_train_timestep`."""
         args = self.args
-        if args.min_train_timestep >= num_train_timesteps:
-            raise ValueError(
-                f"min_train_timestep={args.min_train_timestep} leaves no timestep to train on: the model has "
-                f"num_train_timesteps={num_train_timesteps}."
-            )
-        weights = torch.ones(num_train_timesteps)
-        num_biased = max(1, round(args.timestep_bias_portion * num_train_timesteps))
-        if args.timestep_bias_strategy == "later":
-            weights[num_train_timesteps - num_biased :] *= args.timestep_bias_multiplier
-        elif args.timestep_bias_strategy == "earlier":
-            weights[:num_biased] *= args.timestep_bias_multiplier
-        weights[: args.min_train_timestep] = 0
-        return weights / weights.sum()
+        return timestep_weights(
+            num_train_timesteps,
+            args.timestep_bias_strategy,
+            args.timestep_bias_multiplier,
+            args.timestep_bias_portion,
+            args.min_train_timestep,
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -551,9 +463,8 @@ class CodeFusionTrainer(Trainer):
         `checkpoint-N` that looks like the last one. A save that fails removes its staging folder, and says so when
         the disk is full. Rotation (`save_total_limit`), the best checkpoint and Hub pushes see finished folders."""
         run_dir = self._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        checkpoint, staging_dir = os.path.join(run_dir, name), os.path.join(run_dir, name + STAGING_SUFFIX)
-        staged = os.path.join(staging_dir, name)
+        checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        staging_dir, staged = staging_paths(checkpoint)
         if self.args.should_save:
             remove_staging_folders(run_dir)  # left by killed saves: only one save runs at a time
         self.accelerator.wait_for_everyone()  # before any process writes its random states into the staging folder
@@ -567,26 +478,18 @@ class CodeFusionTrainer(Trainer):
             if self.args.should_save:
                 write_schedule_record(staged, self.args)
         except Exception as error:
-            disk_full = is_disk_full(error, run_dir)  # before the partial files are removed
+            disk_full = full_disk_error(error, checkpoint)  # before the partial files are removed
             if self.args.should_save:
                 shutil.rmtree(staging_dir, ignore_errors=True)
-            if disk_full:
-                raise OSError(
-                    errno.ENOSPC,
-                    f"No space left on device to save {name} in {run_dir} ({error}): free some space there or "
-                    "choose another output_dir. The partial checkpoint was removed and any earlier one there is "
-                    "intact: resuming continues from the last of them.",
-                ) from error
+            if disk_full is not None:
+                raise disk_full from error
             raise
         finally:
             self._staging_dir = None
         self.accelerator.wait_for_everyone()  # every process's files are in the staging folder
         if not self.args.should_save:
             return
-        if os.path.isdir(checkpoint):  # a damaged one left by an earlier run, or Trainer's JIT checkpoint marker
-            shutil.rmtree(checkpoint)
-        os.replace(staged, checkpoint)
-        os.rmdir(staging_dir)
+        publish_staged(checkpoint)
         if self.args.push_to_hub:
             self._push_from_checkpoint(checkpoint)
         rotate_checkpoints(
@@ -624,8 +527,9 @@ class CodeFusionTrainer(Trainer):
 
     @torch.no_grad()
     def generation_metrics(self, batch_size: int = 32) -> dict[str, float]:
-        """Top-1 generation on the first `generation_eval_samples` rows: exact (and, for Bash, template) match,
-        the share of non-empty outputs and of distinct outputs (low when the noise, not the prompt, decides)."""
+        """Top-1 generation on the first `generation_eval_samples` rows, scored as `codefusion evaluate` scores it
+        (`score_candidates`): exact (and, for Bash, template) match, the share of non-empty outputs and of distinct
+        outputs (low when the noise, not the prompt, decides), under the names of `GENERATION_METRICS`."""
         rows = self.generation_eval_dataset.select(
             range(min(self.args.generation_eval_samples, len(self.generation_eval_dataset)))
         )
@@ -653,14 +557,9 @@ class CodeFusionTrainer(Trainer):
         finally:
             for module in sharded:
                 module.reshard()
-        references = rows["code"]
-        metrics = {"exact_match": sum(map(exact_match, predictions, references)) / len(rows)}
-        if self.args.language == "bash":
-            metrics["template_match"] = sum(map(template_match, predictions, references)) / len(rows)
-        return metrics | {
-            "non_empty_rate": sum(bool(p.strip()) for p in predictions) / len(rows),
-            "distinct_rate": len(set(predictions)) / len(rows),
-        }
+        language = self.args.language if self.args.language in LANGUAGES else "other"  # CPD masks any language
+        scores = score_candidates([[code] for code in predictions], rows["code"], language)
+        return {name: scores[key] for key, name in GENERATION_METRICS.items() if key in scores}
 
     def save_pipeline(
         self, output_dir: str | None = None, training_data: str | None = None, **model_card: Any
@@ -740,53 +639,6 @@ class CodeFusionPretrainer(CodeFusionTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-class LossAwareTimestepSampler:
-    """Improved DDPM's loss-second-moment timestep sampler (Nichol & Dhariwal, 2021), which GENIE and DiffuSeq train
-    with: timestep t is drawn with probability proportional to `base[t]` times the root mean square of the last
-    `history` row losses seen in its bucket (`num_buckets` runs of consecutive timesteps, so that the estimate is
-    ready after about `num_buckets * history` rows instead of T times that), mixed with `uniform_share` of `base`.
-    Each row's importance weight `base[t] / p[t]` keeps the loss an unbiased estimate of the loss under `base`.
-    Until every bucket that `base` can draw from has its history, timesteps are drawn from `base` with weight 1.
-    The history is not checkpointed: a resumed run warms up again."""
-
-    def __init__(self, base: torch.Tensor, num_buckets: int = 100, history: int = 10, uniform_share: float = 0.001):
-        self.base = base / base.sum()
-        self.num_buckets = min(num_buckets, len(base))
-        self.bucket_of = torch.arange(len(base)) * self.num_buckets // len(base)
-        self.losses = torch.zeros(self.num_buckets, history)
-        self.counts = torch.zeros(self.num_buckets, dtype=torch.long)
-        self.used = torch.zeros(self.num_buckets, dtype=torch.bool).index_fill(0, self.bucket_of[self.base > 0], True)
-        self.uniform_share = uniform_share
-
-    @property
-    def warm(self) -> bool:
-        return bool((self.counts[self.used] >= self.losses.shape[1]).all())
-
-    def probabilities(self) -> torch.Tensor:
-        """The distribution timesteps are drawn from now."""
-        if not self.warm:
-            return self.base
-        root_mean_square = self.losses.pow(2).mean(dim=1).sqrt()[self.bucket_of]
-        weighted = self.base * root_mean_square
-        return (1 - self.uniform_share) * weighted / weighted.sum() + self.uniform_share * self.base
-
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`batch_size` timesteps and each one's importance weight."""
-        probabilities = self.probabilities()
-        timesteps = torch.multinomial(probabilities, batch_size, replacement=True)
-        return timesteps, self.base[timesteps] / probabilities[timesteps]
-
-    def update(self, timesteps: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record the row losses of rows drawn at `timesteps` (a row's largest timestep where they vary along it)."""
-        if timesteps.ndim == 2:
-            timesteps = timesteps.max(dim=1).values
-        for bucket, loss in zip(self.bucket_of[timesteps].tolist(), losses.float().tolist()):
-            history = self.losses[bucket]
-            history[:-1] = history[1:].clone()  # the oldest out
-            history[-1] = loss
-            self.counts[bucket] += 1
-
-
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     """The stack of transformer layers of a transformers encoder (BERT's `encoder.layer`, T5's `encoder.block`, ...):
     the outermost `ModuleList` with as many modules as its config has layers."""
@@ -800,210 +652,8 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     )
 
 
-# `CodeFusionTrainer` writes `checkpoint-N` as `checkpoint-N.tmp/checkpoint-N` and renames it once complete. The
-# suffix keeps the staging folder out of Trainer's and this package's Hub uploads, which skip `checkpoint-*`.
-STAGING_SUFFIX = ".tmp"
-CHECKPOINT_FOLDER = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
-STAGING_FOLDER = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+){re.escape(STAGING_SUFFIX)}")
-RNG_STATE_FILE = re.compile(r"rng_state(_\d+)?\.pth")  # `rng_state_<process>.pth` under several processes
-# Free space under which a failed save counts as a full disk: torch.save and safetensors raise their own errors
-# (torch's reads "unexpected pos 704 vs 598"), not an OSError, once their writes have filled the disk.
-FULL_DISK_BYTES = 1 << 20
-
-
-def numbered_folders(folder: str, pattern: re.Pattern) -> dict[int, str]:
-    """The folders in `folder` whose names match `pattern`, by the step number it captures."""
-    matches = {name: pattern.fullmatch(name) for name in os.listdir(folder)}
-    return {
-        int(match.group(1)): os.path.join(folder, name)
-        for name, match in matches.items()
-        if match and os.path.isdir(os.path.join(folder, name))
-    }
-
-
-def remove_staging_folders(folder: str) -> None:
-    """Remove the staging folders of saves into `folder` that never finished."""
-    if os.path.isdir(folder):
-        for staging_dir in numbered_folders(folder, STAGING_FOLDER).values():
-            shutil.rmtree(staging_dir, ignore_errors=True)
-
-
-def is_disk_full(error: Exception, folder: str) -> bool:
-    """Whether `error`, raised while saving into `folder`, comes from a full disk (or quota): an OSError says so, the
-    writers of torch and safetensors do not, so a disk left with under `FULL_DISK_BYTES` free counts too."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return os.path.isdir(folder) and shutil.disk_usage(folder).free < FULL_DISK_BYTES
-
-
-def check_loadable(path: str) -> None:
-    """Raise an `OSError` naming `path` when a checkpoint file does not load: torch files (optimizer, schedule, random
-    states) as Trainer loads them, their tensors memory-mapped rather than read; the others by `check_readable`."""
-    if not path.endswith((".pt", ".pth", ".bin")):
-        check_readable(path)
-        return
-    try:
-        with safe_globals():  # the numpy types of the random states
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # any load failure means a corrupted file
-        raise OSError(f"{path} is corrupted: {error}") from None
-
-
-def checkpoint_problem(checkpoint: str, args: TrainingArguments) -> str | None:
-    """Why `checkpoint` cannot be resumed from (a file missing or unloadable), or None. Besides the model and
-    Trainer state, the optimizer, schedule and random states are required unless `args.save_only_model` (Trainer
-    saves none then): Trainer would resume without them in silence, with a fresh optimizer. Every file Trainer would
-    load is checked when present."""
-    names = set(os.listdir(checkpoint))
-    optimizer = OPTIMIZER_NAME_BIN if OPTIMIZER_NAME_BIN in names else OPTIMIZER_NAME  # .bin: saved under FSDP
-    rng_states = sorted(name for name in names if RNG_STATE_FILE.fullmatch(name)) or ["rng_state.pth"]
-    training_state = [optimizer, SCHEDULER_NAME, *rng_states]
-    required = [TRAINER_STATE_NAME, "config.json", "model.safetensors"]
-    if not args.save_only_model:
-        required += training_state
-    missing = [name for name in required if name not in names]
-    if missing:
-        problem = f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
-        if set(training_state) <= set(missing):
-            problem += " (saved with save_only_model=True? Pass --save_only_model True to resume with a new optimizer)"
-        return problem
-    for name in sorted(names & {*required, *training_state, SCALER_NAME, SCHEDULE_FILE}):
-        try:
-            check_loadable(os.path.join(checkpoint, name))
-        except OSError as error:
-            return str(error)
-    return None
-
-
-def find_resume_checkpoint(args: TrainingArguments) -> str | None:
-    """The checkpoint to resume from: `args.resume_from_checkpoint` if given, which must be complete, else the last
-    complete one in `args.output_dir`, with a warning naming the later ones skipped and why (a save that never
-    finished, a file missing or unloadable). Never a silent fresh start or fresh optimizer: a damaged checkpoint
-    given explicitly, or an `output_dir` none of whose checkpoints is complete, is an error."""
-    if args.resume_from_checkpoint:
-        checkpoint = args.resume_from_checkpoint
-        if not os.path.isdir(checkpoint):
-            raise ValueError(f"resume_from_checkpoint={checkpoint} does not exist.")
-        problem = checkpoint_problem(checkpoint, args)
-        if problem is not None:
-            raise ValueError(
-                f"Checkpoint {checkpoint} cannot be resumed from: {problem}. Pass another --resume_from_checkpoint, "
-                "or none to resume from the last complete checkpoint in output_dir."
-            )
-    else:
-        checkpoint = last_complete_checkpoint(args)
-        if checkpoint is None:
-            return None
-    check_resumed_schedule(checkpoint, args)
-    return checkpoint
-
-
-def last_complete_checkpoint(args: TrainingArguments) -> str | None:
-    """The last complete checkpoint in `args.output_dir` (see `find_resume_checkpoint`), or None when it has none."""
-    if not os.path.isdir(args.output_dir):
-        return None
-    checkpoints = numbered_folders(args.output_dir, CHECKPOINT_FOLDER)
-    skipped = []  # (step, folder, why)
-    last_step = None
-    for step in sorted(checkpoints, reverse=True):
-        problem = checkpoint_problem(checkpoints[step], args)
-        if problem is None:
-            last_step = step
-            break
-        skipped.append((step, checkpoints[step], problem))
-    skipped += [
-        (step, staging_dir, "a save that never finished; delete it")
-        for step, staging_dir in numbered_folders(args.output_dir, STAGING_FOLDER).items()
-        if last_step is None or step > last_step
-    ]
-    reasons = "; ".join(f"{folder} ({why})" for _, folder, why in sorted(skipped, reverse=True))
-    if last_step is None and checkpoints:
-        raise ValueError(
-            f"No checkpoint in {args.output_dir} can be resumed from: {reasons}. Repair them, pass "
-            "--resume_from_checkpoint, or choose another output_dir to start afresh."
-        )
-    if last_step is None:
-        if skipped:
-            logger.warning(f"{args.output_dir} has no checkpoint to resume from, only {reasons}: starting afresh.")
-        return None
-    if skipped:
-        logger.warning(f"Resuming from {checkpoints[last_step]}, the last complete checkpoint, skipping {reasons}.")
-    return checkpoints[last_step]
-
-
-# The arguments that shape the learning rate, recorded in every checkpoint (`schedule.json`) by `CodeFusionTrainer`
-# and, for a plain Trainer, `ScheduleRecordCallback`, so that a resumed run can say what it does with changed ones.
-SCHEDULE_ARGUMENTS = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-    "warmup_ratio",
-    "max_steps",
-    "num_train_epochs",
-    "max_train_minutes",
-    "lr_decay_minutes",
-)
-SCHEDULE_FILE = "schedule.json"
-
-
-def schedule_arguments(args: TrainingArguments) -> dict[str, Any]:
-    """The learning-rate arguments of `args`, as JSON values."""
-    values = {name: getattr(args, name, None) for name in SCHEDULE_ARGUMENTS}
-    return json.loads(json.dumps(values, default=lambda value: getattr(value, "value", str(value))))
-
-
-def write_schedule_record(checkpoint: str, args: TrainingArguments) -> None:
-    """Write the learning-rate arguments of `args` into `checkpoint`, so that resuming with other ones can say so."""
-    with open(os.path.join(checkpoint, SCHEDULE_FILE), "w") as f:
-        json.dump(schedule_arguments(args), f, indent=2)
-
-
-class ScheduleRecordCallback(TrainerCallback):
-    """Writes the learning-rate arguments into each checkpoint of a plain `Trainer` (the autoregressive runs) once
-    saved; `CodeFusionTrainer` writes them itself, into the checkpoint before it is complete."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            if os.path.isdir(checkpoint):
-                write_schedule_record(checkpoint, args)
-
-
-def check_resumed_schedule(checkpoint: str, args: TrainingArguments) -> None:
-    """Refuse, or say what resuming does with, learning-rate arguments that differ from the checkpoint's: Trainer
-    restores the checkpoint's optimizer and schedule state, so another `learning_rate` would be silently ignored (an
-    error), while the shape of the schedule (type, warmup, length, time budget) is rebuilt from the arguments given
-    now (a warning)."""
-    path = os.path.join(checkpoint, "scheduler.pt")
-    base_rates = (torch.load(path, weights_only=True).get("base_lrs") or []) if os.path.isfile(path) else []
-    if any(rate != args.learning_rate for rate in base_rates):
-        raise ValueError(
-            f"Resuming from {checkpoint}, whose learning-rate schedule starts from {base_rates[0]:g}, with "
-            f"learning_rate={args.learning_rate:g}: Trainer restores a checkpoint's optimizer and schedule, so the "
-            f"new rate would be ignored. Resume with --learning_rate {base_rates[0]:g}, or, to train at the new rate, "
-            "start a new run in another output_dir from the pipeline this run saves when it ends "
-            "(--model_name_or_path)."
-        )
-    record = os.path.join(checkpoint, SCHEDULE_FILE)
-    if not os.path.isfile(record):
-        return
-    with open(record) as f:
-        recorded = json.load(f)
-    now = schedule_arguments(args)
-    changed = [
-        f"{name}: {recorded[name]!r} -> {now[name]!r}"
-        for name in SCHEDULE_ARGUMENTS
-        if name != "learning_rate" and name in recorded and recorded[name] != now[name]
-    ]
-    if changed:
-        logger.warning(
-            f"Resuming from {checkpoint} with other schedule arguments ({'; '.join(changed)}): the first step "
-            "keeps the rate the checkpoint's schedule had set, and from the next one the schedule follows the new "
-            "values (Trainer builds it from the arguments given now) at the checkpoint's base learning rate."
-        )
-
-
+# The last three live in the run-keeping modules and stay importable from here, where the API reference
+# (docs/api/training.md) documents them.
 __all__ = [
     "CodeFusionPretrainer",
     "CodeFusionTrainer",
