@@ -42,6 +42,18 @@ def test_forward_loss_terms_and_gradients(tiny_model, code_tokenizer):
     assert missing == []
 
 
+def test_every_loss_term_is_weighted_by_its_own_config_weight(code_tokenizer):
+    """Distinct weights for the four terms: the loss is their weighted sum, and each row's loss weighs the three
+    canvas terms alike (every row here supervises the full canvas, so the row losses average to the loss without the
+    length term)."""
+    weights = {"noise_loss": 2.0, "embedding_loss": 0.5, "decoder_loss": 3.0, "length_loss": 0.25}
+    torch.manual_seed(0)
+    config = tiny_config(code_tokenizer, predict_length=True, **{f"{name}_weight": w for name, w in weights.items()})
+    output = fixed_forward(CodeFusionModel(config), *batch(code_tokenizer))
+    torch.testing.assert_close(output.loss, sum(weight * getattr(output, name) for name, weight in weights.items()))
+    torch.testing.assert_close(output.row_losses.mean(), output.loss - 0.25 * output.length_loss)
+
+
 def test_prompt_padding_changes_nothing(tiny_model, code_tokenizer):
     tiny_model.eval()
     input_ids, attention_mask, labels = batch(code_tokenizer)

@@ -5,7 +5,7 @@ import os
 import re
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class CodeFusionPackedCanvas:
     """The positions of a batch whose rows have canvases of different lengths, each row's own positions one after
     the other: the per-position work of a layer (projections, MLP, norms) runs on them alone, and only attention sees
     the padded `(batch_size, canvas_length)` canvas, whose positions past a row's canvas it ignores as keys. Padding
-    a length beam's canvases to the longest computes about a quarter more positions on NL2Bash."""
+    a length beam's canvases to the longest would compute positions no row needs (measured in research/NOTES.md)."""
 
     padding_mask: torch.BoolTensor  # (batch_size, canvas_length): True past a row's own canvas
     indices: torch.LongTensor  # the kept positions, flat over (batch_size * canvas_length)
@@ -97,7 +97,7 @@ class CodeFusionPackedCanvas:
 
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """`(kept positions, features)` to `(batch_size, canvas_length, features)`, zeros past each row's canvas (a
-        gather from the positions and one zero row: on a CPU 2.5x faster than scattering into zeros)."""
+        gather from the positions and one zero row: on a CPU faster than scattering into zeros)."""
         with_zero = torch.cat([packed, packed.new_zeros(1, packed.shape[-1])])
         return with_zero.index_select(0, self.sources).view(*self.padding_mask.shape, -1)
 
@@ -315,6 +315,22 @@ class CodeFusionPromptCache:
             return [tuple(torch.cat(tensors) for tensors in zip(*layers)) for layers in zip(*stacks)]
 
         return cls(joined([c.denoiser for c in caches]), joined([c.decoder for c in caches]))
+
+
+@dataclass
+class _TrainingCanvas:
+    """The canvas of one training step, as the stages of `CodeFusionModel.forward` build it: the labels padded to it
+    (-100 where no loss is taken), the positions supervised, the clean embeddings L(y), the noise and timesteps drawn
+    (one per row, or one per position once positions are committed), the noisy canvas the denoiser reads and its
+    target."""
+
+    labels: torch.LongTensor
+    supervised: torch.BoolTensor
+    clean_latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.LongTensor
+    noisy_latents: torch.Tensor
+    target: torch.Tensor
 
 
 def build_encoder(encoder_config, pretrained_name_or_path: str | None = None, **kwargs) -> PreTrainedModel:
@@ -791,17 +807,7 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             return_dict: Return a [`CodeFusionModelOutput`] (default: `config.return_dict`) rather than a tuple
                 of its fields that are set.
         """
-        if labels is None:
-            raise ValueError("labels (the code token ids) are required to compute the CodeFusion loss.")
-        if labels.shape[1] > self.config.max_code_length:
-            raise ValueError(
-                f"labels have {labels.shape[1]} positions but the canvas holds max_code_length="
-                f"{self.config.max_code_length}: truncate the code when tokenizing."
-            )
-        prompts = {"input_ids": input_ids, "encoder_hidden_states": encoder_hidden_states}
-        prompts["encoder_last_hidden_state"] = encoder_last_hidden_state
-        if sum(value is not None for value in prompts.values()) != 1:
-            raise ValueError(f"Pass exactly one of {', '.join(prompts)} (the prompt, in one of its forms).")
+        self._check_inputs(labels, canvas_length, input_ids, encoder_hidden_states, encoder_last_hidden_state)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
@@ -812,113 +818,48 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         elif input_ids is not None:
             encoder_hidden_states = self.encode(input_ids, attention_mask)
         if unconditional is not None:
-            if prompt_noise is None:
-                prompt_noise = torch.randn_like(encoder_hidden_states)
-            prompt_noise = prompt_noise.to(encoder_hidden_states)
-            rows = unconditional.to(encoder_hidden_states.device)
-            encoder_hidden_states = torch.where(rows[:, None, None], prompt_noise, encoder_hidden_states)
-            if attention_mask is not None:
-                attention_mask = attention_mask.masked_fill(rows[:, None], 1)
+            encoder_hidden_states, attention_mask = self._noise_prompts(
+                encoder_hidden_states, attention_mask, unconditional, prompt_noise
+            )
         length_loss = None
         if self.config.predict_length:
             length_loss = self._length_loss(labels, encoder_hidden_states, attention_mask, unconditional)
-
-        canvas_length = self.config.max_code_length if canvas_length is None else canvas_length
-        if not labels.shape[1] <= canvas_length <= self.config.max_code_length:
-            raise ValueError(
-                f"canvas_length={canvas_length} must lie between the labels' {labels.shape[1]} positions and "
-                f"max_code_length={self.config.max_code_length}."
-            )
-        labels = F.pad(labels, (0, canvas_length - labels.shape[1]), value=self.config.pad_token_id)
-        supervised = labels != -100
-        code_ids = labels.masked_fill(~supervised, self.config.pad_token_id)
-        clean_latents = self.embed_code(code_ids)
-        if timesteps is None:
-            timesteps = torch.randint(0, self.config.num_train_timesteps, (labels.shape[0],), device=labels.device)
-        if noise is None:
-            noise = torch.randn_like(clean_latents)
-
-        noisy_latents = self.noise_scheduler.add_noise(clean_latents, noise, timesteps)
-        target = clean_latents if self.config.prediction_type == "sample" else noise
+        canvas = self._noisy_canvas(labels, canvas_length, timesteps, noise)
         if self.training and self.config.unroll_probability > 0:
-            noisy_latents, unrolled = self._unroll(
-                noisy_latents, clean_latents, timesteps, encoder_hidden_states, attention_mask
-            )
-            if self.config.prediction_type == "epsilon":
-                # An unrolled canvas was noised from a draft, not from `noise`: its target is the noise that separates
-                # it from the reference.
-                implied_noise = self.noise_scheduler.predict_noise(clean_latents, timesteps, noisy_latents)
-                target = torch.where(unrolled[:, None, None], implied_noise, noise)
+            canvas = self._unrolled_canvas(canvas, encoder_hidden_states, attention_mask)
         if self.training and self.config.commit_probability > 0:
-            noisy_latents, timesteps, committed = self._commit(noisy_latents, clean_latents, noise, timesteps)
-            supervised = supervised & ~committed  # as in mask-predict, only what is still noisy is learned
-            labels = labels.masked_fill(committed, -100)
+            canvas = self._committed_canvas(canvas)
         self_condition = None
         if self.config.self_condition:
-            # Training conditions a random share of the rows and gives the others zeros, as a sampler's first step
-            # does; evaluation conditions every row, so its losses do not depend on a random draw.
-            rows = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
-            if self.training:
-                rows = torch.rand(labels.shape[0], device=labels.device) < self.config.self_condition_probability
-            self_condition = torch.zeros_like(noisy_latents)
-            # A gradient-free pass over those rows only gives the estimate a sampler carries over from its previous
-            # step. It runs even for no rows: under FSDP every process must run the same layers.
-            with torch.no_grad():
-                states, mask = encoder_hidden_states[rows], _rows(attention_mask, rows)
-                estimate = self._clipped_estimate(noisy_latents[rows], timesteps[rows], states, mask)
-                estimate = self.round_estimate(estimate, self.config.self_condition_rounding, states, mask)
-            self_condition[rows] = estimate.to(self_condition.dtype)
+            self_condition = self._self_condition(canvas, encoder_hidden_states, attention_mask)
+
         denoiser_states = self._denoiser_states(
-            noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition, **flags
+            canvas.noisy_latents, canvas.timesteps, encoder_hidden_states, attention_mask, self_condition, **flags
         )
         model_output = self.denoiser_out(denoiser_states.last_hidden_state)
-        denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
-        padding_mask = _padding_mask(attention_mask)
-        decoder_states = self.decoder(denoised_latents, encoder_hidden_states, padding_mask, **flags)
+        denoised_latents = self.noise_scheduler.predict_original_sample(
+            model_output, canvas.timesteps, canvas.noisy_latents
+        )
+        decoder_states = self.decoder(denoised_latents, encoder_hidden_states, _padding_mask(attention_mask), **flags)
         logits = self.lm_head(decoder_states.last_hidden_state)
 
         # Each term sums over the supervised positions of the batch, each row weighted by `row_loss_weights`, and
         # divides by their count: with unit weights, the mean over every supervised position.
+        row_sums = self._row_loss_sums(canvas, model_output, denoised_latents, logits)
+        positions = canvas.supervised.sum(dim=1)
         row_weights = (
-            torch.ones(labels.shape[0], device=labels.device) if row_loss_weights is None else row_loss_weights
+            torch.ones(positions.shape, device=positions.device) if row_loss_weights is None else row_loss_weights
         )
-        row_weights = row_weights.to(device=labels.device, dtype=torch.float32)
-        mask = supervised.unsqueeze(-1).to(model_output.dtype)
-        noise_sums = ((model_output - target) ** 2 * mask).sum(dim=(1, 2)).float() / self.config.latent_dim
-        embedding_sums = ((denoised_latents - clean_latents) ** 2 * mask).sum(
-            dim=(1, 2)
-        ).float() / self.config.latent_dim
-        decoder_sums = (
-            F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none")
-            .view(labels.shape)
-            .sum(dim=1)
-        )
-        positions = supervised.sum(dim=1)
-        normaliser = positions.sum().clamp(min=1)
-        noise_loss = (row_weights * noise_sums).sum() / normaliser
-        embedding_loss = (row_weights * embedding_sums).sum() / normaliser
-        decoder_loss = (row_weights * decoder_sums).sum() / normaliser
-        loss = (
-            self.config.noise_loss_weight * noise_loss
-            + self.config.embedding_loss_weight * embedding_loss
-            + self.config.decoder_loss_weight * decoder_loss
-        )
-        if length_loss is not None:
-            loss = loss + self.config.length_loss_weight * length_loss
-        row_losses = (
-            self.config.noise_loss_weight * noise_sums
-            + self.config.embedding_loss_weight * embedding_sums
-            + self.config.decoder_loss_weight * decoder_sums
-        ).detach() / positions.clamp(min=1)
+        row_weights = row_weights.to(device=positions.device, dtype=torch.float32)
+        terms = {name: (row_weights * sums).sum() / positions.sum().clamp(min=1) for name, sums in row_sums.items()}
+        loss = self._weighted_loss(terms if length_loss is None else terms | {"length_loss": length_loss})
         output = CodeFusionModelOutput(
             loss=loss,
-            noise_loss=noise_loss,
-            embedding_loss=embedding_loss,
-            decoder_loss=decoder_loss,
+            **terms,
             length_loss=length_loss,
             logits=logits,
-            timesteps=timesteps,
-            row_losses=row_losses,
+            timesteps=canvas.timesteps,
+            row_losses=self._weighted_loss(row_sums).detach() / positions.clamp(min=1),
             denoiser_hidden_states=denoiser_states.hidden_states,
             denoiser_attentions=denoiser_states.attentions,
             denoiser_cross_attentions=denoiser_states.cross_attentions,
@@ -927,6 +868,152 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             decoder_cross_attentions=decoder_states.cross_attentions,
         )
         return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+    def _check_inputs(
+        self,
+        labels: torch.LongTensor | None,
+        canvas_length: int | None,
+        *prompts: torch.Tensor | None,
+    ) -> None:
+        """Refuse what gives no loss: no labels, labels or canvas_length off the canvas, not one form of prompt."""
+        if labels is None:
+            raise ValueError("labels (the code token ids) are required to compute the CodeFusion loss.")
+        if labels.shape[1] > self.config.max_code_length:
+            raise ValueError(
+                f"labels have {labels.shape[1]} positions but the canvas holds max_code_length="
+                f"{self.config.max_code_length}: truncate the code when tokenizing."
+            )
+        if canvas_length is not None and not labels.shape[1] <= canvas_length <= self.config.max_code_length:
+            raise ValueError(
+                f"canvas_length={canvas_length} must lie between the labels' {labels.shape[1]} positions and "
+                f"max_code_length={self.config.max_code_length}."
+            )
+        if sum(prompt is not None for prompt in prompts) != 1:
+            raise ValueError(
+                "Pass exactly one of input_ids, encoder_hidden_states, encoder_last_hidden_state (the prompt, in one "
+                "of its forms)."
+            )
+
+    def _noise_prompts(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        unconditional: torch.BoolTensor,
+        prompt_noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Noise as the `unconditional` rows' prompt: the mode phase 1 trains and classifier-free guidance uses."""
+        if prompt_noise is None:
+            prompt_noise = torch.randn_like(encoder_hidden_states)
+        rows = unconditional.to(encoder_hidden_states.device)
+        encoder_hidden_states = torch.where(
+            rows[:, None, None], prompt_noise.to(encoder_hidden_states), encoder_hidden_states
+        )
+        if attention_mask is not None:
+            attention_mask = attention_mask.masked_fill(rows[:, None], 1)
+        return encoder_hidden_states, attention_mask
+
+    def _noisy_canvas(
+        self,
+        labels: torch.LongTensor,
+        canvas_length: int | None,
+        timesteps: torch.LongTensor | None,
+        noise: torch.Tensor | None,
+    ) -> _TrainingCanvas:
+        """The labels padded, embedded and noised (timesteps and noise drawn if not given): the paper's x_t."""
+        canvas_length = self.config.max_code_length if canvas_length is None else canvas_length
+        labels = F.pad(labels, (0, canvas_length - labels.shape[1]), value=self.config.pad_token_id)
+        supervised = labels != -100
+        clean_latents = self.embed_code(labels.masked_fill(~supervised, self.config.pad_token_id))
+        if timesteps is None:
+            timesteps = torch.randint(0, self.config.num_train_timesteps, (labels.shape[0],), device=labels.device)
+        if noise is None:
+            noise = torch.randn_like(clean_latents)
+        return _TrainingCanvas(
+            labels=labels,
+            supervised=supervised,
+            clean_latents=clean_latents,
+            noise=noise,
+            timesteps=timesteps,
+            noisy_latents=self.noise_scheduler.add_noise(clean_latents, noise, timesteps),
+            target=clean_latents if self.config.prediction_type == "sample" else noise,
+        )
+
+    def _unrolled_canvas(
+        self, canvas: _TrainingCanvas, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> _TrainingCanvas:
+        """Some rows unrolled from the model's own drafts (`_unroll`): training then sees canvases as sampling does."""
+        noisy_latents, unrolled = self._unroll(
+            canvas.noisy_latents, canvas.clean_latents, canvas.timesteps, encoder_hidden_states, attention_mask
+        )
+        target = canvas.target
+        if self.config.prediction_type == "epsilon":
+            # An unrolled canvas was noised from a draft, not from `noise`: its target is the noise that separates it
+            # from the reference.
+            implied_noise = self.noise_scheduler.predict_noise(canvas.clean_latents, canvas.timesteps, noisy_latents)
+            target = torch.where(unrolled[:, None, None], implied_noise, canvas.noise)
+        return replace(canvas, noisy_latents=noisy_latents, target=target)
+
+    def _committed_canvas(self, canvas: _TrainingCanvas) -> _TrainingCanvas:
+        """Positions committed as a committing sampler leaves them (`_commit`); only the noisy ones are learned."""
+        noisy_latents, timesteps, committed = self._commit(
+            canvas.noisy_latents, canvas.clean_latents, canvas.noise, canvas.timesteps
+        )
+        return replace(
+            canvas,
+            noisy_latents=noisy_latents,
+            timesteps=timesteps,
+            supervised=canvas.supervised & ~committed,
+            labels=canvas.labels.masked_fill(committed, -100),
+        )
+
+    def _self_condition(
+        self, canvas: _TrainingCanvas, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The x0 estimate a sampler carries over from its previous step, which self-conditioning reads."""
+        # Training conditions a random share of the rows and gives the others zeros, as a sampler's first step does;
+        # evaluation conditions every row, so its losses do not depend on a random draw.
+        batch_size, device = canvas.labels.shape[0], canvas.labels.device
+        rows = torch.ones(batch_size, dtype=torch.bool, device=device)
+        if self.training:
+            rows = torch.rand(batch_size, device=device) < self.config.self_condition_probability
+        self_condition = torch.zeros_like(canvas.noisy_latents)
+        # A gradient-free pass over those rows only. It runs even for no rows: under FSDP every process must run the
+        # same layers.
+        with torch.no_grad():
+            states, mask = encoder_hidden_states[rows], _rows(attention_mask, rows)
+            estimate = self._clipped_estimate(canvas.noisy_latents[rows], canvas.timesteps[rows], states, mask)
+            estimate = self.round_estimate(estimate, self.config.self_condition_rounding, states, mask)
+        self_condition[rows] = estimate.to(self_condition.dtype)
+        return self_condition
+
+    def _row_loss_sums(
+        self,
+        canvas: _TrainingCanvas,
+        model_output: torch.Tensor,
+        denoised_latents: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Each row's sums of the paper's three terms: the batch's terms and each row's own loss come from them."""
+        mask = canvas.supervised.unsqueeze(-1).to(model_output.dtype)
+        latent_dim = self.config.latent_dim
+        return {
+            "noise_loss": ((model_output - canvas.target) ** 2 * mask).sum(dim=(1, 2)).float() / latent_dim,
+            "embedding_loss": ((denoised_latents - canvas.clean_latents) ** 2 * mask).sum(dim=(1, 2)).float()
+            / latent_dim,
+            "decoder_loss": F.cross_entropy(
+                logits.flatten(0, 1).float(), canvas.labels.flatten(), ignore_index=-100, reduction="none"
+            )
+            .view(canvas.labels.shape)
+            .sum(dim=1),
+        }
+
+    def _weighted_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The terms weighted by the config's `<term>_weight`: one place for the weights of the loss and row losses."""
+        names = list(terms)
+        loss = getattr(self.config, f"{names[0]}_weight") * terms[names[0]]
+        for name in names[1:]:
+            loss = loss + getattr(self.config, f"{name}_weight") * terms[name]
+        return loss
 
     def _length_loss(
         self,
