@@ -16,7 +16,7 @@ Each setting is timed `--repeats` times after one untimed call, for each thread 
 prompts, each with 5 candidates); the report gives medians and CodeFusion / baseline-beam-5 ratios measured in the
 same process. FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products and attention) over
 one more call, and the achieved rate is compared with the matmul peak measured in the same run at the same thread
-count. `--pipeline_kwargs` passes call options to CodeFusion, e.g. `{"stop_when_stable": 2, "canvas_margin": 4}`.
+count. `--pipeline_kwargs` passes call options to CodeFusion, e.g. `{"stop_when_stable": 2, "settled_margin": 4}`.
 """
 
 import argparse
@@ -243,6 +243,7 @@ def validation_scores(args: argparse.Namespace, pipe, validation) -> dict:
     """The metrics (template match at top-1 to top-5 among them) of each timed CodeFusion setting on the first
     `--eval_samples` validation prompts, with the same seed and options."""
     from codefusion_hf.evaluation_codefusion import evaluate_pipeline
+    from codefusion_hf.sampling_options_codefusion import SamplingOptions
 
     rows = validation.select(range(min(args.eval_samples, len(validation))))
     scores = {}
@@ -251,11 +252,13 @@ def validation_scores(args: argparse.Namespace, pipe, validation) -> dict:
             pipe,
             rows["prompt"],
             rows["code"],
-            num_inference_steps=args.steps,
-            num_return_sequences=CANDIDATES,
+            sampling=SamplingOptions(
+                num_inference_steps=args.steps,
+                num_return_sequences=CANDIDATES,
+                commit_tokens=sampler == "commit",
+                **args.pipeline_kwargs,
+            ),
             seed=args.seed,
-            commit_tokens=sampler == "commit",
-            **args.pipeline_kwargs,
         )
         scores[f"codefusion, {sampler}, {args.steps} steps"] = metrics
     return scores

@@ -17,6 +17,7 @@ from codefusion_hf import CodeFusionPipeline
 from codefusion_hf.constants import ROUNDINGS
 from codefusion_hf.data_codefusion import load_code_dataset
 from codefusion_hf.evaluation_codefusion import evaluate_pipeline
+from codefusion_hf.sampling_options_codefusion import SamplingOptions
 
 
 @dataclass
@@ -52,12 +53,14 @@ def main():
             list(data["prompt"]),
             list(data["code"]),
             language=args.language,
-            num_return_sequences=args.num_return_sequences,
-            num_inference_steps=steps,
+            sampling=SamplingOptions(
+                num_inference_steps=steps,
+                num_return_sequences=args.num_return_sequences,
+                rounding=args.rounding,
+                commit_tokens=args.commit_tokens,
+            ),
             batch_size=args.batch_size,
             seed=args.seed,
-            rounding=args.rounding,
-            commit_tokens=args.commit_tokens,
         )
         runs.append(metrics)
         print(json.dumps({key: metrics[key] for key in ("num_inference_steps", "seconds_per_prompt")}))

@@ -31,6 +31,7 @@ from codefusion_hf import CodeFusionPipeline
 from codefusion_hf.constants import ROUNDINGS
 from codefusion_hf.data_codefusion import load_code_dataset
 from codefusion_hf.metrics import exact_match
+from codefusion_hf.sampling_options_codefusion import SamplingOptions
 
 
 @dataclass
@@ -84,7 +85,11 @@ def main():
     shuffle = torch.roll(torch.arange(len(data)), 1)
     clean = model.embed_code(labels)
 
-    rounding = pipe.resolve_rounding(args.rounding)
+    rounding = (
+        SamplingOptions(rounding=args.rounding)
+        .resolved(config=config, scheduler=pipe.scheduler, refining=False)
+        .rounding
+    )
     report = {"model": args.model, "test_file": args.test_file, "num_rows": len(data), "rounding": rounding}
     report["decoder_token_accuracy"] = token_accuracy(
         model.decode(clean, states, mask).argmax(-1), labels, code_positions

@@ -24,9 +24,9 @@ run() {  # NAME THREADS SAMPLERS STEPS PIPELINE_KWARGS [OPTIONS]
 }
 run commit10 "1 2" "commit ddim" 10 '{}'
 run commit5 "$threads" commit 5 '{}'
-run commit10_margin4 "$threads" commit 10 '{"canvas_margin": 4}'
+run commit10_margin4 "$threads" commit 10 '{"settled_margin": 4}'
 run commit10_stable2 "$threads" commit 10 '{"stop_when_stable": 2}'
-run commit10_margin4_stable2 "$threads" commit 10 '{"canvas_margin": 4, "stop_when_stable": 2}'
+run commit10_margin4_stable2 "$threads" commit 10 '{"settled_margin": 4, "stop_when_stable": 2}'
 run commit10_bf16 "$threads" commit 10 '{}' --bf16
 run commit10_bf16_compiled "$threads" commit 10 '{}' "--bf16 --compile"
 run commit10_bf16_stable2 "$threads" commit 10 '{"stop_when_stable": 2}' --bf16

@@ -19,6 +19,7 @@ from transformers import HfArgumentParser
 from codefusion_hf import CodeFusionPipeline
 from codefusion_hf.constants import LANGUAGE_HELP
 from codefusion_hf.evaluation_codefusion import evaluate_pipeline, score_candidates
+from codefusion_hf.sampling_options_codefusion import SamplingOptions
 
 
 @dataclass
@@ -68,13 +69,15 @@ def main(argv: list[str] | None = None) -> dict:
             prompts,
             references,
             language=args.language,
-            num_return_sequences=args.num_return_sequences,
-            num_inference_steps=args.num_inference_steps,
+            sampling=SamplingOptions(
+                num_inference_steps=args.num_inference_steps,
+                num_return_sequences=args.num_return_sequences,
+                strength=strength,
+                commit_tokens=args.commit_tokens,
+            ),
             batch_size=args.batch_size,
             seed=args.seed,
-            commit_tokens=args.commit_tokens,
             init_code=drafts,
-            strength=strength,
         )
         copies = sum(codes[0].strip() == programs[0].strip() for codes, programs in zip(candidates, drafts))
         summary["refined"][str(strength)] = metrics | {"top1_copies_its_draft": copies / len(rows)}

@@ -1,10 +1,10 @@
 """The `codefusion` command: output, exit codes, one-line errors. User mistakes run the installed command through
 subprocess; the commands that work run in this process (`cli.main`), which saves starting Python each time."""
 
+import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -136,11 +136,11 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
     result = run_here(capsys, "evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", "--commit-tokens")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["commit_tokens"] is True
-    early = ["--commit-tokens", "--stop-when-stable", "2", "--canvas-margin", "1", "--ranking", "consensus"]
+    early = ["--commit-tokens", "--stop-when-stable", "2", "--settled-margin", "1", "--ranking", "consensus"]
     result = run_here(capsys, "evaluate", saved_pipeline, str(data), "--output-dir", out, "-k", "1", *early)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["stop_when_stable"] == 2 and metrics["canvas_margin"] == 1 and metrics["ranking"] == "consensus"
+    assert metrics["stop_when_stable"] == 2 and metrics["settled_margin"] == 1 and metrics["ranking"] == "consensus"
     assert metrics["exact_match@1"] == 1.0 and metrics["code_length"] == "full" and metrics["length_beam"] == 1
     result = run_here(capsys, "evaluate", saved_pipeline, str(data), "--output-dir", out, "--code-length", "12")
     assert result.returncode == 0, result.stderr
@@ -155,7 +155,7 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
         (["generate", "MODEL", "   "], "prompt is empty"),
         (["generate", "MODEL", "ls", "-k", "0"], "must be a positive integer"),
         (["generate", "MODEL", "ls", "-k", "two"], "invalid positive_int value"),
-        (["generate", "MODEL", "ls", "--canvas-margin", "2"], "CodeFusionScheduler commits nothing"),
+        (["generate", "MODEL", "ls", "--settled-margin", "2"], "CodeFusionScheduler commits nothing"),
         (["generate", "MODEL", "ls", "--code-length", "short"], "--code-length: must be 'predicted', 'full' or a"),
         (["generate", "MODEL", "ls", "--code-length", "0"], "--code-length: must be a positive integer"),
         (["generate", "MODEL", "ls", "--code-length", "predicted"], "needs a model with a length head"),
@@ -208,26 +208,6 @@ def test_a_prompt_that_is_not_utf8_is_named(saved_pipeline):
     )
 
 
-def test_push_to_an_unreachable_hub(saved_pipeline):
-    """One clear line and exit code 2; the local folder is left as it was."""
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    before = {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()}
-    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
-    result = subprocess.run(
-        [CODEFUSION, "push", saved_pipeline, "user/repo", "--token", "hf_test"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "cannot reach the Hub at http://127.0.0.1" in result.stderr.strip().splitlines()[-1]
-    assert {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()} == before
-
-
 def test_rounding_choices_are_the_libraries():
     from codefusion_hf import cli, constants
 
@@ -274,3 +254,24 @@ def test_evaluate_with_commit_tokens(saved_pipeline, tmp_path, capsys):
     assert metrics["commit_tokens"] is True and metrics["scheduler"] == "CodeFusionCommitScheduler"
     assert metrics["rounding"] == "none"  # the model's own: it only shapes a self-conditioning estimate here
     assert metrics["exact_match@1"] == 1.0
+
+
+def test_the_sampling_options_are_one_object_for_both_commands():
+    """generate and evaluate read the same sampling options into one SamplingOptions, each under its own name;
+    their defaults differ in the steps only."""
+    from codefusion_hf.cli import build_parser, sampling_options
+    from codefusion_hf.sampling_options_codefusion import SamplingOptions
+
+    flags = ["-k", "3", "--steps", "7", "--commit-tokens", "--settled-margin", "2", "--code-length", "predicted"]
+    generate = sampling_options(build_parser().parse_args(["generate", "M", "ls", *flags, "--strength", "0.5"]))
+    evaluate = sampling_options(build_parser().parse_args(["evaluate", "M", "F", "--output-dir", "O", *flags]))
+    expected = SamplingOptions(
+        num_inference_steps=7, num_return_sequences=3, commit_tokens=True, settled_margin=2, code_length="predicted"
+    )
+    assert evaluate == expected and generate == dataclasses.replace(expected, strength=0.5)
+    assert sampling_options(build_parser().parse_args(["evaluate", "M", "F", "--output-dir", "O"])) == SamplingOptions(
+        num_inference_steps=20, num_return_sequences=5
+    )
+    with pytest.warns(FutureWarning, match="--canvas-margin is deprecated: use --settled-margin"):
+        old_name = build_parser().parse_args(["generate", "M", "ls", "--canvas-margin", "3"])
+    assert sampling_options(old_name).settled_margin == 3

@@ -237,17 +237,16 @@ def test_evaluate_pipeline_checks_the_language_before_generating(tiny_pipeline, 
 
 def test_evaluate_pipeline_hands_each_batch_its_prompts_drafts(overfit_pipeline):
     from codefusion_hf.evaluation_codefusion import evaluate_pipeline
+    from codefusion_hf.sampling_options_codefusion import SamplingOptions
 
     prompts, codes = [prompt for prompt, _ in PAIRS], [code for _, code in PAIRS]
     candidates, _, metrics = evaluate_pipeline(
         overfit_pipeline,
         prompts,
         codes,
-        num_return_sequences=1,
-        num_inference_steps=10,
+        sampling=SamplingOptions(num_return_sequences=1, num_inference_steps=10, strength=0.5),
         batch_size=3,
         init_code=codes,
-        strength=0.5,
     )
     assert [c[0] for c in candidates] == codes and metrics["init_code"] and metrics["strength"] == 0.5
     with pytest.raises(ValueError, match="init_code has 1 entries for"):

@@ -3,10 +3,15 @@
 import argparse
 import json
 import sys
+import warnings
+from typing import TYPE_CHECKING
 
 from huggingface_hub.errors import HfHubHTTPError
 
 from .constants import LANGUAGE_HELP, RANKINGS, ROUNDINGS
+
+if TYPE_CHECKING:
+    from .sampling_options_codefusion import SamplingOptions
 
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
 USER_ERRORS = (ValueError, OSError, HfHubHTTPError)
@@ -64,7 +69,42 @@ def code_length_value(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be 'predicted', 'full' or a positive integer, got {text!r}") from None
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+class DeprecatedOption(argparse.Action):
+    """An option's old name: stores into the new one's destination, with a FutureWarning naming the new one."""
+
+    def __init__(self, *args, new_name: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(f"{option_string} is deprecated: use {self.new_name}.", FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+    """The options of `SamplingOptions`, each under its field's name as the destination (see `sampling_options`)."""
+    parser.add_argument(
+        "-k", "--num-return-sequences", type=positive_int, default=5, help="Candidates per prompt (default 5)."
+    )
+    parser.add_argument(
+        "--steps",
+        dest="num_inference_steps",
+        type=positive_int,
+        default=steps,
+        help=f"Denoising steps (default {steps}).",
+    )
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Custom strictly decreasing timesteps, instead of --steps evenly placed ones.",
+    )
+    parser.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
+    parser.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
+    parser.add_argument(
+        "--guidance-scale", type=float, default=1.0, help="Classifier-free guidance (not in the paper); 1 is off."
+    )
     parser.add_argument(
         "--stop-when-stable",
         type=positive_int,
@@ -73,12 +113,20 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="Finish a candidate once its tokens held for this many steps (default: never).",
     )
     parser.add_argument(
-        "--canvas-margin",
+        "--settled-margin",
         type=non_negative_int,
         default=None,
         metavar="POSITIONS",
         help="With --commit-tokens: stop computing the committed pad tail of the canvas, keeping this many "
         "settled positions (default: the whole canvas).",
+    )
+    parser.add_argument(
+        "--canvas-margin",
+        dest="settled_margin",
+        type=non_negative_int,
+        action=DeprecatedOption,
+        new_name="--settled-margin",
+        help=argparse.SUPPRESS,
     )
     parser.add_argument(
         "--ranking",
@@ -113,6 +161,17 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def sampling_options(args: argparse.Namespace) -> "SamplingOptions":
+    """The `SamplingOptions` of the parsed command line: each field from the option of its name."""
+    from dataclasses import fields
+
+    from .sampling_options_codefusion import SamplingOptions
+
+    return SamplingOptions(
+        **{field.name: getattr(args, field.name) for field in fields(SamplingOptions) if hasattr(args, field.name)}
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="codefusion", description="CodeFusion: natural language to code by diffusion.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,14 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="Print ranked code candidates for a prompt.")
     generate.add_argument("model", help="Saved pipeline folder or Hub repo id.")
     generate.add_argument("prompts", nargs="+", metavar="prompt", help="What the code should do (one or more).")
-    generate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5, help="Candidates (default 5).")
-    generate.add_argument("--steps", type=positive_int, default=50, help="Denoising steps (default 50).")
     generate.add_argument("--seed", type=seed_int, default=0, help="Seed of the starting noise (default 0).")
     generate.add_argument("--show-steps", action="store_true", help="Show the best candidate being revised.")
-    generate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
-    generate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
     generate.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
-    add_sampling_arguments(generate)
+    add_sampling_arguments(generate, steps=50)
     generate.add_argument(
         "--init-code",
         action="append",
@@ -146,26 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--language", default="bash", help=LANGUAGE_HELP)
     evaluate.add_argument("--prompt-column", default="prompt", help="Column holding the prompt (default prompt).")
     evaluate.add_argument("--code-column", default="code", help="Column holding the reference (default code).")
-    evaluate.add_argument("-k", "--num-return-sequences", type=positive_int, default=5)
-    evaluate.add_argument("--steps", type=positive_int, default=20)
-    evaluate.add_argument(
-        "--timesteps",
-        type=int,
-        nargs="+",
-        default=None,
-        help="Custom strictly decreasing timesteps, instead of --steps evenly placed ones.",
-    )
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
     evaluate.add_argument("--max-samples", type=positive_int, default=None)
     evaluate.add_argument("--seed", type=seed_int, default=0)
     evaluate.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available).")
-    evaluate.add_argument("--rounding", choices=ROUNDINGS, default=None, help=ROUNDING_HELP)
-    evaluate.add_argument("--commit-tokens", action="store_true", help=COMMIT_TOKENS_HELP)
     evaluate.add_argument("--dtype", choices=DTYPES, default=None, help=DTYPE_HELP)
-    evaluate.add_argument(
-        "--guidance-scale", type=float, default=1.0, help="Classifier-free guidance (not in the paper); 1 is off."
-    )
-    add_sampling_arguments(evaluate)
+    add_sampling_arguments(evaluate, steps=20)
 
     push = commands.add_parser("push", help="Upload a saved pipeline folder to the Hub.")
     push.add_argument("model", help="Saved pipeline folder.")
@@ -179,30 +220,20 @@ def generate(args: argparse.Namespace) -> None:
     import torch
 
     from .pipeline_codefusion import CodeFusionPipeline
-    from .scheduling_codefusion_commit import CodeFusionCommitScheduler
 
     for prompt in args.prompts:
         if not prompt.strip():
             raise ValueError("a prompt is empty: describe the code to generate.")
+    options = sampling_options(args)
     pipe = CodeFusionPipeline.from_pretrained(args.model, dtype=getattr(torch, args.dtype) if args.dtype else None)
-    if args.commit_tokens:
-        pipe.scheduler = CodeFusionCommitScheduler.from_config(pipe.scheduler.config)
+    pipe = options.prepare_pipeline(pipe)
     pipe.set_progress_bar_config(disable=True)
     output = pipe(
         args.prompts,
-        num_inference_steps=args.steps,
-        num_return_sequences=args.num_return_sequences,
         generator=torch.Generator().manual_seed(args.seed),
         return_trajectory=args.show_steps,
-        rounding=args.rounding,
-        stop_when_stable=args.stop_when_stable,
-        canvas_margin=args.canvas_margin,
-        ranking=args.ranking,
-        condition_enhanced_timestep=args.condition_enhanced_timestep,
-        code_length=args.code_length,
-        length_beam=args.length_beam,
         init_code=args.init_code[0] if args.init_code and len(args.init_code) == 1 else args.init_code,
-        strength=args.strength,
+        **options.call_kwargs(),
     )
     for index, prompt in enumerate(args.prompts):
         if len(args.prompts) > 1:
@@ -234,20 +265,9 @@ def evaluate(args: argparse.Namespace) -> None:
         code_column=args.code_column,
         max_samples=args.max_samples,
         language=args.language,
-        num_return_sequences=args.num_return_sequences,
-        num_inference_steps=args.steps,
-        timesteps=args.timesteps,
+        sampling=sampling_options(args),
         batch_size=args.batch_size,
         seed=args.seed,
-        rounding=args.rounding,
-        commit_tokens=args.commit_tokens,
-        guidance_scale=args.guidance_scale,
-        stop_when_stable=args.stop_when_stable,
-        canvas_margin=args.canvas_margin,
-        ranking=args.ranking,
-        condition_enhanced_timestep=args.condition_enhanced_timestep,
-        code_length=args.code_length,
-        length_beam=args.length_beam,
         device=args.device,
         dtype=getattr(torch, args.dtype) if args.dtype else None,
     )

@@ -6,6 +6,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 import torch
 from tqdm.auto import tqdm
@@ -14,12 +15,14 @@ from transformers.utils import logging
 from .constants import LANGUAGES, SYNTAX_LANGUAGES
 from .metrics import bleu, codebleu, distinct_n, is_valid_syntax, top_k_accuracy
 from .pipeline_codefusion import CodeFusionPipeline
-from .scheduling_codefusion_commit import CodeFusionCommitScheduler
+from .sampling_options_codefusion import SamplingOptions
 
 logger = logging.get_logger(__name__)
 
 # Top-k metrics of each language; every language gets exact match.
 LANGUAGE_METRICS = {"bash": ["exact_match", "template_match"]}
+# What `evaluate_pipeline` samples unless told otherwise: k = 5 for the top-5 metrics, in 20 steps.
+EVALUATION_SAMPLING = SamplingOptions(num_inference_steps=20, num_return_sequences=5)
 
 
 def check_language(language: str) -> None:
@@ -35,31 +38,16 @@ def evaluate_pipeline(
     prompts: list[str],
     references: list[str],
     language: str = "bash",
-    num_return_sequences: int = 5,
-    num_inference_steps: int = 20,
+    sampling: SamplingOptions = EVALUATION_SAMPLING,
     batch_size: int = 16,
     seed: int = 0,
-    rounding: str | None = None,
-    timesteps: list[int] | None = None,
-    commit_tokens: bool = False,
-    guidance_scale: float = 1.0,
-    stop_when_stable: int | None = None,
-    canvas_margin: int | None = None,
-    ranking: str = "log_prob",
     init_code: list[str] | list[list[str]] | None = None,
-    strength: float | None = None,
-    condition_enhanced_timestep: int | None = None,
-    code_length: int | str | None = None,
-    length_beam: int | None = None,
 ) -> tuple[list[list[str]], list[list[float]], dict]:
-    """Generate `num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) and score
-    them: top-1/3/5 of each metric of the language, the share of non-empty and of distinct top-1 outputs, and
-    seconds per prompt. Returns (candidates, scores, metrics). The ranking never looks at the references.
-    `timesteps` (custom, strictly decreasing) replaces `num_inference_steps` evenly placed steps; `commit_tokens`
-    samples with [`CodeFusionCommitScheduler`] (mask-predict) instead of the pipeline's scheduler; `guidance_scale`,
-    `stop_when_stable`, `canvas_margin`, `ranking`, `condition_enhanced_timestep`, `code_length` and `length_beam` are
-    the pipeline's, and so are `init_code` (one program, or list of programs, per prompt: refine them instead of
-    starting from noise) and `strength`."""
+    """Generate `sampling.num_return_sequences` ranked candidates per prompt (in batches, with a progress bar) as
+    the `sampling` options say, and score them: top-1/3/5 of each metric of the language, the share of non-empty and
+    of distinct top-1 outputs, seconds per prompt, and the options the calls resolved. Returns (candidates, scores,
+    metrics). The ranking never looks at the references. `init_code` (one program, or list of programs, per prompt)
+    refines those programs instead of starting from noise."""
     if init_code is not None and len(init_code) != len(prompts):
         raise ValueError(f"init_code has {len(init_code)} entries for {len(prompts)} prompts: give one per prompt.")
     if len(prompts) != len(references):
@@ -67,58 +55,31 @@ def evaluate_pipeline(
     if not prompts:
         raise ValueError("prompts is empty: nothing to evaluate.")
     check_language(language)  # before generating, which takes the time
-    if commit_tokens:  # a pipeline of the same components: the caller's keeps its scheduler
-        pipe = type(pipe)(
-            **pipe.components | {"scheduler": CodeFusionCommitScheduler.from_config(pipe.scheduler.config)}
-        )
+    pipe = sampling.prepare_pipeline(pipe)
     pipe.set_progress_bar_config(disable=True)  # one bar over batches instead of one per denoising loop
     generator = torch.Generator().manual_seed(seed)
-    done = 0  # prompts generated so far: generate_candidates runs the batches in order
+    done, settings = 0, None  # prompts generated so far (generate_candidates runs the batches in order); options run
 
     def generate_fn(batch: list[str]) -> tuple[list[list[str]], list[list[float]]]:
-        nonlocal done
+        nonlocal done, settings
         drafts = None if init_code is None else list(init_code[done : done + len(batch)])
         done += len(batch)
-        output = pipe(
-            batch,
-            num_inference_steps=num_inference_steps,
-            timesteps=timesteps,
-            num_return_sequences=num_return_sequences,
-            generator=generator,
-            rounding=rounding,
-            guidance_scale=guidance_scale,
-            stop_when_stable=stop_when_stable,
-            canvas_margin=canvas_margin,
-            ranking=ranking,
-            condition_enhanced_timestep=condition_enhanced_timestep,
-            code_length=code_length,
-            length_beam=length_beam,
-            init_code=drafts,
-            strength=strength,
-        )
+        output = pipe(batch, generator=generator, init_code=drafts, **sampling.call_kwargs())
+        settings = output.settings
         return output.code, output.scores
 
     candidates, scores, seconds = generate_candidates(generate_fn, prompts, batch_size)
-    resolved_code_length = pipe.resolve_code_length(code_length, refining=init_code is not None)
-    metrics = score_candidates(candidates, references, language) | {
-        "num_return_sequences": num_return_sequences,
-        "num_inference_steps": len(timesteps) if timesteps else num_inference_steps,
-        "timesteps": timesteps,
-        "rounding": pipe.resolve_rounding(rounding),
-        "scheduler": type(pipe.scheduler).__name__,
-        "commit_tokens": isinstance(pipe.scheduler, CodeFusionCommitScheduler),
-        "guidance_scale": guidance_scale,
-        "stop_when_stable": stop_when_stable,
-        "canvas_margin": canvas_margin,
-        "ranking": ranking,
-        "condition_enhanced_timestep": condition_enhanced_timestep,
-        "code_length": resolved_code_length,
-        "length_beam": pipe.resolve_length_beam(length_beam, resolved_code_length, num_return_sequences),
-        "init_code": init_code is not None,
-        "strength": strength,
-        "seconds_per_prompt": seconds / len(prompts),
-    }
-    return candidates, scores, metrics
+    metrics = score_candidates(candidates, references, language) | asdict(settings)
+    return (
+        candidates,
+        scores,
+        metrics
+        | {
+            "scheduler": type(pipe.scheduler).__name__,
+            "init_code": init_code is not None,
+            "seconds_per_prompt": seconds / len(prompts),
+        },
+    )
 
 
 def generate_candidates(
@@ -197,10 +158,8 @@ def evaluate_file(
     **evaluate_kwargs,
 ) -> dict:
     """Load a saved pipeline (folder or repo id) and a data file, run `evaluate_pipeline` (`evaluate_kwargs`:
-    language, num_return_sequences, num_inference_steps, batch_size, seed, rounding, timesteps, commit_tokens,
-    guidance_scale, stop_when_stable, canvas_margin, ranking, condition_enhanced_timestep, code_length, length_beam) on
-    `device` (default: CUDA when available) in `dtype` (default: as saved), write the results to `output_dir`,
-    return metrics."""
+    language, sampling, batch_size, seed) on `device` (default: CUDA when available) in `dtype` (default: as saved),
+    write the results to `output_dir`, return metrics."""
     from .data_codefusion import load_code_dataset
 
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,6 +1,7 @@
 """Noise scheduler for diffusion over continuous code embeddings (CodeFusion, Diffusion-LM, GENIE)."""
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,10 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
     """
 
     order = 1
+    # Whether `step` commits the decoder's tokens: it then reads the decoder's `logits` (or `logits_at`), the
+    # `code_embeddings` and each row's `canvas_lengths`, has no `eta`, and its output holds the committed tokens.
+    # The one fact a pipeline asks of a scheduler to know how to call it.
+    commits_tokens = False
     # The starting canvas is unit Gaussian noise, and the denoiser reads the canvas unscaled (see
     # `scale_model_input`): what diffusers' pipelines expect of a scheduler.
     init_noise_sigma = 1.0
@@ -118,10 +123,17 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         timesteps: list[int] | None = None,
         min_timestep: int = 0,
     ) -> None:
-        """Choose `num_inference_steps` strictly decreasing timesteps out of the T training steps, placed by
+        """Sample on the [`timestep_schedule`] of these arguments."""
+        self.timesteps = self.timestep_schedule(num_inference_steps, timesteps, min_timestep).to(device)
+        self.num_inference_steps = len(self.timesteps)
+
+    def timestep_schedule(
+        self, num_inference_steps: int | None = None, timesteps: list[int] | None = None, min_timestep: int = 0
+    ) -> torch.LongTensor:
+        """`num_inference_steps` strictly decreasing timesteps out of the T training steps, placed by
         `timestep_spacing` within `[min_timestep, T)` (a model trained only there, `config.min_train_timestep`, is
-        sampled there); or use `timesteps` as given (strictly decreasing, each in [0, T)), e.g. to start sampling
-        from a partly noised canvas."""
+        sampled there); or `timesteps` as given (strictly decreasing, each in [0, T)), e.g. to start sampling from a
+        partly noised canvas. Checked, and without changing the scheduler: a pipeline plans its steps first."""
         num_train_timesteps = self.config.num_train_timesteps
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("Pass exactly one of num_inference_steps and timesteps.")
@@ -131,9 +143,7 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"timesteps must be a non-empty, strictly decreasing list, got {timesteps}.")
             if timesteps[-1] < 0 or timesteps[0] >= num_train_timesteps:
                 raise ValueError(f"timesteps must lie in [0, {num_train_timesteps}), got {timesteps}.")
-            self.num_inference_steps = len(timesteps)
-            self.timesteps = torch.tensor(timesteps, dtype=torch.int64, device=device)
-            return
+            return torch.tensor(timesteps, dtype=torch.int64)
         if not 0 <= min_timestep < num_train_timesteps:
             raise ValueError(f"min_timestep must be in [0, {num_train_timesteps}), got {min_timestep}.")
         span = num_train_timesteps - min_timestep  # the timesteps to place the steps among
@@ -145,13 +155,41 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
         if self.config.timestep_spacing == "trailing":
             # Integer arithmetic: the float stride of diffusers' `arange(T, 0, -T / n)` can yield n + 1 steps, the
             # last one negative (T = 1200, n = 7 ends at t = -1, which indexes the noisiest alpha_bar).
-            timesteps = span * np.arange(num_inference_steps, 0, -1) // num_inference_steps - 1
+            spaced = span * np.arange(num_inference_steps, 0, -1) // num_inference_steps - 1
         elif self.config.timestep_spacing == "leading":
-            timesteps = np.arange(num_inference_steps)[::-1] * (span // num_inference_steps)
+            spaced = np.arange(num_inference_steps)[::-1] * (span // num_inference_steps)
         else:
-            timesteps = np.linspace(0, span - 1, num_inference_steps).round()[::-1]
-        self.num_inference_steps = num_inference_steps
-        self.timesteps = torch.from_numpy((min_timestep + timesteps).astype(np.int64)).to(device)
+            spaced = np.linspace(0, span - 1, num_inference_steps).round()[::-1]
+        return torch.from_numpy((min_timestep + spaced).astype(np.int64))
+
+    def check_same_schedule(self, trained: "CodeFusionScheduler") -> None:
+        """Refuse to sample on another noise schedule than the `trained` one (the model's `noise_scheduler`): the
+        named fields first, then the noise levels themselves, since another `beta_start`, `beta_end` or
+        `trained_betas` (an edited scheduler_config.json) also samples on untrained noise levels."""
+        for name in ("num_train_timesteps", "noise_schedule", "prediction_type"):
+            if self.config[name] != trained.config[name]:
+                raise ValueError(
+                    f"scheduler.config.{name}={self.config[name]!r} does not match the model's "
+                    f"{name}={trained.config[name]!r}: sample with the schedule the model was trained with."
+                )
+        alphas_cumprod = self.alphas_cumprod.to(trained.alphas_cumprod.device)
+        if torch.allclose(alphas_cumprod, trained.alphas_cumprod, rtol=1e-5, atol=1e-8):
+            return
+
+        def shown(value: Any) -> str:
+            return f"<{len(value)} values>" if isinstance(value, (list, tuple)) else repr(value)
+
+        differing = [
+            f"scheduler.config.{name}={shown(self.config.get(name))} but the model's is {shown(trained.config[name])}"
+            for name in ("trained_betas", "beta_start", "beta_end")
+            if self.config.get(name) != trained.config[name]
+        ]
+        largest = (alphas_cumprod - trained.alphas_cumprod).abs().max().item()
+        raise ValueError(
+            f"scheduler.alphas_cumprod differs from the model's training schedule by up to {largest:.3g} "
+            f"({'; '.join(differing) or 'its betas differ'}): sample with the schedule the model was trained with, "
+            f"built by {type(self).__name__}.from_config(model.noise_scheduler.config)."
+        )
 
     def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser reads the canvas as it is: the identity, for pipelines written against diffusers'

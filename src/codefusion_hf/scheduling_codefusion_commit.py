@@ -41,12 +41,15 @@ class CodeFusionCommitSchedulerOutput(BaseOutput):
             The current token at every position: the committed ones, and this step's decoder tokens elsewhere.
         token_log_probs (`torch.Tensor` of the same shape):
             The decoder's log-probability of each of those tokens, from the step that chose it.
+        committed_positions (`torch.BoolTensor` of the same shape):
+            The positions committed after this step, whose tokens the next step keeps.
     """
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor
     token_ids: torch.LongTensor
     token_log_probs: torch.Tensor
+    committed_positions: torch.BoolTensor | None = None
 
 
 class CodeFusionCommitScheduler(CodeFusionScheduler):
@@ -65,6 +68,7 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
     `set_timesteps`.
     """
 
+    commits_tokens = True
     # The committed state of the running sampling: which positions are committed, and the latest token and its
     # log-probability at every position. None until the first step after `set_timesteps`.
     committed_positions: torch.BoolTensor | None = None
@@ -206,6 +210,7 @@ class CodeFusionCommitScheduler(CodeFusionScheduler):
             pred_original_sample=pred_original_sample,
             token_ids=tokens,
             token_log_probs=token_log_probs,
+            committed_positions=positions,
         )
 
 
