@@ -17,10 +17,11 @@ _EXPORTS = {
     "CodeFusionModel": "modeling_codefusion",
     "CodeFusionModelOutput": "modeling_codefusion",
     "CodeFusionPipeline": "pipeline_codefusion",
-    "CodeFusionPipelineOutput": "pipeline_codefusion",
+    "CodeFusionPipelineOutput": "pipeline_output_codefusion",
     "CodeFusionCommitScheduler": "scheduling_codefusion_commit",
     "CodeFusionCommitSchedulerOutput": "scheduling_codefusion_commit",
     "CodeFusionScheduler": "scheduling_codefusion",
+    "SamplingOptions": "sampling_options_codefusion",
     "CodeFusionSchedulerOutput": "scheduling_codefusion",
     "create_model_card": "modelcard_codefusion",
     "train_code_tokenizer": "tokenization_codefusion",
@@ -47,7 +48,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; `X as X` marks a re-export
     from .modeling_codefusion import CodeFusionModel as CodeFusionModel
     from .modeling_codefusion import CodeFusionModelOutput as CodeFusionModelOutput
     from .pipeline_codefusion import CodeFusionPipeline as CodeFusionPipeline
-    from .pipeline_codefusion import CodeFusionPipelineOutput as CodeFusionPipelineOutput
+    from .pipeline_output_codefusion import CodeFusionPipelineOutput as CodeFusionPipelineOutput
+    from .sampling_options_codefusion import SamplingOptions as SamplingOptions
     from .scheduling_codefusion import CodeFusionScheduler as CodeFusionScheduler
     from .scheduling_codefusion import CodeFusionSchedulerOutput as CodeFusionSchedulerOutput
     from .scheduling_codefusion_commit import CodeFusionCommitScheduler as CodeFusionCommitScheduler

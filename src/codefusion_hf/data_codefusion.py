@@ -180,8 +180,7 @@ def add_encoder_states(
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         # A prompt repeated in the batch is encoded once (distilled data gives every prompt two targets, next to each
-        # other), and prompts of similar length share an encoder batch, so little of it is padding (2.5x less for
-        # NL2Bash).
+        # other), and prompts of similar length share an encoder batch, so little of it is padding.
         prompts = [(tuple(ids), tuple(mask)) for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
         first_row = {}
         for i, prompt in enumerate(prompts):

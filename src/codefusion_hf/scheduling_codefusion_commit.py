@@ -17,7 +17,7 @@ def most_likely_tokens(logits: torch.Tensor, chunk_size: int = 64) -> tuple[torc
     """The log-probability and id of the most likely token at each position of `(..., vocab_size)` logits, as
     `logits.log_softmax(-1).max(-1)` gives them, as the top logit minus the log-sum-exp. Computed `chunk_size`
     positions at a time: the float32 temporaries then stay in the CPU's cache instead of being freshly allocated
-    at the size of all the logits (3.6x faster for 10,240 positions of an 8,000-token vocabulary, same values)."""
+    at the size of all the logits (the same values, faster on a CPU)."""
     flat_logits = logits.reshape(-1, logits.shape[-1])
     log_probs = torch.empty(flat_logits.shape[0], dtype=torch.float32, device=logits.device)
     token_ids = torch.empty(flat_logits.shape[0], dtype=torch.long, device=logits.device)
