@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from codefusion_hf.ranking_codefusion import kept_lengths, rank_candidates, ranking_scores
+from codefusion_hf.ranking_codefusion import kept_lengths, rank_candidates, ranked_groups, ranking_scores
 
 PAD, EOS, VOCAB = 0, 2, 16
 
@@ -43,3 +43,4 @@ def test_rank_candidates_orders_each_prompts_candidates_best_first():
     order, ranked = rank_candidates(torch.tensor([0.0, 0.25, 0.125, -1.0, -0.5, -2.0]), 3)
     assert order.tolist() == [1, 2, 0, 4, 3, 5]
     assert ranked == [[0.25, 0.125, 0.0], [-0.5, -1.0, -2.0]]
+    assert ranked_groups(["a0", "a1", "a2", "b0", "b1", "b2"], order, 3) == [["a1", "a2", "a0"], ["b1", "b0", "b2"]]

@@ -13,7 +13,7 @@ from .constants import DECODER_ROUNDINGS
 from .hub_codefusion import CodeFusionPipelineHubMixin
 from .modeling_codefusion import CodeFusionModel, CodeFusionPromptCache
 from .pipeline_output_codefusion import CodeFusionPipelineOutput
-from .ranking_codefusion import kept_lengths, rank_candidates, ranking_scores
+from .ranking_codefusion import kept_lengths, rank_candidates, ranked_groups, ranking_scores
 from .sampling_options_codefusion import SamplingOptions, check_inputs, settled_margin_argument, trajectory_steps
 from .sampling_state_codefusion import CandidateResults, DenoisingRows, SamplingPlan, settled_rows
 from .scheduling_codefusion import CodeFusionScheduler
@@ -222,15 +222,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         """One step of the rows: the (guided) denoiser, its x0 estimate, the decoder where the scheduler or the
         rounding reads it, and the scheduler's step, whose canvas the rows move to."""
         options, code_embeddings = plan.options, plan.code_embeddings
-        if (
-            self.guidance_scale > 1 and rows.unconditional_states is None
-        ):  # drawn after the canvas: on, or by a callback
-            shape = rows.encoder_hidden_states.shape
-            rows.unconditional_states = randn_tensor(
-                shape, generator=rows.generator, device=rows.latents.device, dtype=rows.latents.dtype
-            )
-        if self.guidance_scale > 1 and rows.unconditional_cache is None:
-            rows.unconditional_cache = self.model.cache_prompt(rows.unconditional_states)
+        if self.guidance_scale > 1:  # on from the start, or turned on by a callback
+            rows.prepare_guidance(self.model.cache_prompt)
         denoiser_timesteps = self.scheduler.denoiser_timesteps(timestep, rows.latents)
         model_timesteps = denoiser_timesteps
         if options.condition_enhanced_timestep is not None:
@@ -375,20 +368,15 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             canvas_lengths=canvas_lengths,
         )
         order, ranked_scores = rank_candidates(scores, num_return_sequences)
-
-        def ranked(texts: list[str]) -> list[list[str]]:
-            texts = [texts[i] for i in order.tolist()]
-            return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
-
         if output_type == "text":
-            code = ranked(self.ids_to_text(results.token_ids, lengths, max_length))
+            code = ranked_groups(self.ids_to_text(results.token_ids, lengths, max_length), order, num_return_sequences)
         elif output_type == "pt":
             token_ids = results.token_ids[order]
             code = token_ids.view(-1, num_return_sequences, token_ids.shape[1])[..., :max_length]
         else:
             code = results.latents[order].view(-1, num_return_sequences, *results.latents.shape[1:])
         for entry in trajectory:
-            entry["code"] = ranked(entry["code"])
+            entry["code"] = ranked_groups(entry["code"], order, num_return_sequences)
         return code, ranked_scores, trajectory
 
     @torch.no_grad()
@@ -434,13 +422,11 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             return_trajectory: `True` to record the decoded canvas at every step, or a list of step indices
                 (0-based) to record, so the program can be watched being revised.
             callback_on_step_end: Called after each step as `callback(pipe, step_index, timestep, callback_kwargs)`;
-                it may return a dict with a replacement `"latents"`, and read `pipe.num_timesteps` and
-                `pipe.guidance_scale` (or set `pipe._guidance_scale` for the steps after it). With
-                `stop_when_stable` or `settled_margin`, its `latents` are those of the candidates still denoised,
-                cut to the canvas still computed. Candidates on canvases of different lengths (`code_length`,
-                `length_beam`) are denoised in batches of similar canvases (`canvas_groups`), the positions past
-                each one's own canvas masked (the `latents` there are meaningless; the returned ones are pad): the
-                steps, and the callback, run once for each batch, with the call's `guidance_scale` at its first step.
+                it may return a replacement `"latents"`, read `pipe.num_timesteps` and set `pipe._guidance_scale`
+                for the steps after it. Its `latents` are those of one batch of candidates on similar canvases
+                (`canvas_groups`: the steps and the callback run once per batch, each starting at the call's
+                `guidance_scale`), on its longest canvas (meaningless past a row's own canvas; the returned ones
+                are pad), without the candidates and positions `stop_when_stable` and `settled_margin` dropped.
             callback_on_step_end_tensor_inputs: Tensors passed in `callback_kwargs`.
             timesteps: Custom timesteps, strictly decreasing, instead of `num_inference_steps` evenly placed ones;
                 e.g. `[1100, 550]` with `latents` a canvas noised to step 1100, to refine a draft.
@@ -466,8 +452,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 candidate has committed pad (or eos) there, keeping this many settled positions after the last
                 unsettled one (a model trained with the trainer's `canvas_margin` saw that many pads after the
                 code). None (default): the whole canvas at every step. (`canvas_margin`, its old name, is deprecated.)
-            ranking: How each prompt's candidates are ordered (see [`score_tokens`]): `"log_prob"` (default),
-                `"length_normalized"` or `"consensus"`.
+            ranking: How each prompt's candidates are ordered: `"log_prob"` (default), `"length_normalized"` or
+                `"consensus"` (see [`~ranking_codefusion.ranking_scores`]).
             init_code: Refine code instead of starting from noise, as diffusers' img2img pipelines start from an
                 image: one program for every prompt (a string), one per prompt (a list), or a list per prompt (its
                 candidates start from its programs in turn). Each program is embedded, noised to `strength` of the
@@ -495,7 +481,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 (default): 3 (`DEFAULT_LENGTH_BEAM`, at most `num_return_sequences`) on the predicted canvas, else 1.
 
         Returns:
-            [`CodeFusionPipelineOutput`], or a tuple `(code, scores, trajectory)` when `return_dict=False`.
+            [`CodeFusionPipelineOutput`] (with the resolved `settings`), or a tuple `(code, scores, trajectory)` when
+            `return_dict=False`.
         """
         # 1. Check the inputs and plan the steps, before anything runs
         config = self.model.config

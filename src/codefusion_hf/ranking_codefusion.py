@@ -74,4 +74,10 @@ def rank_candidates(scores: torch.Tensor, num_return_sequences: int) -> tuple[to
     return flat_order, scores.gather(1, order).tolist()
 
 
-__all__ = ["consensus_scores", "kept_lengths", "rank_candidates", "ranking_scores"]
+def ranked_groups(items: list, order: torch.LongTensor, num_return_sequences: int) -> list[list]:
+    """The rows' `items` (texts, say) in `order` (as `rank_candidates` gives it), one list per prompt."""
+    items = [items[i] for i in order.tolist()]
+    return [items[i : i + num_return_sequences] for i in range(0, len(items), num_return_sequences)]
+
+
+__all__ = ["consensus_scores", "kept_lengths", "rank_candidates", "ranked_groups", "ranking_scores"]

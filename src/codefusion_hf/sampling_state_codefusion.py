@@ -7,6 +7,7 @@ from functools import cached_property
 
 import torch
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 from .canvas_planning_codefusion import settled_canvas_length
 from .modeling_codefusion import CodeFusionPromptCache
@@ -90,6 +91,20 @@ class DenoisingRows:
             unconditional_states=None if self.unconditional_states is None else self.unconditional_states[keep],
             unconditional_cache=None if self.unconditional_cache is None else self.unconditional_cache[keep],
         )
+
+    def prepare_guidance(self, cache_prompt: Callable[[torch.Tensor], CodeFusionPromptCache]) -> None:
+        """The unconditional prompt classifier-free guidance reads for these rows (Gaussian noise, as unconditional
+        training saw it), drawn from their generator when guidance turns on: after the starting canvas, so that
+        guidance leaves the starting noise as it was."""
+        if self.unconditional_states is None:
+            self.unconditional_states = randn_tensor(
+                self.encoder_hidden_states.shape,
+                generator=self.generator,
+                device=self.latents.device,
+                dtype=self.encoder_hidden_states.dtype,
+            )
+        if self.unconditional_cache is None:
+            self.unconditional_cache = cache_prompt(self.unconditional_states)
 
     # Computed once for these rows: their canvas changes only through `shrink`, which makes new rows.
     @cached_property
