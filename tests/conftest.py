@@ -1,8 +1,10 @@
-"""Shared fixtures: offline Hub settings, a tiny code tokenizer and tiny CodeFusion models."""
+"""Shared fixtures: offline Hub settings, a tiny code tokenizer and tiny CodeFusion models, and a local Hub
+(hub_server.py) for the tests that push and download."""
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 
 # Before any Hugging Face import: never reach the Hub, never touch the user's cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -13,6 +15,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import transformers.utils.hub as transformers_hub  # noqa: E402
+from hub_server import HubServer  # noqa: E402
+from huggingface_hub import HfApi, constants  # noqa: E402
+from huggingface_hub.hf_api import api as default_api  # noqa: E402
 
 from codefusion_hf import (  # noqa: E402
     CodeFusionConfig,
@@ -33,10 +39,20 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def code_tokenizer():
+# The local Hub's account with write access.
+TOKEN = "hf_test_write_token"
+USER = "user"
+
+
+def make_code_tokenizer():
+    """A code tokenizer trained on PAIRS: a fresh one each call (`code_tokenizer` is one for the whole session)."""
     corpus = [text for pair in PAIRS for text in pair] * 5
     return train_code_tokenizer(corpus, vocab_size=300, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def code_tokenizer():
+    return make_code_tokenizer()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -73,6 +89,10 @@ def with_scheduler(pipe: CodeFusionPipeline, scheduler_class) -> CodeFusionPipel
 @pytest.fixture
 def tiny_pipeline(tiny_model, code_tokenizer):
     return make_pipeline(tiny_model, code_tokenizer)
+
+
+def seeded(pipe, prompts, seed=0, **kwargs):
+    return pipe(prompts, num_inference_steps=5, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
 def overfit(code_tokenizer, canvas_margin: int | None = None, **config_overrides) -> CodeFusionPipeline:
@@ -125,3 +145,37 @@ def record_denoiser_passes(model, monkeypatch, outputs=None):
 
     monkeypatch.setattr(model, "_denoiser_states", recording)
     return calls
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubServer]:
+    """The local Hub, with huggingface_hub pointed at it and offline mode off for this module only.
+
+    The client reads HF_ENDPOINT and HF_HUB_OFFLINE at import time, so the copies in `constants`, the module-level
+    `HfApi` behind `huggingface_hub.create_repo` & co. and transformers' cached `HfApi` are patched, then restored.
+    At teardown, fails if the client called an endpoint the server does not implement (501) or the server failed.
+    Module-scoped: the repos of one test module are not those of another.
+    """
+    server = HubServer(tokens={TOKEN: USER}).start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_ENDPOINT", server.url)
+        patch.setenv("HF_HUB_OFFLINE", "0")
+        patch.setenv("HF_HUB_DISABLE_XET", "1")
+        patch.delenv("HF_TOKEN", raising=False)
+        patch.setattr(constants, "ENDPOINT", server.url)
+        patch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        patch.setattr(constants, "HF_HUB_OFFLINE", False)
+        patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        patch.setattr(default_api, "endpoint", server.url)
+        patch.setattr(transformers_hub, "_hf_api", None)
+        yield server
+    server.stop()
+    server.assert_healthy()
+
+
+@pytest.fixture
+def api(hub) -> HfApi:
+    return HfApi(endpoint=hub.url, token=TOKEN)

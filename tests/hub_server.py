@@ -9,6 +9,10 @@ Usage:
 
     with HubServer(tokens={"hf_token": "user"}) as hub:
         ...  # point HF_ENDPOINT (or huggingface_hub.constants.ENDPOINT) at hub.url
+    hub.assert_healthy()
+
+In the tests, the `hub` fixture of conftest.py runs one per test module, with this process's `huggingface_hub`
+pointed at it (and `api`, a client holding the write token of `conftest.USER`).
 """
 
 import base64
@@ -711,6 +715,13 @@ class HubServer:
     @property
     def errors(self) -> list[str]:
         return self.hub.errors
+
+    def assert_healthy(self) -> None:
+        """Fail if a client called an endpoint the server does not implement (501) or the server itself failed: a
+        test that passes against such a server tested less than it says."""
+        unimplemented = [(method, path) for method, path, status in self.requests if status == 501]
+        assert not unimplemented, f"the client called endpoints the test Hub does not implement: {unimplemented}"
+        assert not self.errors, "the test Hub server failed:\n" + "\n".join(self.errors)
 
     def repo(self, repo_id: str, repo_type: str = "model") -> Repo | None:
         return self.hub.repos.get((repo_type, repo_id))

@@ -119,9 +119,7 @@ def hub():
     server = HubServer(tokens={HUB_TOKEN: HUB_USER}).start()
     yield server
     server.stop()
-    unimplemented = [(method, path) for method, path, status in server.requests if status == 501]
-    assert not unimplemented, f"the client called endpoints the test Hub does not implement: {unimplemented}"
-    assert not server.errors, "the test Hub server failed:\n" + "\n".join(server.errors)
+    server.assert_healthy()
 
 
 @pytest.mark.parametrize("block_id, marker, code", PYTHON_BLOCKS, ids=[block[0] for block in PYTHON_BLOCKS])

