@@ -1,5 +1,6 @@
-"""Recompute the derived numbers of the Benchmarks page (ratios, gaps, counts, FLOPs, run-to-run ranges) from the
-committed results files under research/results/, each ratio from the raw counts or times of one file and one run.
+"""Recompute the derived numbers of the Benchmarks page and of the Sampling page's speed section (ratios, gaps,
+counts, FLOPs, run-to-run ranges) from the committed results files under research/results/, each ratio from the raw
+counts or times of one file and one run.
 
     python research/benchmark_numbers.py
 """
@@ -144,6 +145,49 @@ def bf16_against_fp32() -> None:
               f"({a['flops'] / 1e9:.1f} GFLOP)")  # fmt: skip
 
 
+def sampling_page() -> None:
+    """The Sampling page's trade-off table and speed paragraphs: each ratio against beam search in its own run."""
+    tradeoff = "nl2bash_full_budget_generation_tradeoff_2026-12-03.json"
+    runs = load(tradeoff)["runs"]
+    print(f"[{tradeoff}] 2 threads; 1 prompt: s (x beam 5), 32 prompts: s (x beam 5), GFLOP at 32, validation "
+          f"(first 500 prompts) template@1 / @5, BLEU@1, s/prompt:")  # fmt: skip
+    beam_one = {}
+    for run, result in runs.items():
+        one, many = row(result["results"], 2, 1), row(result["results"], 2, 32)
+        beam_one.setdefault(result["dtype"], []).append(one["settings"][BEAM]["median_seconds"])
+        for setting, val in result["validation"].items():
+            a, b = one["settings"][setting], many["settings"][setting]
+            print(f"  {run}, {setting} ({result['dtype']}, {result['pipeline_kwargs']}): "
+                  f"{a['median_seconds']:.3f} ({one['ratio_to_beam_5'][setting]:.2f}x) | "
+                  f"{b['median_seconds']:.3f} ({many['ratio_to_beam_5'][setting]:.2f}x) | {b['flops'] / 1e9:.1f} | "
+                  f"{100 * val['template_match@1']:.1f} | {100 * val['template_match@5']:.1f} | {val['bleu@1']:.2f} | "
+                  f"{val['seconds_per_prompt']:.3f}")  # fmt: skip
+    for dtype, seconds in beam_one.items():
+        print(f"  beam 5, one prompt, 2 threads, medians across the {dtype} runs: "
+              f"{min(seconds):.3f}-{max(seconds):.3f} s")  # fmt: skip
+    fp32 = runs["commit10"]["results"]
+    print("  fp32 defaults, one prompt: " + ", ".join(
+        f"{row(fp32, t, 1)['ratio_to_beam_5'][COMMIT]:.2f}x with {t} threads" for t in (2, 1)))  # fmt: skip
+    plain, stable = (row(runs[run]["results"], 2, 32)["settings"][COMMIT]["flops"] for run in
+                     ("commit10_bf16", "commit10_bf16_stable2"))  # fmt: skip
+    print(f"  stop_when_stable=2, bf16, 32 prompts: {stable / 1e9:.1f} against {plain / 1e9:.1f} GFLOP, "
+          f"{100 * (1 - stable / plain):.2f}% fewer")  # fmt: skip
+    same = "nl2bash_full_budget_generation_2026-12-03b.json"
+    runs = load(same)["runs"]
+    for run in ("bf16", "bf16_compiled", "bf16_steps5"):
+        for threads in (2, 1):
+            for prompts in (1, 32):
+                found = row(runs[run]["results"], threads, prompts)
+                ratios = found["ratio_to_beam_5"]
+                (setting,) = [s for s in ratios if s.startswith("codefusion")]
+                cf, ar = found["settings"][setting], found["settings"][BEAM]
+                peak = found["matmul_peak_flops_per_second"] / 1e9
+                print(f"[{same}, runs {run}] {threads} threads, {prompts} prompts: {ratios[setting]:.2f}x "
+                      f"({cf['median_seconds']:.3f} against {ar['median_seconds']:.3f} s); share of the matmul peak "
+                      f"({peak:.1f} GFLOP/s): CodeFusion {100 * cf['share_of_matmul_peak']:.1f}%, "
+                      f"beam {100 * ar['share_of_matmul_peak']:.1f}%")  # fmt: skip
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     full_budget()
@@ -151,6 +195,7 @@ def main() -> None:
     gpu_sweep()
     speed()
     bf16_against_fp32()
+    sampling_page()
 
 
 if __name__ == "__main__":
