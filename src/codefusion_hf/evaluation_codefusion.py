@@ -7,6 +7,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -14,8 +15,10 @@ from transformers.utils import logging
 
 from .constants import LANGUAGES, SYNTAX_LANGUAGES
 from .metrics import bleu, codebleu, distinct_n, is_valid_syntax, top_k_accuracy
-from .pipeline_codefusion import CodeFusionPipeline
 from .sampling_options_codefusion import SamplingOptions
+
+if TYPE_CHECKING:
+    from .pipeline_codefusion import CodeFusionPipeline
 
 logger = logging.get_logger(__name__)
 
@@ -34,7 +37,7 @@ def check_language(language: str) -> None:
 
 
 def evaluate_pipeline(
-    pipe: CodeFusionPipeline,
+    pipe: "CodeFusionPipeline",
     prompts: list[str],
     references: list[str],
     language: str = "bash",
@@ -161,6 +164,7 @@ def evaluate_file(
     language, sampling, batch_size, seed) on `device` (default: CUDA when available) in `dtype` (default: as saved),
     write the results to `output_dir`, return metrics."""
     from .data_codefusion import load_code_dataset
+    from .pipeline_codefusion import CodeFusionPipeline  # here: the baselines score with this module, model-free
 
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_writable(output_dir)  # before the generation, which takes the time

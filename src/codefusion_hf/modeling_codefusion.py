@@ -596,6 +596,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.encoder_proj(hidden_states)
 
+    @staticmethod
+    def unconditional_prompt(
+        prompt_noise: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt of unconditional generation, as phase 1 trains it and classifier-free guidance reads it:
+        Gaussian noise as the encoder states (`prompt_noise`, shaped like them) over an unmasked prompt."""
+        return prompt_noise, None if attention_mask is None else torch.ones_like(attention_mask)
+
     def cache_prompt(self, encoder_hidden_states: torch.Tensor) -> CodeFusionPromptCache:
         """Project the encoded prompt to every denoiser and decoder layer's cross-attention keys and values once,
         for [`~CodeFusionModel.denoise`] and [`~CodeFusionModel.decode`] calls over many steps (`prompt_cache=`)."""
@@ -901,15 +909,14 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         unconditional: torch.BoolTensor,
         prompt_noise: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Noise as the `unconditional` rows' prompt: the mode phase 1 trains and classifier-free guidance uses."""
+        """The unconditional prompt for the `unconditional` rows: the mode phase 1 trains and guidance uses."""
         if prompt_noise is None:
             prompt_noise = torch.randn_like(encoder_hidden_states)
+        noise_states, noise_mask = self.unconditional_prompt(prompt_noise.to(encoder_hidden_states), attention_mask)
         rows = unconditional.to(encoder_hidden_states.device)
-        encoder_hidden_states = torch.where(
-            rows[:, None, None], prompt_noise.to(encoder_hidden_states), encoder_hidden_states
-        )
+        encoder_hidden_states = torch.where(rows[:, None, None], noise_states, encoder_hidden_states)
         if attention_mask is not None:
-            attention_mask = attention_mask.masked_fill(rows[:, None], 1)
+            attention_mask = torch.where(rows[:, None], noise_mask, attention_mask)
         return encoder_hidden_states, attention_mask
 
     def _noisy_canvas(

@@ -206,11 +206,14 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         cache = None
         if prompt_cache is not None and unconditional_cache is not None:
             cache = CodeFusionPromptCache.cat([prompt_cache, unconditional_cache])
+        unconditional_states, unconditional_mask = self.model.unconditional_prompt(
+            unconditional_states, attention_mask
+        )
         output = self.model.denoise(
             torch.cat([latents, latents]),
             timesteps if timesteps.ndim == 0 else torch.cat([timesteps, timesteps]),
             torch.cat([encoder_hidden_states, unconditional_states]),
-            torch.cat([attention_mask, torch.ones_like(attention_mask)]),
+            torch.cat([attention_mask, unconditional_mask]),
             None if self_condition is None else torch.cat([self_condition, self_condition]),
             cache,
             None if code_attention_mask is None else torch.cat([code_attention_mask, code_attention_mask]),

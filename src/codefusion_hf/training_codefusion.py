@@ -27,17 +27,15 @@ from .evaluation_codefusion import score_candidates
 from .modelcard_codefusion import hub_model_id
 from .modeling_codefusion import CodeFusionModel
 from .pipeline_codefusion import CodeFusionPipeline
+from .sampling_options_codefusion import SamplingOptions
 from .scheduling_codefusion import CodeFusionScheduler
-from .scheduling_codefusion_commit import CodeFusionCommitScheduler
 from .training_callbacks_codefusion import (
-    ScheduleRecordCallback,
     TimeBudgetProgressCallback,
     TimeLimitCallback,
     check_time_budget,
     warn_if_cpu_bf16_is_emulated,
 )
 from .training_checkpoints_codefusion import (
-    find_resume_checkpoint,
     full_disk_error,
     publish_staged,
     remove_staging_folders,
@@ -510,13 +508,10 @@ class CodeFusionTrainer(Trainer):
         if self._staging_dir is None:
             super()._push_from_checkpoint(checkpoint_folder)
 
-    def make_pipeline(
-        self, model: CodeFusionModel, scheduler_class: type[CodeFusionScheduler] = CodeFusionScheduler
-    ) -> CodeFusionPipeline:
-        """A pipeline around `model` (the unwrapped model being trained, or its gathered copy) that samples with
-        `scheduler_class` on the model's training schedule; the x0 clip is set to 3x the current code embedding
-        spread."""
-        scheduler = scheduler_class.from_config(
+    def make_pipeline(self, model: CodeFusionModel) -> CodeFusionPipeline:
+        """A pipeline around `model` (the unwrapped model being trained, or its gathered copy) that samples on the
+        model's training schedule; the x0 clip is set to 3x the current code embedding spread."""
+        scheduler = CodeFusionScheduler.from_config(
             model.noise_scheduler.config, clip_sample_range=3 * model.code_embedding_matrix().std().item()
         )
         pipe = CodeFusionPipeline(
@@ -541,18 +536,17 @@ class CodeFusionTrainer(Trainer):
         for module in sharded:
             module.unshard()
         try:
-            scheduler_class = CodeFusionCommitScheduler if self.args.generation_commit_tokens else CodeFusionScheduler
-            pipe = self.make_pipeline(model, scheduler_class)
+            sampling = SamplingOptions(
+                num_inference_steps=self.args.generation_inference_steps,
+                rounding=self.args.generation_rounding,
+                commit_tokens=self.args.generation_commit_tokens,
+            )
+            pipe = sampling.prepare_pipeline(self.make_pipeline(model))
             generator = torch.Generator(device=self.args.device).manual_seed(self.args.seed)
             predictions = []
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
-                output = pipe(
-                    chunk["prompt"],
-                    num_inference_steps=self.args.generation_inference_steps,
-                    rounding=self.args.generation_rounding,
-                    generator=generator,
-                )
+                output = pipe(chunk["prompt"], generator=generator, **sampling.call_kwargs())
                 predictions += [candidates[0] for candidates in output.code]
         finally:
             for module in sharded:
@@ -652,13 +646,4 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
     )
 
 
-# The last three live in the run-keeping modules and stay importable from here, where the API reference
-# (docs/api/training.md) documents them.
-__all__ = [
-    "CodeFusionPretrainer",
-    "CodeFusionTrainer",
-    "CodeFusionTrainingArguments",
-    "ScheduleRecordCallback",
-    "TimeLimitCallback",
-    "find_resume_checkpoint",
-]
+__all__ = ["CodeFusionPretrainer", "CodeFusionTrainer", "CodeFusionTrainingArguments"]
