@@ -10,8 +10,11 @@ from codefusion_hf import (
     CodeFusionModel,
     CodeFusionPipeline,
     CodeFusionScheduler,
+    canvas_planning_codefusion,
     pipeline_codefusion,
 )
+from codefusion_hf.canvas_planning_codefusion import canvas_groups
+from codefusion_hf.sampling_options_codefusion import DEFAULT_LENGTH_BEAM
 
 SCHEDULERS = [CodeFusionScheduler, CodeFusionCommitScheduler]
 
@@ -339,10 +342,9 @@ def test_rounding_defaults_to_the_models_own(code_tokenizer, monkeypatch, schedu
     calls = []
     round_estimate = pipe.model.round_estimate
     monkeypatch.setattr(pipe.model, "round_estimate", lambda *a, **k: calls.append(a[1]) or round_estimate(*a, **k))
-    seeded(pipe, "list all files")
-    seeded(pipe, "list all files", rounding="none")
+    assert seeded(pipe, "list all files").settings.rounding == "decoder"
+    assert seeded(pipe, "list all files", rounding="none").settings.rounding == "none"
     assert calls == ["decoder"] * 5 + ["none"] * 5
-    assert pipe.resolve_rounding(None) == "decoder" and pipe.resolve_rounding("nearest") == "nearest"
 
 
 def test_given_latents_and_timesteps(tiny_pipeline, monkeypatch):
@@ -468,7 +470,7 @@ def test_stop_when_stable_finishes_candidates_whose_tokens_hold(overfit_pipeline
     assert torch.equal(never.code, default.code) and never.scores == default.scores
 
 
-def test_canvas_margin_stops_computing_the_committed_tail(overfit_pipeline, monkeypatch):
+def test_settled_margin_stops_computing_the_committed_tail(overfit_pipeline, monkeypatch):
     pipe = with_scheduler(overfit_pipeline, CodeFusionCommitScheduler)
     shapes = record_denoised_shapes(pipe, monkeypatch)
     canvas = pipe.model.config.max_code_length
@@ -477,7 +479,7 @@ def test_canvas_margin_stops_computing_the_committed_tail(overfit_pipeline, monk
         prompts,
         num_inference_steps=10,
         num_return_sequences=2,
-        canvas_margin=1,
+        settled_margin=1,
         output_type="pt",
         generator=torch.Generator().manual_seed(0),
     )
@@ -488,9 +490,20 @@ def test_canvas_margin_stops_computing_the_committed_tail(overfit_pipeline, monk
     assert texts == [code for _, code in PAIRS]
     # A margin of the whole canvas cuts nothing: the outputs of the default.
     shapes.clear()
-    whole = seeded(pipe, prompts, canvas_margin=canvas, output_type="pt")
+    whole = seeded(pipe, prompts, settled_margin=canvas, output_type="pt")
     assert {shape[1] for shape in shapes} == {canvas}
     assert torch.equal(whole.code, seeded(pipe, prompts, output_type="pt").code)
+    # The old name still works, with a deprecation warning, and means the same.
+    with pytest.warns(FutureWarning, match="canvas_margin is deprecated"):
+        old_name = pipe(
+            prompts,
+            num_inference_steps=10,
+            num_return_sequences=2,
+            canvas_margin=1,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert torch.equal(old_name.code, output.code) and old_name.settings.settled_margin == 1
 
 
 @pytest.fixture(scope="module")
@@ -515,7 +528,7 @@ def test_predicted_code_length_samples_on_the_canvas_training_saw(length_pipelin
     kwargs = {"num_inference_steps": 5, "num_return_sequences": 2, "return_trajectory": [4], "length_beam": 1}
     output = pipe(prompts, latents=latents, output_type="pt", **kwargs)
     canvases = torch.tensor([length + 2 for length in lengths]).repeat_interleave(2)
-    assert {canvas for _, canvas in shapes} == {int(canvases[group].max()) for group in pipe.canvas_groups(canvases)}
+    assert {canvas for _, canvas in shapes} == {int(canvases[group].max()) for group in canvas_groups(canvases)}
     assert output.code.shape == (len(PAIRS), 2, max(lengths) + 2)
     for i, prompt in enumerate(prompts):
         alone = pipe(prompt, latents=latents[2 * i : 2 * i + 2], output_type="pt", **kwargs)
@@ -543,8 +556,8 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(
     """Candidate i of a prompt samples on the (i % length_beam)-th likeliest length, as it would with that
     code_length alone, in a batch of its own (no padding allowed) or in one batch with the others; the candidates of
     all lengths are ranked together."""
-    monkeypatch.setattr(pipeline_codefusion, "MAX_CANVAS_PADDING", max_padding)
-    monkeypatch.setattr(pipeline_codefusion, "CANVAS_PADDING_ALLOWANCE", allowance)
+    monkeypatch.setattr(canvas_planning_codefusion, "MAX_CANVAS_PADDING", max_padding)
+    monkeypatch.setattr(canvas_planning_codefusion, "CANVAS_PADDING_ALLOWANCE", allowance)
     pipe = length_pipeline
     prompt, margin = PAIRS[0][0], pipe.model.config.canvas_margin
     states, mask = pipe.encode_prompt([prompt], torch.device("cpu"))
@@ -554,7 +567,7 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(
     kwargs = {"num_inference_steps": 5, "output_type": "pt"}
     output = pipe(prompt, latents=latents, num_return_sequences=4, length_beam=2, **kwargs)
     canvases = torch.tensor([length + margin for length in likeliest]).repeat(2)
-    assert {canvas for _, canvas in shapes} == {int(canvases[group].max()) for group in pipe.canvas_groups(canvases)}
+    assert {canvas for _, canvas in shapes} == {int(canvases[group].max()) for group in canvas_groups(canvases)}
     assert output.scores[0] == sorted(output.scores[0], reverse=True)
     longest = max(likeliest) + margin
     expected = []  # (score, token ids padded to the longest canvas) of each length's candidates sampled alone
@@ -567,30 +580,15 @@ def test_length_beam_spreads_the_candidates_over_the_likeliest_lengths(
     for score, ids in zip(output.scores[0], output.code[0]):
         assert any(torch.equal(ids, other) for other_score, other in expected if abs(other_score - score) < 1e-5)
     # The default on the predicted canvas: DEFAULT_LENGTH_BEAM lengths, at most one per candidate.
-    assert pipeline_codefusion.DEFAULT_LENGTH_BEAM == 3
+    assert DEFAULT_LENGTH_BEAM == 3
     for k, beam in ((1, 1), (2, 2), (4, 3)):
-        assert (
-            seeded(pipe, prompt, num_return_sequences=k).code
-            == seeded(pipe, prompt, num_return_sequences=k, length_beam=beam).code
-        )
+        default = seeded(pipe, prompt, num_return_sequences=k)
+        assert default.code == seeded(pipe, prompt, num_return_sequences=k, length_beam=beam).code
+        assert default.settings.length_beam == beam and default.settings.code_length == "predicted"
     # Elsewhere every candidate is on the one canvas, without an error.
     shapes.clear()
-    seeded(pipe, prompt, num_return_sequences=4, code_length=3)
+    assert seeded(pipe, prompt, num_return_sequences=4, code_length=3).settings.length_beam == 1
     assert {canvas for _, canvas in shapes} == {3 + margin}
-    assert pipe.resolve_length_beam(None, "full", 4) == 1 and pipe.resolve_length_beam(2, "predicted", 4) == 2
-
-
-def test_canvas_groups_batch_similar_canvases_only(length_pipeline):
-    """A length beam's neighbouring canvases share one batch; canvases whose padding would cost more than
-    MAX_CANVAS_PADDING times their own positions do not."""
-    groups = length_pipeline.canvas_groups(torch.tensor([18, 17, 16, 18, 17]))
-    assert [sorted(group.tolist()) for group in groups] == [[0, 1, 2, 3, 4]]
-    groups = length_pipeline.canvas_groups(torch.tensor([27, 10, 12, 27, 10]))  # a few padded positions: one batch
-    assert [sorted(group.tolist()) for group in groups] == [[0, 1, 2, 3, 4]]
-    lengths = torch.tensor([40, 10, 10, 39, 9]).repeat_interleave(8)  # 24 rows padded by 30: apart
-    groups = length_pipeline.canvas_groups(lengths)
-    assert [sorted(lengths[group].unique().tolist()) for group in groups] == [[39, 40], [9, 10]]
-    assert (pipeline_codefusion.MAX_CANVAS_PADDING, pipeline_codefusion.CANVAS_PADDING_ALLOWANCE) == (1.25, 256)
 
 
 def test_canvases_of_a_group_share_each_step(length_pipeline):
@@ -600,7 +598,7 @@ def test_canvases_of_a_group_share_each_step(length_pipeline):
     states, mask = pipe.encode_prompt([PAIRS[0][0]], torch.device("cpu"))
     likeliest = pipe.model.length_logits(states, mask)[0, 1:].topk(2).indices + 1
     canvases = likeliest + pipe.model.config.canvas_margin
-    groups = pipe.canvas_groups(canvases)
+    groups = canvas_groups(canvases)
 
     def guidance_off_after_step_1(pipe, step_index, timestep, callback_kwargs):
         seen.append((pipe.guidance_scale, tuple(callback_kwargs["latents"].shape[:2])))
@@ -673,34 +671,16 @@ def test_code_length_is_checked(tiny_pipeline, code_length, match):
     [
         ({"stop_when_stable": 0}, "stop_when_stable must be None"),
         ({"stop_when_stable": 1.5}, "stop_when_stable must be None"),
-        ({"canvas_margin": -1}, "canvas_margin must be None"),
-        ({"canvas_margin": 17}, "canvas_margin must be None"),
-        ({"canvas_margin": 2, "scheduler": CodeFusionScheduler}, "commits nothing"),
+        ({"settled_margin": -1}, "settled_margin must be None"),
+        ({"settled_margin": 17}, "settled_margin must be None"),
+        ({"settled_margin": 2, "scheduler": CodeFusionScheduler}, "commits nothing"),
+        ({"settled_margin": 2, "canvas_margin": 2}, "canvas_margin is its deprecated name"),
     ],
 )
 def test_early_stop_arguments_are_checked(tiny_pipeline, kwargs, match):
     pipe = with_scheduler(tiny_pipeline, kwargs.pop("scheduler", CodeFusionCommitScheduler))
     with pytest.raises(ValueError, match=match):
         seeded(pipe, "list all files", **kwargs)
-
-
-def test_rankings_score_what_they_say(tiny_pipeline):
-    """log_prob counts the token that ends the code, length_normalized does not (empty code last), consensus is the
-    token-overlap F1 with the prompt's other candidates."""
-    pad, eos = tiny_pipeline.model.config.pad_token_id, tiny_pipeline.model.config.eos_token_id
-    token_ids = torch.tensor([[7, 8, pad, pad], [pad, pad, pad, pad], [7, 9, eos, pad], [7, 8, pad, pad]])
-    probabilities = [[0.5, 0.5, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.5, 0.25, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]]
-    log_probs = torch.tensor(probabilities).log()
-    score = tiny_pipeline.score_tokens
-    _, lengths, mean = score(token_ids, log_probs)
-    assert lengths.tolist() == [2, 0, 2, 2]
-    expected = [2 * math.log(0.5) / 3, 0.0, (math.log(0.5) + math.log(0.25)) / 3, 3 * math.log(0.5) / 3]
-    torch.testing.assert_close(mean, torch.tensor(expected))
-    _, _, normalized = score(token_ids, log_probs, "length_normalized")
-    assert normalized[1] == -math.inf and math.isclose(normalized[0], math.log(0.5), rel_tol=1e-6)
-    _, _, consensus = score(token_ids, log_probs, "consensus", num_return_sequences=4)
-    # [7, 8] agrees with [7, 8] (1), half with [7, 9] (0.5) and not with empty code (0).
-    torch.testing.assert_close(consensus, torch.tensor([1.5 / 3, 0.0, 1.0 / 3, 1.5 / 3]))
 
 
 def test_ranking_orders_the_candidates_and_is_checked(overfit_pipeline):
@@ -786,7 +766,8 @@ def test_prompt_embeds_replace_the_prompt(tiny_pipeline):
     for kwargs, match in [
         ({"prompt": "ls", "prompt_embeds": states}, "not both"),
         ({"prompt_embeds": torch.zeros(2, 3)}, f"\\(num_prompts, prompt_length, {width}\\) tensor"),
-        ({"prompt_embeds": states, "prompt_attention_mask": mask[:, :1]}, "prompt_attention_mask must have shape"),
+        ({"prompt_embeds": states, "prompt_attention_mask": mask[:, :1]}, "prompt_attention_mask must be a tensor of"),
+        ({"prompt_embeds": states, "prompt_attention_mask": mask.tolist()}, "got a list"),
         ({"prompt": "ls", "prompt_attention_mask": mask}, "goes with prompt_embeds"),
     ]:
         with pytest.raises(ValueError, match=match):
