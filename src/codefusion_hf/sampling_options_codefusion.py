@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from diffusers import DiffusionPipeline
 
 from .constants import RANKINGS, ROUNDINGS
 from .scheduling_codefusion import CodeFusionScheduler
@@ -16,7 +17,6 @@ from .scheduling_codefusion_commit import CodeFusionCommitScheduler
 
 if TYPE_CHECKING:
     from .configuration_codefusion import CodeFusionConfig
-    from .pipeline_codefusion import CodeFusionPipeline
 
 OUTPUT_TYPES = ("text", "pt", "latent")
 CODE_LENGTHS = ("predicted", "full")
@@ -53,7 +53,7 @@ class SamplingOptions:
         """The options as keyword arguments of a pipeline call (`pipe(prompt, **options.call_kwargs())`)."""
         return {field.name: getattr(self, field.name) for field in fields(self) if field.name != "commit_tokens"}
 
-    def prepare_pipeline(self, pipe: "CodeFusionPipeline") -> "CodeFusionPipeline":
+    def prepare_pipeline(self, pipe: DiffusionPipeline) -> DiffusionPipeline:
         """`pipe`, or with `commit_tokens` a pipeline of the same components sampling with
         [`CodeFusionCommitScheduler`] on the same schedule (`pipe` keeps its own scheduler)."""
         if not self.commit_tokens or pipe.scheduler.commits_tokens:
