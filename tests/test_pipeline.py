@@ -475,14 +475,8 @@ def test_settled_margin_stops_computing_the_committed_tail(overfit_pipeline, mon
     shapes = record_denoised_shapes(pipe, monkeypatch)
     canvas = pipe.model.config.max_code_length
     prompts = [prompt for prompt, _ in PAIRS]
-    output = pipe(
-        prompts,
-        num_inference_steps=10,
-        num_return_sequences=2,
-        settled_margin=1,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-    )
+    kwargs = {"num_inference_steps": 10, "num_return_sequences": 2, "output_type": "pt"}
+    output = pipe(prompts, settled_margin=1, generator=torch.Generator().manual_seed(0), **kwargs)
     lengths = [shape[1] for shape in shapes]
     assert lengths[0] == canvas and lengths[-1] < canvas and lengths == sorted(lengths, reverse=True)
     assert output.code.shape[-1] == canvas  # the cut positions come back as the pad they committed
@@ -495,14 +489,7 @@ def test_settled_margin_stops_computing_the_committed_tail(overfit_pipeline, mon
     assert torch.equal(whole.code, seeded(pipe, prompts, output_type="pt").code)
     # The old name still works, with a deprecation warning, and means the same.
     with pytest.warns(FutureWarning, match="canvas_margin is deprecated"):
-        old_name = pipe(
-            prompts,
-            num_inference_steps=10,
-            num_return_sequences=2,
-            canvas_margin=1,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(0),
-        )
+        old_name = pipe(prompts, canvas_margin=1, generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.equal(old_name.code, output.code) and old_name.settings.settled_margin == 1
 
 
