@@ -853,3 +853,17 @@ def test_a_subclass_folder_is_checked_against_the_subclass_init(saved_pipeline, 
             OSError, match=f"'{component}' is .*, which CommittingPipeline cannot run: it takes a .*{takes}"
         ):
             CommittingPipeline.from_pretrained(folder)
+
+
+def test_an_upload_checks_the_folder_as_the_class_its_index_names(saved_pipeline, tmp_path):
+    """Without pipeline_class, upload_pipeline_folder checks the folder as the class of this package that its
+    model_index.json names; a folder that is no pipeline, or names another class, is refused before any upload."""
+    from codefusion_hf.hub_codefusion import named_pipeline_class
+
+    assert named_pipeline_class(str(saved_pipeline)) is CodeFusionPipeline
+    with pytest.raises(OSError, match="has no model_index.json"):
+        named_pipeline_class(str(tmp_path))
+    index = json.loads((saved_pipeline / "model_index.json").read_text())
+    (tmp_path / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(OSError, match="'StableDiffusionPipeline', which is not one of codefusion_hf's"):
+        named_pipeline_class(str(tmp_path))

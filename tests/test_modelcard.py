@@ -14,7 +14,7 @@ from conftest import USER
 from huggingface_hub import ModelCard
 from test_training import make_trainer
 
-from codefusion_hf import CodeFusionPipeline, create_model_card
+from codefusion_hf import CodeFusionPipeline, SamplingOptions, create_model_card
 from codefusion_hf.modelcard_codefusion import GENERATED_MARKER, hub_model_id
 
 CARD_FIELDS = {
@@ -160,9 +160,8 @@ def test_model_index_from_a_real_evaluation(tiny_pipeline, tmp_path):
     data.parent.mkdir()
     rows = [("list all files", "ls -la"), ("show disk usage", "df -h"), ("count lines in a.txt", "wc -l a.txt")]
     data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in rows))
-    metrics = evaluate_file(
-        str(folder), str(data), str(tmp_path / "eval"), num_return_sequences=3, num_inference_steps=3, device="cpu"
-    )
+    sampling = SamplingOptions(num_return_sequences=3, num_inference_steps=3)
+    metrics = evaluate_file(str(folder), str(data), str(tmp_path / "eval"), sampling=sampling, device="cpu")
     card = create_model_card(tiny_pipeline, eval_results_file=tmp_path / "eval" / "metrics.json")
     results = {result.metric_name: result for result in card.data.eval_results}
     expected = {"exact match@1", "exact match@3", "template match@1", "template match@3", "bleu@1", "syntax valid@1"}

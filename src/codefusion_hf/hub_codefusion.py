@@ -273,12 +273,13 @@ def upload_pipeline_folder(
     private: bool | None = None,
     commit_message: str = "Upload CodeFusion pipeline",
     *,
-    pipeline_class: type,
+    pipeline_class: type | None = None,
 ) -> CommitInfo:
     """Upload a saved pipeline folder as it is, model card included (`push_to_hub` would re-save the pipeline and
     rebuild a card from the pipeline alone, losing what the saver knew), after checking it loads as `pipeline_class`
-    ([`CodeFusionPipeline`] or a subclass). Trainer checkpoints are left out."""
-    check_pipeline_folder(folder, pipeline_class)
+    ([`CodeFusionPipeline`] or a subclass; default: the class of this package its model_index.json names). Trainer
+    checkpoints are left out."""
+    check_pipeline_folder(folder, pipeline_class or named_pipeline_class(folder))
     with reaching_the_hub(repo_id):
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         return upload_folder(
@@ -288,6 +289,21 @@ def upload_pipeline_folder(
             commit_message=commit_message,
             ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
         )
+
+
+def named_pipeline_class(folder: str) -> type:
+    """The pipeline class of this package that `folder`'s model_index.json names, looked up by name as diffusers'
+    loader does (so that this module imports no pipeline)."""
+    package = sys.modules[__package__]
+    index_file = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_file):
+        raise OSError(f"{folder} has no model_index.json: it is not a saved pipeline folder.")
+    check_readable(index_file)
+    with open(index_file) as f:
+        name = json.load(f).get("_class_name")
+    if name not in package.__all__ or not name.endswith("Pipeline"):
+        raise OSError(f"{index_file} names the pipeline class {name!r}, which is not one of codefusion_hf's.")
+    return getattr(package, name)
 
 
 @contextmanager
