@@ -46,6 +46,10 @@ class CodeFusionModelOutput(ModelOutput):
             `output_attentions`, every layer's self-attention weights over the canvas `(batch_size, num_heads,
             canvas_length, canvas_length)` and cross-attention weights over the prompt `(batch_size, num_heads,
             canvas_length, prompt_length)`.
+        hidden_states, attentions, cross_attentions: The same tensors under transformers' generic names, for tools
+            that read those: the canvas passes through the denoiser's layers, then the decoder's, so each tuple is
+            the denoiser's followed by the decoder's (`num_denoiser_layers + num_decoder_layers + 2` states, as each
+            stack reports its input and its output, and one attention tensor per layer).
     """
 
     loss: torch.FloatTensor | None = None
@@ -62,6 +66,9 @@ class CodeFusionModelOutput(ModelOutput):
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     decoder_cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -333,6 +340,28 @@ class _TrainingCanvas:
     target: torch.Tensor
 
 
+@dataclass
+class _CanvasPasses:
+    """What `CodeFusionModel.forward` computes over a noisy canvas, with labels or without: the denoiser's states and
+    output, its x0 estimate D_s, and the decoder's states over D_s with their logits."""
+
+    denoiser_states: BaseModelOutputWithCrossAttentions
+    model_output: torch.Tensor
+    denoised_latents: torch.Tensor
+    decoder_states: BaseModelOutputWithCrossAttentions
+    logits: torch.Tensor
+
+    def state_fields(self) -> dict[str, tuple[torch.Tensor, ...] | None]:
+        """The output's states and attention weights: each stack's (`denoiser_hidden_states`, ...), and under
+        transformers' names both stacks' in the order the canvas passes them, the denoiser's then the decoder's."""
+        fields = {}
+        for kind in ("hidden_states", "attentions", "cross_attentions"):
+            denoiser, decoder = getattr(self.denoiser_states, kind), getattr(self.decoder_states, kind)
+            fields |= {f"denoiser_{kind}": denoiser, f"decoder_{kind}": decoder}
+            fields[kind] = None if denoiser is None else denoiser + decoder
+        return fields
+
+
 def build_encoder(encoder_config, pretrained_name_or_path: str | None = None, **kwargs) -> PreTrainedModel:
     """The prompt encoder for a config: `T5EncoderModel` for T5/CodeT5 (AutoModel would add a T5 decoder), any
     other transformers encoder through `AutoModel`. A pooler is dropped: it is unused and DDP rejects parameters
@@ -591,6 +620,32 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> CodeFusionCodeEmbedding:
+        """As transformers' (the code embedding and the head resized together, `config.vocab_size` updated), but
+        each added code token gets an embedding of its own: diffusion runs in L(y), where transformers' mean
+        resizing would put every added token at the old embeddings' mean (all at one point, near the origin, far
+        inside the noise), indistinguishable to the denoiser and to rounding. With `mean_resizing` (the default) the
+        added embeddings are drawn from the old ones' mean and covariance and then centred on that mean, so that
+        they average to it as transformers' do; without it they start as the model initialises the code embedding
+        (`config.code_embedding_init_std`). The head's added rows are transformers'."""
+        old_num_tokens = self.get_input_embeddings().num_embeddings
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        added = embeddings.num_embeddings - old_num_tokens
+        if added > 0:
+            with torch.no_grad():
+                old = embeddings.weight[:old_num_tokens].float()
+                if mean_resizing:
+                    mean = old.mean(dim=0)
+                    # Gaussian weights over the centred old rows: draws with exactly their covariance, of any rank.
+                    draws = torch.randn(added, old_num_tokens, device=old.device) @ (old - mean) / old_num_tokens**0.5
+                    new = mean + draws - draws.mean(dim=0)
+                else:
+                    new = torch.randn(added, old.shape[1], device=old.device) * self.config.code_embedding_init_std
+                embeddings.weight[old_num_tokens:] = new.to(embeddings.weight.dtype)
+        return embeddings
+
     def encode(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode the prompt once: `(batch_size, prompt_length, hidden_size)` states the denoiser and decoder read."""
         hidden_states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -785,13 +840,19 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         return_dict: bool | None = None,
     ) -> CodeFusionModelOutput | tuple:
         r"""
-        One training step of the diffusion objective.
+        One training step of the diffusion objective; without `labels`, the denoiser and decoder pass of a sampler's
+        first step.
+
+        Without `labels` there is no code to noise: the canvas is `noise` itself (drawn when not given, `canvas_length`
+        or `max_code_length` positions), read at `timesteps` (default: the last training step, T - 1, where a canvas
+        is pure noise), with no self-conditioning estimate, as sampling starts. The output then holds the decoder's
+        `logits` of the x0 estimate, the `timesteps` and the states asked for, and no loss terms.
 
         Args:
             input_ids, attention_mask: The tokenized prompt (prompt padding is masked in every cross-attention).
             labels: Code token ids, at most `max_code_length` long. Shorter rows are padded with `pad_token_id` to
                 the full canvas (or to `canvas_length`): the model learns to emit pad after the code. Positions set
-                to -100 are embedded as pad and excluded from every loss term.
+                to -100 are embedded as pad and excluded from every loss term. Optional: see above.
             encoder_hidden_states: Encoded prompt, instead of `input_ids`: what [`~CodeFusionModel.encode`] returns.
             encoder_last_hidden_state: The prompt encoder's own output, before the trained projection to the model
                 width, instead of `input_ids`: a frozen encoder's states cached once per dataset (see
@@ -809,9 +870,11 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             row_loss_weights: `(batch_size,)` weights of each row's terms in the loss (default 1): the importance
                 weights of a non-uniform timestep sampler, which keep the loss an unbiased estimate of the uniform one.
             output_hidden_states, output_attentions: Also return the states / attention weights of the denoiser and
-                the decoder in the pass that computes the loss (default: the config's), computed by an explicit
-                softmax, slower than the fused kernel. The prompt encoder is a transformers model of its own: call
-                `model.encoder(..., output_hidden_states=True)` for its states.
+                the decoder in the pass that computes the loss (default: the config's), the attention weights computed
+                by an explicit softmax, slower than the fused kernel: per stack (`denoiser_hidden_states`, ...) and
+                both stacks together under transformers' names (`hidden_states`, `attentions`, `cross_attentions`).
+                The prompt encoder is a transformers model of its own: call `model.encoder(...,
+                output_hidden_states=True)` for its states.
             return_dict: Return a [`CodeFusionModelOutput`] (default: `config.return_dict`) rather than a tuple
                 of its fields that are set.
         """
@@ -832,6 +895,13 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         length_loss = None
         if self.config.predict_length:
             length_loss = self._length_loss(labels, encoder_hidden_states, attention_mask, unconditional)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is None:  # no code to noise: a sampler's first step (see above)
+            rows = encoder_hidden_states.shape[0]
+            canvas, timesteps = self._starting_canvas(rows, canvas_length, timesteps, noise)
+            passes = self._canvas_passes(encoder_hidden_states, attention_mask, canvas, timesteps, None, **flags)
+            output = CodeFusionModelOutput(logits=passes.logits, timesteps=timesteps, **passes.state_fields())
+            return output if return_dict else output.to_tuple()
         canvas = self._noisy_canvas(labels, canvas_length, timesteps, noise)
         if self.training and self.config.unroll_probability > 0:
             canvas = self._unrolled_canvas(canvas, encoder_hidden_states, attention_mask)
@@ -841,19 +911,13 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         if self.config.self_condition:
             self_condition = self._self_condition(canvas, encoder_hidden_states, attention_mask)
 
-        denoiser_states = self._denoiser_states(
-            canvas.noisy_latents, canvas.timesteps, encoder_hidden_states, attention_mask, self_condition, **flags
+        passes = self._canvas_passes(
+            encoder_hidden_states, attention_mask, canvas.noisy_latents, canvas.timesteps, self_condition, **flags
         )
-        model_output = self.denoiser_out(denoiser_states.last_hidden_state)
-        denoised_latents = self.noise_scheduler.predict_original_sample(
-            model_output, canvas.timesteps, canvas.noisy_latents
-        )
-        decoder_states = self.decoder(denoised_latents, encoder_hidden_states, _padding_mask(attention_mask), **flags)
-        logits = self.lm_head(decoder_states.last_hidden_state)
 
         # Each term sums over the supervised positions of the batch, each row weighted by `row_loss_weights`, and
         # divides by their count: with unit weights, the mean over every supervised position.
-        row_sums = self._row_loss_sums(canvas, model_output, denoised_latents, logits)
+        row_sums = self._row_loss_sums(canvas, passes.model_output, passes.denoised_latents, passes.logits)
         positions = canvas.supervised.sum(dim=1)
         row_weights = (
             torch.ones(positions.shape, device=positions.device) if row_loss_weights is None else row_loss_weights
@@ -865,17 +929,12 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             loss=loss,
             **terms,
             length_loss=length_loss,
-            logits=logits,
+            logits=passes.logits,
             timesteps=canvas.timesteps,
             row_losses=self._weighted_loss(row_sums).detach() / positions.clamp(min=1),
-            denoiser_hidden_states=denoiser_states.hidden_states,
-            denoiser_attentions=denoiser_states.attentions,
-            denoiser_cross_attentions=denoiser_states.cross_attentions,
-            decoder_hidden_states=decoder_states.hidden_states,
-            decoder_attentions=decoder_states.attentions,
-            decoder_cross_attentions=decoder_states.cross_attentions,
+            **passes.state_fields(),
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
     def _check_inputs(
         self,
@@ -883,18 +942,18 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         canvas_length: int | None,
         *prompts: torch.Tensor | None,
     ) -> None:
-        """Refuse what gives no loss: no labels, labels or canvas_length off the canvas, not one form of prompt."""
-        if labels is None:
-            raise ValueError("labels (the code token ids) are required to compute the CodeFusion loss.")
-        if labels.shape[1] > self.config.max_code_length:
+        """Refuse what the model cannot read: labels or canvas_length off the canvas, not one form of prompt."""
+        if labels is not None and labels.shape[1] > self.config.max_code_length:
             raise ValueError(
                 f"labels have {labels.shape[1]} positions but the canvas holds max_code_length="
                 f"{self.config.max_code_length}: truncate the code when tokenizing."
             )
-        if canvas_length is not None and not labels.shape[1] <= canvas_length <= self.config.max_code_length:
+        shortest = 1 if labels is None else labels.shape[1]
+        if canvas_length is not None and not shortest <= canvas_length <= self.config.max_code_length:
             raise ValueError(
-                f"canvas_length={canvas_length} must lie between the labels' {labels.shape[1]} positions and "
-                f"max_code_length={self.config.max_code_length}."
+                f"canvas_length={canvas_length} must lie between "
+                + ("1" if labels is None else f"the labels' {shortest} positions")
+                + f" and max_code_length={self.config.max_code_length}."
             )
         if sum(prompt is not None for prompt in prompts) != 1:
             raise ValueError(
@@ -945,6 +1004,30 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             target=clean_latents if self.config.prediction_type == "sample" else noise,
         )
 
+    def _starting_canvas(
+        self,
+        batch_size: int,
+        canvas_length: int | None,
+        timesteps: torch.LongTensor | None,
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Without labels, the canvas a sampler starts from and its timesteps: `noise` (drawn if not given) at
+        `timesteps` (by default the last training step, where a canvas is pure noise)."""
+        config, weight = self.config, self.code_embedding.weight
+        if noise is None:
+            shape = (batch_size, config.max_code_length if canvas_length is None else canvas_length, config.latent_dim)
+            noise = torch.randn(shape, device=weight.device, dtype=weight.dtype)
+        length = noise.shape[1] if canvas_length is None and noise.ndim == 3 else canvas_length
+        if noise.shape != (batch_size, length, config.latent_dim) or length > config.max_code_length:
+            lengths = f"at most max_code_length={config.max_code_length}" if canvas_length is None else canvas_length
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}, but without labels it is the canvas: "
+                f"(batch_size={batch_size}, canvas_length={lengths}, latent_dim={config.latent_dim})."
+            )
+        if timesteps is None:
+            timesteps = torch.full((batch_size,), config.num_train_timesteps - 1, device=noise.device)
+        return noise, timesteps
+
     def _unrolled_canvas(
         self, canvas: _TrainingCanvas, encoder_hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> _TrainingCanvas:
@@ -993,6 +1076,28 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         self_condition[rows] = estimate.to(self_condition.dtype)
         return self_condition
 
+    def _canvas_passes(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        self_condition: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> _CanvasPasses:
+        """Over the prompt: the denoiser over the noisy canvas, its x0 estimate D_s and the decoder over D_s, with
+        the states asked for."""
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        denoiser_states = self._denoiser_states(
+            noisy_latents, timesteps, encoder_hidden_states, attention_mask, self_condition, **flags
+        )
+        model_output = self.denoiser_out(denoiser_states.last_hidden_state)
+        denoised_latents = self.noise_scheduler.predict_original_sample(model_output, timesteps, noisy_latents)
+        decoder_states = self.decoder(denoised_latents, encoder_hidden_states, _padding_mask(attention_mask), **flags)
+        logits = self.lm_head(decoder_states.last_hidden_state)
+        return _CanvasPasses(denoiser_states, model_output, denoised_latents, decoder_states, logits)
+
     def _row_loss_sums(
         self,
         canvas: _TrainingCanvas,
@@ -1024,13 +1129,15 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
 
     def _length_loss(
         self,
-        labels: torch.LongTensor,
+        labels: torch.LongTensor | None,
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         unconditional: torch.BoolTensor | None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """Cross-entropy of the length head against each row's code length: up to its last position that is neither
-        pad nor -100 (labels padded either way count only their code)."""
+        pad nor -100 (labels padded either way count only their code). None without labels: no length to learn."""
+        if labels is None:
+            return None
         is_code = (labels != self.config.pad_token_id) & (labels != -100)
         positions = torch.arange(1, labels.shape[1] + 1, device=labels.device)
         lengths = (positions * is_code).max(dim=1).values
