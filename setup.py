@@ -39,6 +39,10 @@ setup(
         "tqdm",
         "sacrebleu",
         "bashlex",
+        # The retriever's two modes (retrieval_codefusion): BM25 over the prompts' words, and a FAISS index of the
+        # prompt encoder's pooled states (through datasets).
+        "bm25s>=0.3.16,<0.4",
+        "faiss-cpu>=1.15.1,<2",
     ],
     entry_points={"console_scripts": ["codefusion = codefusion_hf.cli:main"]},
     extras_require={

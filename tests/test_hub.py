@@ -27,7 +27,13 @@ from test_modelcard import CARD_FIELDS, python_block
 from test_training import make_trainer
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 
-from codefusion_hf import CodeFusionCommitScheduler, CodeFusionModel, CodeFusionPipeline, CodeFusionScheduler
+from codefusion_hf import (
+    CodeFusionCommitScheduler,
+    CodeFusionModel,
+    CodeFusionPipeline,
+    CodeFusionRetriever,
+    CodeFusionScheduler,
+)
 from codefusion_hf.hub_codefusion import check_pipeline_folder
 from codefusion_hf.training_codefusion import CodeFusionTrainer
 
@@ -829,9 +835,16 @@ class CommittingPipeline(CodeFusionPipeline):
         scheduler: CodeFusionCommitScheduler,  # CodeFusionPipeline takes any CodeFusionScheduler
         tokenizer: PreTrainedTokenizerBase,
         prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+        retriever: CodeFusionRetriever | None = None,
         reranker: CodeFusionModel | None = None,  # a component CodeFusionPipeline does not have
     ):
-        super().__init__(model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=prompt_tokenizer)
+        super().__init__(
+            model=model,
+            scheduler=scheduler,
+            tokenizer=tokenizer,
+            prompt_tokenizer=prompt_tokenizer,
+            retriever=retriever,
+        )
         self.register_modules(reranker=reranker)
 
 

@@ -18,6 +18,7 @@ _EXPORTS = {
     "CodeFusionModelOutput": "modeling_codefusion",
     "CodeFusionPipeline": "pipeline_codefusion",
     "CodeFusionPipelineOutput": "pipeline_output_codefusion",
+    "CodeFusionRetriever": "retrieval_codefusion",
     "CodeFusionCommitScheduler": "scheduling_codefusion_commit",
     "CodeFusionCommitSchedulerOutput": "scheduling_codefusion_commit",
     "CodeFusionScheduler": "scheduling_codefusion",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; `X as X` marks a re-export
     from .modeling_codefusion import CodeFusionModelOutput as CodeFusionModelOutput
     from .pipeline_codefusion import CodeFusionPipeline as CodeFusionPipeline
     from .pipeline_output_codefusion import CodeFusionPipelineOutput as CodeFusionPipelineOutput
+    from .retrieval_codefusion import CodeFusionRetriever as CodeFusionRetriever
     from .sampling_options_codefusion import SamplingOptions as SamplingOptions
     from .scheduling_codefusion import CodeFusionScheduler as CodeFusionScheduler
     from .scheduling_codefusion import CodeFusionSchedulerOutput as CodeFusionSchedulerOutput

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, get_type_hints
@@ -27,6 +28,8 @@ REQUIRED_FILES = {
     "scheduler": ("scheduler_config.json",),
     "tokenizer": ("tokenizer_config.json", "tokenizer.json"),
     "prompt_tokenizer": ("tokenizer_config.json", "tokenizer.json"),
+    # The index files of its mode are checked by CodeFusionRetriever.from_pretrained, which reads the mode here.
+    "retriever": ("retriever_config.json", "corpus/state.json"),
 }
 # The types transformers expects of the tokenizer_config.json keys it reads: it has no schema to check them against,
 # and a wrong one loads silently (model_max_length "128") or fails deep inside.
@@ -46,6 +49,14 @@ class CodeFusionPipelineHubMixin:
     """`from_pretrained`, `save_pretrained` and `push_to_hub` of [`CodeFusionPipeline`] (mixed in before diffusers'
     `DiffusionPipeline`): Hub repo ids resolved by download, folders checked file by file, a model card with every
     save and push."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # diffusers records a component assigned after construction in model_index.json only when the pipeline had
+        # one before: an optional component given to a pipeline built without it (`pipe.retriever = retriever`)
+        # would not be saved.
+        super().__setattr__(name, value)
+        if value is not None and name in self._optional_components and self.config.get(name, (None,))[0] is None:
+            self.register_modules(**{name: value})
 
     @classmethod
     def from_pretrained(
@@ -138,9 +149,15 @@ class CodeFusionPipelineHubMixin:
                 except EntryNotFoundError:
                     pass
             self.save_pretrained(folder, model_card=model_card, safe_serialization=safe_serialization, variant=variant)
-            return self._upload_folder(
-                folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr, subfolder=subfolder
-            )
+            with retriever_corpus_expected():
+                return self._upload_folder(
+                    folder,
+                    repo_id,
+                    token=token,
+                    commit_message=commit_message,
+                    create_pr=create_pr,
+                    subfolder=subfolder,
+                )
 
 
 def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -> dict[str, Any]:
@@ -180,8 +197,8 @@ def check_pipeline_folder(path: str, pipeline_class: type, variant: str | None =
         raise OSError(f"{path} holds a {index.get('_class_name')!r} pipeline, not a {pipeline_class.__name__}.")
     component_classes = check_component_classes(index_file, index, pipeline_class)
     for component, required in REQUIRED_FILES.items():
-        if component_classes[component] is None:
-            continue  # an optional component saved as absent
+        if component_classes.get(component) is None:
+            continue  # an optional component saved as absent, or one `pipeline_class` does not take
         for alternatives in required:
             names = (alternatives,) if isinstance(alternatives, str) else alternatives
             if component == "model" and names != ("config.json",):
@@ -206,6 +223,8 @@ def check_component_classes(index_file: str, index: dict[str, Any], pipeline_cla
     for component, accepted in pipeline_class._get_signature_types().items():
         names = " or ".join(f"{t.__module__}.{t.__name__}" for t in accepted if t is not type(None))
         entry = index.get(component)
+        if entry is None and component in pipeline_class._optional_components:
+            entry = [None, None]  # saved before the pipeline had this optional component
         if not (isinstance(entry, list) and len(entry) == 2 and all(p is None or isinstance(p, str) for p in entry)):
             raise OSError(
                 f"{index_file}: {component!r} must be a [library, class name] pair naming a {names}, got {entry!r}."
@@ -280,7 +299,7 @@ def upload_pipeline_folder(
     ([`CodeFusionPipeline`] or a subclass; default: the class of this package its model_index.json names). Trainer
     checkpoints are left out."""
     check_pipeline_folder(folder, pipeline_class or named_pipeline_class(folder))
-    with reaching_the_hub(repo_id):
+    with reaching_the_hub(repo_id), retriever_corpus_expected():
         repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         return upload_folder(
             repo_id=repo_id,
@@ -304,6 +323,15 @@ def named_pipeline_class(folder: str) -> type:
     if name not in package.__all__ or not name.endswith("Pipeline"):
         raise OSError(f"{index_file} names the pipeline class {name!r}, which is not one of codefusion_hf's.")
     return getattr(package, name)
+
+
+@contextmanager
+def retriever_corpus_expected() -> Iterator[None]:
+    """The retriever's corpus (retriever/corpus/*.arrow) belongs in the pipeline's model repo: no warning that a data
+    file is being committed to a model repository."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"It seems that you are about to commit a data file \(retriever/")
+        yield
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from .hub_codefusion import CodeFusionPipelineHubMixin
 from .modeling_codefusion import CodeFusionModel, CodeFusionPromptCache
 from .pipeline_output_codefusion import CodeFusionPipelineOutput
 from .ranking_codefusion import kept_lengths, rank_candidates, ranked_groups, ranking_scores
+from .retrieval_codefusion import CodeFusionRetriever
 from .sampling_options_codefusion import SamplingOptions, check_inputs, settled_margin_argument, trajectory_steps
 from .sampling_state_codefusion import CandidateResults, DenoisingRows, SamplingPlan, settled_rows
 from .scheduling_codefusion import CodeFusionScheduler
@@ -42,10 +43,12 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             model.config.vocab_size`). It also encodes prompts unless `prompt_tokenizer` is given.
         prompt_tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*): The encoder's own tokenizer, for
             encoders with their own vocabulary (e.g. a pretrained BERT-family encoder).
+        retriever ([`CodeFusionRetriever`], *optional*): The prompt/code pairs nearest a prompt, saved and loaded with
+            the pipeline; `pipe.retriever = None` leaves it out.
     """
 
     model_cpu_offload_seq = "model"
-    _optional_components = ["prompt_tokenizer"]
+    _optional_components = ["prompt_tokenizer", "retriever"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -54,6 +57,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         scheduler: CodeFusionScheduler,
         tokenizer: PreTrainedTokenizerBase,
         prompt_tokenizer: PreTrainedTokenizerBase | None = None,
+        retriever: CodeFusionRetriever | None = None,
     ):
         super().__init__()
         config = model.config
@@ -69,7 +73,13 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 f"{encoder_vocab_size}: use the encoder's own tokenizer."
             )
         scheduler.check_same_schedule(model.noise_scheduler)
-        self.register_modules(model=model, scheduler=scheduler, tokenizer=tokenizer, prompt_tokenizer=prompt_tokenizer)
+        self.register_modules(
+            model=model,
+            scheduler=scheduler,
+            tokenizer=tokenizer,
+            prompt_tokenizer=prompt_tokenizer,
+            retriever=retriever,
+        )
 
     @property
     def guidance_scale(self) -> float:
