@@ -1019,10 +1019,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             noise = torch.randn(shape, device=weight.device, dtype=weight.dtype)
         length = noise.shape[1] if canvas_length is None and noise.ndim == 3 else canvas_length
         if noise.shape != (batch_size, length, config.latent_dim) or length > config.max_code_length:
-            lengths = f"at most max_code_length={config.max_code_length}" if canvas_length is None else canvas_length
+            positions = f"canvas_length={canvas_length}" if canvas_length else f"<= {config.max_code_length} positions"
             raise ValueError(
                 f"noise has shape {tuple(noise.shape)}, but without labels it is the canvas: "
-                f"(batch_size={batch_size}, canvas_length={lengths}, latent_dim={config.latent_dim})."
+                f"(batch_size={batch_size}, {positions}, latent_dim={config.latent_dim})."
             )
         if timesteps is None:
             timesteps = torch.full((batch_size,), config.num_train_timesteps - 1, device=noise.device)
