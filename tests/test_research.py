@@ -417,3 +417,32 @@ def test_summarize_full_budget_collects_training_evaluations_and_sign_tests(tmp_
     assert gzip.decompress((predictions / "ar-test.jsonl.gz").read_bytes()) == b'{"prompt": "ar-test"}\n'
     with pytest.raises(SystemExit, match="no trainer_state.json in cf"):
         summarize_full_budget.summarize(tmp_path / "ar")
+
+
+def test_retrieval_recall_counts_the_reference_among_the_neighbours(tmp_path, monkeypatch):
+    """research/retrieval_recall.py on both splits' layout: each verbatim prompt's own command is its nearest pair
+    for every retriever; a reworded command of the same template counts for template recall only."""
+    from research import retrieval_recall
+
+    train = [{"prompt": prompt, "code": code} for prompt, code in PAIRS]
+    queries = [
+        {"prompt": "list all files", "code": "ls -la"},
+        {"prompt": "count lines in a.txt", "code": "wc -l b.txt"},
+    ]
+    (tmp_path / "grouped_split").mkdir()
+    for folder in ("", "grouped_split/"):
+        for name, rows in (("train", train), ("validation", queries), ("test", queries)):
+            (tmp_path / f"{folder}{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "recall.json"
+    monkeypatch.setattr("sys.argv", ["x", "--data_dir", str(tmp_path), "--output", str(output)])
+    retrieval_recall.main()
+    results = json.loads(output.read_text())
+    assert set(results["splits"]) == {"codefusion/validation", "codefusion/test", "grouped/validation", "grouped/test"}
+    for entry in results["splits"].values():
+        assert entry["reference_in_corpus"] == {"exact": 0.5, "template": 1.0}
+        for method in ("tfidf", "bm25", "dense"):
+            scores = entry["methods"][method]
+            assert scores["exact"]["recall@1"] == 0.5 and scores["template"]["recall@1"] == 1.0
+            assert scores["template"]["distinct_recall@20"] == 1.0
+    expected = {f"{kind}recall@{k}": float(k > 1) for k in (1, 5, 10, 20) for kind in ("", "distinct_")}
+    assert retrieval_recall.recall([[0, 1, 2]], ["a", "a", "b"], ["b"]) == expected

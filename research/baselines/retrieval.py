@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from transformers import HfArgumentParser
 
@@ -27,13 +28,19 @@ class RetrievalArguments:
     language: str = field(default="bash", metadata={"help": LANGUAGE_HELP})
 
 
+def tfidf_similarities(corpus_prompts: list[str], query_prompts: list[str]) -> np.ndarray:
+    """The TF-IDF cosine similarity (word unigrams and bigrams, sublinear term frequency, fitted on the corpus) of
+    each query prompt to each corpus prompt, `(len(query_prompts), len(corpus_prompts))`."""
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    corpus_vectors = vectorizer.fit_transform(corpus_prompts)
+    return (vectorizer.transform(query_prompts) @ corpus_vectors.T).toarray()
+
+
 def main():
     (args,) = HfArgumentParser(RetrievalArguments).parse_args_into_dataclasses()
     train, test = load_code_dataset(args.train_file), load_code_dataset(args.test_file)
     start = time.perf_counter()
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-    train_vectors = vectorizer.fit_transform(train["prompt"])
-    similarities = (vectorizer.transform(test["prompt"]) @ train_vectors.T).toarray()
+    similarities = tfidf_similarities(train["prompt"], test["prompt"])
     candidates, scores = [], []
     for row in similarities:
         codes, code_scores = [], []
