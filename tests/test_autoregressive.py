@@ -210,3 +210,33 @@ def test_early_stopping_ends_at_the_best_validation_loss(tmp_path, code_tokenize
     )
     assert trainer.state.global_step == 2
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-1")
+
+
+def test_neighbours_join_the_encoder_input_leave_one_out(tmp_path, code_tokenizer):
+    """--num_neighbors k: each prompt is followed by its k nearest training pairs' code (never its own pair in
+    training), the retriever is saved with the model, and the evaluation reads the same neighbours from it."""
+    from datasets import Dataset
+
+    from codefusion_hf.retrieval_codefusion import CodeFusionRetriever
+
+    pairs = Dataset.from_dict({"prompt": [p for p, _ in PAIRS], "code": [c for _, c in PAIRS]})
+    retriever = CodeFusionRetriever.from_dataset(pairs)
+    prompts = [p for p, _ in PAIRS]
+    trained = train_autoregressive.with_neighbors(prompts, retriever, 2, "</s>", leave_one_out=True)
+    for (prompt, code), text in zip(PAIRS, trained):
+        parts = text.split(" </s> ")
+        assert parts[0] == prompt and len(parts) == 3 and code not in parts[1:]
+    evaluated = train_autoregressive.with_neighbors(prompts, retriever, 1, "</s>", leave_one_out=False)
+    assert evaluated == [f"{p} </s> {c}" for p, c in PAIRS]  # outside training, a prompt's own pair comes first
+
+    code_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS) * 2)
+    flags = ["--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--model_overrides", json.dumps(TINY_T5)]
+    flags += ["--max_code_length", "12", "--train_file", str(data), "--output_dir", str(tmp_path / "ar")]
+    flags += ["--max_steps", "1", "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True"]
+    flags += ["--num_neighbors", "2", "--test_file", str(data), "--num_return_sequences", str(K)]
+    train_autoregressive.main([*flags, "--do_train", "--eval_output_dir", str(tmp_path / "eval")])
+    assert train_autoregressive.load_retriever(str(tmp_path / "ar")).num_rows == 2 * len(PAIRS)
+    metrics, _ = read_evaluation(tmp_path / "eval")
+    assert metrics["num_neighbors"] == 2

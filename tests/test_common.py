@@ -357,7 +357,7 @@ def test_pipeline_save_load_round_trip(tiny_pipeline, tmp_path, scheduler_class)
 def test_pipeline_components_rebuild_it(tiny_pipeline):
     rebuilt = CodeFusionPipeline(**tiny_pipeline.components)
     rebuilt.set_progress_bar_config(disable=True)
-    assert set(tiny_pipeline.components) == {"model", "scheduler", "tokenizer", "prompt_tokenizer"}
+    assert set(tiny_pipeline.components) == {"model", "scheduler", "tokenizer", "prompt_tokenizer", "retriever"}
     call = {"prompt": "list all files", "num_inference_steps": 3, "output_type": "pt"}
     torch.testing.assert_close(
         rebuilt(**call, generator=torch.Generator().manual_seed(1)).code,

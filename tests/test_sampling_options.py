@@ -58,7 +58,7 @@ def test_options_are_resolved_to_what_the_call_runs(code_tokenizer):
         ({"condition_enhanced_timestep": 1200}, "condition_enhanced_timestep must be None"),
         ({"code_length": "predicted"}, "needs a model with a length head"),
         ({"num_return_sequences": 2, "length_beam": 3}, "length_beam must be None or an integer from 1 to 2"),
-        ({"strength": 0}, "strength must be a number in"),
+        ({"num_return_sequences": 2, "draft_candidates": 3}, "draft_candidates must be an integer from 0 to"),
     ],
 )
 def test_options_are_checked_against_the_model_and_scheduler(code_tokenizer, options, match):

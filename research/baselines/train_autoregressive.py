@@ -52,6 +52,7 @@ from codefusion_hf.configuration_codefusion import PRESETS
 from codefusion_hf.constants import LANGUAGE_HELP
 from codefusion_hf.data_codefusion import load_code_dataset, tokenize_dataset
 from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation
+from codefusion_hf.retrieval_codefusion import CodeFusionRetriever
 from codefusion_hf.training_callbacks_codefusion import (
     ScheduleRecordCallback,
     TimeLimitCallback,
@@ -62,6 +63,7 @@ from codefusion_hf.training_checkpoints_codefusion import find_resume_checkpoint
 from examples.text_to_code.training_arguments import MINILM, DataArguments, json_object, parse_args_with_config_file
 
 PROMPT_TOKENIZER_FOLDER = "prompt_tokenizer"  # the same sub-folder a saved CodeFusionPipeline uses
+RETRIEVER_FOLDER = "retriever"  # as well
 # Decoder of about the size of CodeFusion `small`'s 4 denoiser + 2 decoder layers (hidden 256, intermediate 1024).
 BERT_DECODER_SIZE = {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 1024}
 # From scratch: CodeFusion `small`'s T5 encoder (3 layers, d_model 256), and a decoder of 6 such layers.
@@ -98,6 +100,19 @@ class AutoregressiveModelArguments:
         default=64,
         metadata={"help": "Code tokens trained on and generated, eos included (CodeFusion small's canvas)."},
     )
+    num_neighbors: int = field(
+        default=0,
+        metadata={
+            "help": "Append the code of the k training pairs nearest each prompt (BM25 over the training prompts, "
+            "leave-one-out for training rows: never a pair with the row's own prompt) to the encoder input, the "
+            "neighbours a retrieval-augmented CodeFusion reads (config.num_neighbors). The retriever is saved in "
+            "output_dir/retriever. 0: none."
+        },
+    )
+
+    def encoder_input_length(self) -> int:
+        """Tokens of encoder input kept: the prompt's, and each neighbour's code."""
+        return self.max_prompt_length + self.num_neighbors * self.max_code_length
 
 
 @dataclass
@@ -227,10 +242,30 @@ def freeze_encoder(model: PreTrainedModel) -> None:
     model.get_encoder().requires_grad_(False)
 
 
+def with_neighbors(
+    prompts: list[str], retriever: CodeFusionRetriever, k: int, separator: str, leave_one_out: bool
+) -> list[str]:
+    """Each prompt followed by the code of its `k` nearest pairs in the retriever's corpus, `separator` between them;
+    with `leave_one_out`, never a pair with the prompt itself."""
+    found = retriever.retrieve(prompts, k, exclude=prompts if leave_one_out else None)
+    return [f" {separator} ".join([prompt, *(pair.code for pair in pairs)]) for prompt, pairs in zip(prompts, found)]
+
+
+def neighbor_separator(prompt_tokenizer: PreTrainedTokenizerBase) -> str:
+    """What separates the prompt and each neighbour's code in the encoder input: the tokenizer's own separator."""
+    return prompt_tokenizer.sep_token or prompt_tokenizer.eos_token
+
+
+def load_retriever(path: str) -> CodeFusionRetriever | None:
+    """The retriever a run with --num_neighbors saved in `path`, or None."""
+    folder = os.path.join(path, RETRIEVER_FOLDER)
+    return CodeFusionRetriever.from_pretrained(folder) if os.path.isdir(folder) else None
+
+
 def tokenize(data, model_args: AutoregressiveModelArguments, code_tokenizer, prompt_tokenizer):
     """`input_ids`/`attention_mask` of the prompt and `labels` = code ids + `</s>` (so the model learns to stop)."""
     data = tokenize_dataset(
-        data, code_tokenizer, model_args.max_code_length - 1, prompt_tokenizer, model_args.max_prompt_length
+        data, code_tokenizer, model_args.max_code_length - 1, prompt_tokenizer, model_args.encoder_input_length()
     )
     eos = code_tokenizer.eos_token_id
     data = data.map(lambda row: {"labels": row["labels"] + [eos]}, desc="Adding eos")
@@ -255,19 +290,33 @@ def train(
     if training_args.freeze_encoder:
         freeze_encoder(model)
 
-    def load(path: str | None, max_samples: int | None, split: str):
-        columns = (data_args.prompt_column, data_args.code_column)
-        data = load_code_dataset(path or data_args.dataset_name, split, *columns, max_samples)
+    columns = (data_args.prompt_column, data_args.code_column)
+    train_data = load_code_dataset(
+        data_args.train_file or data_args.dataset_name, "train", *columns, data_args.max_train_samples
+    )
+    retriever = None
+    if model_args.num_neighbors:
+        retriever = load_retriever(model_args.model_name_or_path) if model_args.model_name_or_path else None
+        retriever = retriever or CodeFusionRetriever.from_dataset(train_data)
+
+    def load(data, leave_one_out: bool):
+        if retriever is not None:
+            separator = neighbor_separator(prompt_tokenizer)
+            prompts = with_neighbors(data["prompt"], retriever, model_args.num_neighbors, separator, leave_one_out)
+            data = data.remove_columns("prompt").add_column("prompt", prompts)
         return tokenize(data, model_args, code_tokenizer, prompt_tokenizer)
 
     eval_data = None
     if data_args.validation_file or (data_args.dataset_name and training_args.eval_strategy != "no"):
-        eval_data = load(data_args.validation_file, data_args.max_eval_samples, "validation")
+        validation = load_code_dataset(
+            data_args.validation_file or data_args.dataset_name, "validation", *columns, data_args.max_eval_samples
+        )
+        eval_data = load(validation, leave_one_out=False)
     trainer = Seq2SeqTrainer(
         model=model,
         args=training_args,
         data_collator=DataCollatorForSeq2Seq(prompt_tokenizer, model=None, label_pad_token_id=-100),
-        train_dataset=load(data_args.train_file, data_args.max_train_samples, "train"),
+        train_dataset=load(train_data, leave_one_out=True),
         eval_dataset=eval_data,
         processing_class=code_tokenizer,  # saved with every checkpoint and with the final model
     )
@@ -282,6 +331,8 @@ def train(
     trainer.save_model()
     if prompt_tokenizer is not code_tokenizer and trainer.is_world_process_zero():
         prompt_tokenizer.save_pretrained(os.path.join(training_args.output_dir, PROMPT_TOKENIZER_FOLDER))
+    if retriever is not None and trainer.is_world_process_zero():
+        retriever.save_pretrained(os.path.join(training_args.output_dir, RETRIEVER_FOLDER))
     trainer.save_state()  # trainer_state.json with the whole log history, for plots
     if eval_data is not None:
         trainer.evaluate()
@@ -310,7 +361,7 @@ def make_generate_fn(
     @torch.no_grad()
     def generate_fn(prompts: list[str]) -> tuple[list[list[str]], list[list[float]]]:
         inputs = prompt_tokenizer(
-            prompts, padding=True, truncation=True, max_length=model_args.max_prompt_length, return_tensors="pt"
+            prompts, padding=True, truncation=True, max_length=model_args.encoder_input_length(), return_tensors="pt"
         ).to(model.device)
         output = model.generate(
             input_ids=inputs["input_ids"],
@@ -357,13 +408,21 @@ def evaluate_generation(
     columns = (data_args.prompt_column, data_args.code_column)
     data = load_code_dataset(eval_args.test_file, "train", *columns, eval_args.max_test_samples)
     prompts, references = list(data["prompt"]), list(data["code"])
+    inputs = prompts
+    if model_args.num_neighbors:
+        retriever = load_retriever(model_path)
+        if retriever is None:
+            raise ValueError(f"--num_neighbors {model_args.num_neighbors}, but {model_path} holds no retriever/.")
+        separator = neighbor_separator(prompt_tokenizer)
+        inputs = with_neighbors(prompts, retriever, model_args.num_neighbors, separator, leave_one_out=False)
     set_seed(training_args.seed)  # the same samples on every run
     model = model.to(training_args.device).eval()
     generate_fn = make_generate_fn(model, code_tokenizer, prompt_tokenizer, model_args, eval_args)
-    candidates, scores, seconds = generate_candidates(generate_fn, prompts, training_args.per_device_eval_batch_size)
+    candidates, scores, seconds = generate_candidates(generate_fn, inputs, training_args.per_device_eval_batch_size)
     metrics = score_candidates(candidates, references, eval_args.language) | {
         "decoding": eval_args.decoding,
         "num_return_sequences": eval_args.num_return_sequences,
+        "num_neighbors": model_args.num_neighbors,
         "seconds_per_prompt": seconds / len(prompts),
         "model": model_path,
         "test_file": eval_args.test_file,

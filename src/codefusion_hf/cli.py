@@ -159,6 +159,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
         help="With a predicted code length: spread the candidates over this many of the likeliest lengths "
         "(default: 3 on a predicted canvas, at most one per candidate; 1 puts all on the likeliest).",
     )
+    parser.add_argument(
+        "--draft-candidates",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="With a pipeline that has a retriever: start this many of each prompt's candidates from its nearest "
+        "training pairs' code, noised to --strength of the schedule (default 0).",
+    )
 
 
 def sampling_options(args: argparse.Namespace) -> "SamplingOptions":

@@ -125,6 +125,16 @@ class CodeFusionConfig(PreTrainedConfig):
         canvas_margin (`int`, *optional*): Pad positions after the longest code of a batch that training computed
             (the trainer's `canvas_margin`, recorded in the config when training starts); a canvas for a predicted
             length is that length plus this margin. None: trained on the whole canvas.
+        num_neighbors (`int`): Retrieval augmentation (REDCODER, DocPrompting; not in the paper): the model reads the
+            code of this many retrieved training pairs nearest the prompt (the pipeline's `retriever`), appended to
+            the prompt encoding that every cross-attention reads. Each neighbour's code goes through the code
+            embedding, case-preserving where a prompt encoder may lowercase, with a neighbour and a position
+            embedding. Training retrieves them leave-one-out. 0 (default): none.
+        draft_probability (`float`): With `num_neighbors`, the share of training rows whose noisy canvas is made
+            from their nearest neighbour's code instead of their own (TM-LevT, DiffusER: an editor learns to edit
+            drafts only when trained from them), at the row's timestep; the targets stay the row's own code, so the
+            denoiser learns to move a retrieved draft towards the reference, as sampling from `init_code` asks of it.
+            0 (default): off.
         min_train_timestep (`int`): The smallest timestep training drew (the trainer's `min_train_timestep`,
             DINOISER's clip, recorded when training starts): the pipeline places its steps at or above it, where the
             model was trained. 0: every timestep (the paper).
@@ -167,6 +177,8 @@ class CodeFusionConfig(PreTrainedConfig):
     predict_length: bool = False
     length_loss_weight: float = 0.1
     canvas_margin: int | None = None
+    num_neighbors: int = 0
+    draft_probability: float = 0.0
     min_train_timestep: int = 0
     noise_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
@@ -198,6 +210,12 @@ class CodeFusionConfig(PreTrainedConfig):
             raise ValueError(f"length_loss_weight must be at least 0, got {self.length_loss_weight}.")
         if self.canvas_margin is not None and self.canvas_margin < 0:
             raise ValueError(f"canvas_margin must be None or at least 0, got {self.canvas_margin}.")
+        if isinstance(self.num_neighbors, bool) or not isinstance(self.num_neighbors, int) or self.num_neighbors < 0:
+            raise ValueError(f"num_neighbors must be a whole number of at least 0, got {self.num_neighbors!r}.")
+        if not 0 <= self.draft_probability <= 1:
+            raise ValueError(f"draft_probability must be in [0, 1], got {self.draft_probability}.")
+        if self.draft_probability > 0 and not self.num_neighbors:
+            raise ValueError("draft_probability starts canvases from retrieved neighbours: set num_neighbors too.")
         if not 0 <= self.min_train_timestep < self.num_train_timesteps:
             raise ValueError(
                 f"min_train_timestep must be in [0, num_train_timesteps={self.num_train_timesteps}), "

@@ -25,6 +25,7 @@ logger = logging.get_logger(__name__)
 DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # The column of a frozen encoder's cached prompt states (see `add_encoder_states`), and the model input it feeds.
 ENCODER_STATES_COLUMN = "encoder_last_hidden_state"
+NEIGHBORS_COLUMN = "neighbor_code_ids"
 
 
 def load_code_dataset(
@@ -158,6 +159,52 @@ def tokenize_dataset(
     return dataset.remove_columns("code_truncated")
 
 
+def add_neighbors(
+    dataset: Dataset,
+    retriever: Any,
+    num_neighbors: int,
+    code_tokenizer: PreTrainedTokenizerBase,
+    max_code_length: int,
+    leave_one_out: bool,
+    batch_size: int = 256,
+) -> Dataset:
+    """Add `neighbor_code_ids`, the code token ids (truncated to the canvas) of each row's `num_neighbors` nearest
+    pairs in the corpus of `retriever` (a [`CodeFusionRetriever`] in BM25 mode), for a retrieval-augmented model
+    (`config.num_neighbors`). With `leave_one_out`, for a dataset drawn from that corpus (the training data), a row
+    never reads a pair with its own prompt, so never its own target (REDCODER's leave-one-out)."""
+    if "prompt" not in dataset.column_names:
+        raise ValueError("add_neighbors retrieves by prompt: the dataset has no 'prompt' column.")
+    rows = []
+    for start in range(0, len(dataset), batch_size):
+        prompts = dataset[start : start + batch_size]["prompt"]
+        found = retriever.retrieve(prompts, num_neighbors, exclude=prompts if leave_one_out else None)
+        rows += tokenize_neighbors(found, code_tokenizer, max_code_length)
+    return dataset.add_column(NEIGHBORS_COLUMN, rows)
+
+
+def tokenize_neighbors(
+    neighbors: list[list[Any]], code_tokenizer: PreTrainedTokenizerBase, max_code_length: int
+) -> list[list[list[int]]]:
+    """The code token ids of each prompt's retrieved neighbours (each with a `code`), truncated to the canvas."""
+    codes = [neighbor.code for row in neighbors for neighbor in row]
+    ids = iter(ids[:max_code_length] for ids in code_tokenizer(codes, add_special_tokens=False)["input_ids"])
+    return [[next(ids) for _ in row] for row in neighbors]
+
+
+def pad_neighbors(neighbors: list[list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Each row's neighbours' code ids padded with `pad_token_id` to `(rows, k, longest)`, with the mask of their
+    tokens: the model's `neighbor_code_ids` and `neighbor_attention_mask`."""
+    k = max(len(row) for row in neighbors)
+    longest = max(1, max((len(ids) for row in neighbors for ids in row), default=0))
+    code_ids = torch.full((len(neighbors), k, longest), pad_token_id)
+    mask = torch.zeros(len(neighbors), k, longest, dtype=torch.long)
+    for i, row in enumerate(neighbors):
+        for j, ids in enumerate(row):
+            code_ids[i, j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[i, j, : len(ids)] = 1
+    return {"neighbor_code_ids": code_ids, "neighbor_attention_mask": mask}
+
+
 def add_encoder_states(
     dataset: Dataset,
     encoder: PreTrainedModel,
@@ -284,6 +331,8 @@ class CodeFusionDataCollator:
             return_tensors="pt",
         )
         batch = {"attention_mask": prompts["attention_mask"], "labels": self.pad_labels(features)}
+        if NEIGHBORS_COLUMN in features[0]:
+            batch |= pad_neighbors([f[NEIGHBORS_COLUMN] for f in features], self.pad_token_id)
         if ENCODER_STATES_COLUMN not in features[0]:
             return batch | {"input_ids": prompts["input_ids"]}
         length = prompts["input_ids"].shape[1]

@@ -531,6 +531,11 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         # Code lengths 0 to max_code_length, read from the mean of the prompt encoding.
         self.length_head = nn.Linear(config.hidden_size, config.max_code_length + 1) if config.predict_length else None
+        self.neighbor_proj = self.neighbor_embedding = self.neighbor_position_embedding = None
+        if config.num_neighbors:  # retrieved code, read into the cross-attention memory (see `add_neighbors`)
+            self.neighbor_proj = nn.Linear(config.latent_dim, config.hidden_size)
+            self.neighbor_embedding = nn.Embedding(config.num_neighbors, config.hidden_size)
+            self.neighbor_position_embedding = nn.Embedding(config.max_code_length, config.hidden_size)
         # The training noise schedule; sampling uses the pipeline's scheduler (which must match it). Built on the CPU
         # explicitly: from_pretrained constructs models on the meta device, and these tensors are not weights.
         with torch.device("cpu"):
@@ -682,6 +687,42 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         weights = attention_mask[..., None].to(encoder_hidden_states.dtype)
         pooled = (encoder_hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
         return self.length_head(pooled)
+
+    def add_neighbors(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        neighbor_code_ids: torch.LongTensor,
+        neighbor_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention memory of a retrieval-augmented model (`config.num_neighbors`): the prompt encoding
+        followed by the code of each row's retrieved neighbours, `(batch_size, k, code_length)` token ids (k at most
+        `num_neighbors`; `neighbor_attention_mask` 0 at their padding). Each neighbour's code is read through the code
+        embedding (case-preserving, where the prompt encoder may lowercase), projected to the model width, with an
+        embedding of which neighbour it is and of each token's position in it. Returns the memory and its mask."""
+        if self.neighbor_proj is None:
+            raise ValueError(
+                "neighbor_code_ids were given, but this model reads no neighbours (config.num_neighbors=0): train "
+                "one with num_neighbors set, or leave the neighbours out."
+            )
+        batch_size, k, length = neighbor_code_ids.shape
+        if k > self.config.num_neighbors or length > self.config.max_code_length:
+            raise ValueError(
+                f"neighbor_code_ids has shape {tuple(neighbor_code_ids.shape)}: at most config.num_neighbors="
+                f"{self.config.num_neighbors} neighbours of at most max_code_length={self.config.max_code_length} "
+                "tokens each."
+            )
+        device = neighbor_code_ids.device
+        code = self.neighbor_proj(self.embed_code(neighbor_code_ids))
+        code = code + self.neighbor_embedding(torch.arange(k, device=device))[:, None]
+        code = code + self.neighbor_position_embedding(torch.arange(length, device=device))
+        if attention_mask is None:
+            attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.long, device=device)
+        if neighbor_attention_mask is None:
+            neighbor_attention_mask = torch.ones_like(neighbor_code_ids)
+        memory = torch.cat([encoder_hidden_states, code.flatten(1, 2).to(encoder_hidden_states.dtype)], dim=1)
+        mask = torch.cat([attention_mask, neighbor_attention_mask.flatten(1).to(attention_mask.dtype)], dim=1)
+        return memory, mask
 
     def embed_code(self, code_ids: torch.LongTensor) -> torch.Tensor:
         """L(y): the continuous embedding of code tokens, the space diffusion runs in."""
@@ -835,6 +876,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         prompt_noise: torch.Tensor | None = None,
         canvas_length: int | None = None,
         row_loss_weights: torch.Tensor | None = None,
+        neighbor_code_ids: torch.LongTensor | None = None,
+        neighbor_attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
@@ -869,6 +912,10 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
                 past the code (see the trainer's `canvas_margin`).
             row_loss_weights: `(batch_size,)` weights of each row's terms in the loss (default 1): the importance
                 weights of a non-uniform timestep sampler, which keep the loss an unbiased estimate of the uniform one.
+            neighbor_code_ids, neighbor_attention_mask: The code of each row's retrieved neighbours, `(batch_size, k,
+                code_length)`, and its mask, for a retrieval-augmented model (see [`~CodeFusionModel.add_neighbors`]):
+                appended to the prompt encoding before an `unconditional` row's is replaced by noise (`prompt_noise`
+                is then shaped like the whole memory).
             output_hidden_states, output_attentions: Also return the states / attention weights of the denoiser and
                 the decoder in the pass that computes the loss (default: the config's), the attention weights computed
                 by an explicit softmax, slower than the fused kernel: per stack (`denoiser_hidden_states`, ...) and
@@ -888,13 +935,17 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             encoder_hidden_states = self.encoder_proj(encoder_last_hidden_state)
         elif input_ids is not None:
             encoder_hidden_states = self.encode(input_ids, attention_mask)
+        length_loss = None
+        if self.config.predict_length:  # from the prompt alone, as the pipeline plans its canvases
+            length_loss = self._length_loss(labels, encoder_hidden_states, attention_mask, unconditional)
+        if neighbor_code_ids is not None:
+            encoder_hidden_states, attention_mask = self.add_neighbors(
+                encoder_hidden_states, attention_mask, neighbor_code_ids, neighbor_attention_mask
+            )
         if unconditional is not None:
             encoder_hidden_states, attention_mask = self._noise_prompts(
                 encoder_hidden_states, attention_mask, unconditional, prompt_noise
             )
-        length_loss = None
-        if self.config.predict_length:
-            length_loss = self._length_loss(labels, encoder_hidden_states, attention_mask, unconditional)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is None:  # no code to noise: a sampler's first step (see above)
             rows = encoder_hidden_states.shape[0]
@@ -903,6 +954,8 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             output = CodeFusionModelOutput(logits=passes.logits, timesteps=timesteps, **passes.state_fields())
             return output if return_dict else output.to_tuple()
         canvas = self._noisy_canvas(labels, canvas_length, timesteps, noise)
+        if self.training and self.config.draft_probability > 0 and neighbor_code_ids is not None:
+            canvas = self._drafted_canvas(canvas, neighbor_code_ids[:, 0])
         if self.training and self.config.unroll_probability > 0:
             canvas = self._unrolled_canvas(canvas, encoder_hidden_states, attention_mask)
         if self.training and self.config.commit_probability > 0:
@@ -1041,6 +1094,22 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
             # from the reference.
             implied_noise = self.noise_scheduler.predict_noise(canvas.clean_latents, canvas.timesteps, noisy_latents)
             target = torch.where(unrolled[:, None, None], implied_noise, canvas.noise)
+        return replace(canvas, noisy_latents=noisy_latents, target=target)
+
+    def _drafted_canvas(self, canvas: _TrainingCanvas, draft_ids: torch.LongTensor) -> _TrainingCanvas:
+        """Some rows (`config.draft_probability`) noised from a retrieved draft, `draft_ids` (their nearest
+        neighbour's code), instead of from their own code, towards the same targets."""
+        batch_size, canvas_length = canvas.labels.shape
+        drafted = torch.rand(batch_size, device=draft_ids.device) < self.config.draft_probability
+        padding = (0, max(0, canvas_length - draft_ids.shape[1]))  # the neighbours are padded with pad already
+        draft_ids = F.pad(draft_ids[:, :canvas_length], padding, value=self.config.pad_token_id)
+        drafts = self.embed_code(draft_ids.to(canvas.labels.device))
+        noisy_drafts = self.noise_scheduler.add_noise(drafts, canvas.noise, canvas.timesteps)
+        noisy_latents = torch.where(drafted[:, None, None], noisy_drafts, canvas.noisy_latents)
+        target = canvas.target
+        if self.config.prediction_type == "epsilon":  # the noise that separates the drafted canvas from the reference
+            implied_noise = self.noise_scheduler.predict_noise(canvas.clean_latents, canvas.timesteps, noisy_latents)
+            target = torch.where(drafted[:, None, None], implied_noise, canvas.noise)
         return replace(canvas, noisy_latents=noisy_latents, target=target)
 
     def _committed_canvas(self, canvas: _TrainingCanvas) -> _TrainingCanvas:

@@ -13,6 +13,7 @@ from .constants import DECODER_ROUNDINGS
 from .hub_codefusion import CodeFusionPipelineHubMixin
 from .modeling_codefusion import CodeFusionModel, CodeFusionPromptCache
 from .pipeline_output_codefusion import CodeFusionPipelineOutput
+from .pipeline_retrieval_codefusion import CodeFusionRetrievalMixin
 from .ranking_codefusion import kept_lengths, rank_candidates, ranked_groups, ranking_scores
 from .retrieval_codefusion import CodeFusionRetriever
 from .sampling_options_codefusion import SamplingOptions, check_inputs, settled_margin_argument, trajectory_steps
@@ -23,7 +24,7 @@ from .scheduling_codefusion_commit import most_likely_tokens
 logger = logging.get_logger(__name__)
 
 
-class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
+class CodeFusionPipeline(CodeFusionPipelineHubMixin, CodeFusionRetrievalMixin, DiffusionPipeline):
     r"""
     Generates code from natural language with a [`CodeFusionModel`]: the prompt is encoded once, `k` Gaussian
     canvases per prompt are denoised together by the scheduler, and the decoder reads tokens off the final canvas
@@ -157,6 +158,9 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         ).tolist()
         if refining:
             schedule = schedule[-max(1, round(len(schedule) * options.strength)) :]
+        draft_schedule = None
+        if options.draft_candidates:
+            draft_schedule = schedule[-max(1, round(len(schedule) * options.strength)) :]
         reads_embeddings = self.scheduler.commits_tokens or options.rounding == "nearest"
         return SamplingPlan(
             options=options,
@@ -165,6 +169,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             code_embeddings=self.model.code_embedding_matrix() if reads_embeddings else None,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            draft_schedule=draft_schedule,
         )
 
     def plan_canvases(
@@ -300,12 +305,15 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         past = rows.past_canvas
         return token_ids.masked_fill(past, self.model.config.pad_token_id), token_log_probs.masked_fill(past, 0.0)
 
-    def denoise_group(self, rows: DenoisingRows, plan: SamplingPlan, results: CandidateResults) -> None:
-        """Sample one batch of candidates through the schedule, a new sampling of the scheduler, into `results`."""
+    def denoise_group(
+        self, rows: DenoisingRows, plan: SamplingPlan, results: CandidateResults, schedule: list[int]
+    ) -> None:
+        """Sample one batch of candidates through `schedule` (the plan's, or the end of it that drafts run: its
+        steps are numbered as in the plan's), a new sampling of the scheduler, into `results`."""
         self._guidance_scale = plan.options.guidance_scale  # a callback's change lasts for its own group
-        self.scheduler.set_timesteps(device=rows.latents.device, timesteps=plan.schedule)
-        group, callback = rows.indices, plan.callback_on_step_end
-        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        self.scheduler.set_timesteps(device=rows.latents.device, timesteps=schedule)
+        group, callback, skipped = rows.indices, plan.callback_on_step_end, len(plan.schedule) - len(schedule)
+        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps), start=skipped):
             step = self.denoise_step(rows, timestep, plan)
             shrinks = plan.shrinks and step_index + 1 < len(plan.schedule)  # not after the last step
             if step_index in plan.record_steps or shrinks:
@@ -421,6 +429,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
         condition_enhanced_timestep: int | None = None,
         code_length: int | str | None = None,
         length_beam: int | None = None,
+        draft_candidates: int = 0,
         canvas_margin: int | None = None,
     ) -> CodeFusionPipelineOutput | tuple:
         r"""
@@ -492,6 +501,10 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
                 length beam does, so that the candidates differ where one length would make them alike; they are
                 ranked together. From 1 (every candidate on the likeliest length) to `num_return_sequences`. None
                 (default): 3 (`DEFAULT_LENGTH_BEAM`, at most `num_return_sequences`) on the predicted canvas, else 1.
+            draft_candidates: With a `retriever`, this many of each prompt's candidates (its last ones) start from its
+                nearest corpus pairs' code instead of from noise, noised to `strength` of the schedule as `init_code`
+                is, and are ranked with the others (retrieve-and-edit; a model trained with
+                `config.draft_probability` learned to edit such drafts). 0 (default): none.
 
         Returns:
             [`CodeFusionPipelineOutput`] (with the resolved `settings`), or a tuple `(code, scores, trajectory)` when
@@ -513,6 +526,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             condition_enhanced_timestep=condition_enhanced_timestep,
             code_length=code_length,
             length_beam=length_beam,
+            draft_candidates=draft_candidates,
         )
         prompts, drafts, options = check_inputs(
             options,
@@ -539,6 +553,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             # 2. Encode the prompts, and plan each candidate's canvas
             states, mask = self.prompt_states(prompts, prompt_embeds, prompt_attention_mask, device)
             row_canvases = self.plan_canvases(options, states, mask)
+            states, mask = self.retrieval_memory(prompts, states, mask)
             states = states.repeat_interleave(num_return_sequences, dim=0)
             mask = mask.repeat_interleave(num_return_sequences, dim=0)
 
@@ -548,16 +563,19 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, DiffusionPipeline):
             if drafts is not None:
                 clean = self.model.embed_code(self.code_to_ids(drafts).to(device)).to(states.dtype)
                 latents = self.scheduler.add_noise(clean, latents, torch.tensor(plan.schedule[:1], device=device))
+            latents, row_canvases, is_draft = self.start_from_drafts(prompts, plan, latents, row_canvases)
             results = CandidateResults.start(latents, int(row_canvases.max()), config.pad_token_id, plan.record_steps)
 
             # 4. Denoise: candidates of similar canvas lengths share a batch, the model masking the positions past each
             # row's own canvas, so each is computed as on that canvas alone, where it was trained; canvases too
             # different for that padding to pay are denoised apart
-            for group in canvas_groups(row_canvases):
-                rows = DenoisingRows.of_group(
-                    group, row_canvases, latents, states, mask, generator, self.model.cache_prompt
-                )
-                self.denoise_group(rows, plan, results)
+            for starts_from_draft, schedule in ((False, plan.schedule), (True, plan.draft_schedule)):
+                candidates = (is_draft == starts_from_draft).nonzero().flatten()
+                for group in canvas_groups(row_canvases[candidates]) if len(candidates) else []:
+                    rows = DenoisingRows.of_group(
+                        candidates[group], row_canvases, latents, states, mask, generator, self.model.cache_prompt
+                    )
+                    self.denoise_group(rows, plan, results, schedule)
 
             # 5. Score each candidate
             results.finish_call(row_canvases, self.model.embed_code(torch.tensor(config.pad_token_id, device=device)))

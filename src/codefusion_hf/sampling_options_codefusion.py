@@ -47,6 +47,7 @@ class SamplingOptions:
     condition_enhanced_timestep: int | None = None
     code_length: int | str | None = None
     length_beam: int | None = None
+    draft_candidates: int = 0
     commit_tokens: bool = False
 
     def call_kwargs(self) -> dict[str, Any]:
@@ -138,8 +139,11 @@ class SamplingOptions:
                 f"length_beam must be None or an integer from 1 to {most_lengths} (one code length per candidate at "
                 f"most, num_return_sequences={k}, of the canvas's {canvas}), got {self.length_beam!r}."
             )
-        if self.strength is not None and (not is_finite_number(self.strength) or not 0 < self.strength <= 1):
-            raise ValueError(f"strength must be a number in (0, 1], got {self.strength!r}.")
+        if not is_integer(self.draft_candidates) or not 0 <= self.draft_candidates <= k:
+            raise ValueError(
+                f"draft_candidates must be an integer from 0 to num_return_sequences={k} (the candidates of a prompt "
+                f"that start from its retrieved neighbours), got {self.draft_candidates!r}."
+            )
 
     def resolved(
         self, *, config: "CodeFusionConfig", scheduler: CodeFusionScheduler, refining: bool
@@ -152,7 +156,7 @@ class SamplingOptions:
           (`config.canvas_margin` set; one trained on the whole canvas saw code only there), unless refining given
           code, whose length is its own; else `"full"`;
         - `length_beam`: on the predicted canvas `DEFAULT_LENGTH_BEAM` lengths, at most one per candidate; else 1;
-        - `strength`: `DEFAULT_STRENGTH` when refining;
+        - `strength`: `DEFAULT_STRENGTH` when refining or drafting (`draft_candidates`);
         - `commit_tokens`: whether `scheduler` commits tokens."""
         code_length = self.code_length
         if code_length is None:
@@ -169,7 +173,8 @@ class SamplingOptions:
                 f"but this call samples on code_length={code_length!r}: pass code_length='predicted', or leave "
                 "length_beam at 1."
             )
-        strength = self.strength if self.strength is not None or not refining else DEFAULT_STRENGTH
+        drafting = refining or self.draft_candidates > 0
+        strength = self.strength if self.strength is not None or not drafting else DEFAULT_STRENGTH
         return replace(
             self,
             num_inference_steps=len(self.timesteps) if self.timesteps is not None else self.num_inference_steps,
@@ -234,6 +239,7 @@ def check_inputs(
         timesteps=options.timesteps,
         num_prompts=num_prompts,
         num_return_sequences=k,
+        drafting=options.draft_candidates > 0,
     )
     return prompts, drafts, options.resolved(config=config, scheduler=scheduler, refining=drafts is not None)
 
@@ -333,6 +339,7 @@ def check_start(
     timesteps: list[int] | None,
     num_prompts: int,
     num_return_sequences: int,
+    drafting: bool = False,
 ) -> list[str] | None:
     """Check what the starting canvas is made of (given `latents`, the `generator` of its noise, or code to refine);
     returns the program each candidate starts from (prompt-major, `num_return_sequences` per prompt), None without
@@ -353,10 +360,16 @@ def check_start(
                 f"generator is a list of {len(generator)} generators, but the call draws {num_candidates} "
                 "candidates (prompts x num_return_sequences): give one generator per candidate, or a single one."
             )
+    if init_code is None and strength is not None and not drafting:
+        raise ValueError(
+            "strength sets how far init_code is noised: pass init_code too (or draft_candidates), or no strength."
+        )
+    if strength is not None and (not is_finite_number(strength) or not 0 < strength <= 1):
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}.")
     if init_code is None:
-        if strength is not None:
-            raise ValueError("strength sets how far init_code is noised: pass init_code too, or no strength.")
         return None
+    if drafting:
+        raise ValueError("init_code and draft_candidates both choose where candidates start: pass one of them.")
     if latents is not None or timesteps is not None:
         raise ValueError("init_code makes the starting canvas and the steps: pass it without latents and timesteps.")
     if isinstance(init_code, str):

@@ -26,6 +26,8 @@ class SamplingPlan:
     code_embeddings: torch.Tensor | None = None
     callback_on_step_end: Callable | None = None
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",)
+    # The end of `schedule` that candidates starting from retrieved drafts run (`draft_candidates`).
+    draft_schedule: list[int] | None = None
 
     @property
     def shrinks(self) -> bool:

@@ -21,12 +21,14 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
+from .configuration_codefusion import CodeFusionConfig
 from .constants import LANGUAGES, ROUNDINGS
-from .data_codefusion import CodeFusionDataCollator, CodeFusionPretrainingCollator, add_encoder_states
+from .data_codefusion import CodeFusionDataCollator, CodeFusionPretrainingCollator, add_encoder_states, add_neighbors
 from .evaluation_codefusion import score_candidates
 from .modelcard_codefusion import hub_model_id
 from .modeling_codefusion import CodeFusionModel
 from .pipeline_codefusion import CodeFusionPipeline
+from .retrieval_codefusion import CodeFusionRetriever
 from .sampling_options_codefusion import SamplingOptions
 from .scheduling_codefusion import CodeFusionScheduler
 from .training_callbacks_codefusion import (
@@ -228,6 +230,9 @@ class CodeFusionTrainer(Trainer):
         code_tokenizer: The model's code tokenizer (saved with checkpoints as the `processing_class`).
         prompt_tokenizer: The encoder's tokenizer when it differs from the code tokenizer.
         generation_eval_dataset: Rows with `prompt` and `code` used for the exact-match evaluation.
+        retriever: For a retrieval-augmented model (`config.num_neighbors`): the corpus its rows' neighbours come
+            from, saved with the pipeline. Default: a BM25 retriever over the training pairs, each training row
+            retrieving leave-one-out (never a pair with its own prompt).
     """
 
     # compute_loss returns a per-batch mean over the canvas positions: let Trainer divide it by the gradient
@@ -247,6 +252,7 @@ class CodeFusionTrainer(Trainer):
         code_tokenizer: PreTrainedTokenizerBase,
         prompt_tokenizer: PreTrainedTokenizerBase | None = None,
         generation_eval_dataset: Dataset | None = None,
+        retriever: CodeFusionRetriever | None = None,
         **kwargs,
     ):
         self.record_training_settings(model, args)
@@ -264,6 +270,10 @@ class CodeFusionTrainer(Trainer):
         self.code_tokenizer = code_tokenizer
         self.prompt_tokenizer = prompt_tokenizer
         self.generation_eval_dataset = generation_eval_dataset
+        self.retriever = retriever
+        if model.config.num_neighbors and isinstance(self.train_dataset, Dataset):
+            with args.main_process_first(desc="retrieving each row's neighbours"):
+                self.add_retrieval(model.config)
         self._loss_term_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._loss_term_counts = {"train": 0, "eval": 0}
         self._eval_generator = None
@@ -360,6 +370,25 @@ class CodeFusionTrainer(Trainer):
             return add_encoder_states(dataset, encoder, self.data_collator.prompt_tokenizer, autocast_dtype=dtype)
         finally:
             encoder.to(home)
+
+    def add_retrieval(self, config: CodeFusionConfig) -> None:
+        """Give every training and evaluation row the code of its `config.num_neighbors` nearest pairs in the
+        retriever's corpus (`add_neighbors`): leave-one-out for the training rows, which the default retriever, a BM25
+        index of the training pairs, holds."""
+        if self.retriever is None:
+            self.retriever = CodeFusionRetriever.from_dataset(self.train_dataset, mode="bm25")
+        tokenizer, length = self.code_tokenizer, config.max_code_length
+
+        def with_neighbors(dataset: Dataset | None, leave_one_out: bool) -> Dataset | None:
+            if not isinstance(dataset, Dataset):
+                return dataset
+            return add_neighbors(dataset, self.retriever, config.num_neighbors, tokenizer, length, leave_one_out)
+
+        self.train_dataset = with_neighbors(self.train_dataset, leave_one_out=True)
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {name: with_neighbors(d, False) for name, d in self.eval_dataset.items()}
+        else:
+            self.eval_dataset = with_neighbors(self.eval_dataset, leave_one_out=False)
 
     def eval_generator(self) -> torch.Generator:
         """The random draws of an evaluation, re-seeded by every `evaluate` call: the same timesteps and noise at every
@@ -515,7 +544,11 @@ class CodeFusionTrainer(Trainer):
             model.noise_scheduler.config, clip_sample_range=3 * model.code_embedding_matrix().std().item()
         )
         pipe = CodeFusionPipeline(
-            model=model, scheduler=scheduler, tokenizer=self.code_tokenizer, prompt_tokenizer=self.prompt_tokenizer
+            model=model,
+            scheduler=scheduler,
+            tokenizer=self.code_tokenizer,
+            prompt_tokenizer=self.prompt_tokenizer,
+            retriever=self.retriever,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
