@@ -44,60 +44,23 @@ DRAFTS = {"one": "ls -la", "three": ["ls -la", "wc -l a.txt", "df -h"], "four": 
 
 # ----------------------------------------------------------------------------------------------------------- build
 def build(folder):
-    """The tiny pipelines of tests/conftest.py, trained once with this version and saved."""
-    from codefusion_hf import (
-        CodeFusionConfig,
-        CodeFusionModel,
-        CodeFusionPipeline,
-        CodeFusionScheduler,
-        train_code_tokenizer,
-    )
+    """The tiny pipelines of tests/conftest.py (its helpers, imported from there), trained once and saved."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from conftest import make_code_tokenizer, make_pipeline, overfit, tiny_config
 
-    corpus = [text for pair in PAIRS for text in pair] * 5
-    tokenizer = train_code_tokenizer(corpus, vocab_size=300, min_frequency=1)
+    from codefusion_hf import CodeFusionConfig, CodeFusionModel
 
-    def tiny_config(**overrides):
-        return CodeFusionConfig.from_preset("tiny", vocab_size=len(tokenizer), dropout=0.0, **overrides)
-
-    def make_pipeline(model):
-        scheduler = CodeFusionScheduler.from_config(model.noise_scheduler.config)
-        return CodeFusionPipeline(model=model, scheduler=scheduler, tokenizer=tokenizer)
-
-    def overfit(canvas_margin=None, **config_overrides):  # tests/conftest.py's overfit
-        torch.manual_seed(0)
-        model = CodeFusionModel(tiny_config(canvas_margin=canvas_margin, **config_overrides))
-        pairs = [PAIRS] if canvas_margin is None else [[pair] for pair in PAIRS]
-        batches = []
-        for batch in pairs:
-            prompts = tokenizer([prompt for prompt, _ in batch], padding=True, return_tensors="pt")
-            labels = tokenizer([code for _, code in batch], padding=True, return_tensors="pt")["input_ids"]
-            repeats = 8 * len(PAIRS) // len(batch)
-            batches.append(
-                {
-                    "input_ids": prompts["input_ids"].repeat(repeats, 1),
-                    "attention_mask": prompts["attention_mask"].repeat(repeats, 1),
-                    "labels": labels.repeat(repeats, 1),
-                    "canvas_length": None if canvas_margin is None else labels.shape[1] + canvas_margin,
-                }
-            )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for step in range(400):
-            loss = model(**batches[step % len(batches)]).loss
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        return make_pipeline(model.eval())
+    tokenizer = make_code_tokenizer()
 
     def random_model(seed, **overrides):
         torch.manual_seed(seed)
-        return make_pipeline(CodeFusionModel(tiny_config(**overrides)).eval())
+        return make_pipeline(CodeFusionModel(tiny_config(tokenizer, **overrides)).eval(), tokenizer)
 
     builders = {
         "tiny": lambda: random_model(0),  # the tiny_pipeline fixture
-        "overfit": lambda: overfit(),
-        "length": lambda: overfit(canvas_margin=2, predict_length=True),
-        "selfcond": lambda: overfit(self_condition=True, self_condition_rounding="decoder"),
+        "overfit": lambda: overfit(tokenizer),
+        "length": lambda: overfit(tokenizer, canvas_margin=2, predict_length=True),
+        "selfcond": lambda: overfit(tokenizer, self_condition=True, self_condition_rounding="decoder"),
         # untrained, but every knob of the config that the pipeline reads at once: sampled above a min timestep,
         # a length head on trimmed canvases, self-conditioning rounded by the decoder's mean
         "mints": lambda: random_model(
