@@ -166,6 +166,7 @@ def test_evaluate_writes_files(saved_pipeline, capsys, tmp_path):
         (["generate", "MODEL", "ls", "-k", "10000000000000"], "not enough memory for this many candidates"),
         (["generate", "MODEL", "ls", "--seed", str(2**64)], "--seed: must be an integer from 0 to 2**64 - 1"),
         (["evaluate", "MODEL", "EMPTY", "--output-dir", "OUT"], "EMPTY is empty: it holds no rows"),
+        (["evaluate", "MODEL", "ZERO", "--output-dir", "OUT"], "ZERO is empty: it holds no rows"),
         (["evaluate", "MODEL", "BROKEN", "--output-dir", "OUT"], "BROKEN could not be read as jsonl: line 2 is not"),
         (["evaluate", "MODEL", "DATA", "--output-dir", "OUT", "--device", "bogus"], "'bogus' is not a torch device"),
         # No machine has a 100th GPU: the same one-line refusal with CUDA or without.
@@ -183,6 +184,7 @@ def test_user_mistakes_are_one_line_with_exit_code_2(saved_pipeline, tmp_path, a
     (garbled / "model_index.json").write_bytes(bytes(range(128, 256)))
     files = {
         "EMPTY": "\n",
+        "ZERO": "",
         "BROKEN": '{"prompt": "ls", "code": "ls"}\n{"prompt": \n',
         "DATA": '{"prompt": "a", "code": "b"}',
     }
@@ -191,7 +193,8 @@ def test_user_mistakes_are_one_line_with_exit_code_2(saved_pipeline, tmp_path, a
     places = {"MODEL": saved_pipeline, "GARBLED": str(garbled), "OUT": str(tmp_path / "out")}
     places |= {name: str(tmp_path / f"{name}.jsonl") for name in files}
     result = run(*[places.get(a, a).replace("DATA/", places["DATA"] + "/") for a in args])
-    message = message.replace("EMPTY", places["EMPTY"]).replace("BROKEN", places["BROKEN"])
+    for name in ("EMPTY", "ZERO", "BROKEN"):
+        message = message.replace(name, places[name])
     message = message.replace("DATA/", places["DATA"] + "/")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr

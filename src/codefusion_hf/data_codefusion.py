@@ -74,7 +74,8 @@ def read_data_file(path: str, suffix: str, columns: list[str]) -> Dataset:
         if ragged is not None:
             raise ValueError(ragged)
         return load_dataset(DATA_FORMATS[suffix], data_files=path, split="train")
-    except (DatasetGenerationError, ValueError) as error:
+    except (DatasetGenerationError, ValueError, StopIteration) as error:
+        # A file of zero bytes: the JSON builder's schema inference calls next() on no batches at all.
         with open(path, "rb") as f:
             if not any(line.strip() for line in f):
                 raise ValueError(f"{path} is empty: it holds no rows.") from None
