@@ -659,6 +659,16 @@ def test_a_variant_saves_and_loads_by_its_name(tiny_pipeline, tmp_path):
         CodeFusionPipeline.from_pretrained(tmp_path)
 
 
+def test_loading_with_incorrect_variants_raises_error(tiny_pipeline, tmp_path):
+    """A variant no weights were saved with is a ValueError, as in diffusers' test of the same name, naming the file
+    it looked for and what to pass instead."""
+    tiny_pipeline.save_pretrained(tmp_path, model_card=False)
+    with pytest.raises(ValueError, match="the model files of the `variant=fp17`.*model.fp17.safetensors is missing"):
+        CodeFusionPipeline.from_pretrained(tmp_path, variant="fp17")
+    with pytest.raises(ValueError, match=r"saved without a variant \(model.safetensors\): pass no variant"):
+        CodeFusionPipeline.from_pretrained(tmp_path, variant="fp17")
+
+
 def edit_json(relative: str, edit) -> Callable[[Path], None]:
     """Damage one JSON file of a saved pipeline with `edit(data)`, which changes it in place or returns a new value."""
 

@@ -205,6 +205,13 @@ def check_pipeline_folder(path: str, pipeline_class: type, variant: str | None =
                 names = tuple(variant_name(name, variant) for name in names)
             files = [os.path.join(path, component, name) for name in names]
             existing = next((f for f in files if os.path.isfile(f)), None)
+            if existing is None and component == "model" and variant is not None:
+                # diffusers' error for a variant no component was saved with, and its type: a ValueError
+                raise ValueError(
+                    f"You are trying to load the model files of the `variant={variant}`, but no such modeling files "
+                    f"are available: {files[0]} is missing."
+                    + (saved_variants_hint(os.path.join(path, component), variant) or unvariant_hint(files[0]))
+                )
             if existing is None:
                 raise OSError(
                     f"{files[0]} is missing: the {component!r} component cannot be loaded."
@@ -283,6 +290,15 @@ def saved_variants_hint(folder: str, variant: str | None) -> str:
         return ""
     asked = "without a variant" if variant is None else f"as variant={variant!r}"
     return f" It was saved with variant={saved[0]!r}, not {asked}: pass variant={saved[0]!r}."
+
+
+def unvariant_hint(variant_file: str) -> str:
+    """What to pass instead, when a variant was asked for but the weights were saved without one."""
+    folder, name = os.path.split(variant_file)
+    plain = ".".join(name.split(".")[::2])  # model.fp16.safetensors -> model.safetensors
+    if not os.path.isfile(os.path.join(folder, plain)):
+        return ""
+    return f" It was saved without a variant ({plain}): pass no variant."
 
 
 def upload_pipeline_folder(
