@@ -703,10 +703,6 @@ DAMAGED_MODELS = {
         edit_weights(lambda s: s.__setitem__("lm_head.b", s.pop("lm_head.bias"))),
         r"model\.safetensors.*missing from the file: lm_head\.bias; in the file but not in the model: lm_head\.b\.",
     ),
-    "extra tensor": (
-        edit_weights(lambda s: s.__setitem__("extra.weight", torch.zeros(2))),
-        r"model\.safetensors.*in the file but not in the model: extra\.weight",
-    ),
     "more denoiser layers": (
         set_key(MODEL, "num_denoiser_layers", 2),
         r"model\.safetensors.*missing from the file: denoiser\.layers\.1\.\* \(18 tensors\)",
@@ -800,6 +796,27 @@ def test_a_damaged_folder_fails_to_load_naming_the_file_and_key(saved_pipeline, 
     if case in DAMAGED_MODELS:
         with pytest.raises(ValueError, match=f"(?s){message}"):
             CodeFusionModel.from_pretrained(folder / "model")
+
+
+def test_an_unknown_extra_tensor_loads_and_is_reported_in_one_line(saved_pipeline, tmp_path):
+    """As transformers: a tensor under no module of the model is skipped, and its key reported in one warning."""
+    reports = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage())
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        folder = Path(shutil.copytree(saved_pipeline, tmp_path / "extra"))
+        edit_weights(lambda s: s.__setitem__("extra.weight", torch.zeros(2)))(folder)
+        model = CodeFusionModel.from_pretrained(folder / "model")
+        pipe = CodeFusionPipeline.from_pretrained(folder)
+    finally:
+        logger.removeHandler(handler)
+    assert_same_weights(model, CodeFusionModel.from_pretrained(saved_pipeline / "model"))
+    assert_same_weights(pipe.model, model)
+    warned = [report for report in reports if "extra.weight" in report]
+    assert len(warned) == 2 and all("unexpected keys" in w and len(w.splitlines()) == 1 for w in warned), reports
+    assert not any("LOAD REPORT" in report for report in reports)
 
 
 def test_a_partial_load_on_purpose_reports_instead_of_raising(saved_pipeline, tmp_path):

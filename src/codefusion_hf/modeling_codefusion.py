@@ -463,8 +463,14 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
             missing -= new_head
         if missing:
             problems.append(f"missing from the file: {listed(missing)}")
-        if info["unexpected_keys"]:
-            problems.append(f"in the file but not in the model: {listed(info['unexpected_keys'])}")
+        # A tensor under a module the model has (decoder.layers.1.* with one layer) means config.json does not fit
+        # the weights: refused. One under no module of the model (extra.weight) is skipped and reported, as
+        # transformers does.
+        children = dict(model.named_children())
+        own = {key for key in info["unexpected_keys"] if key.split(".")[0] in children}
+        unknown = set(info["unexpected_keys"]) - own
+        if own:
+            problems.append(f"in the file but not in the model: {listed(own)}")
         for key, saved, built in [] if ignore_mismatched_sizes else sorted(info["mismatched_keys"]):
             differing = set(built) if len(built) != len(saved) else {b for b, s in zip(built, saved) if b != s}
             keys = [f"{name}={value}" for name, value in sizes.items() if value in differing]
@@ -482,6 +488,14 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
                 f"describes: {'; '.join(problems)}. Load the config.json saved with these weights (layer counts and "
                 "sizes as they were trained), or pass output_loading_info=True to load the rest and get this report."
             )
+        if unknown:
+            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            LOADING_LOGGER.warning(
+                f"{folder}: the weights file holds tensors no module of {cls.__name__} has, not loaded (unexpected "
+                f"keys): {listed(unknown)}. Save the model again to drop them."
+            )
+            if not info["mismatched_keys"]:
+                reports.clear()  # transformers' table says the same in many lines
         for report in reports:  # what was reinitialised on request (ignore_mismatched_sizes), as transformers says
             LOADING_LOGGER.handle(report)
         return model
