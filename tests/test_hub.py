@@ -769,6 +769,10 @@ DAMAGED_PIPELINES = {
         r"tokenizer_config\.json: Field 'model_max_length' expected int",
     ),
     "pad token as a number": (set_key(TOKENIZER, "pad_token", 5), r"tokenizer_config\.json: .*'pad_token'"),
+    "unknown pad token": (
+        set_key(TOKENIZER, "pad_token", "<nosuch>"),
+        r"tokenizer_config\.json: 'pad_token' is '<nosuch>', which is not a token of .*tokenizer\.json",
+    ),
     "added tokens as a list": (
         set_key(TOKENIZER, "added_tokens_decoder", []),
         r"tokenizer_config\.json: Field 'added_tokens_decoder' expected dict",

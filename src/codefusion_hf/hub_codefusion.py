@@ -220,6 +220,8 @@ def check_pipeline_folder(path: str, pipeline_class: type, variant: str | None =
             check_readable(existing)
             if existing.endswith(".json"):
                 check_config_types(existing, component, component_classes[component])
+            if os.path.basename(existing) == "tokenizer_config.json":
+                check_special_tokens(existing)
 
 
 def check_component_classes(index_file: str, index: dict[str, Any], pipeline_class: type) -> dict[str, type | None]:
@@ -276,6 +278,36 @@ def check_config_types(config_file: str, component: str, class_obj: type) -> Non
                 errors.append(error)
         if len(errors) == len(candidates):
             raise OSError(f"{config_file}: {errors[0]}. Fix the value of {key!r}.")
+
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def check_special_tokens(config_file: str) -> None:
+    """Raise an `OSError` naming the file and the key when tokenizer_config.json names a special token
+    (`"pad_token": "<nosuch>"`) that the vocabulary of the tokenizer.json beside it lacks: transformers would add it
+    as a new token, and the pipeline would then refuse a tokenizer one token larger than the model's vocabulary."""
+    tokenizer_file = os.path.join(os.path.dirname(config_file), "tokenizer.json")
+    try:
+        with open(tokenizer_file, encoding="utf-8") as f:
+            tokenizer = json.load(f)
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return  # no tokenizer.json (a slow tokenizer), or unreadable: checked elsewhere
+    vocab = (tokenizer.get("model") or {}).get("vocab") or {}
+    known = set(vocab) if isinstance(vocab, dict) else {entry[0] for entry in vocab if isinstance(entry, list)}
+    known |= {token.get("content") for token in tokenizer.get("added_tokens") or [] if isinstance(token, dict)}
+    added = config.get("added_tokens_decoder")
+    known |= {t.get("content") for t in added.values() if isinstance(t, dict)} if isinstance(added, dict) else set()
+    for key in SPECIAL_TOKEN_KEYS:
+        value = config.get(key)
+        token = value.get("content") if isinstance(value, dict) else value
+        if isinstance(token, str) and token not in known:
+            raise OSError(
+                f"{config_file}: {key!r} is {token!r}, which is not a token of {tokenizer_file}. Set {key!r} to one "
+                "of its tokens (the one the model was trained with), or remove the key."
+            )
 
 
 def saved_variants_hint(folder: str, variant: str | None) -> str:
