@@ -703,6 +703,10 @@ DAMAGED_MODELS = {
         edit_weights(lambda s: s.__setitem__("lm_head.b", s.pop("lm_head.bias"))),
         r"model\.safetensors.*missing from the file: lm_head\.bias; in the file but not in the model: lm_head\.b\.",
     ),
+    "NaN weights": (
+        edit_weights(lambda s: s["lm_head.bias"].fill_(float("nan"))),
+        r"model\.safetensors holds NaN or infinite values in lm_head\.bias",
+    ),
     "more denoiser layers": (
         set_key(MODEL, "num_denoiser_layers", 2),
         r"model\.safetensors.*missing from the file: denoiser\.layers\.1\.\* \(18 tensors\)",

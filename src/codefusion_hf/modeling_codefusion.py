@@ -488,6 +488,20 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
                 f"describes: {'; '.join(problems)}. Load the config.json saved with these weights (layer counts and "
                 "sizes as they were trained), or pass output_loading_info=True to load the rest and get this report."
             )
+        nonfinite = {
+            name
+            for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all()
+        }
+        if nonfinite:  # a diverged run's checkpoint: refused here, not a NaN error at the first call
+            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            variant = kwargs.get("variant")
+            weights = os.path.join(folder, f"model.{variant}.safetensors" if variant else "model.safetensors")
+            raise ValueError(
+                f"{weights if os.path.isfile(weights) else folder} holds NaN or infinite values in "
+                f"{listed(nonfinite)}: the training that saved it diverged. Load an earlier checkpoint, or pass "
+                "output_loading_info=True to load it anyway."
+            )
         if unknown:
             folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
             LOADING_LOGGER.warning(
