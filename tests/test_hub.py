@@ -767,6 +767,14 @@ DAMAGED_PIPELINES = {
     "clip range as a string": (set_key(SCHEDULER, "clip_sample_range", "3"), r"'clip_sample_range' expected float"),
     "clip flag as a string": (set_key(SCHEDULER, "clip_sample", "yes"), r"'clip_sample' expected bool"),
     "betas as a dict": (set_key(SCHEDULER, "trained_betas", {}), r"scheduler_config\.json: .*'trained_betas'"),
+    "unknown noise schedule": (
+        set_key(SCHEDULER, "noise_schedule", "quadratic"),
+        r"scheduler_config\.json: noise_schedule must be one of .*got 'quadratic'\. Fix that value",
+    ),
+    "no training timesteps": (
+        set_key(SCHEDULER, "num_train_timesteps", 0),
+        r"scheduler_config\.json: num_train_timesteps must be at least 1, got 0\. Fix that value",
+    ),
     "scheduler config as a list": (edit_json(SCHEDULER, lambda data: [data]), r"scheduler_config\.json must hold"),
     "max length as a string": (
         set_key(TOKENIZER, "model_max_length", "128"),

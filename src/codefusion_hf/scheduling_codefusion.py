@@ -1,5 +1,6 @@
 """Noise scheduler for diffusion over continuous code embeddings (CodeFusion, Diffusion-LM, GENIE)."""
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,25 @@ class CodeFusionScheduler(SchedulerMixin, ConfigMixin):
     # The starting canvas is unit Gaussian noise, and the denoiser reads the canvas unscaled (see
     # `scale_model_input`): what diffusers' pipelines expect of a scheduler.
     init_noise_sigma = 1.0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
+    ):
+        """As diffusers', but a value `__init__` refuses names the scheduler_config.json that holds it."""
+        try:
+            return super().from_pretrained(
+                pretrained_model_name_or_path, subfolder=subfolder, return_unused_kwargs=return_unused_kwargs, **kwargs
+            )
+        except ValueError as error:
+            config_file = os.path.join(str(pretrained_model_name_or_path), subfolder or "", cls.config_name)
+            if not os.path.isfile(config_file):
+                raise
+            raise ValueError(f"{config_file}: {error} Fix that value in the file.") from None
 
     @register_to_config
     def __init__(
