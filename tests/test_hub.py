@@ -3,6 +3,7 @@ real `huggingface_hub` client code (push_to_hub, snapshot_download, revisions, m
 the CLI's push) against the local Hub-compatible server of hub_server.py (the `hub` fixture of conftest.py), on
 127.0.0.1 only; and saved folders, whole, damaged or of a subclass, loaded back."""
 
+import contextlib
 import http.client
 import json
 import logging
@@ -814,20 +815,27 @@ def test_a_damaged_folder_fails_to_load_naming_the_file_and_key(saved_pipeline, 
             CodeFusionModel.from_pretrained(folder / "model")
 
 
-def test_an_unknown_extra_tensor_loads_and_is_reported_in_one_line(saved_pipeline, tmp_path):
-    """As transformers: a tensor under no module of the model is skipped, and its key reported in one warning."""
+@contextlib.contextmanager
+def loading_messages():
+    """The messages transformers' loading logger emits inside the block, as a list."""
     reports = []
     handler = logging.Handler()
     handler.emit = lambda record: reports.append(record.getMessage())
     logger = logging.getLogger("transformers.modeling_utils")
     logger.addHandler(handler)
     try:
-        folder = Path(shutil.copytree(saved_pipeline, tmp_path / "extra"))
-        edit_weights(lambda s: s.__setitem__("extra.weight", torch.zeros(2)))(folder)
-        model = CodeFusionModel.from_pretrained(folder / "model")
-        pipe = CodeFusionPipeline.from_pretrained(folder)
+        yield reports
     finally:
         logger.removeHandler(handler)
+
+
+def test_an_unknown_extra_tensor_loads_and_is_reported_in_one_line(saved_pipeline, tmp_path):
+    """As transformers: a tensor under no module of the model is skipped, and its key reported in one warning."""
+    folder = Path(shutil.copytree(saved_pipeline, tmp_path / "extra"))
+    edit_weights(lambda s: s.__setitem__("extra.weight", torch.zeros(2)))(folder)
+    with loading_messages() as reports:
+        model = CodeFusionModel.from_pretrained(folder / "model")
+        pipe = CodeFusionPipeline.from_pretrained(folder)
     assert_same_weights(model, CodeFusionModel.from_pretrained(saved_pipeline / "model"))
     assert_same_weights(pipe.model, model)
     warned = [report for report in reports if "extra.weight" in report]
@@ -849,12 +857,7 @@ def test_a_partial_load_on_purpose_reports_instead_of_raising(saved_pipeline, tm
 def test_a_model_that_does_not_fit_its_weights_says_so_once(saved_pipeline, tmp_path):
     """The error replaces transformers' load report (a table saying the tensors were "newly initialized"), so the
     CLI shows one line; a size mismatch the caller allows with ignore_mismatched_sizes still gets the report."""
-    reports = []
-    handler = logging.Handler()
-    handler.emit = lambda record: reports.append(record.getMessage())
-    logger = logging.getLogger("transformers.modeling_utils")
-    logger.addHandler(handler)
-    try:
+    with loading_messages() as reports:
         folder = Path(shutil.copytree(saved_pipeline, tmp_path / "damaged"))
         edit_weights(lambda s: s.pop("lm_head.bias"))(folder)
         with pytest.raises(ValueError, match="missing from the file: lm_head.bias"):
@@ -863,8 +866,6 @@ def test_a_model_that_does_not_fit_its_weights_says_so_once(saved_pipeline, tmp_
         set_key(MODEL, "latent_dim", 32)(Path(shutil.copytree(saved_pipeline, tmp_path / "wider")))
         CodeFusionModel.from_pretrained(tmp_path / "wider" / "model", ignore_mismatched_sizes=True)
         assert any("LOAD REPORT" in report and "MISMATCH" in report for report in reports)
-    finally:
-        logger.removeHandler(handler)
 
 
 class CommittingPipeline(CodeFusionPipeline):
