@@ -430,8 +430,9 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
         """As transformers', but weights that do not fit the model config.json describes (a tensor missing,
         unexpected, or of another shape) raise a `ValueError` naming the file, the tensors, their shapes and the config
         keys of those sizes: transformers only warns and initialises the missing ones at random, a silently wrong
-        model. Tied weights and non-persistent buffers are not counted. For a partial load on purpose, pass
-        `output_loading_info=True` (the mismatches are returned, as transformers does, not raised) and
+        model. A tensor under no module of the model is skipped with a one-line warning, as transformers does; NaN or
+        infinite weights are refused. Tied weights and non-persistent buffers are not counted. For a partial load on
+        purpose, pass `output_loading_info=True` (the mismatches are returned, as transformers does, not raised) and
         `ignore_mismatched_sizes=True` to reinitialise tensors of another shape. `predict_length=True` given here may
         add a length head to a model saved without one (e.g. phase 2 after phase 1): that head starts new."""
         if kwargs.get("output_loading_info"):
