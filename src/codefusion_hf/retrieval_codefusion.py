@@ -6,21 +6,19 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
 import torch
 from datasets import Dataset
+from diffusers import DiffusionPipeline
 from huggingface_hub import snapshot_download
 
 # diffusers' loader looks a component's base class up in its module, among its LOADABLE_CLASSES.
 from transformers import FeatureExtractionMixin
 
 from .hub_codefusion import check_readable
-
-if TYPE_CHECKING:
-    from .pipeline_codefusion import CodeFusionPipeline
 
 MODES = ("bm25", "dense")
 CONFIG_NAME = "retriever_config.json"
@@ -85,7 +83,7 @@ class CodeFusionRetriever(FeatureExtractionMixin):
         mode: str = "bm25",
         prompt_column: str = "prompt",
         code_column: str = "code",
-        pipeline: "CodeFusionPipeline | None" = None,
+        pipeline: DiffusionPipeline | None = None,
         batch_size: int = 64,
     ) -> "CodeFusionRetriever":
         """Index the prompt/code pairs of `dataset` (any other column is dropped).
@@ -159,7 +157,7 @@ class CodeFusionRetriever(FeatureExtractionMixin):
         prompts: str | Sequence[str],
         k: int,
         exclude: Sequence[int | str | Iterable[int | str] | None] | None = None,
-        pipeline: "CodeFusionPipeline | None" = None,
+        pipeline: DiffusionPipeline | None = None,
         batch_size: int = 64,
     ) -> list[list[Neighbour]]:
         """Each prompt's `k` nearest corpus pairs, best first (ties by corpus row).
@@ -237,7 +235,7 @@ class CodeFusionRetriever(FeatureExtractionMixin):
         return self._rows_by_prompt
 
     def search(
-        self, prompts: list[str], depth: int, pipeline: "CodeFusionPipeline | None", batch_size: int = 64
+        self, prompts: list[str], depth: int, pipeline: DiffusionPipeline | None, batch_size: int = 64
     ) -> tuple[np.ndarray, np.ndarray]:
         """The `depth` best (scores, corpus rows) of each prompt, `(len(prompts), depth)` arrays, excluding nothing."""
         if self.mode == "bm25":
@@ -248,7 +246,7 @@ class CodeFusionRetriever(FeatureExtractionMixin):
         scores, rows = self.corpus.search_batch(INDEX_NAME, queries, k=depth)
         return np.asarray(scores, dtype=np.float64), np.asarray(rows)
 
-    def check_pipeline(self, pipeline: "CodeFusionPipeline | None") -> None:
+    def check_pipeline(self, pipeline: DiffusionPipeline | None) -> None:
         """Dense mode: raise a `ValueError` unless `pipeline`'s prompt tokenizer has the vocabulary, and its prompt
         encoder the architecture and (within bf16 precision) the weights, of the one the corpus was encoded with."""
         if self.mode != "dense":
@@ -367,7 +365,7 @@ def bm25_tokens(texts: list[str]) -> list[list[str]]:
 
 
 @torch.no_grad()
-def pooled_prompt_states(pipeline: "CodeFusionPipeline", prompts: list[str], batch_size: int = 64) -> np.ndarray:
+def pooled_prompt_states(pipeline: DiffusionPipeline, prompts: list[str], batch_size: int = 64) -> np.ndarray:
     """The L2-normalised mean (over the attention mask) of the pipeline's prompt encoder's last states, as float32
     `(len(prompts), hidden_size)`: prompts tokenized as the pipeline tokenizes them (truncated at
     `max_prompt_length`), encoded in eval mode, batched by length."""
@@ -393,7 +391,7 @@ def pooled_prompt_states(pipeline: "CodeFusionPipeline", prompts: list[str], bat
     return embeddings
 
 
-def encoder_fingerprint(pipeline: "CodeFusionPipeline") -> dict[str, Any]:
+def encoder_fingerprint(pipeline: DiffusionPipeline) -> dict[str, Any]:
     """What identifies a pipeline's prompt encoder for dense retrieval: a sha256 of its tokenizer's vocabulary, one
     of the names and shapes of the encoder's tensors, and a few evenly spaced values of each floating-point tensor
     (compared within a tolerance, so that a cast to fp16 or bf16 keeps the encoder the same)."""
