@@ -13,7 +13,11 @@
 # test against the default setting. The test evaluation takes the setting of the best validation template match
 # (top-1 plus top-5; the default on a tie), written to OUT_DIR/test_flags.txt, unless TEST_FLAGS gives its flags. STAGE=evaluate skips the training (both models already in OUT_DIR/cf and OUT_DIR/ar/lr1e-3).
 # DATA: the folder of train/validation/test.jsonl to evaluate on (default data/nl2bash; a few rows of each for a dry
-# run). PYTHON picks the interpreter (default python3). Two CPU cores: two jobs at a time, one thread each.
+# run; ../shared/data/nl2bash/grouped_split for the grouped split, with its own train.jsonl as TRAIN_FILE). Retrieval
+# augmentation (issue 34): NUM_NEIGHBORS=k gives both models the code of the k nearest training pairs (the same BM25
+# retriever over TRAIN_FILE, leave-one-out in training) and DRAFT_PROBABILITY CodeFusion's share of training canvases
+# started from the nearest neighbour's code (default 0). PYTHON picks the interpreter (default python3). Two CPU
+# cores: two jobs at a time, one thread each.
 set -euo pipefail
 python=${PYTHON:-python3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,6 +26,7 @@ if (($# < 4)); then
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd) minutes=$2 tokenizer=$3 train_file=$4 data=${DATA:-data/nl2bash}
+neighbors=${NUM_NEIGHBORS:-0} drafts=${DRAFT_PROBABILITY:-0}
 shift 4
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 cd "$root"
@@ -29,12 +34,14 @@ cd "$root"
 if [[ ${STAGE:-all} != evaluate ]]; then
   decay=$("$python" -c "print(float('$minutes') / 4)")
   recipe='{"normalize_code_embeddings": true, "prediction_type": "sample", "self_condition": true,
-    "unroll_probability": 0.5, "predict_length": true}'
+    "unroll_probability": 0.5, "predict_length": true,
+    "num_neighbors": '"$neighbors"', "draft_probability": '"$drafts"'}'
   "$python" examples/text_to_code/finetune.py examples/text_to_code/configs/quickstart.json \
     --tokenizer_name_or_path "$tokenizer" --output_dir "$out/cf" --train_file "$train_file" \
+    --validation_file "$data/validation.jsonl" \
     --min_train_timestep 600 --max_train_minutes "$minutes" --lr_decay_minutes "$decay" --disable_tqdm True \
     --generation_eval_samples 0 --save_steps 500 --config_overrides "$recipe" >"$out/cf.log" 2>&1 &
-  PYTHON=$python bash research/tune_autoregressive.sh "$out/ar" "$minutes" "$tokenizer" 1e-3 >"$out/ar.log" 2>&1 &
+  PYTHON=$python DATA=$data TRAIN_FILE=$train_file NUM_NEIGHBORS=$neighbors bash research/tune_autoregressive.sh "$out/ar" "$minutes" "$tokenizer" 1e-3 >"$out/ar.log" 2>&1 &
   wait
 fi
 
@@ -65,6 +72,7 @@ rm -f "$out/validation.done"
 (
   "$python" -m research.baselines.train_autoregressive research/configs/nl2bash_autoregressive.json --do_train False \
     --model_name_or_path "$out/ar/lr1e-3" --output_dir "$out/ar/lr1e-3" --test_file "$data/test.jsonl" \
+    --num_neighbors "$neighbors" \
     --eval_output_dir "$out/eval-ar-test" >"$out/eval-ar-test.log" 2>&1
   if [[ -z ${TEST_FLAGS+set} ]]; then  # the setting of the best validation score, the default on a tie
     until [[ -e $out/validation.done ]]; do sleep 10; done

@@ -9,7 +9,9 @@
 #   bash research/tune_autoregressive.sh OUTPUT_DIR MINUTES CODE_TOKENIZER LEARNING_RATE [LEARNING_RATE ...]
 #
 # CODE_TOKENIZER: the CodeFusion run's code tokenizer (e.g. a saved pipeline's tokenizer/ folder), so that both
-# models share it. PYTHON picks the interpreter (default python3).
+# models share it. DATA: the folder of train/validation.jsonl (default data/nl2bash); TRAIN_FILE another training file
+# in it; NUM_NEIGHBORS=k appends the code of the k nearest training pairs (BM25) to each prompt (default 0). PYTHON
+# picks the interpreter (default python3).
 set -euo pipefail
 python=${PYTHON:-python3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,7 +19,8 @@ if (($# < 4)); then
   echo "tune_autoregressive.sh: give OUTPUT_DIR MINUTES CODE_TOKENIZER and at least one LEARNING_RATE" >&2
   exit 2
 fi
-out=$1 minutes=$2 tokenizer=$3
+out=$1 minutes=$2 tokenizer=$3 data=${DATA:-data/nl2bash}
+train_file=${TRAIN_FILE:-$data/train.jsonl}
 shift 3
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
@@ -26,7 +29,8 @@ for rate in "$@"; do
   (cd "$root" && "$python" -m research.baselines.train_autoregressive research/configs/nl2bash_autoregressive.json \
     --tokenizer_name_or_path "$tokenizer" --output_dir "$out/lr$rate" --learning_rate "$rate" --weight_decay 0.01 \
     --max_train_minutes "$minutes" --lr_decay_minutes "$decay" --warmup_steps 100 --eval_steps 100 --save_steps 100 \
-    --early_stopping_patience 3 --test_file data/nl2bash/validation.jsonl --eval_output_dir "$out/eval-lr$rate") \
+    --early_stopping_patience 3 --train_file "$train_file" --validation_file "$data/validation.jsonl" \
+    --num_neighbors "${NUM_NEIGHBORS:-0}" --test_file "$data/validation.jsonl" --eval_output_dir "$out/eval-lr$rate") \
     >"$out/lr$rate.log" 2>&1 &
 done
 wait
