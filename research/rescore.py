@@ -16,6 +16,7 @@ from transformers import HfArgumentParser
 
 from codefusion_hf.constants import LANGUAGE_HELP
 from codefusion_hf.evaluation_codefusion import score_candidates
+from codefusion_hf.hub_codefusion import write_atomically
 
 
 @dataclass
@@ -42,9 +43,7 @@ def rescore(folder: str, language: str) -> dict:
             f"{sorted(old_metrics)}: give the --language the folder was evaluated with."
         )
     metrics |= {name: value for name, value in scored.items() if name != "machine"}  # the machine that generated
-    with open(paths["metrics.json"] + ".tmp", "w") as f:  # replaced in one step: the run facts live only here
-        json.dump(metrics, f, indent=2)
-    os.replace(paths["metrics.json"] + ".tmp", paths["metrics.json"])
+    write_atomically(paths["metrics.json"], json.dumps(metrics, indent=2))  # the run facts live only here
     return metrics
 
 

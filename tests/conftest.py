@@ -60,6 +60,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+def flip_tensor_byte(path: Path) -> None:
+    """Flip one bit in the middle of a safetensors file's tensor data, as a bad disk or transfer would."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[(start + len(data)) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def tiny_config(tokenizer, **overrides) -> CodeFusionConfig:
     return CodeFusionConfig.from_preset("tiny", vocab_size=len(tokenizer), dropout=0.0, **overrides)
 

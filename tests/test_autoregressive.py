@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import PAIRS
 
+from codefusion_hf.training_checkpoints_codefusion import SCHEDULE_FILE, StagedCheckpointsMixin
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # the baseline runs as a module of the repository root (it imports from examples/)
 
@@ -103,6 +105,9 @@ def test_t5_train_resume_and_evaluate_beam_and_sample(tmp_path, code_tokenizer):
     ]
     trainer = train_autoregressive.main([*flags, "--do_train", "--eval_output_dir", str(tmp_path / "beam")])
     assert trainer.state.global_step == 2 and (output_dir / "checkpoint-2").is_dir()
+    # CodeFusionTrainer's staged checkpoints: renamed into place once complete, with the schedule record.
+    assert isinstance(trainer, StagedCheckpointsMixin) and not (output_dir / "checkpoint-2.tmp").exists()
+    assert json.loads((output_dir / "checkpoint-2" / SCHEDULE_FILE).read_text())["learning_rate"] > 0
     model, code_tokenizer_loaded, prompt_tokenizer = train_autoregressive.load_saved(str(output_dir))
     assert type(model).__name__ == "T5ForConditionalGeneration" and model.config.d_model == TINY_T5["d_model"]
     assert len(code_tokenizer_loaded) == len(code_tokenizer) and prompt_tokenizer is code_tokenizer_loaded

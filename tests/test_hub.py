@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOKEN, USER, make_code_tokenizer, make_pipeline, seeded, tiny_config, with_scheduler
+from conftest import (
+    TOKEN,
+    USER,
+    flip_tensor_byte,
+    make_code_tokenizer,
+    make_pipeline,
+    seeded,
+    tiny_config,
+    with_scheduler,
+)
 from hub_server import HubServer
 from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
@@ -36,6 +45,7 @@ from codefusion_hf import (
     CodeFusionScheduler,
 )
 from codefusion_hf.hub_codefusion import check_pipeline_folder
+from codefusion_hf.tokenization_codefusion import vocabulary_sha256
 from codefusion_hf.training_codefusion import CodeFusionTrainer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -660,6 +670,45 @@ def test_a_variant_saves_and_loads_by_its_name(tiny_pipeline, tmp_path):
         CodeFusionPipeline.from_pretrained(tmp_path)
 
 
+def test_a_save_cut_short_leaves_the_previous_pipeline_whole(tiny_pipeline, tmp_path, monkeypatch):
+    """The files are staged and moved into place only once all are written: a save that fails half-way (here after
+    the model, as a full disk or a kill would) leaves the folder's earlier pipeline loading as it was, the Trainer
+    checkpoints beside it untouched, and no staging folder."""
+    folder = tmp_path / "run"
+    (folder / "checkpoint-5").mkdir(parents=True)
+    (folder / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    tiny_pipeline.save_pretrained(folder, model_card=False)
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    changed = CodeFusionPipeline.from_pretrained(folder)
+    with torch.no_grad():
+        changed.model.lm_head.bias.add_(1.0)
+    save_scheduler = CodeFusionScheduler.save_pretrained
+
+    def failing_scheduler_save(self, *args, **kwargs):
+        save_scheduler(self, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CodeFusionScheduler, "save_pretrained", failing_scheduler_save)
+    with pytest.raises(OSError, match="No space left"):
+        changed.save_pretrained(folder, model_card=False)
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+    assert_same_weights(CodeFusionPipeline.from_pretrained(folder).model, tiny_pipeline.model)
+    monkeypatch.undo()
+    changed.save_pretrained(folder, model_card=False)  # a complete save replaces it, checkpoints still beside it
+    assert_same_weights(CodeFusionPipeline.from_pretrained(folder).model, changed.model)
+    assert sorted(path.name for path in folder.iterdir() if path.name.startswith(".")) == []
+    assert (folder / "checkpoint-5" / "trainer_state.json").read_text() == "{}"
+
+
+def test_a_saved_pipeline_records_its_tokenizer_vocabulary(tiny_pipeline, tmp_path):
+    """model/config.json keeps the sha256 of the code tokenizer's vocabulary the pipeline was saved with, the value
+    loading compares (a tokenizer.json with ids swapped is refused: test_a_damaged_folder_fails_to_load_...)."""
+    tiny_pipeline.save_pretrained(tmp_path, model_card=False)
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())["code_vocabulary_sha256"]
+    assert saved == vocabulary_sha256(tiny_pipeline.tokenizer) and len(saved) == 64
+    assert CodeFusionPipeline.from_pretrained(tmp_path).model.config.code_vocabulary_sha256 == saved
+
+
 def test_loading_with_incorrect_variants_raises_error(tiny_pipeline, tmp_path):
     """A variant no weights were saved with is a ValueError, as in diffusers' test of the same name, naming the file
     it looked for and what to pass instead."""
@@ -695,6 +744,14 @@ def edit_weights(edit) -> Callable[[Path], None]:
     return damage
 
 
+def swap_token_ids(tokenizer: dict) -> dict:
+    """Two ordinary tokens of a tokenizer.json trade ids: the vocabulary has the same size and tokens."""
+    vocab = tokenizer["model"]["vocab"]
+    first, second = (token for token, index in vocab.items() if index in (10, 11))
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    return tokenizer
+
+
 MODEL, SCHEDULER, TOKENIZER = "model/config.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json"
 
 # Each damage, and what the error must name: the file and the key or tensor, and what was expected.
@@ -703,6 +760,10 @@ DAMAGED_MODELS = {
     "renamed tensor": (
         edit_weights(lambda s: s.__setitem__("lm_head.b", s.pop("lm_head.bias"))),
         r"model\.safetensors.*missing from the file: lm_head\.bias; in the file but not in the model: lm_head\.b\.",
+    ),
+    "flipped byte in the weights": (
+        lambda root: flip_tensor_byte(root / "model" / "model.safetensors"),
+        r"model\.safetensors is damaged: the sha256 of its tensor data is [0-9a-f]{64}, not the [0-9a-f]{64} recorded",
     ),
     "NaN weights": (
         edit_weights(lambda s: s["lm_head.bias"].fill_(float("nan"))),
@@ -782,6 +843,16 @@ DAMAGED_PIPELINES = {
         r"tokenizer_config\.json: Field 'model_max_length' expected int",
     ),
     "pad token as a number": (set_key(TOKENIZER, "pad_token", 5), r"tokenizer_config\.json: .*'pad_token'"),
+    "pad id of another token": (
+        set_key(MODEL, "pad_token_id", 5),
+        r"model\.config\.pad_token_id is 5 \(model/config\.json of a saved pipeline\), but the tokenizer's '<pad>' "
+        r"has id 1",
+    ),
+    "tokenizer ids swapped": (
+        edit_json("tokenizer/tokenizer.json", swap_token_ids),
+        r"tokenizer/tokenizer\.json maps tokens to other ids than the tokenizer saved with the model \(.*model/config"
+        r"\.json: code_vocabulary_sha256 [0-9a-f]{64}\)",
+    ),
     "unknown pad token": (
         set_key(TOKENIZER, "pad_token", "<nosuch>"),
         r"tokenizer_config\.json: 'pad_token' is '<nosuch>', which is not a token of .*tokenizer\.json",
@@ -811,7 +882,7 @@ def test_a_damaged_folder_fails_to_load_naming_the_file_and_key(saved_pipeline, 
     with pytest.raises((ValueError, OSError), match=f"(?s){re.escape(str(folder))}.*{message}"):
         CodeFusionPipeline.from_pretrained(folder)
     if case in DAMAGED_MODELS:
-        with pytest.raises(ValueError, match=f"(?s){message}"):
+        with pytest.raises((ValueError, OSError), match=f"(?s){message}"):
             CodeFusionModel.from_pretrained(folder / "model")
 
 

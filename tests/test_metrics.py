@@ -251,3 +251,16 @@ def test_evaluate_pipeline_hands_each_batch_its_prompts_drafts(overfit_pipeline)
     assert [c[0] for c in candidates] == codes and metrics["init_code"] and metrics["strength"] == 0.5
     with pytest.raises(ValueError, match="init_code has 1 entries for"):
         evaluate_pipeline(overfit_pipeline, prompts, codes, init_code=["ls"])
+
+
+def test_write_evaluation_replaces_both_files_or_neither(tmp_path):
+    """Both files are serialised before either is written, each renamed into place: an evaluation whose metrics do
+    not serialise leaves the earlier predictions.jsonl and metrics.json as they were, and no partial file."""
+    from codefusion_hf.evaluation_codefusion import write_evaluation
+
+    write_evaluation(str(tmp_path), ["p"], ["ls"], [["ls", "ls -l"]], [[0.0, -1.0]], {"exact_match@1": 1.0})
+    before = {path.name: path.read_text() for path in tmp_path.iterdir()}
+    assert sorted(before) == ["metrics.json", "predictions.jsonl"]
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_evaluation(str(tmp_path), ["q"], ["df"], [["du"]], [[0.0]], {"machine": object()})
+    assert {path.name: path.read_text() for path in tmp_path.iterdir()} == before

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PAIRS, record_denoiser_passes, tiny_config, write_jsonl
+from conftest import PAIRS, flip_tensor_byte, record_denoiser_passes, tiny_config, write_jsonl
 from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
@@ -634,18 +634,21 @@ def test_resume_skips_an_incomplete_or_damaged_last_checkpoint(code_tokenizer, t
     assert sorted(os.listdir(out)) == ["checkpoint-1", "checkpoint-2"]  # the save at step 1 cleared the leftover
     first, last = out / "checkpoint-1", out / "checkpoint-2"
     shutil.copytree(last, tmp_path / "complete")
-    damages = {  # file: new content (None: removed), what the message says
-        "model.safetensors": (b"garbage", "model.safetensors is corrupted"),
-        "trainer_state.json": (None, "trainer_state.json is missing"),
-        "optimizer.pt": (None, "optimizer.pt is missing"),
-        "scheduler.pt": (b"garbage", "scheduler.pt is corrupted"),
-        "rng_state.pth": (b"", "rng_state.pth is corrupted"),
-    }
-    for name, (content, problem) in damages.items():
+    damages = [  # file, new content (None: removed; a function: how it is damaged), what the message says
+        ("model.safetensors", b"garbage", "model.safetensors is corrupted"),
+        ("model.safetensors", flip_tensor_byte, "model.safetensors is damaged: the sha256 of its tensor data"),
+        ("trainer_state.json", None, "trainer_state.json is missing"),
+        ("optimizer.pt", None, "optimizer.pt is missing"),
+        ("scheduler.pt", b"garbage", "scheduler.pt is corrupted"),
+        ("rng_state.pth", b"", "rng_state.pth is corrupted"),
+    ]
+    for name, content, problem in damages:
         shutil.rmtree(last)
         shutil.copytree(tmp_path / "complete", last)
         if content is None:
             (last / name).unlink()
+        elif callable(content):
+            content(last / name)
         else:
             (last / name).write_bytes(content)
         messages.clear()

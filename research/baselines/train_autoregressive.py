@@ -54,12 +54,11 @@ from codefusion_hf.data_codefusion import load_code_dataset, tokenize_dataset
 from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation
 from codefusion_hf.retrieval_codefusion import CodeFusionRetriever
 from codefusion_hf.training_callbacks_codefusion import (
-    ScheduleRecordCallback,
     TimeLimitCallback,
     check_time_budget,
     warn_if_cpu_bf16_is_emulated,
 )
-from codefusion_hf.training_checkpoints_codefusion import find_resume_checkpoint
+from codefusion_hf.training_checkpoints_codefusion import StagedCheckpointsMixin, find_resume_checkpoint
 from examples.text_to_code.training_arguments import MINILM, DataArguments, json_object, parse_args_with_config_file
 
 PROMPT_TOKENIZER_FOLDER = "prompt_tokenizer"  # the same sub-folder a saved CodeFusionPipeline uses
@@ -171,6 +170,11 @@ class AutoregressiveTrainingArguments(Seq2SeqTrainingArguments):
         super().__post_init__()
         check_time_budget(self.max_train_minutes, self.lr_decay_minutes)
         warn_if_cpu_bf16_is_emulated(self)
+
+
+class AutoregressiveTrainer(StagedCheckpointsMixin, Seq2SeqTrainer):
+    """transformers' `Seq2SeqTrainer` with CodeFusionTrainer's checkpoints: staged and renamed once complete, so a run
+    killed during a save never leaves a `checkpoint-N` that looks complete, with `schedule.json` in each."""
 
 
 def parse_args(
@@ -312,7 +316,7 @@ def train(
             data_args.validation_file or data_args.dataset_name, "validation", *columns, data_args.max_eval_samples
         )
         eval_data = load(validation, leave_one_out=False)
-    trainer = Seq2SeqTrainer(
+    trainer = AutoregressiveTrainer(
         model=model,
         args=training_args,
         data_collator=DataCollatorForSeq2Seq(prompt_tokenizer, model=None, label_pad_token_id=-100),
@@ -320,7 +324,6 @@ def train(
         eval_dataset=eval_data,
         processing_class=code_tokenizer,  # saved with every checkpoint and with the final model
     )
-    trainer.add_callback(ScheduleRecordCallback())
     if training_args.early_stopping_patience is not None:
         if eval_data is None:
             raise ValueError("--early_stopping_patience needs a --validation_file to evaluate on.")

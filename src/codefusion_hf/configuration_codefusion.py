@@ -10,7 +10,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import CONFIG_NAME
 
-from .constants import DECODER_ROUNDINGS
+from .constants import DECODER_ROUNDINGS, SPECIAL_TOKEN_IDS
 from .scheduling_codefusion import NOISE_SCHEDULES, PREDICTION_TYPES
 
 # Each preset is a set of `CodeFusionConfig` fields; "encoder_config" holds the encoder's own fields.
@@ -144,6 +144,10 @@ class CodeFusionConfig(PreTrainedConfig):
         normalize_code_embeddings (`bool`): Rescale every code embedding to norm `sqrt(latent_dim)` (unit variance
             per dimension). Learned embeddings otherwise shrink to make the regression terms easy (collapse).
         initializer_range (`float`): Std of the other weights at initialisation.
+        code_vocabulary_sha256 (`str`, *optional*): The sha256 of the code tokenizer's token-to-id map
+            (`vocabulary_sha256`), recorded when a pipeline is saved; loading the pipeline checks that its tokenizer
+            still has that vocabulary (a tokenizer.json with two ids swapped would decode those tokens wrong in
+            silence). None: not checked.
     """
 
     model_type = "codefusion"
@@ -186,6 +190,7 @@ class CodeFusionConfig(PreTrainedConfig):
     code_embedding_init_std: float = 1.0
     normalize_code_embeddings: bool = False
     initializer_range: float = 0.02
+    code_vocabulary_sha256: str | None = None
 
     def __post_init__(self, **kwargs):
         # transformers turns a dtype name into `getattr(torch, name)`: a wrong one would be an AttributeError of torch.
@@ -244,7 +249,7 @@ class CodeFusionConfig(PreTrainedConfig):
                 f"({self.num_attention_heads})."
             )
         # transformers only warns about these; an id past the vocabulary fails at the first pad or eos, or not at all.
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
+        for name in SPECIAL_TOKEN_IDS:
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(
                     f"{name}={getattr(self, name)} is outside the code vocabulary (vocab_size={self.vocab_size}, "

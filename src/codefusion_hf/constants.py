@@ -12,7 +12,10 @@ SYNTAX_LANGUAGES = ("python", "bash", "excel")
 LANGUAGES = (*SYNTAX_LANGUAGES, "other")
 LANGUAGE_HELP = "python, bash, excel or other; bash adds template match to exact match."
 
-# How the pipeline ranks a prompt's candidates (see `CodeFusionPipeline.score_tokens`): the decoder's mean token
+# How the pipeline ranks a prompt's candidates (see `ranking_codefusion.ranking_scores`): the decoder's mean token
 # log-probability with the token that ends the code, the same without it (empty code last), or the agreement of each
 # candidate with the others (minimum-Bayes-risk style).
 RANKINGS = ("log_prob", "length_normalized", "consensus")
+
+# The special ids of the code tokenizer a model config records (CodeT5's: <s>=0, <pad>=1, </s>=2, <mask>=4).
+SPECIAL_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id")

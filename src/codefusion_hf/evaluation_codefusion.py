@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .constants import LANGUAGES, SYNTAX_LANGUAGES
+from .hub_codefusion import write_atomically
 from .metrics import bleu, codebleu, distinct_n, is_valid_syntax, top_k_accuracy
 from .sampling_options_codefusion import SamplingOptions
 
@@ -212,14 +213,18 @@ def write_evaluation(
     scores: list[list[float]],
     metrics: dict,
 ) -> None:
-    """Write predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json to `output_dir`."""
+    """Write predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json to `output_dir`, each
+    both serialised first and each renamed into place once written: a failure or a run killed meanwhile leaves the
+    old files, never a part of one."""
+    rows = zip(prompts, references, candidates, scores)
+    predictions = "".join(
+        json.dumps({"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores}) + "\n"
+        for prompt, reference, codes, code_scores in rows
+    )
+    metrics_text = json.dumps(metrics, indent=2)
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "predictions.jsonl"), "w") as f:
-        for prompt, reference, codes, code_scores in zip(prompts, references, candidates, scores):
-            row = {"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores}
-            f.write(json.dumps(row) + "\n")
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_atomically(os.path.join(output_dir, "predictions.jsonl"), predictions)
+    write_atomically(os.path.join(output_dir, "metrics.json"), metrics_text)
 
 
 __all__ = ["evaluate_file", "evaluate_pipeline", "generate_candidates", "score_candidates", "write_evaluation"]

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any, get_type_hints
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors mean the Hub endpoint could not be reached
+from diffusers import DiffusionPipeline
 from diffusers.utils import logging
 from huggingface_hub import CommitInfo, constants, create_repo, hf_hub_download, snapshot_download, upload_folder
 from huggingface_hub.dataclasses import type_validator
@@ -19,9 +20,12 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors import safe_open
 
 from .modelcard_codefusion import create_model_card, save_model_card
+from .tokenization_codefusion import vocabulary_sha256
 
 logger = logging.get_logger(__name__)
 
+# The prefix of `staged_save`'s staging folder inside the folder being saved to.
+STAGING_PREFIX = ".staged-save-"
 # Files each saved component cannot load without; checked before loading so errors name the file.
 REQUIRED_FILES = {
     "model": ("config.json", ("model.safetensors", "model.safetensors.index.json")),
@@ -71,7 +75,7 @@ class CodeFusionPipelineHubMixin:
         path = str(pretrained_model_name_or_path)
         if os.path.isdir(path):
             check_pipeline_folder(path, cls, kwargs.get("variant"))
-            return super().from_pretrained(path, **kwargs)
+            return cls.load_folder(path, **kwargs)
         if path.startswith((".", "/", "~")) or path.count("/") > 1:
             raise OSError(f"{path} is not a folder, nor a Hub repo id (which looks like 'user/name').")
         download_kwargs = {key: kwargs.pop(key) for key in ("revision", "token", "cache_dir") if key in kwargs}
@@ -86,7 +90,20 @@ class CodeFusionPipelineHubMixin:
             raise OSError(
                 f"Hub repo {path!r} (revision {revision!r}) is not a usable CodeFusion pipeline: {error}"
             ) from None
-        return super().from_pretrained(folder, **kwargs)
+        return cls.load_folder(folder, **kwargs)
+
+    @classmethod
+    def load_folder(cls, folder: str, **kwargs) -> "CodeFusionPipelineHubMixin":
+        """diffusers' load of a checked local folder; a component that does not fit the others (the pipeline's
+        `__init__` checks) raises a `ValueError` naming the folder, and a tokenizer that is not the one saved with
+        the model an `OSError`."""
+        try:
+            pipeline = super().from_pretrained(folder, **kwargs)
+        except ValueError as error:
+            if folder in str(error):
+                raise
+            raise ValueError(f"{folder}: {error}") from None
+        return check_loaded_pipeline(pipeline, folder)
 
     def save_pretrained(
         self,
@@ -96,7 +113,9 @@ class CodeFusionPipelineHubMixin:
         push_to_hub: bool = False,
         **kwargs,
     ) -> None:
-        """Save the pipeline and a model card, README.md, whose usage snippet loads `save_directory`.
+        """Save the pipeline and a model card, README.md, whose usage snippet loads `save_directory`. The files are
+        written into a staging folder first and moved into place once all are complete (`staged_save`): a save cut
+        short never leaves a folder that loads as a mix of two saves.
 
         Args:
             model_card: `True` for a card made from the pipeline alone; a dict of
@@ -112,7 +131,9 @@ class CodeFusionPipelineHubMixin:
         push_kwargs = {name: kwargs.pop(name) for name in push_names if name in kwargs}
         # Built first: bad card input (a missing eval file) fails before anything is written.
         card = None if model_card is False else create_model_card(self, **card_fields(model_card, save_directory))
-        super().save_pretrained(save_directory, **kwargs)
+        self.model.config.code_vocabulary_sha256 = vocabulary_sha256(self.tokenizer)  # what loading checks
+        with staged_save(str(save_directory)) as staging_dir:
+            super().save_pretrained(staging_dir, **kwargs)
         if card is not None and not save_model_card(card, save_directory):
             logger.warning(f"Kept the README.md in {save_directory} (or the repo's): a person wrote it.")
         if push_to_hub:
@@ -158,6 +179,56 @@ class CodeFusionPipelineHubMixin:
                     create_pr=create_pr,
                     subfolder=subfolder,
                 )
+
+
+@contextmanager
+def staged_save(folder: str) -> Iterator[str]:
+    """A staging folder inside `folder` to save a pipeline into. Once the block ends without error, its files replace
+    their namesakes in `folder` one by one, model_index.json removed first and put back last: a save cut short
+    leaves a folder that does not load as a pipeline (no model_index.json) rather than one that mixes two saves.
+    Files of `folder` the save does not write (Trainer checkpoints, another variant's weights) stay."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # left by a save that was killed
+        if name.startswith(STAGING_PREFIX):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    staging_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder)
+    try:
+        yield staging_dir
+        index_file = os.path.join(folder, "model_index.json")
+        if os.path.exists(index_file):
+            os.remove(index_file)
+        for root, _, files in os.walk(staging_dir):
+            for name in files:
+                source = os.path.join(root, name)
+                if source != os.path.join(staging_dir, "model_index.json"):
+                    target = os.path.join(folder, os.path.relpath(source, staging_dir))
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.replace(source, target)
+        os.replace(os.path.join(staging_dir, "model_index.json"), index_file)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write `text` to `path` through a file beside it renamed into place: a reader, or a run killed meanwhile, sees
+    the old file or the new one, never a part."""
+    staged = f"{path}.tmp"
+    with open(staged, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(staged, path)
+
+
+def check_loaded_pipeline(pipeline: DiffusionPipeline, folder: str) -> DiffusionPipeline:
+    """`pipeline`, loaded from `folder`, unless its tokenizer maps tokens to other ids than the one saved with its
+    model (`config.code_vocabulary_sha256`): then an `OSError` naming both files."""
+    expected = pipeline.model.config.code_vocabulary_sha256
+    if expected is not None and vocabulary_sha256(pipeline.tokenizer) != expected:
+        raise OSError(
+            f"{os.path.join(folder, 'tokenizer', 'tokenizer.json')} maps tokens to other ids than the tokenizer saved "
+            f"with the model ({os.path.join(folder, 'model', 'config.json')}: code_vocabulary_sha256 {expected}), so "
+            "the model's code would be decoded wrong. Restore the tokenizer saved with this model."
+        )
+    return pipeline
 
 
 def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -> dict[str, Any]:
@@ -354,7 +425,7 @@ def upload_pipeline_folder(
             folder_path=folder,
             token=token,
             commit_message=commit_message,
-            ignore_patterns=["checkpoint-*", "checkpoint-*/**"],
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**", f"{STAGING_PREFIX}*", f"{STAGING_PREFIX}*/**"],
         )
 
 
@@ -408,4 +479,11 @@ def check_readable(path: str) -> None:
         raise OSError(f"{path} must hold a JSON object, got a {type(content).__name__}.")
 
 
-__all__ = ["CodeFusionPipelineHubMixin", "check_pipeline_folder", "check_readable", "upload_pipeline_folder"]
+__all__ = [
+    "CodeFusionPipelineHubMixin",
+    "check_pipeline_folder",
+    "check_readable",
+    "staged_save",
+    "upload_pipeline_folder",
+    "write_atomically",
+]

@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +16,12 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel, T5EncoderModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithCrossAttentions
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 
 from .configuration_codefusion import CodeFusionConfig
 from .constants import ROUNDINGS
 from .scheduling_codefusion import CodeFusionScheduler
+from .weights_checksum_codefusion import check_checksum, record_checksum, saved_weight_files
 
 
 @dataclass
@@ -379,6 +381,7 @@ def build_encoder(encoder_config, pretrained_name_or_path: str | None = None, **
 # The logger of transformers' load report: a table of the tensors loaded wrongly, which says they were "newly
 # initialized". `CodeFusionPreTrainedModel.from_pretrained` raises on those instead, in one message.
 LOADING_LOGGER = logging.getLogger("transformers.modeling_utils")
+PUSH_ARGUMENTS = ("repo_id", "commit_message", "private", "token", "create_pr")
 
 
 @contextmanager
@@ -398,6 +401,26 @@ def held_load_reports():
         yield reports
     finally:
         LOADING_LOGGER.removeFilter(hold)
+
+
+def loaded_weight_files(path: str, kwargs: dict[str, Any]) -> list[str]:
+    """The local safetensors files `from_pretrained(path, **kwargs)` loaded: those of the folder, or the single
+    weights file of a repo id in the Hub cache (none for a sharded repo, whose shards are checked only in a folder)."""
+    folder = os.path.join(path, kwargs.get("subfolder") or "")
+    if os.path.isdir(folder):
+        return saved_weight_files(folder, kwargs.get("variant"))
+    variant = kwargs.get("variant")
+    resolved = cached_file(
+        path,
+        f"model.{variant}.safetensors" if variant else "model.safetensors",
+        subfolder=kwargs.get("subfolder") or "",
+        cache_dir=kwargs.get("cache_dir"),
+        revision=kwargs.get("revision"),
+        local_files_only=True,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    return [resolved] if resolved else []
 
 
 class CodeFusionPreTrainedModel(PreTrainedModel):
@@ -425,14 +448,40 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
         else:
             super()._init_weights(module)
 
+    def save_pretrained(  # max_shard_size and variant by name: diffusers passes them only to a signature with them
+        self,
+        save_directory: str | os.PathLike,
+        push_to_hub: bool = False,
+        max_shard_size: int | str = "50GB",
+        variant: str | None = None,
+        **kwargs,
+    ) -> None:
+        """As transformers', with the sha256 of the tensor data written into each safetensors file's metadata, which
+        `from_pretrained` checks. With `push_to_hub=True` the push goes through `push_to_hub` afterwards (`repo_id`,
+        `commit_message`, `private`, `token`, `create_pr` are passed there), so the pushed files carry it too."""
+        push_kwargs = {name: kwargs.pop(name) for name in PUSH_ARGUMENTS if name in kwargs} if push_to_hub else {}
+        if push_to_hub and variant:
+            raise ValueError(
+                "push_to_hub=True with a variant: push_to_hub uploads the default weights only. Save the variant with "
+                "push_to_hub=False, then upload the folder with huggingface_hub.upload_folder."
+            )
+        super().save_pretrained(save_directory, max_shard_size=max_shard_size, variant=variant, **kwargs)
+        if kwargs.get("is_main_process", True):
+            for path in saved_weight_files(str(save_directory), variant):
+                record_checksum(path)
+        if push_to_hub:
+            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.push_to_hub(repo_id, **push_kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs):
         """As transformers', but weights that do not fit the model config.json describes (a tensor missing,
         unexpected, or of another shape) raise a `ValueError` naming the file, the tensors, their shapes and the config
         keys of those sizes: transformers only warns and initialises the missing ones at random, a silently wrong
         model. A tensor under no module of the model is skipped with a one-line warning, as transformers does; NaN or
-        infinite weights are refused. Tied weights and non-persistent buffers are not counted. For a partial load on
-        purpose, pass `output_loading_info=True` (the mismatches are returned, as transformers does, not raised) and
+        infinite weights, and weights whose data no longer has the sha256 recorded at save, are refused. Tied weights
+        and non-persistent buffers are not counted. For a partial load on purpose, pass `output_loading_info=True`
+        (the mismatches are returned, as transformers does, not raised; nothing is checked) and
         `ignore_mismatched_sizes=True` to reinitialise tensors of another shape. `predict_length=True` given here may
         add a length head to a model saved without one (e.g. phase 2 after phase 1): that head starts new."""
         if kwargs.get("output_loading_info"):
@@ -479,11 +528,12 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
                 f"{key} has shape {tuple(saved)} in the file but {tuple(built)} in the model"
                 + (f" (config.json: {', '.join(keys)})" if keys else "")
             )
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        weight_files = loaded_weight_files(str(pretrained_model_name_or_path), kwargs)
+        for path in weight_files:  # damage inside the tensor data, which safetensors does not check
+            check_checksum(path)
+        source = weight_files[0] if len(weight_files) == 1 else folder
         if problems:
-            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
-            variant = kwargs.get("variant")
-            weights = os.path.join(folder, f"model.{variant}.safetensors" if variant else "model.safetensors")
-            source = weights if os.path.isfile(weights) else folder
             raise ValueError(
                 f"{source} does not hold the weights of the {cls.__name__} that {os.path.join(folder, 'config.json')} "
                 f"describes: {'; '.join(problems)}. Load the config.json saved with these weights (layer counts and "
@@ -495,16 +545,12 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
             if tensor.is_floating_point() and not tensor.is_meta and not torch.isfinite(tensor).all()
         }
         if nonfinite:  # a diverged run's checkpoint: refused here, not a NaN error at the first call
-            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
-            variant = kwargs.get("variant")
-            weights = os.path.join(folder, f"model.{variant}.safetensors" if variant else "model.safetensors")
             raise ValueError(
-                f"{weights if os.path.isfile(weights) else folder} holds NaN or infinite values in "
+                f"{source} holds NaN or infinite values in "
                 f"{listed(nonfinite)}: the training that saved it diverged. Load an earlier checkpoint, or pass "
                 "output_loading_info=True to load it anyway."
             )
         if unknown:
-            folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
             LOADING_LOGGER.warning(
                 f"{folder}: the weights file holds tensors no module of {cls.__name__} has, not loaded (unexpected "
                 f"keys): {listed(unknown)}. Save the model again to drop them."

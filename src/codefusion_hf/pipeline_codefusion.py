@@ -20,6 +20,7 @@ from .sampling_options_codefusion import SamplingOptions, check_inputs, settled_
 from .sampling_state_codefusion import CandidateResults, DenoisingRows, SamplingPlan, settled_rows
 from .scheduling_codefusion import CodeFusionScheduler
 from .scheduling_codefusion_commit import most_likely_tokens
+from .tokenization_codefusion import check_code_tokenizer
 
 logger = logging.get_logger(__name__)
 
@@ -62,11 +63,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, CodeFusionRetrievalMixin, D
     ):
         super().__init__()
         config = model.config
-        if len(tokenizer) != config.vocab_size:
-            raise ValueError(
-                f"tokenizer has {len(tokenizer)} tokens but model.config.vocab_size is {config.vocab_size}: "
-                "use the code tokenizer the model was built for."
-            )
+        check_code_tokenizer(tokenizer, config)
         encoder_vocab_size = config.encoder_config.vocab_size
         if prompt_tokenizer is not None and len(prompt_tokenizer) > encoder_vocab_size:
             raise ValueError(

@@ -19,6 +19,7 @@ from huggingface_hub import snapshot_download
 from transformers import FeatureExtractionMixin
 
 from .hub_codefusion import check_readable
+from .tokenization_codefusion import vocabulary_sha256
 
 MODES = ("bm25", "dense")
 CONFIG_NAME = "retriever_config.json"
@@ -395,8 +396,6 @@ def encoder_fingerprint(pipeline: DiffusionPipeline) -> dict[str, Any]:
     """What identifies a pipeline's prompt encoder for dense retrieval: a sha256 of its tokenizer's vocabulary, one
     of the names and shapes of the encoder's tensors, and a few evenly spaced values of each floating-point tensor
     (compared within a tolerance, so that a cast to fp16 or bf16 keeps the encoder the same)."""
-    tokenizer = pipeline.prompt_tokenizer or pipeline.tokenizer
-    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
     architecture, samples = hashlib.sha256(), []
     for name, tensor in sorted(pipeline.model.encoder.state_dict().items()):
         architecture.update(f"{name}:{tuple(tensor.shape)};".encode())
@@ -405,7 +404,7 @@ def encoder_fingerprint(pipeline: DiffusionPipeline) -> dict[str, Any]:
             positions = torch.linspace(0, flat.numel() - 1, SAMPLES_PER_TENSOR, device=flat.device).long()
             samples += flat[positions].float().cpu().tolist()
     return {
-        "tokenizer_vocabulary_sha256": hashlib.sha256(vocabulary.encode()).hexdigest(),
+        "tokenizer_vocabulary_sha256": vocabulary_sha256(pipeline.prompt_tokenizer or pipeline.tokenizer),
         "encoder_architecture_sha256": architecture.hexdigest(),
         "encoder_weight_samples": samples,
     }

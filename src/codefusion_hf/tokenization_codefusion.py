@@ -1,9 +1,13 @@
 """A code tokenizer trained locally with `tokenizers` (online users can load CodeT5's by name instead)."""
 
+import hashlib
+import json
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .constants import SPECIAL_TOKEN_IDS
 
 # Same ids as CodeT5's tokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4), so configs fit both.
 SPECIAL_TOKENS = {
@@ -51,4 +55,31 @@ def train_code_tokenizer(
     )
 
 
-__all__ = ["train_code_tokenizer"]
+def vocabulary_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A sha256 of the tokenizer's token-to-id map: two tokenizers that give any token another id differ, so a model's
+    embedding rows can be matched to the vocabulary they were trained with."""
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(vocabulary.encode()).hexdigest()
+
+
+def check_code_tokenizer(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:
+    """Raise a `ValueError` unless `tokenizer` fits a model of `config`: as many tokens as its vocabulary, and the
+    special ids the model pads, starts, ends and masks with are the tokenizer's (an id inside the vocabulary but of
+    another token would pad with a real token, or stop at the wrong one, in silence)."""
+    if len(tokenizer) != config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but model.config.vocab_size is {config.vocab_size}: "
+            "use the code tokenizer the model was built for."
+        )
+    for name in SPECIAL_TOKEN_IDS:
+        expected = getattr(tokenizer, name, None)
+        if expected is not None and getattr(config, name) != expected:
+            token = getattr(tokenizer, name.removesuffix("_id"))
+            raise ValueError(
+                f"model.config.{name} is {getattr(config, name)} (model/config.json of a saved pipeline), but the "
+                f"tokenizer's {token!r} has id {expected}: set {name} to {expected}, or use the tokenizer the model "
+                "was trained with."
+            )
+
+
+__all__ = ["check_code_tokenizer", "train_code_tokenizer", "vocabulary_sha256"]

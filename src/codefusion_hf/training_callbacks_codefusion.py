@@ -3,7 +3,6 @@ argument check and its callbacks), the record of the learning-rate arguments in 
 emulated bf16. Shared by the CodeFusion and autoregressive runs, so it imports neither the CodeFusion model nor its
 pipeline."""
 
-import os
 import platform
 import time
 
@@ -12,10 +11,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
-
-from .training_checkpoints_codefusion import write_schedule_record
 
 logger = logging.get_logger(__name__)
 
@@ -125,19 +121,7 @@ class TimeBudgetProgressCallback(ProgressCallback):
         self.current_step = state.global_step
 
 
-class ScheduleRecordCallback(TrainerCallback):
-    """Writes the learning-rate arguments into each checkpoint of a plain `Trainer` (the autoregressive runs) once
-    saved; `CodeFusionTrainer` writes them itself, into the checkpoint before it is complete."""
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            if os.path.isdir(checkpoint):
-                write_schedule_record(checkpoint, args)
-
-
 __all__ = [
-    "ScheduleRecordCallback",
     "TimeBudgetProgressCallback",
     "TimeLimitCallback",
     "check_time_budget",

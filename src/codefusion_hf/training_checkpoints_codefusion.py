@@ -11,13 +11,15 @@ import shutil
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import TrainingArguments
 from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import safe_globals
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from .hub_codefusion import check_readable
+from .weights_checksum_codefusion import check_checksum
 
 logger = logging.get_logger(__name__)
 
@@ -90,9 +92,12 @@ def publish_staged(checkpoint: str) -> None:
 
 def check_loadable(path: str) -> None:
     """Raise an `OSError` naming `path` when a checkpoint file does not load: torch files (optimizer, schedule, random
-    states) as Trainer loads them, their tensors memory-mapped rather than read; the others by `check_readable`."""
+    states) as Trainer loads them, their tensors memory-mapped rather than read; weights also by the sha256 recorded
+    at save (Trainer's resume does not go through `from_pretrained`); the others by `check_readable`."""
     if not path.endswith((".pt", ".pth", ".bin")):
         check_readable(path)
+        if path.endswith(".safetensors"):
+            check_checksum(path)
         return
     try:
         with safe_globals():  # the numpy types of the random states
@@ -183,8 +188,8 @@ def last_complete_checkpoint(args: TrainingArguments) -> str | None:
     return checkpoints[last_step]
 
 
-# The arguments that shape the learning rate, recorded in every checkpoint (`schedule.json`) by `CodeFusionTrainer`
-# and, for a plain Trainer, `ScheduleRecordCallback`, so that a resumed run can say what it does with changed ones.
+# The arguments that shape the learning rate, recorded in every checkpoint (`schedule.json`) by
+# `StagedCheckpointsMixin`, so that a resumed run can say what it does with changed ones.
 SCHEDULE_ARGUMENTS = (
     "learning_rate",
     "lr_scheduler_type",
@@ -245,4 +250,66 @@ def check_resumed_schedule(checkpoint: str, args: TrainingArguments) -> None:
         )
 
 
-__all__ = ["find_resume_checkpoint", "last_complete_checkpoint", "write_schedule_record"]
+class StagedCheckpointsMixin:
+    """Checkpoints of a `Trainer` (mixed in before it) written into a staging folder and renamed once complete, with
+    the learning-rate arguments a resumed run checks (`schedule.json`): used by `CodeFusionTrainer` and the
+    autoregressive baseline's trainer alike."""
+
+    # The folder `_save_checkpoint` is writing into, while it does.
+    _staging_dir: str | None = None
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Trainer's checkpoint, written into a staging folder (`checkpoint-N.tmp`) and renamed to `checkpoint-N`
+        once complete: Trainer writes in place, so a run killed or out of disk space during a save would leave a
+        `checkpoint-N` that looks like the last one. A save that fails removes its staging folder, and says so when
+        the disk is full. Rotation (`save_total_limit`), the best checkpoint and Hub pushes see finished folders."""
+        run_dir = self._get_output_dir(trial)
+        checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        staging_dir, staged = staging_paths(checkpoint)
+        if self.args.should_save:
+            remove_staging_folders(run_dir)  # left by killed saves: only one save runs at a time
+        self.accelerator.wait_for_everyone()  # before any process writes its random states into the staging folder
+        self._staging_dir = staging_dir
+        try:
+            super()._save_checkpoint(model, trial)  # into `staged`, through `_get_output_dir`
+            if self.state.best_model_checkpoint == staged:
+                self.state.best_model_checkpoint = checkpoint
+                if self.args.should_save:  # Trainer saved the staging path as the best one
+                    self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+            if self.args.should_save:
+                write_schedule_record(staged, self.args)
+        except Exception as error:
+            disk_full = full_disk_error(error, checkpoint)  # before the partial files are removed
+            if self.args.should_save:
+                shutil.rmtree(staging_dir, ignore_errors=True)
+            if disk_full is not None:
+                raise disk_full from error
+            raise
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every process's files are in the staging folder
+        if not self.args.should_save:
+            return
+        publish_staged(checkpoint)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(checkpoint)
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
+
+    def _get_output_dir(self, trial: Any) -> str:
+        """Trainer's run folder, or while `_save_checkpoint` writes a checkpoint, its staging folder: Trainer saves
+        into `<this folder>/checkpoint-N`."""
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push of a checkpoint, skipped while it is staged: `_save_checkpoint` pushes the renamed one (an
+        upload runs in the background, and would lose its files to the rename)."""
+        if self._staging_dir is None:
+            super()._push_from_checkpoint(checkpoint_folder)
+
+
+__all__ = ["StagedCheckpointsMixin", "find_resume_checkpoint", "last_complete_checkpoint", "write_schedule_record"]

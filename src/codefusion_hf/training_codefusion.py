@@ -3,8 +3,6 @@ The run-keeping any Trainer can use lives beside it: callbacks and argument chec
 `training_callbacks_codefusion`, checkpoints and resuming in `training_checkpoints_codefusion`, the timestep
 distributions in `training_timesteps_codefusion`."""
 
-import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,9 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
-from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from .configuration_codefusion import CodeFusionConfig
@@ -37,13 +33,7 @@ from .training_callbacks_codefusion import (
     check_time_budget,
     warn_if_cpu_bf16_is_emulated,
 )
-from .training_checkpoints_codefusion import (
-    full_disk_error,
-    publish_staged,
-    remove_staging_folders,
-    staging_paths,
-    write_schedule_record,
-)
+from .training_checkpoints_codefusion import StagedCheckpointsMixin
 from .training_timesteps_codefusion import TIMESTEP_BIAS_STRATEGIES, LossAwareTimestepSampler, timestep_weights
 
 logger = logging.get_logger(__name__)
@@ -220,7 +210,7 @@ class CodeFusionTrainingArguments(TrainingArguments):
             )
 
 
-class CodeFusionTrainer(Trainer):
+class CodeFusionTrainer(StagedCheckpointsMixin, Trainer):
     """
     Phase 2, supervised fine-tuning on (prompt, code) pairs; every part of the model is trained (unless
     `args.freeze_encoder`). Logs each loss term, uses fixed noise and timesteps for evaluation so eval losses are
@@ -242,8 +232,6 @@ class CodeFusionTrainer(Trainer):
     loss_is_scaled_for_ga = False
     # The phase the saved model card names.
     training_phase = "2, fine-tuning on (prompt, code) pairs"
-    # The folder `_save_checkpoint` is writing into, while it does.
-    _staging_dir: str | None = None
 
     def __init__(
         self,
@@ -483,59 +471,6 @@ class CodeFusionTrainer(Trainer):
             self.log(extra)
             metrics.update(extra)
         return metrics
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Trainer's checkpoint, written into a staging folder (`checkpoint-N.tmp`) and renamed to `checkpoint-N`
-        once complete: Trainer writes in place, so a run killed or out of disk space during a save would leave a
-        `checkpoint-N` that looks like the last one. A save that fails removes its staging folder, and says so when
-        the disk is full. Rotation (`save_total_limit`), the best checkpoint and Hub pushes see finished folders."""
-        run_dir = self._get_output_dir(trial)
-        checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        staging_dir, staged = staging_paths(checkpoint)
-        if self.args.should_save:
-            remove_staging_folders(run_dir)  # left by killed saves: only one save runs at a time
-        self.accelerator.wait_for_everyone()  # before any process writes its random states into the staging folder
-        self._staging_dir = staging_dir
-        try:
-            super()._save_checkpoint(model, trial)  # into `staged`, through `_get_output_dir`
-            if self.state.best_model_checkpoint == staged:
-                self.state.best_model_checkpoint = checkpoint
-                if self.args.should_save:  # Trainer saved the staging path as the best one
-                    self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
-            if self.args.should_save:
-                write_schedule_record(staged, self.args)
-        except Exception as error:
-            disk_full = full_disk_error(error, checkpoint)  # before the partial files are removed
-            if self.args.should_save:
-                shutil.rmtree(staging_dir, ignore_errors=True)
-            if disk_full is not None:
-                raise disk_full from error
-            raise
-        finally:
-            self._staging_dir = None
-        self.accelerator.wait_for_everyone()  # every process's files are in the staging folder
-        if not self.args.should_save:
-            return
-        publish_staged(checkpoint)
-        if self.args.push_to_hub:
-            self._push_from_checkpoint(checkpoint)
-        rotate_checkpoints(
-            output_dir=run_dir,
-            save_total_limit=self.args.save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint,
-            use_mtime=True,
-        )
-
-    def _get_output_dir(self, trial: Any) -> str:
-        """Trainer's run folder, or while `_save_checkpoint` writes a checkpoint, its staging folder: Trainer saves
-        into `<this folder>/checkpoint-N`."""
-        return self._staging_dir or super()._get_output_dir(trial)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Trainer's push of a checkpoint, skipped while it is staged: `_save_checkpoint` pushes the renamed one (an
-        upload runs in the background, and would lose its files to the rename)."""
-        if self._staging_dir is None:
-            super()._push_from_checkpoint(checkpoint_folder)
 
     def make_pipeline(self, model: CodeFusionModel) -> CodeFusionPipeline:
         """A pipeline around `model` (the unwrapped model being trained, or its gathered copy) that samples on the
