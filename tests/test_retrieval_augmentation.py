@@ -86,6 +86,33 @@ def test_the_pipeline_reads_its_prompts_neighbours_and_can_do_without(code_token
         pipe(prompt_embeds=states, prompt_attention_mask=mask, num_inference_steps=2)
 
 
+def test_a_call_that_reads_neighbours_and_starts_from_drafts_retrieves_once(code_tokenizer, monkeypatch):
+    """num_neighbors=1 and draft_candidates=2: one retrieval of the 2 nearest pairs per prompt serves both, and the
+    output is the one of two separate retrievals (each takes the first of the same ranking)."""
+    torch.manual_seed(0)
+    pipe = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer, num_neighbors=1)), code_tokenizer)
+    pipe.retriever = CodeFusionRetriever.from_dataset(PAIR_DATA)
+    calls = []
+    retrieve = CodeFusionRetriever.retrieve
+    monkeypatch.setattr(
+        CodeFusionRetriever, "retrieve", lambda self, p, k, **kw: calls.append(k) or retrieve(self, p, k, **kw)
+    )
+    kwargs = {"num_inference_steps": 4, "num_return_sequences": 3, "draft_candidates": 2, "output_type": "latent"}
+    once = pipe(["list all files", "show disk usage"], generator=torch.Generator().manual_seed(0), **kwargs)
+    assert calls == [2]
+    found = retrieve(pipe.retriever, ["list all files", "show disk usage"], 2)
+    monkeypatch.setattr(pipe, "retrieve_neighbours", lambda prompts, options: found)
+    again = pipe(["list all files", "show disk usage"], generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(once.code, again.code)
+    pipe.model.eval()  # no dropout in the memories compared
+    memory = pipe.retrieval_memory(found, *pipe.encode_prompt(["list all files", "show disk usage"], pipe.device))
+    nearest_only = [pairs[:1] for pairs in found]
+    expected = pipe.retrieval_memory(
+        nearest_only, *pipe.encode_prompt(["list all files", "show disk usage"], pipe.device)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(memory, expected))  # the model reads its 1, not the 2 retrieved
+
+
 def test_drafted_rows_start_from_their_neighbour_towards_their_own_code(code_tokenizer):
     """draft_probability: a drafted row's noisy canvas is its nearest neighbour's code noised to the row's timestep,
     and its target the noise that separates that canvas from the row's own code; other rows are as before."""

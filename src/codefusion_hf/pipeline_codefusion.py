@@ -550,7 +550,8 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, CodeFusionRetrievalMixin, D
             # 2. Encode the prompts, and plan each candidate's canvas
             states, mask = self.prompt_states(prompts, prompt_embeds, prompt_attention_mask, device)
             row_canvases = self.plan_canvases(options, states, mask)
-            states, mask = self.retrieval_memory(prompts, states, mask)
+            found = self.retrieve_neighbours(prompts, options)
+            states, mask = self.retrieval_memory(found, states, mask)
             states = states.repeat_interleave(num_return_sequences, dim=0)
             mask = mask.repeat_interleave(num_return_sequences, dim=0)
 
@@ -560,7 +561,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, CodeFusionRetrievalMixin, D
             if drafts is not None:
                 clean = self.model.embed_code(self.code_to_ids(drafts).to(device)).to(states.dtype)
                 latents = self.scheduler.add_noise(clean, latents, torch.tensor(plan.schedule[:1], device=device))
-            latents, row_canvases, is_draft = self.start_from_drafts(prompts, plan, latents, row_canvases)
+            latents, row_canvases, is_draft = self.start_from_drafts(found, plan, latents, row_canvases)
             results = CandidateResults.start(latents, int(row_canvases.max()), config.pad_token_id, plan.record_steps)
 
             # 4. Denoise: candidates of similar canvas lengths share a batch, the model masking the positions past each
