@@ -9,6 +9,8 @@ EXAMPLES = ["pyyaml", *MINILM]
 # research/: the baselines import the examples' set-up; retrieval.py scikit-learn, compare_predictions.py scipy, the
 # plot scripts matplotlib.
 RESEARCH = [*EXAMPLES, "scikit-learn", "scipy", "matplotlib"]
+# `codefusion demo` and examples/demo: the Gradio app.
+DEMO = ["gradio>=6.31,<7"]
 
 setup(
     name="codefusion-hf",
@@ -50,14 +52,17 @@ setup(
         "codebleu": CODEBLEU,
         "examples": EXAMPLES,
         "research": RESEARCH,
-        # What the tests need: everything above, pytest, ruff, and mkdocs* to build the documentation site
-        # (tests/test_docs.py runs `mkdocs build --strict`), pinned because new releases add warnings, which fail a
-        # strict build.
+        "demo": DEMO,
+        # What the tests need: everything above, pytest, ruff, playwright (the demo's browser tests drive the system's
+        # Chromium), and mkdocs* to build the documentation site (tests/test_docs.py runs `mkdocs build --strict`),
+        # pinned because new releases add warnings, which fail a strict build.
         "dev": [
             "pytest>=9",
             "ruff==0.17.6",
+            "playwright>=1.65,<2",
             *CODEBLEU,
             *RESEARCH,
+            *DEMO,
             "mkdocs==1.6.1",
             "mkdocs-material==9.8.2",
             "mkdocstrings[python]==1.0.8",

@@ -7,7 +7,8 @@ an error:
   a few training steps at most). A block right after the line `<!-- docs-test: hub -->` runs instead against the
   local Hub-compatible server of tests/hub_server.py (still no internet), as user `your-username`.
 - ```bash blocks are not run: their training and evaluation runs take minutes to hours. Instead, every
-  `examples/...` or `research/...` file they mention (scripts, shell scripts, configs, accelerate files) must exist,
+  `examples/...` or `research/...` file or folder they mention (scripts, shell scripts, configs, accelerate files,
+  the Space folder) must exist,
   every `codefusion` subcommand they use must exist, and every mentioned `.py` script there, and every module they
   run with `python -m examples...` / `python -m research...`, must answer `--help` with exit code 0 (once per
   distinct script, all in one subprocess that runs each as `__main__` with the `sys.path` that `python SCRIPT` or
@@ -141,7 +142,7 @@ def test_bash_blocks_name_existing_files():
     modules = {module.replace(".", "/") + ".py" for module in MODULES}
     mentioned = sorted(set(REPOSITORY_PATH.findall(BASH_TEXT)) | modules)
     assert mentioned
-    missing = [path for path in mentioned if not (ROOT / path).is_file()]
+    missing = [path for path in mentioned if not (ROOT / path).exists()]  # a file, or a folder to upload
     assert not missing, f"bash blocks in docs/ mention files that do not exist: {missing}"
 
 

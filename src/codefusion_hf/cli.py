@@ -1,4 +1,4 @@
-"""The `codefusion` command: generate, evaluate and push CodeFusion pipelines from the shell."""
+"""The `codefusion` command: generate, evaluate, push and demo CodeFusion pipelines from the shell."""
 
 import argparse
 import json
@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub.errors import HfHubHTTPError
 
-from .constants import LANGUAGE_HELP, RANKINGS, ROUNDINGS
+from .constants import LANGUAGE_HELP, LANGUAGES, RANKINGS, ROUNDINGS
 
 if TYPE_CHECKING:
     from .sampling_options_codefusion import SamplingOptions
 
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
-USER_ERRORS = (ValueError, OSError, HfHubHTTPError)
+USER_ERRORS = (ValueError, OSError, HfHubHTTPError, ImportError)  # ImportError: an extra not installed
 MEMORY_HINT = "not enough memory for this many candidates: lower -k or the number of prompts (evaluate: --batch-size)."
 
 
@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("repo_id", help="Target repo, e.g. user/codefusion-nl2bash.")
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", default=None, help="Hub token (default: the logged-in one).")
+
+    demo = commands.add_parser("demo", help="Serve a Gradio demo of a pipeline (needs codefusion-hf[demo]).")
+    demo.add_argument("model", help="Saved pipeline folder or Hub repo id.")
+    demo.add_argument("--host", default="127.0.0.1", help="Address to serve on (default 127.0.0.1; 0.0.0.0: all).")
+    demo.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free one).")
+    demo.add_argument("--language", choices=LANGUAGES, default="bash", help="Whose syntax the page checks.")
     return parser
 
 
@@ -292,6 +298,12 @@ def push(args: argparse.Namespace) -> None:
     print(f"Pushed {args.model} to {commit.repo_url}")
 
 
+def demo(args: argparse.Namespace) -> None:
+    from .demo_codefusion import launch_demo
+
+    launch_demo(args.model, host=args.host, port=args.port, language=args.language)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from diffusers.utils import logging as diffusers_logging
@@ -301,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     try:
-        {"generate": generate, "evaluate": evaluate, "push": push}[args.command](args)
+        {"generate": generate, "evaluate": evaluate, "push": push, "demo": demo}[args.command](args)
     except MemoryError:
         print(f"codefusion {args.command}: error: {MEMORY_HINT}", file=sys.stderr)
         return 2
