@@ -245,3 +245,22 @@ def test_neighbours_join_the_encoder_input_leave_one_out(tmp_path, code_tokenize
     assert train_autoregressive.load_retriever(str(tmp_path / "ar")).num_rows == 2 * len(PAIRS)
     metrics, _ = read_evaluation(tmp_path / "eval")
     assert metrics["num_neighbors"] == 2
+
+
+def test_dense_neighbours_come_from_the_minilm_encoder(tmp_path, code_tokenizer):
+    """--retrieval_mode dense: the baseline's retriever indexes the training prompts with the pretrained MiniLM
+    encoder, is saved as such, and its evaluation retrieves with that encoder again."""
+    code_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "code": c}) + "\n" for p, c in PAIRS))
+    flags = ["--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--model_overrides", json.dumps(TINY_T5)]
+    flags += ["--max_code_length", "12", "--train_file", str(data), "--output_dir", str(tmp_path / "ar")]
+    flags += ["--max_steps", "1", "--report_to", "none", "--use_cpu", "True", "--disable_tqdm", "True"]
+    flags += ["--num_neighbors", "1", "--retrieval_mode", "dense", "--test_file", str(data)]
+    train_autoregressive.main([*flags, "--do_train", "--num_return_sequences", "2"])
+    retriever = train_autoregressive.load_retriever(str(tmp_path / "ar"))
+    assert retriever.mode == "dense" and retriever.num_rows == len(PAIRS)
+    prompts = [p for p, _ in PAIRS]
+    assert train_autoregressive.with_neighbors(prompts, retriever, 1, "</s>", leave_one_out=False) == [
+        f"{p} </s> {c}" for p, c in PAIRS
+    ]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import PAIRS, make_pipeline, tiny_config
 from datasets import Dataset
-from test_training import make_trainer
+from test_training import make_trainer, training_args
 
 from codefusion_hf import CodeFusionModel, CodeFusionPipeline
 from codefusion_hf.data_codefusion import NEIGHBORS_COLUMN, add_neighbors, pad_neighbors, tokenize_dataset
@@ -60,6 +60,32 @@ def test_a_retrieval_model_trains_and_saves_with_its_retriever(code_tokenizer, t
     pipe = CodeFusionPipeline.from_pretrained(tmp_path / "saved")
     assert isinstance(pipe.retriever, CodeFusionRetriever) and pipe.model.config.num_neighbors == 2
     assert len(pipe("list all files", num_inference_steps=2).code[0]) == 1
+
+
+def test_a_dense_retriever_over_the_training_pairs_gives_the_neighbours(code_tokenizer, tmp_path):
+    """retrieval_mode='dense': the frozen prompt encoder indexes the training pairs, each row reads its nearest
+    other pairs (never its own code), and the saved pipeline retrieves with its own encoder."""
+    trainer = make_trainer(
+        "finetune",
+        code_tokenizer,
+        tmp_path,
+        config_overrides={"num_neighbors": 2},
+        max_steps=2,
+        retrieval_mode="dense",
+        freeze_encoder=True,
+    )
+    assert trainer.retriever.mode == "dense" and trainer.retriever.num_rows == len(trainer.train_dataset)
+    for row in trainer.train_dataset:
+        own = code_tokenizer(row["code"], add_special_tokens=False)["input_ids"]
+        assert len(row[NEIGHBORS_COLUMN]) == 2 and own not in row[NEIGHBORS_COLUMN]
+    trainer.train()
+    trainer.save_pipeline(str(tmp_path / "saved"))
+    pipe = CodeFusionPipeline.from_pretrained(tmp_path / "saved")
+    assert pipe.retriever.mode == "dense" and len(pipe("list all files", num_inference_steps=2).code[0]) == 1
+    with pytest.raises(ValueError, match="set freeze_encoder=True"):
+        training_args(tmp_path, retrieval_mode="dense")
+    with pytest.raises(ValueError, match="retrieval_mode must be one of"):
+        training_args(tmp_path, retrieval_mode="tfidf")
 
 
 def test_the_pipeline_reads_its_prompts_neighbours_and_can_do_without(code_tokenizer, monkeypatch):

@@ -21,6 +21,7 @@ metrics.json like `codefusion evaluate`. Without --do_train it evaluates the mod
 --output_dir.
 """
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -106,6 +107,14 @@ class AutoregressiveModelArguments:
             "leave-one-out for training rows: never a pair with the row's own prompt) to the encoder input, the "
             "neighbours a retrieval-augmented CodeFusion reads (config.num_neighbors). The retriever is saved in "
             "output_dir/retriever. 0: none."
+        },
+    )
+    retrieval_mode: str = field(
+        default="bm25",
+        metadata={
+            "help": "The retriever of --num_neighbors: bm25 (the training prompts' words) or dense (the pretrained "
+            "MiniLM prompt encoder's pooled states, as a dense CodeFusion retriever with the MiniLM encoder).",
+            "choices": ["bm25", "dense"],
         },
     )
 
@@ -251,8 +260,18 @@ def with_neighbors(
 ) -> list[str]:
     """Each prompt followed by the code of its `k` nearest pairs in the retriever's corpus, `separator` between them;
     with `leave_one_out`, never a pair with the prompt itself."""
-    found = retriever.retrieve(prompts, k, exclude=prompts if leave_one_out else None)
+    pipeline = dense_retrieval_pipeline() if retriever.mode == "dense" else None
+    found = retriever.retrieve(prompts, k, exclude=prompts if leave_one_out else None, pipeline=pipeline)
     return [f" {separator} ".join([prompt, *(pair.code for pair in pairs)]) for prompt, pairs in zip(prompts, found)]
+
+
+@functools.cache
+def dense_retrieval_pipeline():
+    """The pipeline whose pretrained MiniLM prompt encoder a dense retriever of the baseline encodes prompts with
+    (its code tokenizer and the rest of its model are unused)."""
+    from research.baselines.retrieval import minilm_pipeline
+
+    return minilm_pipeline(["ls -la", "df -h", "wc -l a.txt"] * 10)
 
 
 def neighbor_separator(prompt_tokenizer: PreTrainedTokenizerBase) -> str:
@@ -301,7 +320,11 @@ def train(
     retriever = None
     if model_args.num_neighbors:
         retriever = load_retriever(model_args.model_name_or_path) if model_args.model_name_or_path else None
-        retriever = retriever or CodeFusionRetriever.from_dataset(train_data)
+        if retriever is None:
+            dense = model_args.retrieval_mode == "dense"
+            retriever = CodeFusionRetriever.from_dataset(
+                train_data, mode=model_args.retrieval_mode, pipeline=dense_retrieval_pipeline() if dense else None
+            )
 
     def load(data, leave_one_out: bool):
         if retriever is not None:

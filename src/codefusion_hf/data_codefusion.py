@@ -168,17 +168,20 @@ def add_neighbors(
     max_code_length: int,
     leave_one_out: bool,
     batch_size: int = 256,
+    pipeline: Any = None,
 ) -> Dataset:
     """Add `neighbor_code_ids`, the code token ids (truncated to the canvas) of each row's `num_neighbors` nearest
-    pairs in the corpus of `retriever` (a [`CodeFusionRetriever`] in BM25 mode), for a retrieval-augmented model
-    (`config.num_neighbors`). With `leave_one_out`, for a dataset drawn from that corpus (the training data), a row
-    never reads a pair with its own prompt, so never its own target (REDCODER's leave-one-out)."""
+    pairs in the corpus of `retriever` (a [`CodeFusionRetriever`]; in dense mode `pipeline` encodes the prompts), for
+    a retrieval-augmented model (`config.num_neighbors`). With `leave_one_out`, for a dataset drawn from that corpus
+    (the training data), a row never reads a pair with its own prompt, so never its own target (REDCODER's
+    leave-one-out)."""
     if "prompt" not in dataset.column_names:
         raise ValueError("add_neighbors retrieves by prompt: the dataset has no 'prompt' column.")
     rows = []
     for start in range(0, len(dataset), batch_size):
         prompts = dataset[start : start + batch_size]["prompt"]
-        found = retriever.retrieve(prompts, num_neighbors, exclude=prompts if leave_one_out else None)
+        exclude = prompts if leave_one_out else None
+        found = retriever.retrieve(prompts, num_neighbors, exclude=exclude, pipeline=pipeline)
         rows += tokenize_neighbors(found, code_tokenizer, max_code_length)
     return dataset.add_column(NEIGHBORS_COLUMN, rows)
 

@@ -21,7 +21,7 @@ from transformers import FeatureExtractionMixin
 from .hub_codefusion import check_readable
 from .tokenization_codefusion import vocabulary_sha256
 
-MODES = ("bm25", "dense")
+RETRIEVAL_MODES = ("bm25", "dense")
 CONFIG_NAME = "retriever_config.json"
 CORPUS_FOLDER = "corpus"
 BM25_FOLDER = "bm25"
@@ -97,8 +97,8 @@ class CodeFusionRetriever(FeatureExtractionMixin):
                 pipeline that retrieves must have the same ones (checked at each retrieval).
             batch_size: Prompts encoded at a time in dense mode.
         """
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        if mode not in RETRIEVAL_MODES:
+            raise ValueError(f"mode must be one of {RETRIEVAL_MODES}, got {mode!r}.")
         if not isinstance(dataset, Dataset):
             raise ValueError(
                 f"dataset must be a datasets.Dataset of prompt/code pairs, got a {type(dataset).__name__}."
@@ -303,8 +303,8 @@ class CodeFusionRetriever(FeatureExtractionMixin):
         with open(config_file) as f:
             config = json.load(f)
         mode = config.get("mode")
-        if mode not in MODES:
-            raise OSError(f"{config_file}: 'mode' must be one of {MODES}, got {mode!r}.")
+        if mode not in RETRIEVAL_MODES:
+            raise OSError(f"{config_file}: 'mode' must be one of {RETRIEVAL_MODES}, got {mode!r}.")
         index_files = [os.path.join(BM25_FOLDER, name) for name in BM25_FILES] if mode == "bm25" else [FAISS_FILE]
         for name in [os.path.join(CORPUS_FOLDER, "state.json"), *index_files]:
             if not os.path.isfile(os.path.join(folder, name)):

@@ -24,7 +24,7 @@ from .evaluation_codefusion import score_candidates
 from .modelcard_codefusion import hub_model_id
 from .modeling_codefusion import CodeFusionModel
 from .pipeline_codefusion import CodeFusionPipeline
-from .retrieval_codefusion import CodeFusionRetriever
+from .retrieval_codefusion import RETRIEVAL_MODES, CodeFusionRetriever
 from .sampling_options_codefusion import SamplingOptions
 from .scheduling_codefusion import CodeFusionScheduler
 from .training_callbacks_codefusion import (
@@ -146,6 +146,14 @@ class CodeFusionTrainingArguments(TrainingArguments):
             "(`predict_length`) samples on the predicted length plus it."
         },
     )
+    retrieval_mode: str = field(
+        default="bm25",
+        metadata={
+            "help": "For a retrieval-augmented model (config.num_neighbors) without a given retriever: the retriever "
+            "built over the training pairs, bm25 (their prompts' words) or dense (the frozen prompt encoder's pooled "
+            "states; with freeze_encoder, so that the encoder that indexed the corpus is the one saved)."
+        },
+    )
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training (saving a checkpoint) after this many minutes of this run."}
     )
@@ -195,6 +203,13 @@ class CodeFusionTrainingArguments(TrainingArguments):
         if self.loss_aware_timesteps and self.timestep_bias_strategy != "none":
             raise ValueError(
                 "loss_aware_timesteps chooses the timestep distribution itself: set timestep_bias_strategy='none'."
+            )
+        if self.retrieval_mode not in RETRIEVAL_MODES:
+            raise ValueError(f"retrieval_mode must be one of {RETRIEVAL_MODES}, got {self.retrieval_mode!r}.")
+        if self.retrieval_mode == "dense" and not self.freeze_encoder:
+            raise ValueError(
+                "retrieval_mode='dense' indexes the corpus with the prompt encoder once, before training: set "
+                "freeze_encoder=True so that it stays the encoder saved, or use retrieval_mode='bm25'."
             )
         if self.min_train_timestep < 0:
             raise ValueError(f"min_train_timestep must be at least 0, got {self.min_train_timestep}.")
@@ -361,16 +376,20 @@ class CodeFusionTrainer(StagedCheckpointsMixin, Trainer):
 
     def add_retrieval(self, config: CodeFusionConfig) -> None:
         """Give every training and evaluation row the code of its `config.num_neighbors` nearest pairs in the
-        retriever's corpus (`add_neighbors`): leave-one-out for the training rows, which the default retriever, a BM25
-        index of the training pairs, holds."""
+        retriever's corpus (`add_neighbors`): leave-one-out for the training rows, which the default retriever, an
+        index of the training pairs (`args.retrieval_mode`: BM25, or the prompt encoder's states), holds."""
+        mode = self.retriever.mode if self.retriever is not None else self.args.retrieval_mode
+        pipeline = self.make_pipeline(self.model) if mode == "dense" else None  # its prompt encoder encodes
         if self.retriever is None:
-            self.retriever = CodeFusionRetriever.from_dataset(self.train_dataset, mode="bm25")
+            self.retriever = CodeFusionRetriever.from_dataset(self.train_dataset, mode=mode, pipeline=pipeline)
         tokenizer, length = self.code_tokenizer, config.max_code_length
 
         def with_neighbors(dataset: Dataset | None, leave_one_out: bool) -> Dataset | None:
             if not isinstance(dataset, Dataset):
                 return dataset
-            return add_neighbors(dataset, self.retriever, config.num_neighbors, tokenizer, length, leave_one_out)
+            return add_neighbors(
+                dataset, self.retriever, config.num_neighbors, tokenizer, length, leave_one_out, pipeline=pipeline
+            )
 
         self.train_dataset = with_neighbors(self.train_dataset, leave_one_out=True)
         if isinstance(self.eval_dataset, dict):
