@@ -53,7 +53,7 @@ from codefusion_hf.configuration_codefusion import PRESETS
 from codefusion_hf.constants import LANGUAGE_HELP
 from codefusion_hf.data_codefusion import load_code_dataset, tokenize_dataset
 from codefusion_hf.evaluation_codefusion import generate_candidates, score_candidates, write_evaluation
-from codefusion_hf.retrieval_codefusion import CodeFusionRetriever
+from codefusion_hf.retrieval_codefusion import RETRIEVAL_MODES, CodeFusionRetriever
 from codefusion_hf.training_callbacks_codefusion import (
     TimeLimitCallback,
     check_time_budget,
@@ -114,7 +114,7 @@ class AutoregressiveModelArguments:
         metadata={
             "help": "The retriever of --num_neighbors: bm25 (the training prompts' words) or dense (the pretrained "
             "MiniLM prompt encoder's pooled states, as a dense CodeFusion retriever with the MiniLM encoder).",
-            "choices": ["bm25", "dense"],
+            "choices": list(RETRIEVAL_MODES),
         },
     )
 
