@@ -100,7 +100,7 @@ class CodeFusionPipelineHubMixin:
         try:
             pipeline = super().from_pretrained(folder, **kwargs)
         except ValueError as error:
-            if folder in str(error):
+            if str(error).startswith(folder):  # names its file already
                 raise
             raise ValueError(f"{folder}: {error}") from None
         return check_loaded_pipeline(pipeline, folder)
