@@ -106,17 +106,14 @@ def test_generation_benchmark_reports_every_setting(tiny_pipeline, code_tokenize
             )
         assert set(row["settings"]) == {
             "autoregressive, beam 5",
+            "autoregressive, beam 5, early stopping",
             "autoregressive, 5 samples",
             "codefusion, commit, 2 steps",
             "codefusion, ddim, 2 steps",
         }
         assert row["ratio_to_beam_5"]["autoregressive, beam 5"] == 1.0
         assert all(setting["flops"] > 0 and len(setting["seconds"]) == 1 for setting in row["settings"].values())
-    assert report["autoregressive_generation"] == {
-        "max_new_tokens": 3,
-        "min_new_tokens": 3,
-        "beam_early_stopping": True,
-    }
+    assert report["autoregressive_generation"] == {"max_new_tokens": 3, "min_new_tokens": 3}
     assert report["baseline_neighbors"] == 0
 
 

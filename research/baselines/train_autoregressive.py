@@ -139,6 +139,13 @@ class GenerationEvaluationArguments:
         },
     )
     num_return_sequences: int = field(default=5, metadata={"help": "Candidates per prompt (k)."})
+    early_stopping: bool = field(
+        default=False,
+        metadata={
+            "help": "--decoding beam: stop once k hypotheses have ended (generate's early_stopping=True, as the "
+            "pretrained BART checkpoints set it), instead of while a longer one could still score higher."
+        },
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (--decoding sample only)."})
     eval_output_dir: str | None = field(
         default=None, metadata={"help": "Where predictions.jsonl and metrics.json go; default output_dir/eval-..."}
@@ -380,7 +387,7 @@ def make_generate_fn(
     k = eval_args.num_return_sequences
     eos = code_tokenizer.eos_token_id
     if eval_args.decoding == "beam":
-        decoding = {"do_sample": False, "num_beams": k}
+        decoding = {"do_sample": False, "num_beams": k, "early_stopping": eval_args.early_stopping}
     else:
         decoding = {"do_sample": True, "num_beams": 1, "temperature": eval_args.temperature, "top_k": 0, "top_p": 1.0}
 
@@ -448,6 +455,7 @@ def evaluate_generation(
     metrics = score_candidates(candidates, references, eval_args.language) | {
         "decoding": eval_args.decoding,
         "num_return_sequences": eval_args.num_return_sequences,
+        "early_stopping": eval_args.early_stopping,
         "num_neighbors": model_args.num_neighbors,
         "seconds_per_prompt": seconds / len(prompts),
         "model": model_path,
