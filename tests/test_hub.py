@@ -32,6 +32,7 @@ from conftest import (
 from hub_server import HubServer
 from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_modelcard import CARD_FIELDS, python_block
 from test_training import make_trainer
@@ -47,6 +48,7 @@ from codefusion_hf import (
 from codefusion_hf.hub_codefusion import check_pipeline_folder
 from codefusion_hf.tokenization_codefusion import vocabulary_sha256
 from codefusion_hf.training_codefusion import CodeFusionTrainer
+from codefusion_hf.weights_checksum_codefusion import CHECKSUM_KEY
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CODEFUSION = str(Path(sys.executable).parent / "codefusion")
@@ -190,6 +192,41 @@ def test_model_push_and_load(hub, tiny_model, tmp_path):
     }
     assert loaded_config["encoder_config"]["vocab_size"] == config["encoder_config"]["vocab_size"]
     assert_same_weights(tiny_model, loaded)
+
+
+def test_pushed_weights_carry_their_checksum(hub, tiny_model, tmp_path):
+    """Both ways of pushing a model upload weights whose metadata holds the sha256 of their data, which a load from
+    the Hub cache checks: `push_to_hub`, and `save_pretrained(push_to_hub=True)` (the local copy carries it too)."""
+    tiny_model.push_to_hub(f"{USER}/cf-summed", token=TOKEN)
+    tiny_model.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id=f"{USER}/cf-saved", token=TOKEN)
+    cache = tmp_path / "cache"
+    pushed = [
+        hf_hub_download(f"{USER}/{name}", "model.safetensors", cache_dir=cache) for name in ("cf-summed", "cf-saved")
+    ]
+    for path in [*pushed, tmp_path / "local" / "model.safetensors"]:
+        with safe_open(path, "pt") as f:
+            assert len(f.metadata()[CHECKSUM_KEY]) == 64, path
+    flip_tensor_byte(Path(os.path.realpath(pushed[1])))  # the cached blob, damaged on disk
+    with pytest.raises(OSError, match="model.safetensors is damaged"):
+        CodeFusionModel.from_pretrained(f"{USER}/cf-saved", cache_dir=tmp_path / "cache")
+
+
+def test_a_resave_in_another_layout_leaves_no_earlier_weights(tiny_pipeline, tmp_path):
+    """Sharded after unsharded, then unsharded again: the staged save removes the earlier save's weight files of the
+    same variant, as transformers does when it saves in place, so what loads is the last save."""
+    tiny_pipeline.save_pretrained(tmp_path, model_card=False)
+    changed = CodeFusionPipeline(**tiny_pipeline.components)
+    with torch.no_grad():
+        changed.model.lm_head.bias.add_(1.0)
+    changed.save_pretrained(tmp_path, model_card=False, max_shard_size="100KB")
+    names = sorted(path.name for path in (tmp_path / "model").iterdir() if "safetensors" in path.name)
+    assert "model.safetensors" not in names and "model.safetensors.index.json" in names and len(names) > 2
+    assert_same_weights(CodeFusionPipeline.from_pretrained(tmp_path).model, changed.model)
+    tiny_pipeline.save_pretrained(tmp_path, model_card=False)
+    assert sorted(path.name for path in (tmp_path / "model").iterdir() if "safetensors" in path.name) == [
+        "model.safetensors"
+    ]
+    assert_same_weights(CodeFusionPipeline.from_pretrained(tmp_path).model, tiny_pipeline.model)
 
 
 def test_tokenizer_push_and_load(hub, code_tokenizer, tmp_path):

@@ -1,4 +1,5 @@
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from codefusion_hf.weights_checksum_codefusion import (
     read_header,
     record_checksum,
     saved_weight_files,
+    stale_weight_files,
 )
 
 TENSORS = {"b.weight": torch.arange(12.0).view(3, 4), "a.bias": torch.ones(5, dtype=torch.bfloat16)}
@@ -50,11 +52,28 @@ def test_a_flipped_byte_is_refused_naming_the_file_and_a_file_without_checksum_i
         check_checksum(str(path))
 
 
-def test_saved_weight_files_finds_the_single_file_the_variant_or_the_shards(tmp_path):
+def test_saved_weight_files_finds_the_single_file_the_variant_or_the_shards(tiny_model, tmp_path):
     assert saved_weight_files(str(tmp_path)) == []
     saved(tmp_path / "model.fp16.safetensors")
     assert saved_weight_files(str(tmp_path), "fp16") == [str(tmp_path / "model.fp16.safetensors")]
     assert saved_weight_files(str(tmp_path)) == []
+    tiny_model.save_pretrained(tmp_path / "sharded", variant="fp16", max_shard_size="100KB")
+    shards = saved_weight_files(str(tmp_path / "sharded"), "fp16")  # listed by model.safetensors.index.fp16.json
+    assert len(shards) > 1 and all(re.fullmatch(r"model\.fp16-\d+-of-\d+\.safetensors", Path(s).name) for s in shards)
+    for path in shards:
+        with safe_open(path, "pt") as f:
+            assert len(f.metadata()[CHECKSUM_KEY]) == 64
+
+
+def test_stale_weight_files_are_the_earlier_saves_of_the_same_variant(tmp_path):
+    for name in ["model.safetensors", "model.fp16.safetensors", "model-00001-of-00002.safetensors", "config.json"]:
+        (tmp_path / name).write_text("")
+    written = {"model-00001-of-00003.safetensors", "model.safetensors.index.json", "config.json"}
+    assert stale_weight_files(str(tmp_path), written) == [
+        str(tmp_path / "model-00001-of-00002.safetensors"),
+        str(tmp_path / "model.safetensors"),
+    ]  # the fp16 variant's weights and files of another name stay
+    assert stale_weight_files(str(tmp_path), {"config.json"}) == []
 
 
 def test_a_saved_model_carries_the_checksum_in_every_shard(tiny_model, tmp_path):

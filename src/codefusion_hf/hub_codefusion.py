@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from .modelcard_codefusion import create_model_card, save_model_card
 from .tokenization_codefusion import vocabulary_sha256
+from .weights_checksum_codefusion import stale_weight_files
 
 logger = logging.get_logger(__name__)
 
@@ -186,7 +187,8 @@ def staged_save(folder: str) -> Iterator[str]:
     """A staging folder inside `folder` to save a pipeline into. Once the block ends without error, its files replace
     their namesakes in `folder` one by one, model_index.json removed first and put back last: a save cut short
     leaves a folder that does not load as a pipeline (no model_index.json) rather than one that mixes two saves.
-    Files of `folder` the save does not write (Trainer checkpoints, another variant's weights) stay."""
+    An earlier save's weight files of the variant saved go (as transformers removes them); the other files of
+    `folder` the save does not write (Trainer checkpoints, another variant's weights) stay."""
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):  # left by a save that was killed
         if name.startswith(STAGING_PREFIX):
@@ -198,6 +200,9 @@ def staged_save(folder: str) -> Iterator[str]:
         if os.path.exists(index_file):
             os.remove(index_file)
         for root, _, files in os.walk(staging_dir):
+            target_dir = os.path.join(folder, os.path.relpath(root, staging_dir))
+            for stale in stale_weight_files(target_dir, set(files)) if os.path.isdir(target_dir) else []:
+                os.remove(stale)  # an earlier save's shards, which transformers removes only where it writes
             for name in files:
                 source = os.path.join(root, name)
                 if source != os.path.join(staging_dir, "model_index.json"):

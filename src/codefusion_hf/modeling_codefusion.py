@@ -381,7 +381,6 @@ def build_encoder(encoder_config, pretrained_name_or_path: str | None = None, **
 # The logger of transformers' load report: a table of the tensors loaded wrongly, which says they were "newly
 # initialized". `CodeFusionPreTrainedModel.from_pretrained` raises on those instead, in one message.
 LOADING_LOGGER = logging.getLogger("transformers.modeling_utils")
-PUSH_ARGUMENTS = ("repo_id", "commit_message", "private", "token", "create_pr")
 
 
 @contextmanager
@@ -451,27 +450,34 @@ class CodeFusionPreTrainedModel(PreTrainedModel):
     def save_pretrained(  # max_shard_size and variant by name: diffusers passes them only to a signature with them
         self,
         save_directory: str | os.PathLike,
+        is_main_process: bool = True,
         push_to_hub: bool = False,
         max_shard_size: int | str = "50GB",
         variant: str | None = None,
         **kwargs,
     ) -> None:
         """As transformers', with the sha256 of the tensor data written into each safetensors file's metadata, which
-        `from_pretrained` checks. With `push_to_hub=True` the push goes through `push_to_hub` afterwards (`repo_id`,
-        `commit_message`, `private`, `token`, `create_pr` are passed there), so the pushed files carry it too."""
-        push_kwargs = {name: kwargs.pop(name) for name in PUSH_ARGUMENTS if name in kwargs} if push_to_hub else {}
-        if push_to_hub and variant:
-            raise ValueError(
-                "push_to_hub=True with a variant: push_to_hub uploads the default weights only. Save the variant with "
-                "push_to_hub=False, then upload the folder with huggingface_hub.upload_folder."
-            )
-        super().save_pretrained(save_directory, max_shard_size=max_shard_size, variant=variant, **kwargs)
-        if kwargs.get("is_main_process", True):
+        `from_pretrained` checks (a push writes it before uploading: `_upload_modified_files`)."""
+        super().save_pretrained(
+            save_directory,
+            is_main_process=is_main_process,
+            push_to_hub=push_to_hub,
+            max_shard_size=max_shard_size,
+            variant=variant,
+            **kwargs,
+        )
+        if not push_to_hub and self.should_save_on_this_rank(is_main_process):  # where transformers wrote them
             for path in saved_weight_files(str(save_directory), variant):
                 record_checksum(path)
-        if push_to_hub:
-            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            self.push_to_hub(repo_id, **push_kwargs)
+
+    def _upload_modified_files(self, working_dir: str | os.PathLike, repo_id: str, files_timestamps, **kwargs):
+        """transformers' upload of the files a save wrote (`save_pretrained(push_to_hub=True)`, `push_to_hub`), each
+        new safetensors file given its checksum first, so that the Hub's copy carries it too."""
+        for name in os.listdir(working_dir):
+            path = os.path.join(working_dir, name)
+            if name.endswith(".safetensors") and files_timestamps.get(name) != os.path.getmtime(path):
+                record_checksum(path, unless_recorded=True)
+        return super()._upload_modified_files(working_dir, repo_id, files_timestamps, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs):
