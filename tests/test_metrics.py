@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from conftest import PAIRS
 
@@ -253,9 +255,10 @@ def test_evaluate_pipeline_hands_each_batch_its_prompts_drafts(overfit_pipeline)
         evaluate_pipeline(overfit_pipeline, prompts, codes, init_code=["ls"])
 
 
-def test_write_evaluation_replaces_both_files_or_neither(tmp_path):
-    """Both files are serialised before either is written, each renamed into place: an evaluation whose metrics do
-    not serialise leaves the earlier predictions.jsonl and metrics.json as they were, and no partial file."""
+def test_write_evaluation_never_leaves_new_predictions_beside_old_metrics(tmp_path):
+    """Both files are serialised before either is written, each renamed into place, the old metrics removed first:
+    metrics that do not serialise leave the earlier pair as it was, and no partial file."""
+    from codefusion_hf import evaluation_codefusion
     from codefusion_hf.evaluation_codefusion import write_evaluation
 
     write_evaluation(str(tmp_path), ["p"], ["ls"], [["ls", "ls -l"]], [[0.0, -1.0]], {"exact_match@1": 1.0})
@@ -264,3 +267,14 @@ def test_write_evaluation_replaces_both_files_or_neither(tmp_path):
     with pytest.raises(TypeError, match="not JSON serializable"):
         write_evaluation(str(tmp_path), ["q"], ["df"], [["du"]], [[0.0]], {"machine": object()})
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == before
+    written = []  # a run killed after the predictions: no metrics.json beside them, rather than the old one
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluation_codefusion, "write_atomically", lambda path, text: written.append(path) or kill())
+        with pytest.raises(KeyboardInterrupt):
+            write_evaluation(str(tmp_path), ["q"], ["df"], [["du"]], [[0.0]], {"exact_match@1": 0.0})
+    assert [os.path.basename(path) for path in written] == ["predictions.jsonl"]
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def kill():
+    raise KeyboardInterrupt

@@ -213,9 +213,10 @@ def write_evaluation(
     scores: list[list[float]],
     metrics: dict,
 ) -> None:
-    """Write predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json to `output_dir`, each
-    both serialised first and each renamed into place once written: a failure or a run killed meanwhile leaves the
-    old files, never a part of one."""
+    """Write predictions.jsonl (prompt, reference, ranked candidates, scores) and metrics.json to `output_dir`:
+    both serialised first, each renamed into place once written, and an old metrics.json removed before the new
+    predictions go in, so a failure leaves the old pair and a run killed between the two renames leaves no
+    metrics.json, never new predictions beside old metrics, nor a part of a file."""
     rows = zip(prompts, references, candidates, scores)
     predictions = "".join(
         json.dumps({"prompt": prompt, "reference": reference, "candidates": codes, "scores": code_scores}) + "\n"
@@ -223,8 +224,11 @@ def write_evaluation(
     )
     metrics_text = json.dumps(metrics, indent=2)
     os.makedirs(output_dir, exist_ok=True)
+    metrics_file = os.path.join(output_dir, "metrics.json")
+    if os.path.exists(metrics_file):
+        os.remove(metrics_file)
     write_atomically(os.path.join(output_dir, "predictions.jsonl"), predictions)
-    write_atomically(os.path.join(output_dir, "metrics.json"), metrics_text)
+    write_atomically(metrics_file, metrics_text)
 
 
 __all__ = ["evaluate_file", "evaluate_pipeline", "generate_candidates", "score_candidates", "write_evaluation"]

@@ -103,7 +103,7 @@ class CodeFusionPipelineHubMixin:
         except ValueError as error:
             if str(error).startswith(folder):  # names its file already
                 raise
-            raise ValueError(f"{folder}: {error}") from None
+            raise ValueError(f"{folder}: {error}") from error
         return check_loaded_pipeline(pipeline, folder)
 
     def save_pretrained(
@@ -218,9 +218,14 @@ def write_atomically(path: str, text: str) -> None:
     """Write `text` to `path` through a file beside it renamed into place: a reader, or a run killed meanwhile, sees
     the old file or the new one, never a part."""
     staged = f"{path}.tmp"
-    with open(staged, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(staged, path)
+    try:
+        with open(staged, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(staged, path)
+    except BaseException:
+        if os.path.exists(staged):
+            os.remove(staged)
+        raise
 
 
 def check_loaded_pipeline(pipeline: DiffusionPipeline, folder: str) -> DiffusionPipeline:
