@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PAIRS
+import torch
+from conftest import PAIRS, make_pipeline, tiny_config
 from datasets import Dataset
 
-from codefusion_hf import CodeFusionPipeline, CodeFusionRetriever
+from codefusion_hf import CodeFusionModel, CodeFusionRetriever
 from codefusion_hf.cli import build_parser
 from codefusion_hf.demo_codefusion import MAX_CANDIDATES, generate_frames, render_frame, request_problem
 
@@ -69,13 +70,27 @@ def test_the_pipeline_refusing_a_request_is_a_message_too(overfit_pipeline):
     assert "num_inference_steps must be an integer from 1 to" in output[0] and output[1:] == ("", "", "")
 
 
-def test_a_pipeline_with_a_retriever_shows_the_pairs_it_retrieved(overfit_pipeline):
-    pipe = CodeFusionPipeline(**overfit_pipeline.components)
+def test_the_pairs_a_retrieval_augmented_model_read_are_shown(code_tokenizer):
+    """The call's own retrieval (`output.neighbors`), the model's `num_neighbors` of it; none for a model that reads
+    none, even with a retriever."""
+    torch.manual_seed(0)
+    pipe = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer, num_neighbors=2)), code_tokenizer)
     pipe.retriever = CodeFusionRetriever.from_dataset(
         Dataset.from_dict({"prompt": [p for p, _ in PAIRS], "code": [c for _, c in PAIRS]})
     )
     *_, (_, _, _, neighbours) = generate_frames(pipe, "show disk usage", 2, 3, "committing", 0, frame_seconds=0)
-    assert neighbours.count('class="cf-neighbour"') == 3 and "<code>df -h</code>" in neighbours
+    assert neighbours.count('class="cf-neighbour"') == 2 and "<code>df -h</code>" in neighbours
+    plain = make_pipeline(CodeFusionModel(tiny_config(code_tokenizer)), code_tokenizer)
+    plain.retriever = pipe.retriever
+    *_, (_, _, _, neighbours) = generate_frames(plain, "show disk usage", 2, 3, "committing", 0, frame_seconds=0)
+    assert neighbours == ""
+
+
+def test_a_language_without_a_syntax_check_shows_no_parse_column(overfit_pipeline):
+    *_, (_, _, candidates, _) = generate_frames(
+        overfit_pipeline, PAIRS[0][0], 2, 3, "DDIM", 0, language="other", frame_seconds=0
+    )
+    assert candidates.count('class="cf-candidate"') == 2 and "parses as" not in candidates
 
 
 def test_the_command_line_takes_a_model_host_and_port():

@@ -36,7 +36,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_modelcard import CARD_FIELDS, python_block
 from test_training import make_trainer
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from tokenizers import Tokenizer
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, TrainerCallback
 
 from codefusion_hf import (
     CodeFusionCommitScheduler,
@@ -46,7 +47,7 @@ from codefusion_hf import (
     CodeFusionScheduler,
 )
 from codefusion_hf.hub_codefusion import check_pipeline_folder
-from codefusion_hf.tokenization_codefusion import vocabulary_sha256
+from codefusion_hf.tokenization_codefusion import SPECIAL_TOKENS, vocabulary_sha256
 from codefusion_hf.training_codefusion import CodeFusionTrainer
 from codefusion_hf.weights_checksum_codefusion import CHECKSUM_KEY
 
@@ -743,7 +744,16 @@ def test_a_saved_pipeline_records_its_tokenizer_vocabulary(tiny_pipeline, tmp_pa
     tiny_pipeline.save_pretrained(tmp_path, model_card=False)
     saved = json.loads((tmp_path / "model" / "config.json").read_text())["code_vocabulary_sha256"]
     assert saved == vocabulary_sha256(tiny_pipeline.tokenizer) and len(saved) == 64
-    assert CodeFusionPipeline.from_pretrained(tmp_path).model.config.code_vocabulary_sha256 == saved
+    model = CodeFusionPipeline.from_pretrained(tmp_path).model
+    assert model.config.code_vocabulary_sha256 == saved
+    swapped = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")  # same size, two ids traded
+    vocab = json.loads(swapped.backend_tokenizer.to_str())
+    swap_token_ids(vocab)
+    swapped = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(vocab)), **SPECIAL_TOKENS)
+    with pytest.raises(ValueError, match="maps tokens to other ids than the one saved with the model"):
+        CodeFusionPipeline(model=model, scheduler=tiny_pipeline.scheduler, tokenizer=swapped)
+    model.resize_token_embeddings(len(tiny_pipeline.tokenizer) + 2)  # a new vocabulary on purpose
+    assert model.config.code_vocabulary_sha256 is None
 
 
 def test_loading_with_incorrect_variants_raises_error(tiny_pipeline, tmp_path):
@@ -887,8 +897,8 @@ DAMAGED_PIPELINES = {
     ),
     "tokenizer ids swapped": (
         edit_json("tokenizer/tokenizer.json", swap_token_ids),
-        r"tokenizer/tokenizer\.json maps tokens to other ids than the tokenizer saved with the model \(.*model/config"
-        r"\.json: code_vocabulary_sha256 [0-9a-f]{64}\)",
+        r"The tokenizer maps tokens to other ids than the one saved with the model \(model\.config\."
+        r"code_vocabulary_sha256 [0-9a-f]{64}; in a saved pipeline tokenizer/tokenizer\.json against model/config",
     ),
     "unknown pad token": (
         set_key(TOKENIZER, "pad_token", "<nosuch>"),

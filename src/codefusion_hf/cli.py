@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .sampling_options_codefusion import SamplingOptions
 
 # Errors a user can cause (bad path, bad argument, unknown repo): reported as one line, exit code 2.
-USER_ERRORS = (ValueError, OSError, HfHubHTTPError, ImportError)  # ImportError: an extra not installed
+USER_ERRORS = (ValueError, OSError, HfHubHTTPError)
 MEMORY_HINT = "not enough memory for this many candidates: lower -k or the number of prompts (evaluate: --batch-size)."
 
 
@@ -301,6 +301,10 @@ def push(args: argparse.Namespace) -> None:
 def demo(args: argparse.Namespace) -> None:
     from .demo_codefusion import launch_demo
 
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise OSError("codefusion demo needs Gradio: pip install 'codefusion-hf[demo]'.") from None
     launch_demo(args.model, host=args.host, port=args.port, language=args.language)
 
 

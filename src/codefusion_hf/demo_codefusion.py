@@ -1,6 +1,6 @@
 """The Gradio demo of a saved pipeline: a prompt in, every candidate's canvas shown step by step as it settles (the
 tokens that changed at that step highlighted), then the ranked candidates with their scores and whether they parse,
-and the retrieved pairs when the pipeline has a retriever. `codefusion demo MODEL` and `examples/demo/app.py` (a
+and the retrieved pairs a retrieval-augmented model read. `codefusion demo MODEL` and `examples/demo/app.py` (a
 Hugging Face Space) launch it; it needs the `demo` extra (`pip install codefusion-hf[demo]`)."""
 
 import html
@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 
+from .constants import SYNTAX_LANGUAGES
 from .metrics import is_valid_syntax
 from .sampling_options_codefusion import SamplingOptions
 
@@ -45,28 +46,29 @@ def render_frame(step: int, num_steps: int, timestep: int, codes: list[str], pre
 
 
 def render_candidates(codes: list[str], scores: list[float], language: str) -> str:
-    """The ranked candidates as an HTML table: rank, code, ranking score and whether the code parses."""
+    """The ranked candidates as an HTML table: rank, code, ranking score and, for a language with a syntax check,
+    whether the code parses."""
+    checked = language in SYNTAX_LANGUAGES
     rows = "".join(
         f'<tr class="cf-candidate"><td>{rank}</td><td><code>{html.escape(code)}</code></td><td>{score:.3f}</td>'
-        f"<td>{'yes' if is_valid_syntax(code, language) else 'no'}</td></tr>"
+        + (f"<td>{'yes' if is_valid_syntax(code, language) else 'no'}</td>" if checked else "")
+        + "</tr>"
         for rank, (code, score) in enumerate(zip(codes, scores), start=1)
     )
-    header = f"<tr><th>rank</th><th>code</th><th>score</th><th>parses as {html.escape(language)}</th></tr>"
-    return f'<table class="cf-table">{header}{rows}</table>'
+    parses = f"<th>parses as {html.escape(language)}</th>" if checked else ""
+    return f'<table class="cf-table"><tr><th>rank</th><th>code</th><th>score</th>{parses}</tr>{rows}</table>'
 
 
-def render_neighbours(pipe, prompt: str) -> str:
-    """The retrieved pairs the pipeline reads (its `config.num_neighbors` nearest, or 3 when it only drafts from
-    them), as HTML; empty without a retriever."""
-    if pipe.retriever is None:
-        return ""
-    k = min(pipe.model.config.num_neighbors or 3, pipe.retriever.num_rows)
-    found = pipe.retriever.retrieve([prompt], k, pipeline=pipe)[0]
+def render_neighbours(neighbours: list | None, num_read: int) -> str:
+    """The retrieved pairs a call used (`output.neighbors` of one prompt): the first `num_read`, those a
+    retrieval-augmented model reads, as HTML; empty when the call used none."""
     rows = "".join(
         f'<tr class="cf-neighbour"><td>{html.escape(pair.prompt)}</td><td><code>{html.escape(pair.code)}</code></td>'
         f"<td>{pair.score:.3f}</td></tr>"
-        for pair in found
+        for pair in (neighbours or [])[:num_read]
     )
+    if not rows:
+        return ""
     return f'<table class="cf-table"><tr><th>retrieved prompt</th><th>its code</th><th>score</th></tr>{rows}</table>'
 
 
@@ -107,11 +109,11 @@ def generate_frames(
     sampling_pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(sampling_pipe.device).manual_seed(int(seed or 0))
     try:
-        neighbours = render_neighbours(sampling_pipe, prompt.strip())
         output = sampling_pipe(prompt.strip(), generator=generator, return_trajectory=True, **options.call_kwargs())
     except ValueError as error:  # a request the pipeline refuses (e.g. more steps than the model was trained on)
         yield f"**{error}**", "", "", ""
         return
+    neighbours = render_neighbours(output.neighbors and output.neighbors[0], pipe.model.config.num_neighbors)
     previous = None
     for entry in output.trajectory:
         codes = entry["code"][0]
@@ -130,10 +132,16 @@ def build_demo(pipeline, language: str = "bash", frame_seconds: float = 0.2):
         import gradio as gr
     except ImportError:
         raise ImportError("The demo needs Gradio: pip install 'codefusion-hf[demo]'.") from None
+    import torch
+
     from .pipeline_codefusion import CodeFusionPipeline
 
-    pipe = pipeline if isinstance(pipeline, CodeFusionPipeline) else CodeFusionPipeline.from_pretrained(pipeline)
-    name = pipe.name_or_path or "a CodeFusion pipeline"
+    if isinstance(pipeline, CodeFusionPipeline):
+        pipe, name = pipeline, pipeline.name_or_path or "a CodeFusion pipeline"
+    else:  # named as given: a Hub repo id loads from a snapshot folder named by its commit
+        pipe, name = CodeFusionPipeline.from_pretrained(pipeline), str(pipeline)
+        if torch.cuda.is_available():
+            pipe = pipe.to("cuda")
     name = os.path.basename(os.path.normpath(name)) if os.path.isabs(name) else name  # a folder by its name
 
     def generate(prompt, num_candidates, num_steps, sampler, seed):

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from typing import Any, get_type_hints
 
 import httpx2  # huggingface_hub's HTTP client: its transport errors mean the Hub endpoint could not be reached
-from diffusers import DiffusionPipeline
 from diffusers.utils import logging
 from huggingface_hub import CommitInfo, constants, create_repo, hf_hub_download, snapshot_download, upload_folder
 from huggingface_hub.dataclasses import type_validator
@@ -96,15 +95,14 @@ class CodeFusionPipelineHubMixin:
     @classmethod
     def load_folder(cls, folder: str, **kwargs) -> "CodeFusionPipelineHubMixin":
         """diffusers' load of a checked local folder; a component that does not fit the others (the pipeline's
-        `__init__` checks) raises a `ValueError` naming the folder, and a tokenizer that is not the one saved with
-        the model an `OSError`."""
+        `__init__` checks, e.g. a tokenizer that is not the one saved with the model) raises a `ValueError` naming
+        the folder."""
         try:
-            pipeline = super().from_pretrained(folder, **kwargs)
+            return super().from_pretrained(folder, **kwargs)
         except ValueError as error:
             if str(error).startswith(folder):  # names its file already
                 raise
             raise ValueError(f"{folder}: {error}") from error
-        return check_loaded_pipeline(pipeline, folder)
 
     def save_pretrained(
         self,
@@ -226,19 +224,6 @@ def write_atomically(path: str, text: str) -> None:
         if os.path.exists(staged):
             os.remove(staged)
         raise
-
-
-def check_loaded_pipeline(pipeline: DiffusionPipeline, folder: str) -> DiffusionPipeline:
-    """`pipeline`, loaded from `folder`, unless its tokenizer maps tokens to other ids than the one saved with its
-    model (`config.code_vocabulary_sha256`): then an `OSError` naming both files."""
-    expected = pipeline.model.config.code_vocabulary_sha256
-    if expected is not None and vocabulary_sha256(pipeline.tokenizer) != expected:
-        raise OSError(
-            f"{os.path.join(folder, 'tokenizer', 'tokenizer.json')} maps tokens to other ids than the tokenizer saved "
-            f"with the model ({os.path.join(folder, 'model', 'config.json')}: code_vocabulary_sha256 {expected}), so "
-            "the model's code would be decoded wrong. Restore the tokenizer saved with this model."
-        )
-    return pipeline
 
 
 def card_fields(model_card: bool | dict[str, Any], repo_id: str | os.PathLike) -> dict[str, Any]:

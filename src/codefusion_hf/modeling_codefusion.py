@@ -715,9 +715,12 @@ class CodeFusionModel(CodeFusionPreTrainedModel):
         inside the noise), indistinguishable to the denoiser and to rounding. With `mean_resizing` (the default) the
         added embeddings are drawn from the old ones' mean and covariance and then centred on that mean, so that
         they average to it as transformers' do; without it they start as the model initialises the code embedding
-        (`config.code_embedding_init_std`). The head's added rows are transformers'."""
+        (`config.code_embedding_init_std`). The head's added rows are transformers'. The recorded tokenizer
+        vocabulary (`config.code_vocabulary_sha256`) is cleared: the next pipeline save records the new one."""
         old_num_tokens = self.get_input_embeddings().num_embeddings
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if embeddings.num_embeddings != old_num_tokens:
+            self.config.code_vocabulary_sha256 = None
         added = embeddings.num_embeddings - old_num_tokens
         if added > 0:
             with torch.no_grad():

@@ -589,7 +589,7 @@ class CodeFusionPipeline(CodeFusionPipelineHubMixin, CodeFusionRetrievalMixin, D
         if not return_dict:
             return (code, ranked_scores, trajectory or None)
         return CodeFusionPipelineOutput(
-            code=code, scores=ranked_scores, trajectory=trajectory or None, settings=options
+            code=code, scores=ranked_scores, trajectory=trajectory or None, settings=options, neighbors=found
         )
 
 

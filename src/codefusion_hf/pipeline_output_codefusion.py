@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.utils import BaseOutput
 
+from .retrieval_codefusion import Neighbour
 from .sampling_options_codefusion import SamplingOptions
 
 
@@ -21,12 +22,16 @@ class CodeFusionPipelineOutput(BaseOutput):
         settings: The [`SamplingOptions`] the call ran with, every choice it left to the pipeline made (the rounding,
             code length, length beam, strength and whether the scheduler commits tokens), e.g. to record with
             results.
+        neighbors: With a retriever that the call used (a retrieval-augmented model, or `draft_candidates`): for
+            each prompt, the corpus pairs retrieved for it, nearest first (the model reads the first
+            `config.num_neighbors`, drafts start from the first `draft_candidates`); None otherwise.
     """
 
     code: list[list[str]] | torch.Tensor
     scores: list[list[float]]
     trajectory: list[dict] | None = None
     settings: SamplingOptions | None = None
+    neighbors: list[list[Neighbour]] | None = None
 
 
 __all__ = ["CodeFusionPipelineOutput"]

@@ -63,13 +63,22 @@ def vocabulary_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def check_code_tokenizer(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:
-    """Raise a `ValueError` unless `tokenizer` fits a model of `config`: as many tokens as its vocabulary, and the
-    special ids the model pads, starts, ends and masks with are the tokenizer's (an id inside the vocabulary but of
-    another token would pad with a real token, or stop at the wrong one, in silence)."""
+    """Raise a `ValueError` unless `tokenizer` fits a model of `config`: as many tokens as its vocabulary, the
+    vocabulary recorded when the model was saved in a pipeline (`config.code_vocabulary_sha256`, when set: a
+    tokenizer.json with two ids swapped would decode those tokens wrong), and the special ids the model pads,
+    starts, ends and masks with are the tokenizer's (an id inside the vocabulary but of another token would pad
+    with a real token, or stop at the wrong one, in silence)."""
     if len(tokenizer) != config.vocab_size:
         raise ValueError(
             f"tokenizer has {len(tokenizer)} tokens but model.config.vocab_size is {config.vocab_size}: "
             "use the code tokenizer the model was built for."
+        )
+    expected = getattr(config, "code_vocabulary_sha256", None)
+    if expected is not None and vocabulary_sha256(tokenizer) != expected:
+        raise ValueError(
+            "The tokenizer maps tokens to other ids than the one saved with the model (model.config."
+            f"code_vocabulary_sha256 {expected}; in a saved pipeline tokenizer/tokenizer.json against "
+            "model/config.json), so the model's code would be decoded wrong: use the tokenizer saved with it."
         )
     for name in SPECIAL_TOKEN_IDS:
         expected = getattr(tokenizer, name, None)

@@ -151,7 +151,8 @@ class CodeFusionTrainingArguments(TrainingArguments):
         metadata={
             "help": "For a retrieval-augmented model (config.num_neighbors) without a given retriever: the retriever "
             "built over the training pairs, bm25 (their prompts' words) or dense (the frozen prompt encoder's pooled "
-            "states; with freeze_encoder, so that the encoder that indexed the corpus is the one saved)."
+            "states; with freeze_encoder, so that the encoder that indexed the corpus is the one saved).",
+            "choices": list(RETRIEVAL_MODES),
         },
     )
     max_train_minutes: float | None = field(
@@ -206,11 +207,6 @@ class CodeFusionTrainingArguments(TrainingArguments):
             )
         if self.retrieval_mode not in RETRIEVAL_MODES:
             raise ValueError(f"retrieval_mode must be one of {RETRIEVAL_MODES}, got {self.retrieval_mode!r}.")
-        if self.retrieval_mode == "dense" and not self.freeze_encoder:
-            raise ValueError(
-                "retrieval_mode='dense' indexes the corpus with the prompt encoder once, before training: set "
-                "freeze_encoder=True so that it stays the encoder saved, or use retrieval_mode='bm25'."
-            )
         if self.min_train_timestep < 0:
             raise ValueError(f"min_train_timestep must be at least 0, got {self.min_train_timestep}.")
         if self.timestep_bias_multiplier <= 0:
@@ -380,6 +376,11 @@ class CodeFusionTrainer(StagedCheckpointsMixin, Trainer):
         index of the training pairs (`args.retrieval_mode`: BM25, or the prompt encoder's states), holds."""
         mode = self.retriever.mode if self.retriever is not None else self.args.retrieval_mode
         pipeline = self.make_pipeline(self.model) if mode == "dense" else None  # its prompt encoder encodes
+        if mode == "dense" and not self.args.freeze_encoder:
+            raise ValueError(
+                "A dense retriever indexes the corpus with the prompt encoder once, before training: set "
+                "freeze_encoder=True so that it stays the encoder saved, or use retrieval_mode='bm25'."
+            )
         if self.retriever is None:
             self.retriever = CodeFusionRetriever.from_dataset(self.train_dataset, mode=mode, pipeline=pipeline)
         tokenizer, length = self.code_tokenizer, config.max_code_length
