@@ -1,6 +1,7 @@
 """The Gradio demo (`codefusion demo`, examples/demo): its frames and refusals, and the page in a real browser: the
 system's Chromium (Debian's `chromium`), headless, driven by playwright."""
 
+import json
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,12 @@ def test_a_frame_marks_the_pieces_that_changed_since_the_step_before():
 )
 def test_a_request_the_page_cannot_serve_gets_a_message(prompt, k, steps, message):
     assert message in request_problem(prompt, k, steps)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 0.5, None])
+def test_a_seed_torch_cannot_take_gets_a_message(overfit_pipeline, seed):
+    (output,) = generate_frames(overfit_pipeline, "list all files", 2, 3, "DDIM", seed)
+    assert "The seed must be a whole number from 0 to 2**63 - 1" in output[0]
 
 
 def test_the_frames_show_every_step_then_the_ranked_candidates(overfit_pipeline):
@@ -107,6 +115,43 @@ def test_the_space_folder_is_a_gradio_space():
     assert "codefusion-hf[demo]" in (ROOT / "examples" / "demo" / "requirements.txt").read_text()
 
 
+def test_codefusion_demo_serves_the_page(overfit_pipeline, tmp_path):
+    """`codefusion demo MODEL --port P` serves the app: its page's configuration answers, titled CodeFusion."""
+    overfit_pipeline.save_pretrained(tmp_path / "pipeline", model_card=False)
+    port, log = free_port(), tmp_path / "server.log"
+    command = [sys.executable, "-m", "codefusion_hf.cli", "demo", str(tmp_path / "pipeline"), "--port", str(port)]
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=output, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    try:
+        wait_for(port, server, log)
+        config = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30).read())
+        assert config["title"] == "CodeFusion"  # the app's own page, as Gradio describes it to the browser
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_the_space_without_a_pipeline_says_how_to_give_it_one(tmp_path):
+    """app.py with no pipeline/ folder and no CODEFUSION_MODEL builds a page that says what to do, not a crash."""
+    env = os.environ | {"CODEFUSION_MODEL": str(tmp_path / "nothing"), "HF_HUB_OFFLINE": "1"}
+    code = "import runpy; app = runpy.run_path('examples/demo/app.py'); print(type(app['demo']).__name__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "Blocks", done.stderr
+
+
+def wait_for(port: int, server: subprocess.Popen, log: Path) -> None:
+    """Until a server answers on `port` (two minutes at most, and only while it runs)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -128,14 +173,7 @@ def served_demo(overfit_pipeline, tmp_path):
             [sys.executable, str(ROOT / "examples" / "demo" / "app.py")], env=env, stdout=output, stderr=output
         )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.5)
+        wait_for(port, server, log)
         yield f"http://127.0.0.1:{port}", log
     finally:
         server.terminate()

@@ -72,7 +72,9 @@ def render_neighbours(neighbours: list | None, num_read: int) -> str:
     return f'<table class="cf-table"><tr><th>retrieved prompt</th><th>its code</th><th>score</th></tr>{rows}</table>'
 
 
-def request_problem(prompt: str, num_candidates: float | None, num_steps: float | None) -> str | None:
+def request_problem(
+    prompt: str, num_candidates: float | None, num_steps: float | None, seed: float | None = 0
+) -> str | None:
     """What is wrong with a request from the page, said so that the person can fix it, or None."""
     if not prompt or not prompt.strip():
         return "Type a prompt first, e.g. *find files larger than 10 megabytes in /var/log*."
@@ -80,6 +82,8 @@ def request_problem(prompt: str, num_candidates: float | None, num_steps: float 
         return f"The number of candidates must be a whole number from 1 to {MAX_CANDIDATES}, got {num_candidates}."
     if num_steps is None or num_steps != int(num_steps) or not 1 <= num_steps <= MAX_STEPS:
         return f"The number of steps must be a whole number from 1 to {MAX_STEPS}, got {num_steps}."
+    if seed is None or seed != int(seed) or not 0 <= seed < 2**63:
+        return f"The seed must be a whole number from 0 to 2**63 - 1, got {seed}."
     return None
 
 
@@ -98,7 +102,7 @@ def generate_frames(
     `frame_seconds` apart. A request the page or the pipeline refuses gives its message, no traceback."""
     import torch
 
-    problem = request_problem(prompt, num_candidates, num_steps)
+    problem = request_problem(prompt, num_candidates, num_steps, seed)
     if problem is not None:
         yield f"**{problem}**", "", "", ""
         return
@@ -107,7 +111,7 @@ def generate_frames(
     )
     sampling_pipe = options.prepare_pipeline(pipe)  # a pipeline of the same components with the committing sampler
     sampling_pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator(sampling_pipe.device).manual_seed(int(seed or 0))
+    generator = torch.Generator(sampling_pipe.device).manual_seed(int(seed))
     try:
         output = sampling_pipe(prompt.strip(), generator=generator, return_trajectory=True, **options.call_kwargs())
     except ValueError as error:  # a request the pipeline refuses (e.g. more steps than the model was trained on)
