@@ -1,7 +1,6 @@
 """The `codefusion` command: output, exit codes, one-line errors. User mistakes run the installed command through
 subprocess; the commands that work run in this process (`cli.main`), which saves starting Python each time."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -266,12 +265,19 @@ def test_the_sampling_options_are_one_object_for_both_commands():
     from codefusion_hf.sampling_options_codefusion import SamplingOptions
 
     flags = ["-k", "3", "--steps", "7", "--commit-tokens", "--settled-margin", "2", "--code-length", "predicted"]
-    generate = sampling_options(build_parser().parse_args(["generate", "M", "ls", *flags, "--strength", "0.5"]))
+    flags += ["--draft-candidates", "2", "--strength", "0.5"]
+    generate = sampling_options(build_parser().parse_args(["generate", "M", "ls", *flags]))
     evaluate = sampling_options(build_parser().parse_args(["evaluate", "M", "F", "--output-dir", "O", *flags]))
     expected = SamplingOptions(
-        num_inference_steps=7, num_return_sequences=3, commit_tokens=True, settled_margin=2, code_length="predicted"
+        num_inference_steps=7,
+        num_return_sequences=3,
+        commit_tokens=True,
+        settled_margin=2,
+        code_length="predicted",
+        draft_candidates=2,
+        strength=0.5,
     )
-    assert evaluate == expected and generate == dataclasses.replace(expected, strength=0.5)
+    assert evaluate == expected and generate == expected
     assert sampling_options(build_parser().parse_args(["evaluate", "M", "F", "--output-dir", "O"])) == SamplingOptions(
         num_inference_steps=20, num_return_sequences=5
     )

@@ -167,6 +167,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
         help="With a pipeline that has a retriever: start this many of each prompt's candidates from its nearest "
         "training pairs' code, noised to --strength of the schedule (default 0).",
     )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="With --draft-candidates (or generate's --init-code): the share of the schedule those candidates run "
+        "(default 0.6).",
+    )
 
 
 def sampling_options(args: argparse.Namespace) -> "SamplingOptions":
@@ -197,9 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="CODE",
         help="Refine this program instead of starting from noise: once for every prompt, or once per prompt.",
-    )
-    generate.add_argument(
-        "--strength", type=float, default=None, help="With --init-code: the share of the schedule run (default 0.6)."
     )
 
     evaluate = commands.add_parser("evaluate", help="Top-k metrics of a pipeline on a data file.")
