@@ -16,7 +16,9 @@
 # run; ../shared/data/nl2bash/grouped_split for the grouped split, with its own train.jsonl as TRAIN_FILE). Retrieval
 # augmentation (issue 34): NUM_NEIGHBORS=k gives both models the code of the k nearest training pairs (the same BM25
 # retriever over TRAIN_FILE, leave-one-out in training) and DRAFT_PROBABILITY CodeFusion's share of training canvases
-# started from the nearest neighbour's code (default 0). PYTHON picks the interpreter (default python3). Two CPU
+# started from the nearest neighbour's code (default 0); RETRIEVAL_MODE=dense gives both the dense MiniLM retriever's
+# neighbours instead of BM25's. The floors are the first distinct commands of each retriever (TF-IDF, BM25, dense),
+# each with its sign tests; STAGE=floors runs only those. PYTHON picks the interpreter (default python3). Two CPU
 # cores: two jobs at a time, one thread each.
 set -euo pipefail
 python=${PYTHON:-python3}
@@ -26,12 +28,12 @@ if (($# < 4)); then
   exit 2
 fi
 out=$(mkdir -p "$1" && cd "$1" && pwd) minutes=$2 tokenizer=$3 train_file=$4 data=${DATA:-data/nl2bash}
-neighbors=${NUM_NEIGHBORS:-0} drafts=${DRAFT_PROBABILITY:-0}
+neighbors=${NUM_NEIGHBORS:-0} drafts=${DRAFT_PROBABILITY:-0} mode=${RETRIEVAL_MODE:-bm25}
 shift 4
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 cd "$root"
 
-if [[ ${STAGE:-all} != evaluate ]]; then
+if [[ ${STAGE:-all} == all ]]; then
   decay=$("$python" -c "print(float('$minutes') / 4)")
   recipe='{"normalize_code_embeddings": true, "prediction_type": "sample", "self_condition": true,
     "unroll_probability": 0.5, "predict_length": true,
@@ -40,8 +42,10 @@ if [[ ${STAGE:-all} != evaluate ]]; then
     --tokenizer_name_or_path "$tokenizer" --output_dir "$out/cf" --train_file "$train_file" \
     --validation_file "$data/validation.jsonl" \
     --min_train_timestep 600 --max_train_minutes "$minutes" --lr_decay_minutes "$decay" --disable_tqdm True \
+    --retrieval_mode "$mode" --freeze_encoder True \
     --generation_eval_samples 0 --save_steps 500 --config_overrides "$recipe" >"$out/cf.log" 2>&1 &
-  PYTHON=$python DATA=$data TRAIN_FILE=$train_file NUM_NEIGHBORS=$neighbors bash research/tune_autoregressive.sh "$out/ar" "$minutes" "$tokenizer" 1e-3 >"$out/ar.log" 2>&1 &
+  PYTHON=$python DATA=$data TRAIN_FILE=$train_file NUM_NEIGHBORS=$neighbors RETRIEVAL_MODE=$mode \
+    bash research/tune_autoregressive.sh "$out/ar" "$minutes" "$tokenizer" 1e-3 >"$out/ar.log" 2>&1 &
   wait
 fi
 
@@ -60,6 +64,7 @@ score() {  # EVALUATION: template match at top-1 plus top-5, the validation scor
     "$out/eval-$1/metrics.json"
 }
 
+if [[ ${STAGE:-all} != floors ]]; then
 rm -f "$out/validation.done"
 (
   trap 'touch "$out/validation.done"' EXIT  # the test evaluation waits for this, also after a failure
@@ -90,10 +95,16 @@ rm -f "$out/validation.done"
 wait
 mkdir -p "$out/eval-ar-validation"
 cp "$out/ar/eval-lr1e-3/"{metrics.json,predictions.jsonl} "$out/eval-ar-validation/"
+fi
 for split in validation test; do
-  "$python" research/baselines/retrieval.py --train_file "$data/train.jsonl" \
-    --test_file "$data/$split.jsonl" --output_dir "$out/eval-retrieval-$split" >/dev/null
   compare "eval-ar-$split" "eval-cf-$split" "cf_vs_ar-$split"
-  compare "eval-retrieval-$split" "eval-cf-$split" "cf_vs_retrieval-$split"
+  for method in tfidf bm25 dense; do
+    floor=retrieval-$split  # TF-IDF's folder keeps the name of the earlier runs
+    [[ $method == tfidf ]] || floor=retrieval-$method-$split
+    "$python" research/baselines/retrieval.py --method "$method" --train_file "$data/train.jsonl" \
+      --test_file "$data/$split.jsonl" --output_dir "$out/eval-$floor" >"$out/eval-$floor.log" 2>&1
+    compare "eval-$floor" "eval-cf-$split" "cf_vs_$floor"
+    compare "eval-$floor" "eval-ar-$split" "ar_vs_$floor"
+  done
 done
 echo "full_budget.sh: done; metrics in $out/eval-*/metrics.json, sign tests in $out/*_vs_*.json"

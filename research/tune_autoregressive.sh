@@ -10,8 +10,8 @@
 #
 # CODE_TOKENIZER: the CodeFusion run's code tokenizer (e.g. a saved pipeline's tokenizer/ folder), so that both
 # models share it. DATA: the folder of train/validation.jsonl (default data/nl2bash); TRAIN_FILE another training file
-# in it; NUM_NEIGHBORS=k appends the code of the k nearest training pairs (BM25) to each prompt (default 0). PYTHON
-# picks the interpreter (default python3).
+# in it; NUM_NEIGHBORS=k appends the code of the k nearest training pairs (BM25, or the dense MiniLM retriever's with
+# RETRIEVAL_MODE=dense) to each prompt (default 0). PYTHON picks the interpreter (default python3).
 set -euo pipefail
 python=${PYTHON:-python3}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,7 +30,8 @@ for rate in "$@"; do
     --tokenizer_name_or_path "$tokenizer" --output_dir "$out/lr$rate" --learning_rate "$rate" --weight_decay 0.01 \
     --max_train_minutes "$minutes" --lr_decay_minutes "$decay" --warmup_steps 100 --eval_steps 100 --save_steps 100 \
     --early_stopping_patience 3 --train_file "$train_file" --validation_file "$data/validation.jsonl" \
-    --num_neighbors "${NUM_NEIGHBORS:-0}" --test_file "$data/validation.jsonl" --eval_output_dir "$out/eval-lr$rate") \
+    --num_neighbors "${NUM_NEIGHBORS:-0}" --retrieval_mode "${RETRIEVAL_MODE:-bm25}" \
+    --test_file "$data/validation.jsonl" --eval_output_dir "$out/eval-lr$rate") \
     >"$out/lr$rate.log" 2>&1 &
 done
 wait
