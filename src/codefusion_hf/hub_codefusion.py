@@ -199,14 +199,12 @@ def staged_save(folder: str) -> Iterator[str]:
             os.remove(index_file)
         for root, _, files in os.walk(staging_dir):
             target_dir = os.path.join(folder, os.path.relpath(root, staging_dir))
-            for stale in stale_weight_files(target_dir, set(files)) if os.path.isdir(target_dir) else []:
+            for stale in stale_weight_files(target_dir, set(files)):
                 os.remove(stale)  # an earlier save's shards, which transformers removes only where it writes
+            os.makedirs(target_dir, exist_ok=True)
             for name in files:
-                source = os.path.join(root, name)
-                if source != os.path.join(staging_dir, "model_index.json"):
-                    target = os.path.join(folder, os.path.relpath(source, staging_dir))
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    os.replace(source, target)
+                if root != staging_dir or name != "model_index.json":
+                    os.replace(os.path.join(root, name), os.path.join(target_dir, name))
         os.replace(os.path.join(staging_dir, "model_index.json"), index_file)
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)

@@ -103,11 +103,14 @@ def weights_variant(name: str) -> tuple[bool, str | None]:
 
 def stale_weight_files(folder: str, written: set[str]) -> list[str]:
     """The weight files in `folder` that a save which wrote the files named `written` into it leaves from an
-    earlier save of the same variant: shards of an earlier sharded save, or the single file of an unsharded one.
+    earlier save of the same variant (none for a folder that does not exist yet): shards of an earlier sharded save,
+    or the single file of an unsharded one.
     transformers removes those when it saves into the folder itself; a staged save must do it."""
-    variants = {weights_variant(name)[1] for name in written if weights_variant(name)[0]}
+    if not os.path.isdir(folder):
+        return []
+    variants = {variant for is_weights, variant in map(weights_variant, written) if is_weights}
     return sorted(
         os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if name not in written and weights_variant(name)[0] and weights_variant(name)[1] in variants
+        for name in set(os.listdir(folder)) - written
+        if weights_variant(name) in {(True, variant) for variant in variants}
     )
